@@ -1,0 +1,34 @@
+//! TC (TCX) classifiers attached at ingress and egress of each selected interface.
+//!
+//! They return `TC_ACT_UNSPEC`, which TCX treats as "next": the packet continues to any program
+//! attached after ours and then the stack, exactly as if we were not there.
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use network_probe_common::{DeviceKey, Direction};
+
+use crate::device;
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, direction: Direction) {
+    // SAFETY: the kernel hands the program a valid __sk_buff for its whole run.
+    let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
+    // A non-GSO skb reports gso_segs 0: it is one packet on the wire.
+    let segments = if gso_segs == 0 { 1 } else { gso_segs as u64 };
+    let key = DeviceKey {
+        ifindex,
+        direction: direction as u32,
+    };
+    device::account(&key, segments, ctx.len() as u64);
+}

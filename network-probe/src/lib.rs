@@ -1,0 +1,21 @@
+//! network-probe: one privileged daemon that accounts traffic in eBPF and serves it, with its
+//! active probes, to Prometheus.
+//!
+//! Module map (one concern each):
+//! - [`cli`]: command-line flags in Prometheus exporter conventions.
+//! - [`error`]: start-up errors, their one-line messages and exit codes.
+//! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
+//! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
+//! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
+//! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
+//! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`).
+//! - [`daemon`]: start-up order, signal handling and shutdown.
+
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod preflight;
+pub mod rtnetlink;
