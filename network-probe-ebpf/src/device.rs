@@ -24,13 +24,13 @@ pub fn account(key: &DeviceKey, segments: u64, bytes: u64) {
     };
     // BPF_NOEXIST: if another CPU created the entry in between, this CPU's copy in it is still
     // zero, so retry the in-place add once.
-    if DEVICE_COUNTERS.insert(key, &first, 1).is_err() {
+    if DEVICE_COUNTERS.insert(key, first, 1).is_err() {
         if let Some(counters) = DEVICE_COUNTERS.get_ptr_mut(key) {
             // SAFETY: as above.
             let counters = unsafe { &mut *counters };
             counters.packets += segments;
             counters.bytes += bytes;
-            }
+        }
     }
     // A full map (more interfaces than DEVICE_COUNTERS_MAX_ENTRIES) drops the sample; user space
     // exports the map's fill level so that cannot go unnoticed.

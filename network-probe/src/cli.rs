@@ -76,8 +76,8 @@ mod tests {
 
     #[test]
     fn interface_is_repeatable() {
-        let cli =
-            Cli::try_parse_from(["network-probe", "--interface", "a0", "--interface", "b0"]).unwrap();
+        let cli = Cli::try_parse_from(["network-probe", "--interface", "a0", "--interface", "b0"])
+            .unwrap();
         assert_eq!(cli.interfaces, ["a0", "b0"]);
     }
 

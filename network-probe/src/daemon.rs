@@ -4,10 +4,10 @@
 //! (so a port clash fails before anything is attached), load and attach the datapath, serve
 //! until SIGTERM/SIGINT, then detach everything and return.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{atomic::Ordering, Arc};
 
 use log::info;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cli::Cli,
@@ -19,8 +19,12 @@ use crate::{
 
 /// Sets up env_logger at `--log.level`.
 pub fn init_logging(cli: &Cli) -> Result<()> {
+    let level = cli.log_level.filter();
     env_logger::Builder::new()
-        .filter_level(cli.log_level.filter())
+        .filter_level(level)
+        // aya narrates every relocation at debug level; show it only when tracing.
+        .filter_module("aya", level.min(log::LevelFilter::Info))
+        .filter_module("aya_obj", level.min(log::LevelFilter::Info))
         .format_target(false)
         .try_init()
         .map_err(|err| Error::Other(format!("initialising logging: {err}")))
@@ -72,7 +76,10 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
     let mut interfaces = if requested.is_empty() {
         let found = rtnetlink::default_route_interfaces()?;
-        info!("no --interface given; using the default-route interfaces: {}", found.join(", "));
+        info!(
+            "no --interface given; using the default-route interfaces: {}",
+            found.join(", ")
+        );
         found
     } else {
         requested.to_vec()

@@ -8,13 +8,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
     maps::{MapData, PerCpuHashMap},
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType},
+    Ebpf,
 };
 use log::{info, warn};
 use network_probe_common::{
-    DEVICE_COUNTERS_MAP, DEVICE_COUNTERS_MAX_ENTRIES, DeviceCounters, DeviceKey, Direction,
+    DeviceCounters, DeviceKey, Direction, DEVICE_COUNTERS_MAP, DEVICE_COUNTERS_MAX_ENTRIES,
     TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
 };
 
@@ -107,16 +107,16 @@ impl Datapath {
                     .into(),
             ));
         }
-        let mut ebpf =
-            Ebpf::load(EBPF_OBJECT).map_err(|err| Error::datapath("loading the eBPF object", &err))?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)
+            .map_err(|err| Error::datapath("loading the eBPF object", &err))?;
         for hook in Hook::ALL {
-            program_mut(&mut ebpf, hook)?
-                .load()
-                .map_err(|err| Error::datapath(format!("verifying program {}", hook.as_str()), &err))?;
+            program_mut(&mut ebpf, hook)?.load().map_err(|err| {
+                Error::datapath(format!("verifying program {}", hook.as_str()), &err)
+            })?;
         }
-        let map = ebpf.take_map(DEVICE_COUNTERS_MAP).ok_or_else(|| {
-            Error::Other(format!("eBPF object has no map {DEVICE_COUNTERS_MAP}"))
-        })?;
+        let map = ebpf
+            .take_map(DEVICE_COUNTERS_MAP)
+            .ok_or_else(|| Error::Other(format!("eBPF object has no map {DEVICE_COUNTERS_MAP}")))?;
         let device_counters = PerCpuHashMap::try_from(map)
             .map_err(|err| Error::datapath(format!("opening map {DEVICE_COUNTERS_MAP}"), &err))?;
         Ok(Datapath {
@@ -222,7 +222,9 @@ impl Datapath {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -25,8 +25,8 @@ pub mod exit_code {
 pub enum Error {
     #[error(
         "missing capability {capability} (effective set of uid {uid}): run as root, or grant it \
-         with `setcap cap_bpf,cap_net_admin,cap_perfmon=ep <binary>` or \
-         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON in the systemd unit"
+         with `setcap cap_bpf,cap_net_admin=ep <binary>` or \
+         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN in the systemd unit"
     )]
     MissingCapability { capability: &'static str, uid: u32 },
 

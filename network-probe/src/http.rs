@@ -6,19 +6,19 @@ use std::{
     future::Future,
     net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs},
     sync::{
-        Arc,
         atomic::{AtomicBool, Ordering},
+        Arc,
     },
     time::Duration,
 };
 
 use http_body_util::Full;
 use hyper::{
-    Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
     header::{ALLOW, CONTENT_TYPE},
     server::conn::http1,
     service::service_fn,
+    Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, error, info};
@@ -64,7 +64,9 @@ pub fn resolve_listen_address(address: &str) -> Result<Vec<SocketAddr>> {
         return Err(invalid("expected HOST:PORT or :PORT".into()));
     };
     if port.parse::<u16>().is_err() {
-        return Err(invalid(format!("port {port:?} is not a number from 0 to 65535")));
+        return Err(invalid(format!(
+            "port {port:?} is not a number from 0 to 65535"
+        )));
     }
     let addresses: Vec<SocketAddr> = address
         .to_socket_addrs()
@@ -159,7 +161,10 @@ pub fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Byt
     if path == state.telemetry_path {
         return match metrics::render(&state.registry) {
             Ok(body) => with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body),
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n"),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            ),
         };
     }
     match path {
@@ -191,7 +196,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     with_type(status, "text/plain; charset=utf-8", body.to_string())
 }
 
-fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -231,7 +240,10 @@ mod tests {
         let err = bind(&taken).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit_code::LISTEN);
         let text = err.to_string();
-        assert!(text.starts_with(&format!("cannot listen on {taken}: ")), "{text}");
+        assert!(
+            text.starts_with(&format!("cannot listen on {taken}: ")),
+            "{text}"
+        );
         assert!(text.contains("another process holds this port"), "{text}");
     }
 }

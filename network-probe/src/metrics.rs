@@ -98,7 +98,10 @@ impl Collector for DatapathCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (interface, hook) in &snapshot.attached {
-            let labels = [("interface", interface.as_str()), ("program", hook.as_str())];
+            let labels = [
+                ("interface", interface.as_str()),
+                ("program", hook.as_str()),
+            ];
             ConstGauge::new(1i64).encode(attached.encode_family(&labels)?)?;
         }
 

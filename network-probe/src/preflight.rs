@@ -116,8 +116,14 @@ mod tests {
         assert_eq!(missing_capability(all), None);
         assert_eq!(missing_capability(0), Some("CAP_BPF"));
         assert_eq!(missing_capability(1 << CAP_BPF), Some("CAP_NET_ADMIN"));
-        assert_eq!(missing_capability((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)), None);
-        assert_eq!(missing_capability((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)), None);
+        assert_eq!(
+            missing_capability((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)),
+            None
+        );
+        assert_eq!(
+            missing_capability((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)),
+            None
+        );
     }
 
     // The host kernel has BTF and TCX, so the negative cases can only be shown on the pure

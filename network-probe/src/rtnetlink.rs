@@ -4,13 +4,13 @@
 use std::{ffi::CString, io};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
-    AddressFamily, RouteNetlinkMessage,
     route::{RouteAttribute, RouteHeader, RouteMessage},
+    AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 
@@ -46,7 +46,8 @@ pub fn interface_name(index: u32) -> Option<String> {
 /// Names of the interfaces that carry an IPv4 or IPv6 default route of the main table,
 /// sorted and without duplicates.
 pub fn default_route_interfaces() -> Result<Vec<String>> {
-    let routes = dump_routes().map_err(|err| Error::Other(format!("route dump over rtnetlink: {err}")))?;
+    let routes =
+        dump_routes().map_err(|err| Error::Other(format!("route dump over rtnetlink: {err}")))?;
     let mut names: Vec<String> = default_route_ifindexes(&routes)
         .into_iter()
         .filter_map(interface_name)
@@ -73,8 +74,7 @@ pub fn default_route_ifindexes(routes: &[RouteMessage]) -> Vec<u32> {
                 _ => None,
             })
             .unwrap_or(u32::from(header.table));
-        if header.destination_prefix_length != 0 || table != u32::from(RouteHeader::RT_TABLE_MAIN)
-        {
+        if header.destination_prefix_length != 0 || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
             continue;
         }
         if header.kind != netlink_packet_route::route::RouteType::Unicast {
@@ -129,8 +129,9 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let size = socket.recv(&mut &mut receive[..], 0)?;
         let mut offset = 0;
         while offset < size {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+            let message =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::Done(_) => return Ok(replies),
@@ -166,6 +167,12 @@ mod tests {
         route
     }
 
+    fn hop(interface_index: u32) -> RouteNextHop {
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = interface_index;
+        hop
+    }
+
     #[test]
     fn picks_default_routes_of_the_main_table() {
         let routes = vec![
@@ -177,16 +184,7 @@ mod tests {
                 0,
                 vec![
                     RouteAttribute::Table(254),
-                    RouteAttribute::MultiPath(vec![
-                        RouteNextHop {
-                            interface_index: 5,
-                            ..Default::default()
-                        },
-                        RouteNextHop {
-                            interface_index: 6,
-                            ..Default::default()
-                        },
-                    ]),
+                    RouteAttribute::MultiPath(vec![hop(5), hop(6)]),
                 ],
             ),
         ];

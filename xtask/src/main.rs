@@ -1,1 +1,193 @@
-fn main(){}
+//! `cargo xtask`: the developer entry points. `run` and `test` first bootstrap what the build
+//! and the tests need (see [`bootstrap`]), then build and start the daemon or run every check.
+
+mod bootstrap;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "network-probe developer tasks")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Bootstrap the toolchain, build in release mode and start the daemon (as root).
+    /// Arguments after `--` go to the daemon.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        daemon_args: Vec<String>,
+    },
+    /// Bootstrap the toolchain and the Debian test peers, then run rustfmt, clippy (host and
+    /// eBPF target) and every test (as root: the tests create network namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Only bootstrap (toolchain, and with --test-peers the Debian packages the tests use).
+    Bootstrap {
+        #[arg(long)]
+        test_peers: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let root = workspace_root();
+    match args.command {
+        Task::Bootstrap { test_peers } => {
+            let toolchain = timed_bootstrap(test_peers)?;
+            println!("bpf-linker: {}", toolchain.bpf_linker_dir.display());
+            Ok(())
+        }
+        Task::Run { daemon_args } => {
+            let toolchain = timed_bootstrap(false)?;
+            cargo(&root, &toolchain)
+                .args(["build", "--release", "--package", "network-probe"])
+                .status_ok()?;
+            let binary = root.join("target/release/network-probe");
+            let err = Command::new(&binary).args(daemon_args).exec();
+            bail!("starting {}: {err}", binary.display())
+        }
+        Task::Test { cargo_test_args } => {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc_geteuid() } != 0 {
+                bail!(
+                    "cargo xtask test needs root: the tests create network namespaces and load \
+                     eBPF programs (run it with sudo -E)"
+                );
+            }
+            let toolchain = timed_bootstrap(true)?;
+            cargo(&root, &toolchain)
+                .args(["fmt", "--all", "--check"])
+                .status_ok()?;
+            cargo(&root, &toolchain)
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "network-probe-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .status_ok()?;
+            cargo(&root, &toolchain)
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "network-probe-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .status_ok()?;
+            cargo(&root, &toolchain)
+                .args(["test", "--workspace", "--exclude", "network-probe-ebpf"])
+                .args(cargo_test_args)
+                .status_ok()
+        }
+    }
+}
+
+fn timed_bootstrap(test_peers: bool) -> Result<bootstrap::Toolchain> {
+    let start = Instant::now();
+    let toolchain = bootstrap::toolchain()?;
+    if test_peers {
+        bootstrap::test_peers()?;
+    }
+    eprintln!(
+        "xtask: bootstrap checked in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(toolchain)
+}
+
+/// A `cargo` command in the workspace with bpf-linker on PATH and the git revision exported
+/// for the daemon's build-info metric.
+fn cargo(root: &Path, toolchain: &bootstrap::Toolchain) -> Command {
+    // The rustup proxy on PATH, so `cargo +nightly ...` works.
+    let mut command = Command::new("cargo");
+    command.current_dir(root);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![toolchain.bpf_linker_dir.clone()];
+    dirs.extend(std::env::split_paths(&path));
+    command.env(
+        "PATH",
+        std::env::join_paths(dirs).expect("PATH entries are valid"),
+    );
+    // Let each command pick its toolchain (`+nightly` or the workspace default).
+    command.env_remove("RUSTUP_TOOLCHAIN");
+    command.env_remove("CARGO");
+    if let Some(revision) = git_revision(root) {
+        command.env("NETWORK_PROBE_GIT_REVISION", revision);
+    }
+    command
+}
+
+fn git_revision(root: &Path) -> Option<String> {
+    let output = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a command and fails with its command line when it does not exit 0.
+trait StatusOk {
+    fn status_ok(&mut self) -> Result<()>;
+}
+
+impl StatusOk for Command {
+    fn status_ok(&mut self) -> Result<()> {
+        let status = self
+            .status()
+            .with_context(|| format!("starting {:?}", self.get_program()))?;
+        if !status.success() {
+            bail!("{self:?} failed with {status}");
+        }
+        Ok(())
+    }
+}

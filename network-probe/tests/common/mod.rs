@@ -1,0 +1,284 @@
+//! Test fixtures shared by the integration tests: network namespaces with a veth pair between
+//! them, running code inside a namespace, the daemon as a child process, and a tiny HTTP client.
+//!
+//! Every address used lives inside namespaces these fixtures create, and they are deleted on
+//! drop. Tests need root (`cargo xtask test` checks).
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Path of the daemon binary cargo built for this test run.
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_network-probe");
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("starting {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Two network namespaces `a` and `b` joined by a veth pair: `a_if` (in `a`, 10.231.N.1/30)
+/// and `b_if` (in `b`, 10.231.N.2/30). IPv6 is off on the veths and the neighbours are static,
+/// so no packet crosses the pair unless a test sends it.
+pub struct VethPair {
+    pub a: String,
+    pub b: String,
+    pub a_if: String,
+    pub b_if: String,
+    pub a_addr: [u8; 4],
+    pub b_addr: [u8; 4],
+}
+
+impl VethPair {
+    pub fn new() -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{id}", std::process::id() % 100_000);
+        let pair = VethPair {
+            a: format!("np-{tag}-a"),
+            b: format!("np-{tag}-b"),
+            a_if: format!("npa{tag}"),
+            b_if: format!("npb{tag}"),
+            a_addr: [10, 231, id as u8, 1],
+            b_addr: [10, 231, id as u8, 2],
+        };
+        sh("ip", &["netns", "add", &pair.a]);
+        sh("ip", &["netns", "add", &pair.b]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &pair.a_if, "netns", &pair.a, "type", "veth", "peer", "name",
+                &pair.b_if, "netns", &pair.b,
+            ],
+        );
+        for (ns, ifname, addr) in [
+            (&pair.a, &pair.a_if, pair.a_addr),
+            (&pair.b, &pair.b_if, pair.b_addr),
+        ] {
+            let cidr = format!("{}/30", dotted(addr));
+            pair.exec(ns, "ip", &["link", "set", "lo", "up"]);
+            let key = format!("net.ipv6.conf.{ifname}.disable_ipv6=1");
+            pair.exec(ns, "sysctl", &["-qw", &key]);
+            pair.exec(ns, "ip", &["addr", "add", &cidr, "dev", ifname]);
+            pair.exec(ns, "ip", &["link", "set", ifname, "up"]);
+        }
+        let a_mac = pair.mac(&pair.a.clone(), &pair.a_if.clone());
+        let b_mac = pair.mac(&pair.b.clone(), &pair.b_if.clone());
+        pair.exec(
+            &pair.a,
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                &dotted(pair.b_addr),
+                "lladdr",
+                &b_mac,
+                "nud",
+                "permanent",
+                "dev",
+                &pair.a_if,
+            ],
+        );
+        pair.exec(
+            &pair.b,
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                &dotted(pair.a_addr),
+                "lladdr",
+                &a_mac,
+                "nud",
+                "permanent",
+                "dev",
+                &pair.b_if,
+            ],
+        );
+        pair
+    }
+
+    /// Runs `program` inside namespace `ns`.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", ns, program];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    fn mac(&self, ns: &str, ifname: &str) -> String {
+        let path = format!("/sys/class/net/{ifname}/address");
+        self.exec(ns, "cat", &[&path]).trim().to_string()
+    }
+
+    /// A kernel interface statistic (`rx_packets`, `tx_bytes`, ...) read from sysfs in `ns`.
+    pub fn stat(&self, ns: &str, ifname: &str, name: &str) -> u64 {
+        let path = format!("/sys/class/net/{ifname}/statistics/{name}");
+        self.exec(ns, "cat", &[&path]).trim().parse().unwrap()
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and with it the peer.
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+pub fn dotted(addr: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3])
+}
+
+/// Runs `body` on a thread that has entered network namespace `ns` (setns is per thread).
+pub fn in_netns<T: Send + 'static>(ns: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/run/netns").join(ns);
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        // SAFETY: a valid namespace fd; setns only affects this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        body()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// The daemon running in a namespace, killed on drop if still alive.
+pub struct Daemon {
+    pub child: Child,
+    pub ns: String,
+    pub listen: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` listening on 127.0.0.1:9435 there, and waits until
+    /// `/-/ready` answers 200.
+    pub fn start(ns: &str, args: &[&str]) -> Daemon {
+        Daemon::start_wrapped(ns, &[], args)
+    }
+
+    /// Like [`Daemon::start`], with `wrapper` (e.g. a setpriv command line) in front.
+    pub fn start_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Daemon {
+        let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .args(wrapper)
+            .args([DAEMON, "--web.listen-address", &listen.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("starting the daemon");
+        let mut daemon = Daemon {
+            child,
+            ns: ns.to_string(),
+            listen,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = daemon.get("/-/ready") {
+                return daemon;
+            }
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("daemon exited during start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "daemon not ready after 20 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET `path` from the daemon: (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http(&self.ns, self.listen, "GET", path)
+    }
+
+    /// GET the telemetry path and return the body, asserting 200.
+    pub fn scrape(&self) -> String {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Sends `signal` and waits (at most 10 s) for the exit status.
+    pub fn stop(&mut self, signal: i32) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still running 10 s after signal {signal}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request from inside `ns`: (status, body).
+pub fn http(ns: &str, to: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+}
+
+/// Value of the sample `name{labels}` in a scrape, where `labels` is the exact label text.
+pub fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().expect("numeric sample"))
+}
