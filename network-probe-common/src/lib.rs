@@ -4,15 +4,89 @@
 //! layout byte for byte. The `user` feature adds `aya::Pod` impls so the daemon can read the maps.
 #![no_std]
 
-/// Name of the per-CPU hash map holding [`DeviceCounters`] keyed by [`DeviceKey`].
-pub const DEVICE_COUNTERS_MAP: &str = "DEVICE_COUNTERS";
+/// Per-CPU hash map of [`DeviceStats`] keyed by [`DeviceKey`]. User space creates the entries of
+/// an interface before attaching to it; the programs only update existing entries.
+pub const DEVICE_STATS_MAP: &str = "DEVICE_STATS";
+/// Capacity of [`DEVICE_STATS_MAP`]: one entry per (interface, direction) pair.
+pub const DEVICE_STATS_MAX_ENTRIES: u32 = 1024;
 
-/// Capacity of [`DEVICE_COUNTERS_MAP`]: one entry per (interface, direction) pair.
-pub const DEVICE_COUNTERS_MAX_ENTRIES: u32 = 2048;
+/// LRU hash map of [`FlowStats`] keyed by [`FlowKey`], one entry per flow and direction.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Default capacity of [`FLOWS_MAP`]; the daemon resizes it at load time (`--flows.max-entries`).
+pub const FLOWS_DEFAULT_MAX_ENTRIES: u32 = 65_536;
 
-/// Names of the TC programs in the eBPF object.
+/// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
 pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
+pub const XDP_INGRESS_PROGRAM: &str = "xdp_ingress";
+
+/// IP packet-size histogram buckets: bucket `i` counts packets of `2^(i-1) ..= 2^i - 1` bytes
+/// (bucket 0: empty), so the upper bound of bucket `i` is `2^i - 1`. 17 buckets reach 65535.
+pub const SIZE_BUCKETS: usize = 17;
+/// Handshake RTT histogram buckets, log2 of microseconds: bucket `i` counts RTTs of
+/// `2^(i-1) ..= 2^i - 1` µs (bucket 0: under 1 µs); the last bucket also takes everything larger.
+pub const RTT_BUCKETS: usize = 24;
+
+/// Why the parser could not classify a packet as TCP over IPv4/IPv6 (index into
+/// [`DeviceStats::unclassified`]). Not an error: the packet passes untouched either way.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unclassified {
+    /// Link layer is not Ethernet carrying IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp = 0,
+    /// The frame ends inside the Ethernet header or a VLAN tag.
+    TruncatedL2 = 1,
+    /// More VLAN tags than the parser walks (two).
+    VlanTooDeep = 2,
+    /// The frame ends inside the IPv4 or IPv6 header.
+    TruncatedIp = 3,
+    /// IPv4 header length below 20 bytes, or the IP version field disagrees with the EtherType.
+    BadIpHeader = 4,
+    /// A non-first IP fragment: it carries no transport header.
+    Fragment = 5,
+    /// An IPv6 extension-header chain longer than the parser walks, or one it cannot walk (ESP).
+    Ipv6Extensions = 6,
+    /// The IP payload is not TCP (UDP, ICMP, ...).
+    NotTcp = 7,
+    /// The packet ends inside the TCP header.
+    TruncatedTcp = 8,
+    /// TCP data offset below 20 bytes or beyond the packet.
+    BadTcpHeader = 9,
+}
+
+/// Number of [`Unclassified`] reasons.
+pub const UNCLASSIFIED_REASONS: usize = 10;
+
+impl Unclassified {
+    pub const ALL: [Unclassified; UNCLASSIFIED_REASONS] = [
+        Unclassified::NotIp,
+        Unclassified::TruncatedL2,
+        Unclassified::VlanTooDeep,
+        Unclassified::TruncatedIp,
+        Unclassified::BadIpHeader,
+        Unclassified::Fragment,
+        Unclassified::Ipv6Extensions,
+        Unclassified::NotTcp,
+        Unclassified::TruncatedTcp,
+        Unclassified::BadTcpHeader,
+    ];
+
+    /// The label value used in metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unclassified::NotIp => "not_ip",
+            Unclassified::TruncatedL2 => "truncated_l2",
+            Unclassified::VlanTooDeep => "vlan_too_deep",
+            Unclassified::TruncatedIp => "truncated_ip",
+            Unclassified::BadIpHeader => "bad_ip_header",
+            Unclassified::Fragment => "fragment",
+            Unclassified::Ipv6Extensions => "ipv6_extensions",
+            Unclassified::NotTcp => "not_tcp",
+            Unclassified::TruncatedTcp => "truncated_tcp",
+            Unclassified::BadTcpHeader => "bad_tcp_header",
+        }
+    }
+}
 
 /// Direction of a packet relative to the interface it was seen on.
 #[repr(u32)]
@@ -43,9 +117,9 @@ impl Direction {
     }
 }
 
-/// Key of [`DEVICE_COUNTERS_MAP`].
+/// Key of [`DEVICE_STATS_MAP`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceKey {
     /// Kernel interface index the packet was seen on.
     pub ifindex: u32,
@@ -53,30 +127,230 @@ pub struct DeviceKey {
     pub direction: u32,
 }
 
-/// Value of [`DEVICE_COUNTERS_MAP`], one copy per CPU; user space sums the copies.
+/// Value of [`DEVICE_STATS_MAP`], one copy per CPU; user space sums the copies.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeviceCounters {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStats {
     /// Packets on the wire: a GSO/GRO super-packet counts as its `gso_segs` segments.
     pub packets: u64,
-    /// Bytes as the skb length at the TC hook (link-layer header included). A GSO super-packet
-    /// counts its length once: the headers the NIC or the stack replicate per segment are not
-    /// added.
+    /// Bytes as the packet length at the hook (link-layer header included). A GSO super-packet
+    /// counts its length once: per-segment headers are not added.
     pub bytes: u64,
+    /// TCP segments (wire packets) classified.
+    pub tcp_packets: u64,
+    /// TCP segments whose sequence range starts before the highest sequence already seen on
+    /// their flow direction.
+    pub tcp_retransmits: u64,
+    pub tcp_rst: u64,
+    pub tcp_syn: u64,
+    pub tcp_fin: u64,
+    /// TCP segments (not RST) advertising a zero receive window.
+    pub tcp_zero_window: u64,
+    /// IPv4 packets (any protocol) with the Don't Fragment bit set, whatever other flags.
+    pub ipv4_df: u64,
+    /// Flow entries this interface and direction created in [`FLOWS_MAP`].
+    pub flows_created: u64,
+    /// Flow entries that could not be created (map update failed).
+    pub flow_create_failures: u64,
+    /// Sum of handshake RTT samples, nanoseconds.
+    pub handshake_rtt_sum_ns: u64,
+    /// Handshake RTT histogram (see [`RTT_BUCKETS`]).
+    pub handshake_rtt: [u64; RTT_BUCKETS],
+    /// IP packet sizes (IP header included) of every classified IP packet, one observation per
+    /// skb (see [`SIZE_BUCKETS`]).
+    pub ip_size: [u64; SIZE_BUCKETS],
+    /// Sum of the observed IP packet sizes, bytes.
+    pub ip_size_sum: u64,
+    /// TCP payload sizes, one observation per TCP skb.
+    pub tcp_payload_size: [u64; SIZE_BUCKETS],
+    /// Sum of the observed TCP payload sizes, bytes.
+    pub tcp_payload_sum: u64,
+    /// Packets the parser could not classify, per [`Unclassified`] reason.
+    pub unclassified: [u64; UNCLASSIFIED_REASONS],
 }
 
-impl DeviceCounters {
+impl DeviceStats {
+    pub const ZERO: DeviceStats = DeviceStats {
+        packets: 0,
+        bytes: 0,
+        tcp_packets: 0,
+        tcp_retransmits: 0,
+        tcp_rst: 0,
+        tcp_syn: 0,
+        tcp_fin: 0,
+        tcp_zero_window: 0,
+        ipv4_df: 0,
+        flows_created: 0,
+        flow_create_failures: 0,
+        handshake_rtt_sum_ns: 0,
+        handshake_rtt: [0; RTT_BUCKETS],
+        ip_size: [0; SIZE_BUCKETS],
+        ip_size_sum: 0,
+        tcp_payload_size: [0; SIZE_BUCKETS],
+        tcp_payload_sum: 0,
+        unclassified: [0; UNCLASSIFIED_REASONS],
+    };
+
     /// Adds another CPU's copy into this one.
-    pub fn accumulate(&mut self, other: &DeviceCounters) {
-        self.packets = self.packets.wrapping_add(other.packets);
-        self.bytes = self.bytes.wrapping_add(other.bytes);
+    pub fn accumulate(&mut self, other: &DeviceStats) {
+        fn add(a: &mut u64, b: u64) {
+            *a = a.wrapping_add(b);
+        }
+        fn add_all(a: &mut [u64], b: &[u64]) {
+            for (a, b) in a.iter_mut().zip(b) {
+                add(a, *b);
+            }
+        }
+        add(&mut self.packets, other.packets);
+        add(&mut self.bytes, other.bytes);
+        add(&mut self.tcp_packets, other.tcp_packets);
+        add(&mut self.tcp_retransmits, other.tcp_retransmits);
+        add(&mut self.tcp_rst, other.tcp_rst);
+        add(&mut self.tcp_syn, other.tcp_syn);
+        add(&mut self.tcp_fin, other.tcp_fin);
+        add(&mut self.tcp_zero_window, other.tcp_zero_window);
+        add(&mut self.ipv4_df, other.ipv4_df);
+        add(&mut self.flows_created, other.flows_created);
+        add(&mut self.flow_create_failures, other.flow_create_failures);
+        add(&mut self.handshake_rtt_sum_ns, other.handshake_rtt_sum_ns);
+        add_all(&mut self.handshake_rtt, &other.handshake_rtt);
+        add_all(&mut self.ip_size, &other.ip_size);
+        add(&mut self.ip_size_sum, other.ip_size_sum);
+        add_all(&mut self.tcp_payload_size, &other.tcp_payload_size);
+        add(&mut self.tcp_payload_sum, other.tcp_payload_sum);
+        add_all(&mut self.unclassified, &other.unclassified);
     }
+}
+
+impl Default for DeviceStats {
+    fn default() -> Self {
+        DeviceStats::ZERO
+    }
+}
+
+/// Address family of a [`FlowKey`].
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Key of [`FLOWS_MAP`]: one direction of a TCP connection as seen on one interface.
+/// IPv4 addresses occupy the first 4 bytes of `src`/`dst`, the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ifindex: u32,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// A [`Direction`] as `u8`.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of the opposite direction of the same connection on the same interface.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ifindex: self.ifindex,
+            family: self.family,
+            direction: if self.direction == Direction::Ingress as u8 {
+                Direction::Egress as u8
+            } else {
+                Direction::Ingress as u8
+            },
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of [`FLOWS_MAP`]. Counters are updated with atomic adds; the sequence tracking fields
+/// are owned by whichever CPU processes the flow (one flow direction is processed serially in
+/// practice; a race can only misjudge one segment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Wire packets (GSO segments counted).
+    pub packets: u64,
+    /// Bytes at the hook (see [`DeviceStats::bytes`]).
+    pub bytes: u64,
+    /// Retransmitted segments (wire segments).
+    pub retransmits: u64,
+    pub rst: u64,
+    pub syn: u64,
+    pub fin: u64,
+    /// Segments (not RST) advertising a zero window.
+    pub zero_window: u64,
+    /// IPv4 packets with DF set (always 0 for IPv6, which has no DF bit).
+    pub df: u64,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and last packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// CLOCK_MONOTONIC of the handshake leg this direction sent (SYN on egress-initiated
+    /// connections, SYN-ACK on ingress-initiated ones) awaiting its answer; 0 when none.
+    pub handshake_start_ns: u64,
+    /// One past the highest sequence number sent in this direction (`seq + len`, SYN and FIN
+    /// counting one), valid once `seq_valid` is 1.
+    pub next_seq: u32,
+    /// Window scale shift this direction offered in its SYN, plus one; 0 when no SYN with the
+    /// option was seen.
+    pub window_scale_plus_one: u8,
+    pub seq_valid: u8,
+    /// 1 while an ingress SYN awaits the ACK that completes the handshake (ingress-initiated).
+    pub awaiting_ack: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain #[repr(C)] integers without padding holes.
+    // SAFETY: #[repr(C)] integers and byte arrays without padding holes.
     unsafe impl aya::Pod for super::DeviceKey {}
-    // SAFETY: plain #[repr(C)] integers without padding holes.
-    unsafe impl aya::Pod for super::DeviceCounters {}
+    // SAFETY: #[repr(C)] u64 fields and arrays, no padding.
+    unsafe impl aya::Pod for super::DeviceStats {}
+    // SAFETY: #[repr(C)], explicit padding field, 44 bytes, alignment 4.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: #[repr(C)], explicit padding field, size a multiple of 8.
+    unsafe impl aya::Pod for super::FlowStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(
+            core::mem::size_of::<FlowKey>(),
+            16 + 16 + 2 + 2 + 4 + 1 + 1 + 2
+        );
+        assert_eq!(core::mem::size_of::<FlowStats>(), 11 * 8 + 4 + 4);
+        assert_eq!(
+            core::mem::size_of::<DeviceStats>(),
+            8 * (12 + RTT_BUCKETS + 2 * SIZE_BUCKETS + 2 + UNCLASSIFIED_REASONS)
+        );
+    }
+
+    #[test]
+    fn reversed_swaps_ends_and_direction() {
+        let key = FlowKey {
+            src: [1; 16],
+            dst: [2; 16],
+            src_port: 10,
+            dst_port: 20,
+            ifindex: 3,
+            family: FAMILY_IPV6,
+            direction: Direction::Egress as u8,
+            _pad: [0; 2],
+        };
+        let back = key.reversed();
+        assert_eq!((back.src, back.dst), ([2; 16], [1; 16]));
+        assert_eq!((back.src_port, back.dst_port), (20, 10));
+        assert_eq!(back.direction, Direction::Ingress as u8);
+        assert_eq!(back.reversed(), key);
+    }
 }

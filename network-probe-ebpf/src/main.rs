@@ -1,10 +1,23 @@
-//! The eBPF object of network-probe. One module per hook; each program only observes: every
-//! path returns "continue with the next program" and never drops, delays or modifies a packet.
+//! The eBPF object of network-probe.
+//!
+//! - [`tc`] and [`xdp`]: the hooks; thin wrappers that read the packet's metadata.
+//! - [`packet`]: loading bytes from an skb or an XDP buffer behind one trait.
+//! - [`parse`]: Ethernet / VLAN / IPv4 / IPv6 / TCP parsing into a small summary.
+//! - [`account`]: per-interface and per-flow accounting from that summary.
+//! - [`maps`]: every map of the object.
+//!
+//! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
+//! drops, delays or modifies a packet.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
-mod device;
+mod account;
+mod maps;
+mod packet;
+mod parse;
 mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

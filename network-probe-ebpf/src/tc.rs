@@ -4,9 +4,9 @@
 //! attached after ours and then the stack, exactly as if we were not there.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use network_probe_common::{DeviceKey, Direction};
+use network_probe_common::Direction;
 
-use crate::device;
+use crate::account;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -26,9 +26,5 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     // A non-GSO skb reports gso_segs 0: it is one packet on the wire.
     let segments = if gso_segs == 0 { 1 } else { gso_segs as u64 };
-    let key = DeviceKey {
-        ifindex,
-        direction: direction as u32,
-    };
-    device::account(&key, segments, ctx.len() as u64);
+    account::observe(ctx, ifindex, direction, segments);
 }

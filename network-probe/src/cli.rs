@@ -1,6 +1,10 @@
 //! Command-line flags, named as Prometheus exporters name them (`--web.*`, `--log.*`).
 
+use std::time::Duration;
+
 use clap::{Parser, ValueEnum};
+
+use crate::{datapath::IngressHook, flows::FlowLabels};
 
 /// Default `--web.listen-address`: every address, port 9435.
 pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
@@ -23,6 +27,32 @@ pub struct Cli {
     /// IPv6 default routes.
     #[arg(long = "interface", value_name = "NAME")]
     pub interfaces: Vec<String>,
+
+    /// Program watching ingress: a TC classifier (TCX), or XDP in generic or native mode for
+    /// hosts where TC ingress costs too much. Egress always uses TC.
+    #[arg(long = "datapath.ingress", value_name = "HOOK", value_enum, default_value_t = IngressHook::Tc)]
+    pub ingress: IngressHook,
+
+    /// Capacity of the kernel flow map (one entry per TCP connection direction); least recently
+    /// used flows are evicted when it is full (counted in network_probe_flows_evicted_total).
+    #[arg(long = "flows.max-entries", value_name = "N", default_value_t = network_probe_common::FLOWS_DEFAULT_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub flow_map_entries: u32,
+
+    /// Labels of the flow series, comma-separated, from: interface, direction, src, dst,
+    /// src_port, dst_port.
+    #[arg(long = "flows.labels", value_name = "LIST", default_value = FlowLabels::DEFAULT)]
+    pub flow_labels: FlowLabels,
+
+    /// Most flow series exported individually; label sets beyond it are summed into one
+    /// `other` row per interface.
+    #[arg(long = "flows.max-series", value_name = "N", default_value_t = 5000)]
+    pub flow_max_series: usize,
+
+    /// A flow without packets for this long is folded into its series' total and removed from
+    /// the kernel map (e.g. 90s, 5m).
+    #[arg(long = "flows.idle-timeout", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub flow_idle_timeout: Duration,
 
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
@@ -51,6 +81,32 @@ impl LogLevel {
     }
 }
 
+/// Parses durations such as `500ms`, `90s`, `5m`, `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{value:?} needs a unit: ms, s, m or h"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} does not start with a number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => {
+            return Err(format!(
+                "{value:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{value:?} must be positive"));
+    }
+    Ok(duration)
+}
+
 fn parse_telemetry_path(value: &str) -> Result<String, String> {
     if !value.starts_with('/') {
         return Err(format!("{value:?} must start with '/'"));
@@ -72,6 +128,39 @@ mod tests {
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.interfaces.is_empty());
         assert_eq!(cli.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(
+            parse_duration("5")
+                .unwrap_err()
+                .contains("\"5\" needs a unit")
+        );
+        assert!(
+            parse_duration("5d")
+                .unwrap_err()
+                .contains("unknown unit \"d\"")
+        );
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn flow_flags() {
+        let cli = Cli::try_parse_from(["network-probe"]).unwrap();
+        assert_eq!(cli.flow_idle_timeout, Duration::from_secs(300));
+        assert_eq!(cli.flow_map_entries, 65_536);
+        assert_eq!(cli.ingress, IngressHook::Tc);
+        let err = Cli::try_parse_from(["network-probe", "--flows.labels", "src,port"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown flow label \"port\""), "{err}");
+        let err = Cli::try_parse_from(["network-probe", "--flows.max-entries", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'1'"), "{err}");
     }
 
     #[test]

@@ -4,15 +4,20 @@
 //! (so a port clash fails before anything is attached), load and attach the datapath, serve
 //! until SIGTERM/SIGINT, then detach everything and return.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use log::info;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::Cli,
-    datapath::Datapath,
+    datapath::{Datapath, DatapathConfig},
     error::{Error, Result},
+    flow_tracker::FlowTracker,
+    flows::FlowOptions,
     http::{self, AppState},
     metrics, preflight, rtnetlink,
 };
@@ -47,12 +52,34 @@ pub fn run(cli: Cli) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())
             .map_err(|err| Error::Other(format!("installing the SIGINT handler: {err}")))?;
 
-        let datapath = Arc::new(Datapath::load()?);
+        let datapath = Arc::new(Datapath::load(DatapathConfig {
+            ingress: cli.ingress,
+            flow_map_entries: cli.flow_map_entries,
+        })?);
         for interface in &interfaces {
             datapath.attach(interface)?;
         }
+        let flows = Arc::new(FlowTracker::new(
+            Arc::clone(&datapath),
+            FlowOptions {
+                labels: cli.flow_labels,
+                max_series: cli.flow_max_series,
+                idle_timeout: cli.flow_idle_timeout,
+            },
+        ));
+        // Sweep often enough to see evictions and to remove idle flows without scrapes.
+        let sweep_every =
+            (cli.flow_idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        let sweeper = Arc::clone(&flows);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(sweep_every);
+            loop {
+                ticker.tick().await;
+                drop(sweeper.refresh());
+            }
+        });
         let state = Arc::new(AppState {
-            registry: metrics::registry(Arc::clone(&datapath)),
+            registry: metrics::registry(flows),
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
         });

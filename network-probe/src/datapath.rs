@@ -1,6 +1,6 @@
-//! The kernel side seen from user space: loads the eBPF object embedded at build time, attaches
-//! its TC programs (TCX links) at ingress and egress of each selected interface, reads the maps
-//! on demand and detaches everything on shutdown.
+//! The kernel side seen from user space: loads the eBPF object embedded at build time, prepares
+//! the per-interface map entries, attaches the programs (TCX links at ingress and egress, or XDP
+//! at ingress), reads and trims the maps on demand, and detaches everything on shutdown.
 
 use std::{
     collections::BTreeMap,
@@ -8,14 +8,17 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuHashMap},
-    programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType},
-    Ebpf,
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
+    util::nr_cpus,
 };
 use log::{info, warn};
 use network_probe_common::{
-    DeviceCounters, DeviceKey, Direction, DEVICE_COUNTERS_MAP, DEVICE_COUNTERS_MAX_ENTRIES,
-    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceKey, DeviceStats, Direction, FLOWS_MAP,
+    FlowKey, FlowStats, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
 };
 
 use crate::{
@@ -26,30 +29,53 @@ use crate::{
 /// The eBPF object built from `network-probe-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/network-probe"));
 
-/// A TC hook our programs attach to.
+/// The embedded eBPF object (for tests and benchmarks that run its programs directly).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
+/// Which program watches ingress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressHook {
+    /// TC classifier on a TCX link (sees GRO super-packets; counts their segments).
+    Tc,
+    /// XDP in generic (skb) mode: works on every driver.
+    XdpGeneric,
+    /// XDP in native (driver) mode: cheapest, needs driver support.
+    XdpNative,
+}
+
+/// Load-time choices.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathConfig {
+    pub ingress: IngressHook,
+    /// Capacity of the flow map (entries).
+    pub flow_map_entries: u32,
+}
+
+/// A program our object attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
     TcIngress,
     TcEgress,
+    XdpIngress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::TcIngress, Hook::TcEgress];
-
     /// Label value used in metrics, equal to the program's name.
     pub const fn as_str(self) -> &'static str {
         match self {
             Hook::TcIngress => TC_INGRESS_PROGRAM,
             Hook::TcEgress => TC_EGRESS_PROGRAM,
+            Hook::XdpIngress => XDP_INGRESS_PROGRAM,
         }
     }
+}
 
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Hook::TcIngress => TcAttachType::Ingress,
-            Hook::TcEgress => TcAttachType::Egress,
-        }
-    }
+#[derive(Debug)]
+enum LinkId {
+    Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
 }
 
 /// One program attached to one interface.
@@ -58,35 +84,27 @@ struct Attachment {
     interface: String,
     ifindex: u32,
     hook: Hook,
-    link: SchedClassifierLinkId,
+    link: LinkId,
 }
 
-/// Counters of one interface and direction, summed over CPUs.
+/// Statistics of one interface and direction, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSample {
     pub interface: String,
     pub direction: Direction,
-    pub counters: DeviceCounters,
-}
-
-/// What a scrape needs from the datapath, read in one go.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub devices: Vec<DeviceSample>,
-    /// (interface, hook) for every attached program.
-    pub attached: Vec<(String, Hook)>,
-    pub device_map_entries: usize,
-    pub device_map_capacity: u32,
+    pub stats: DeviceStats,
 }
 
 struct Inner {
     ebpf: Ebpf,
-    device_counters: PerCpuHashMap<MapData, DeviceKey, DeviceCounters>,
+    config: DatapathConfig,
+    device_stats: PerCpuHashMap<MapData, DeviceKey, DeviceStats>,
+    flows: HashMap<MapData, FlowKey, FlowStats>,
     attachments: Vec<Attachment>,
 }
 
 /// The loaded eBPF object and its attachments. Shared between the daemon (which attaches and
-/// detaches) and the metrics collector (which reads).
+/// detaches) and the metrics collectors (which read).
 pub struct Datapath {
     inner: Mutex<Inner>,
 }
@@ -98,8 +116,8 @@ impl std::fmt::Debug for Datapath {
 }
 
 impl Datapath {
-    /// Loads the embedded object and verifies its programs with the kernel. Attaches nothing.
-    pub fn load() -> Result<Self> {
+    /// Loads the embedded object and verifies the programs `config` needs. Attaches nothing.
+    pub fn load(config: DatapathConfig) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::Other(
                 "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF object; rebuild \
@@ -107,36 +125,77 @@ impl Datapath {
                     .into(),
             ));
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_MAP, config.flow_map_entries)
+            .load(EBPF_OBJECT)
             .map_err(|err| Error::datapath("loading the eBPF object", &err))?;
-        for hook in Hook::ALL {
-            program_mut(&mut ebpf, hook)?.load().map_err(|err| {
-                Error::datapath(format!("verifying program {}", hook.as_str()), &err)
-            })?;
+        let hooks: &[Hook] = match config.ingress {
+            IngressHook::Tc => &[Hook::TcIngress, Hook::TcEgress],
+            IngressHook::XdpGeneric | IngressHook::XdpNative => &[Hook::XdpIngress, Hook::TcEgress],
+        };
+        for &hook in hooks {
+            let verify = |err: &(dyn std::error::Error + 'static)| {
+                Error::datapath(format!("verifying program {}", hook.as_str()), err)
+            };
+            match hook {
+                Hook::XdpIngress => xdp_mut(&mut ebpf)?.load().map_err(|e| verify(&e))?,
+                _ => tc_mut(&mut ebpf, hook)?.load().map_err(|e| verify(&e))?,
+            }
         }
-        let map = ebpf
-            .take_map(DEVICE_COUNTERS_MAP)
-            .ok_or_else(|| Error::Other(format!("eBPF object has no map {DEVICE_COUNTERS_MAP}")))?;
-        let device_counters = PerCpuHashMap::try_from(map)
-            .map_err(|err| Error::datapath(format!("opening map {DEVICE_COUNTERS_MAP}"), &err))?;
+        let device_stats = take_map(&mut ebpf, DEVICE_STATS_MAP, PerCpuHashMap::try_from)?;
+        let flows = take_map(&mut ebpf, FLOWS_MAP, HashMap::try_from)?;
         Ok(Datapath {
             inner: Mutex::new(Inner {
                 ebpf,
-                device_counters,
+                config,
+                device_stats,
+                flows,
                 attachments: Vec::new(),
             }),
         })
     }
 
-    /// Attaches the ingress and egress programs to `interface` with TCX links. On failure
-    /// nothing stays attached to that interface.
+    /// Prepares the statistics entries of `interface` and attaches the ingress and egress
+    /// programs to it. On failure nothing stays attached to that interface.
     pub fn attach(&self, interface: &str) -> Result<()> {
         let ifindex = rtnetlink::interface_index(interface)?;
         let mut inner = self.lock();
+        let inner = &mut *inner;
+        if inner.attachments.iter().any(|a| a.ifindex == ifindex) {
+            return Ok(());
+        }
+        let cpus =
+            nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let key = DeviceKey {
+                ifindex,
+                direction: direction as u32,
+            };
+            // Keep counts of an interface we attached to before (same index): no counter
+            // goes backwards.
+            if inner.device_stats.get(&key, 0).is_ok() {
+                continue;
+            }
+            let zero = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
+                .map_err(|err| Error::Other(format!("per-CPU values: {err}")))?;
+            inner.device_stats.insert(key, zero, 0).map_err(|err| {
+                Error::datapath(
+                    format!(
+                        "creating {DEVICE_STATS_MAP} entries for {interface} (map holds \
+                         {DEVICE_STATS_MAX_ENTRIES})"
+                    ),
+                    &err,
+                )
+            })?;
+        }
+
+        let hooks = match inner.config.ingress {
+            IngressHook::Tc => [Hook::TcIngress, Hook::TcEgress],
+            _ => [Hook::XdpIngress, Hook::TcEgress],
+        };
         let mut added = Vec::new();
-        for hook in Hook::ALL {
-            let program = program_mut(&mut inner.ebpf, hook)?;
-            match program.attach(interface, hook.attach_type()) {
+        for hook in hooks {
+            match attach_one(&mut inner.ebpf, inner.config.ingress, hook, interface) {
                 Ok(link) => added.push(Attachment {
                     interface: interface.to_string(),
                     ifindex,
@@ -147,14 +206,14 @@ impl Datapath {
                     for attachment in added {
                         detach_one(&mut inner.ebpf, attachment);
                     }
-                    return Err(Error::datapath(
-                        format!("attaching {} to {interface}", hook.as_str()),
-                        &err,
-                    ));
+                    return Err(err);
                 }
             }
         }
-        info!("attached {TC_INGRESS_PROGRAM} and {TC_EGRESS_PROGRAM} to {interface} (ifindex {ifindex}) with TCX");
+        info!(
+            "attached {} to {interface} (ifindex {ifindex})",
+            hooks.map(Hook::as_str).join(" and ")
+        );
         inner.attachments.extend(added);
         Ok(())
     }
@@ -173,51 +232,78 @@ impl Datapath {
         }
     }
 
-    /// Reads the device counters (summing per-CPU copies) and the attachment list.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Reads the statistics of every attached interface, summing the per-CPU copies.
+    pub fn device_samples(&self) -> Vec<DeviceSample> {
         let inner = self.lock();
-        let names: BTreeMap<u32, &str> = inner
-            .attachments
-            .iter()
-            .map(|a| (a.ifindex, a.interface.as_str()))
-            .collect();
-        let mut devices = Vec::new();
-        let mut entries = 0;
-        for item in inner.device_counters.iter() {
+        let names = inner.names();
+        let mut samples = Vec::new();
+        for item in inner.device_stats.iter() {
             let (key, per_cpu) = match item {
                 Ok(item) => item,
                 Err(err) => {
-                    warn!("reading {DEVICE_COUNTERS_MAP}: {err}");
+                    warn!("reading {DEVICE_STATS_MAP}: {err}");
                     continue;
                 }
             };
-            entries += 1;
             let (Some(direction), Some(interface)) =
                 (Direction::from_raw(key.direction), names.get(&key.ifindex))
             else {
                 continue;
             };
-            let mut counters = DeviceCounters::default();
+            let mut stats = DeviceStats::ZERO;
             for cpu in per_cpu.iter() {
-                counters.accumulate(cpu);
+                stats.accumulate(cpu);
             }
-            devices.push(DeviceSample {
+            samples.push(DeviceSample {
                 interface: interface.to_string(),
                 direction,
-                counters,
+                stats,
             });
         }
-        devices.sort_by(|a, b| (&a.interface, a.direction).cmp(&(&b.interface, b.direction)));
-        Snapshot {
-            devices,
-            attached: inner
-                .attachments
-                .iter()
-                .map(|a| (a.interface.clone(), a.hook))
-                .collect(),
-            device_map_entries: entries,
-            device_map_capacity: DEVICE_COUNTERS_MAX_ENTRIES,
+        samples.sort_by(|a, b| (&a.interface, a.direction).cmp(&(&b.interface, b.direction)));
+        samples
+    }
+
+    /// Every entry of the flow map.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
+        let inner = self.lock();
+        inner
+            .flows
+            .iter()
+            .filter_map(|item| item.map_err(|err| warn!("reading {FLOWS_MAP}: {err}")).ok())
+            .collect()
+    }
+
+    /// Deletes flow entries (idle ones, already folded into totals by the caller).
+    pub fn remove_flows(&self, keys: &[FlowKey]) {
+        let mut inner = self.lock();
+        for key in keys {
+            // Already gone (evicted meanwhile) is fine.
+            let _ = inner.flows.remove(key);
         }
+    }
+
+    /// (interface, program) for every attached program.
+    pub fn attached(&self) -> Vec<(String, Hook)> {
+        self.lock()
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.hook))
+            .collect()
+    }
+
+    /// Interface names by index, for the interfaces we are attached to.
+    pub fn interface_names(&self) -> BTreeMap<u32, String> {
+        self.lock()
+            .names()
+            .into_iter()
+            .map(|(index, name)| (index, name.to_string()))
+            .collect()
+    }
+
+    /// Capacity of the flow map.
+    pub fn flow_map_capacity(&self) -> u32 {
+        self.lock().config.flow_map_entries
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -228,32 +314,104 @@ impl Datapath {
     }
 }
 
+impl Inner {
+    fn names(&self) -> BTreeMap<u32, &str> {
+        self.attachments
+            .iter()
+            .map(|a| (a.ifindex, a.interface.as_str()))
+            .collect()
+    }
+}
+
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.detach_all();
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
+fn take_map<M, E: std::error::Error + 'static>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
+) -> Result<M> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::Other(format!("eBPF object has no map {name}")))?;
+    convert(map).map_err(|err| Error::datapath(format!("opening map {name}"), &err))
+}
+
+fn tc_mut(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
     ebpf.program_mut(hook.as_str())
         .ok_or_else(|| Error::Other(format!("eBPF object has no program {}", hook.as_str())))?
         .try_into()
         .map_err(|err| Error::datapath(format!("program {}", hook.as_str()), &err))
 }
 
+fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(XDP_INGRESS_PROGRAM)
+        .ok_or_else(|| Error::Other(format!("eBPF object has no program {XDP_INGRESS_PROGRAM}")))?
+        .try_into()
+        .map_err(|err| Error::datapath(format!("program {XDP_INGRESS_PROGRAM}"), &err))
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    ingress: IngressHook,
+    hook: Hook,
+    interface: &str,
+) -> Result<LinkId> {
+    let context = || format!("attaching {} to {interface}", hook.as_str());
+    match hook {
+        Hook::TcIngress | Hook::TcEgress => {
+            let attach_type = if hook == Hook::TcIngress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            tc_mut(ebpf, hook)?
+                .attach(interface, attach_type)
+                .map(LinkId::Tc)
+                .map_err(|err| Error::datapath(context(), &err))
+        }
+        Hook::XdpIngress => {
+            let mode = if ingress == IngressHook::XdpNative {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            xdp_mut(ebpf)?
+                .attach(interface, mode)
+                .map(LinkId::Xdp)
+                .map_err(|err| {
+                    let mut err = Error::datapath(context(), &err);
+                    if mode == XdpMode::Driver
+                        && let Error::Datapath { message, .. } = &mut err
+                    {
+                        message.push_str(
+                            " (the driver may lack native XDP: try --datapath.ingress=xdp-generic)",
+                        );
+                    }
+                    err
+                })
+        }
+    }
+}
+
 fn detach_one(ebpf: &mut Ebpf, attachment: Attachment) {
-    let result = program_mut(ebpf, attachment.hook).and_then(|program| {
-        program.detach(attachment.link).map_err(|err| {
-            Error::datapath(
-                format!(
-                    "detaching {} from {}",
-                    attachment.hook.as_str(),
-                    attachment.interface
-                ),
-                &err,
-            )
-        })
-    });
+    let context = || {
+        format!(
+            "detaching {} from {}",
+            attachment.hook.as_str(),
+            attachment.interface
+        )
+    };
+    let result = match attachment.link {
+        LinkId::Tc(link) => tc_mut(ebpf, attachment.hook)
+            .and_then(|p| p.detach(link).map_err(|e| Error::datapath(context(), &e))),
+        LinkId::Xdp(link) => {
+            xdp_mut(ebpf).and_then(|p| p.detach(link).map_err(|e| Error::datapath(context(), &e)))
+        }
+    };
     if let Err(err) = result {
         warn!("{err}");
     }

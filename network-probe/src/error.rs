@@ -25,8 +25,8 @@ pub mod exit_code {
 pub enum Error {
     #[error(
         "missing capability {capability} (effective set of uid {uid}): run as root, or grant it \
-         with `setcap cap_bpf,cap_net_admin=ep <binary>` or \
-         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN in the systemd unit"
+         with `setcap cap_bpf,cap_perfmon,cap_net_admin=ep <binary>` or \
+         AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN in the systemd unit"
     )]
     MissingCapability { capability: &'static str, uid: u32 },
 
@@ -105,10 +105,13 @@ impl Error {
             }
             source = inner.source();
         }
-        Error::Datapath {
-            context: context.into(),
-            message,
+        let context = context.into();
+        // The verifier's log runs to thousands of lines: one line here, the log at debug level.
+        if let Some((first, _)) = message.split_once('\n') {
+            log::debug!("{context}: {message}");
+            message = format!("{first} (the verifier log is printed with --log.level=debug)");
         }
+        Error::Datapath { context, message }
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
 //! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
 //! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
+//! - [`flows`]: turns the kernel flow map into bounded, monotonic flow series (pure).
+//! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
 //! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
 //! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`).
 //! - [`daemon`]: start-up order, signal handling and shutdown.
@@ -15,6 +17,8 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod error;
+pub mod flow_tracker;
+pub mod flows;
 pub mod http;
 pub mod metrics;
 pub mod preflight;

@@ -1,29 +1,36 @@
-//! The Prometheus registry: collectors that read live state (the datapath's maps) at scrape
-//! time, plus build information. Names follow Prometheus conventions: base units, `_total` on
-//! counters; README.md documents each one.
+//! The Prometheus registry: collectors that read live state (the datapath's maps, the flow
+//! table) at scrape time, plus build information. Names follow Prometheus conventions: base
+//! units, `_total` on counters; README.md documents each one.
 
 use std::sync::Arc;
 
+use network_probe_common::{
+    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOWS_MAP, RTT_BUCKETS, SIZE_BUCKETS, Unclassified,
+};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
-use crate::datapath::Datapath;
+use crate::{
+    datapath::DeviceSample,
+    flow_tracker::{FlowTracker, monotonic_ns, realtime_ns},
+    flows::{FlowCounters, FlowLabels, Series, SeriesKey},
+};
 
 /// Builds the registry served on the telemetry path.
-pub fn registry(datapath: Arc<Datapath>) -> Registry {
+pub fn registry(flows: Arc<FlowTracker>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BuildInfo));
-    registry.register_collector(Box::new(DatapathCollector { datapath }));
+    registry.register_collector(Box::new(DatapathCollector { flows }));
     registry
 }
 
 /// Renders the registry in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut body = String::with_capacity(4096);
+    let mut body = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut body, registry)?;
     Ok(body)
 }
@@ -34,94 +41,462 @@ struct BuildInfo;
 
 impl Collector for BuildInfo {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(1i64);
         let mut metric = encoder.encode_descriptor(
             "network_probe_build_info",
             "A metric with a constant value of 1, labelled with the version and git revision of \
              this network-probe binary.",
             None,
-            gauge.metric_type(),
+            MetricType::Gauge,
         )?;
         let labels = [
             ("version", env!("CARGO_PKG_VERSION")),
             ("revision", env!("NETWORK_PROBE_GIT_REVISION")),
         ];
-        gauge.encode(metric.encode_family(&labels)?)
+        ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)
     }
 }
 
-/// Per-interface counters and meta metrics about the datapath, read from the kernel maps on
-/// each scrape.
+/// Everything the eBPF datapath counts, read from the kernel maps on each scrape.
 #[derive(Debug)]
 struct DatapathCollector {
-    datapath: Arc<Datapath>,
+    flows: Arc<FlowTracker>,
+}
+
+/// Writes one counter family: `values` yields (labels, value).
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family.
+fn gauge_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One histogram from per-bucket counts and the upper bound of each bucket (the last bucket
+/// is exported as +Inf).
+fn histogram<L: EncodeLabelSet>(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &L,
+    counts: &[u64],
+    upper_bound: impl Fn(usize) -> f64,
+    sum: f64,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| {
+            let bound = if i + 1 == counts.len() {
+                f64::INFINITY
+            } else {
+                upper_bound(i)
+            };
+            (bound, count)
+        })
+        .collect();
+    let count = counts.iter().sum();
+    family
+        .encode_family(labels)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+type DeviceLabels<'a> = [(&'static str, &'a str); 2];
+
+fn device_labels(sample: &DeviceSample) -> DeviceLabels<'_> {
+    [
+        ("interface", sample.interface.as_str()),
+        ("direction", sample.direction.as_str()),
+    ]
+}
+
+impl DatapathCollector {
+    fn encode_devices(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        devices: &[DeviceSample],
+    ) -> Result<(), std::fmt::Error> {
+        type Field = fn(&network_probe_common::DeviceStats) -> u64;
+        let counters: [(&str, &str, Field); 10] = [
+            (
+                "network_probe_interface_packets",
+                "Packets seen on an interface, per direction. A GSO/GRO super-packet counts as \
+                 the number of wire segments it carries.",
+                |s| s.packets,
+            ),
+            (
+                "network_probe_interface_bytes",
+                "Bytes seen on an interface, per direction: each packet's length including its \
+                 link-layer header (a GSO super-packet counts its length once).",
+                |s| s.bytes,
+            ),
+            (
+                "network_probe_interface_tcp_packets",
+                "TCP segments on the wire seen on an interface (GSO segments counted).",
+                |s| s.tcp_packets,
+            ),
+            (
+                "network_probe_interface_tcp_retransmits",
+                "TCP segments whose sequence range starts before the highest sequence number \
+                 already sent in their flow direction (GSO segments counted).",
+                |s| s.tcp_retransmits,
+            ),
+            (
+                "network_probe_interface_tcp_rst",
+                "TCP segments with the RST flag.",
+                |s| s.tcp_rst,
+            ),
+            (
+                "network_probe_interface_tcp_syn",
+                "TCP segments with the SYN flag (SYN and SYN-ACK).",
+                |s| s.tcp_syn,
+            ),
+            (
+                "network_probe_interface_tcp_fin",
+                "TCP segments with the FIN flag.",
+                |s| s.tcp_fin,
+            ),
+            (
+                "network_probe_interface_tcp_zero_window",
+                "TCP segments, other than RSTs, advertising a zero receive window.",
+                |s| s.tcp_zero_window,
+            ),
+            (
+                "network_probe_interface_ipv4_df_packets",
+                "IPv4 packets of any protocol with the Don't Fragment bit set, whatever other \
+                 flags are set.",
+                |s| s.ipv4_df,
+            ),
+            (
+                "network_probe_interface_flows_created",
+                "Flow entries (one per TCP connection direction) created in the kernel flow map.",
+                |s| s.flows_created,
+            ),
+        ];
+        for (name, help, field) in counters {
+            counter_family(
+                encoder,
+                name,
+                help,
+                devices.iter().map(|d| (device_labels(d), field(&d.stats))),
+            )?;
+        }
+        counter_family(
+            encoder,
+            "network_probe_interface_flow_create_failures",
+            "Flow entries the datapath failed to create (another CPU created the same flow at \
+             the same moment, or the map could not grow).",
+            devices
+                .iter()
+                .map(|d| (device_labels(d), d.stats.flow_create_failures)),
+        )?;
+
+        let mut unclassified = encoder.encode_descriptor(
+            "network_probe_interface_unclassified_packets",
+            "Packets the parser did not classify as TCP over IPv4/IPv6, by reason. They pass \
+             untouched like every other packet.",
+            None,
+            MetricType::Counter,
+        )?;
+        for device in devices {
+            for reason in Unclassified::ALL {
+                let labels = [
+                    ("interface", device.interface.as_str()),
+                    ("direction", device.direction.as_str()),
+                    ("reason", reason.as_str()),
+                ];
+                let value = device.stats.unclassified[reason as usize];
+                ConstCounter::new(value).encode(unclassified.encode_family(&labels)?)?;
+            }
+        }
+
+        let size_bound = |i: usize| ((1u64 << i) - 1) as f64;
+        let mut ip_size = encoder.encode_descriptor(
+            "network_probe_interface_ip_packet_size_bytes",
+            "Sizes of IP packets (IP header included) seen on an interface, log2 buckets \
+             computed in the kernel; a GSO super-packet is one observation of its full size.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for device in devices {
+            histogram(
+                &mut ip_size,
+                &device_labels(device),
+                &device.stats.ip_size,
+                size_bound,
+                device.stats.ip_size_sum as f64,
+            )?;
+        }
+        debug_assert_eq!(SIZE_BUCKETS, network_probe_common::SIZE_BUCKETS);
+        let mut payload_size = encoder.encode_descriptor(
+            "network_probe_interface_tcp_payload_size_bytes",
+            "TCP payload sizes seen on an interface, log2 buckets computed in the kernel; a GSO \
+             super-packet is one observation of its full payload.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for device in devices {
+            histogram(
+                &mut payload_size,
+                &device_labels(device),
+                &device.stats.tcp_payload_size,
+                size_bound,
+                device.stats.tcp_payload_sum as f64,
+            )?;
+        }
+
+        let mut rtt = encoder.encode_descriptor(
+            "network_probe_tcp_handshake_rtt_seconds",
+            "Passive TCP handshake round-trip times on an interface: SYN to SYN-ACK for \
+             connections this side opened (egress SYN), SYN-ACK to ACK for connections the \
+             peer opened (ingress SYN). Retransmitted handshakes give no sample.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut by_interface: Vec<(&str, [u64; RTT_BUCKETS], u64)> = Vec::new();
+        for device in devices {
+            let entry = match by_interface.iter_mut().find(|e| e.0 == device.interface) {
+                Some(entry) => entry,
+                None => {
+                    by_interface.push((&device.interface, [0; RTT_BUCKETS], 0));
+                    by_interface.last_mut().expect("just pushed")
+                }
+            };
+            for (total, count) in entry.1.iter_mut().zip(device.stats.handshake_rtt) {
+                *total += count;
+            }
+            entry.2 += device.stats.handshake_rtt_sum_ns;
+        }
+        for (interface, counts, sum_ns) in by_interface {
+            histogram(
+                &mut rtt,
+                &[("interface", interface)],
+                &counts,
+                |i| (1u64 << i) as f64 * 1e-6,
+                sum_ns as f64 * 1e-9,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let names = self.flows.datapath().interface_names();
+        let table = self.flows.refresh();
+        let enabled = table.options().labels;
+        let series = table.series();
+        let labels: Vec<(Vec<(&'static str, String)>, &Series)> = series
+            .iter()
+            .map(|(key, series)| (series_labels(key, &enabled, &names), *series))
+            .collect();
+
+        type Field = fn(&FlowCounters) -> u64;
+        let counters: [(&str, &str, Field); 8] = [
+            (
+                "network_probe_flow_packets",
+                "Packets of the TCP flows with these labels (GSO segments counted).",
+                |c| c.packets,
+            ),
+            (
+                "network_probe_flow_bytes",
+                "Bytes of the TCP flows with these labels, link-layer headers included.",
+                |c| c.bytes,
+            ),
+            (
+                "network_probe_flow_retransmits",
+                "Retransmitted TCP segments, judged from sequence numbers per flow direction.",
+                |c| c.retransmits,
+            ),
+            ("network_probe_flow_rst", "TCP segments with RST.", |c| {
+                c.rst
+            }),
+            ("network_probe_flow_syn", "TCP segments with SYN.", |c| {
+                c.syn
+            }),
+            ("network_probe_flow_fin", "TCP segments with FIN.", |c| {
+                c.fin
+            }),
+            (
+                "network_probe_flow_zero_window",
+                "TCP segments, other than RSTs, advertising a zero receive window.",
+                |c| c.zero_window,
+            ),
+            (
+                "network_probe_flow_df_packets",
+                "IPv4 packets with the Don't Fragment bit set, whatever other flags are set \
+                 (IPv6 has no DF bit).",
+                |c| c.df,
+            ),
+        ];
+        for (name, help, field) in counters {
+            counter_family(
+                encoder,
+                name,
+                help,
+                labels.iter().map(|(l, s)| (l.clone(), field(&s.total()))),
+            )?;
+        }
+        gauge_family(
+            encoder,
+            "network_probe_flow_window_scale",
+            "Window scale shift (RFC 7323) offered in the SYN or SYN-ACK of the most recently \
+             active flow with these labels; absent when no SYN with the option was seen.",
+            labels
+                .iter()
+                .filter_map(|(l, s)| s.window_scale.map(|scale| (l.clone(), f64::from(scale)))),
+        )?;
+        let offset_ns = realtime_ns() as f64 - monotonic_ns() as f64;
+        let unix = |mono: u64| (mono as f64 + offset_ns) / 1e9;
+        gauge_family(
+            encoder,
+            "network_probe_flow_first_seen_timestamp_seconds",
+            "Unix time of the first packet of the flows with these labels.",
+            labels
+                .iter()
+                .filter(|(_, s)| s.first_seen_ns != 0)
+                .map(|(l, s)| (l.clone(), unix(s.first_seen_ns))),
+        )?;
+        gauge_family(
+            encoder,
+            "network_probe_flow_last_seen_timestamp_seconds",
+            "Unix time of the last packet of the flows with these labels.",
+            labels
+                .iter()
+                .filter(|(_, s)| s.last_seen_ns != 0)
+                .map(|(l, s)| (l.clone(), unix(s.last_seen_ns))),
+        )?;
+
+        let stats = table.stats();
+        let no_labels: [(&str, &str); 0] = [];
+        counter_family(
+            encoder,
+            "network_probe_flows_evicted",
+            "Flows the kernel evicted from the full flow map before they went idle; their \
+             counts up to the last read are kept, later packets of theirs are lost.",
+            [(no_labels, stats.evicted)],
+        )?;
+        counter_family(
+            encoder,
+            "network_probe_flows_idle_removed",
+            "Flows removed from the kernel map after the idle timeout, their counts kept.",
+            [(no_labels, stats.idle_removed)],
+        )?;
+        counter_family(
+            encoder,
+            "network_probe_flow_series_expired",
+            "Flow series that went idle and were folded into their interface's other row.",
+            [(no_labels, stats.series_expired)],
+        )?;
+        gauge_family(
+            encoder,
+            "network_probe_flow_series",
+            "Flow series currently exported (the other rows included).",
+            [(no_labels, series.len() as f64)],
+        )?;
+        let capacity = self.flows.datapath().flow_map_capacity();
+        gauge_family(
+            encoder,
+            "network_probe_datapath_map_entries",
+            "Entries currently in an eBPF map of the datapath.",
+            [([("map", FLOWS_MAP)], stats.live_flows as f64)],
+        )?;
+        gauge_family(
+            encoder,
+            "network_probe_datapath_map_capacity",
+            "Maximum number of entries an eBPF map of the datapath can hold.",
+            [
+                ([("map", FLOWS_MAP)], f64::from(capacity)),
+                (
+                    [("map", DEVICE_STATS_MAP)],
+                    f64::from(DEVICE_STATS_MAX_ENTRIES),
+                ),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Label pairs of a flow series in a fixed order: the configured labels, where `other` rows say
+/// "other" in every label but the interface.
+fn series_labels(
+    key: &SeriesKey,
+    enabled: &FlowLabels,
+    names: &std::collections::BTreeMap<u32, String>,
+) -> Vec<(&'static str, String)> {
+    let value = |v: Option<String>| {
+        if key.other {
+            "other".to_string()
+        } else {
+            v.unwrap_or_default()
+        }
+    };
+    let mut labels = Vec::with_capacity(6);
+    if enabled.interface {
+        let name = key.ifindex.map(|index| {
+            names
+                .get(&index)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{index}"))
+        });
+        labels.push(("interface", name.unwrap_or_default()));
+    }
+    if enabled.direction {
+        let direction = key.direction.map(|d| {
+            network_probe_common::Direction::from_raw(u32::from(d))
+                .map_or("unknown", |d| d.as_str())
+                .to_string()
+        });
+        labels.push(("direction", value(direction)));
+    }
+    if enabled.src {
+        labels.push(("src", value(key.src.map(|a| a.to_string()))));
+    }
+    if enabled.dst {
+        labels.push(("dst", value(key.dst.map(|a| a.to_string()))));
+    }
+    if enabled.src_port {
+        labels.push(("src_port", value(key.src_port.map(|p| p.to_string()))));
+    }
+    if enabled.dst_port {
+        labels.push(("dst_port", value(key.dst_port.map(|p| p.to_string()))));
+    }
+    labels
 }
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.datapath.snapshot();
-
-        let mut packets = encoder.encode_descriptor(
-            "network_probe_interface_packets",
-            "Packets seen by the TC programs on an interface, per direction. A GSO/GRO \
-             super-packet counts as the number of wire segments it carries.",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for sample in &snapshot.devices {
-            let labels = [
-                ("interface", sample.interface.as_str()),
-                ("direction", sample.direction.as_str()),
-            ];
-            ConstCounter::new(sample.counters.packets).encode(packets.encode_family(&labels)?)?;
-        }
-
-        let mut bytes = encoder.encode_descriptor(
-            "network_probe_interface_bytes",
-            "Bytes seen by the TC programs on an interface, per direction: the length of each \
-             packet including its link-layer header (a GSO super-packet counts its length once).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for sample in &snapshot.devices {
-            let labels = [
-                ("interface", sample.interface.as_str()),
-                ("direction", sample.direction.as_str()),
-            ];
-            ConstCounter::new(sample.counters.bytes).encode(bytes.encode_family(&labels)?)?;
-        }
-
-        let mut attached = encoder.encode_descriptor(
+        let datapath = self.flows.datapath();
+        let devices = datapath.device_samples();
+        self.encode_devices(&mut encoder, &devices)?;
+        gauge_family(
+            &mut encoder,
             "network_probe_datapath_programs_attached",
             "1 for each eBPF program attached to an interface, labelled with the program.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+            datapath.attached().iter().map(|(interface, hook)| {
+                (
+                    [
+                        ("interface", interface.clone()),
+                        ("program", hook.as_str().to_string()),
+                    ],
+                    1.0,
+                )
+            }),
         )?;
-        for (interface, hook) in &snapshot.attached {
-            let labels = [
-                ("interface", interface.as_str()),
-                ("program", hook.as_str()),
-            ];
-            ConstGauge::new(1i64).encode(attached.encode_family(&labels)?)?;
-        }
-
-        let labels = [("map", network_probe_common::DEVICE_COUNTERS_MAP)];
-        let mut entries = encoder.encode_descriptor(
-            "network_probe_datapath_map_entries",
-            "Entries currently in an eBPF map of the datapath.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        ConstGauge::new(snapshot.device_map_entries as i64)
-            .encode(entries.encode_family(&labels)?)?;
-        let mut capacity = encoder.encode_descriptor(
-            "network_probe_datapath_map_capacity",
-            "Maximum number of entries an eBPF map of the datapath can hold.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::from(snapshot.device_map_capacity))
-            .encode(capacity.encode_family(&labels)?)?;
-        Ok(())
+        self.encode_flows(&mut encoder)
     }
 }

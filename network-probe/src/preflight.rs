@@ -8,13 +8,16 @@ use crate::error::{Error, Result};
 /// Capability numbers from `linux/capability.h`.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// Verifies that the effective capability set can load and attach TC programs:
-/// CAP_BPF (or CAP_SYS_ADMIN, which implies it) and CAP_NET_ADMIN.
+/// Verifies that the effective capability set can load and attach the programs:
+/// CAP_BPF, CAP_PERFMON (or CAP_SYS_ADMIN, which implies both) and CAP_NET_ADMIN. Without
+/// CAP_PERFMON the verifier applies Spectre v1 restrictions that reject the flow accounting's
+/// indexed counter updates.
 pub fn check_capabilities() -> Result<()> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(|err| Error::Other(format!("cannot read /proc/self/status: {err}")))?;
@@ -42,6 +45,9 @@ pub fn missing_capability(effective: u64) -> Option<&'static str> {
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         return Some("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        return Some("CAP_PERFMON");
     }
     if !has(CAP_NET_ADMIN) {
         return Some("CAP_NET_ADMIN");
@@ -115,13 +121,12 @@ mod tests {
         let all = u64::MAX;
         assert_eq!(missing_capability(all), None);
         assert_eq!(missing_capability(0), Some("CAP_BPF"));
-        assert_eq!(missing_capability(1 << CAP_BPF), Some("CAP_NET_ADMIN"));
+        assert_eq!(missing_capability(1 << CAP_BPF), Some("CAP_PERFMON"));
+        let bpf_perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        assert_eq!(missing_capability(bpf_perfmon), Some("CAP_NET_ADMIN"));
+        assert_eq!(missing_capability(bpf_perfmon | (1 << CAP_NET_ADMIN)), None);
         assert_eq!(
             missing_capability((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)),
-            None
-        );
-        assert_eq!(
-            missing_capability((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)),
             None
         );
     }

@@ -8,7 +8,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{dotted, in_netns, sample, Daemon, VethPair};
+use common::{Daemon, VethPair, dotted, in_netns, sample};
 
 const INGRESS_DATAGRAMS: usize = 50;
 const INGRESS_PAYLOAD: usize = 100;
@@ -136,14 +136,27 @@ fn counts_exact_packets_and_bytes_per_direction_and_detaches_on_sigterm() {
     };
     assert_eq!(programs("tc_ingress"), Some(1.0));
     assert_eq!(programs("tc_egress"), Some(1.0));
+    // UDP only: no flow entries, every datagram classified as not TCP.
     assert_eq!(
         sample(
             &after,
             "network_probe_datapath_map_entries",
-            "map=\"DEVICE_COUNTERS\""
+            "map=\"FLOWS\""
         ),
-        Some(2.0)
+        Some(0.0)
     );
+    let not_tcp = |direction: &str| {
+        sample(
+            &after,
+            "network_probe_interface_unclassified_packets_total",
+            &format!(
+                "interface=\"{}\",direction=\"{direction}\",reason=\"not_tcp\"",
+                pair.a_if
+            ),
+        )
+    };
+    assert_eq!(not_tcp("ingress"), Some(INGRESS_DATAGRAMS as f64));
+    assert_eq!(not_tcp("egress"), Some(EGRESS_DATAGRAMS as f64));
     assert!(after.contains("network_probe_build_info{version=\"0.1.0\",revision="));
 
     let status = daemon.stop(libc::SIGTERM);
@@ -224,7 +237,7 @@ fn defaults_to_the_default_route_interface_and_detaches_on_sigint() {
 }
 
 #[test]
-fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_net_admin() {
+fn runs_as_an_unprivileged_user_with_only_cap_bpf_cap_perfmon_and_cap_net_admin() {
     let pair = VethPair::new();
     let mut daemon = Daemon::start_wrapped(
         &pair.a,
@@ -233,9 +246,9 @@ fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_net_admin() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            "--bounding-set=-all,+bpf,+net_admin",
-            "--inh-caps=-all,+bpf,+net_admin",
-            "--ambient-caps=-all,+bpf,+net_admin",
+            "--bounding-set=-all,+bpf,+perfmon,+net_admin",
+            "--inh-caps=-all,+bpf,+perfmon,+net_admin",
+            "--ambient-caps=-all,+bpf,+perfmon,+net_admin",
         ],
         &["--interface", &pair.a_if],
     );
@@ -244,8 +257,8 @@ fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_net_admin() {
         status.contains("Uid:\t65534\t65534\t65534\t65534"),
         "{status}"
     );
-    // CAP_NET_ADMIN (12) and CAP_BPF (39), nothing else.
-    assert!(status.contains("CapEff:\t0000008000001000"), "{status}");
+    // CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39), nothing else.
+    assert!(status.contains("CapEff:\t000000c000001000"), "{status}");
     let a: SocketAddr = format!("{}:5000", dotted(pair.a_addr)).parse().unwrap();
     let b: SocketAddr = format!("{}:5000", dotted(pair.b_addr)).parse().unwrap();
     let ingress = format!("interface=\"{}\",direction=\"ingress\"", pair.a_if);

@@ -6,7 +6,7 @@ mod common;
 
 use std::{net::TcpListener, process::Command};
 
-use common::{in_netns, VethPair, DAEMON};
+use common::{DAEMON, VethPair, in_netns};
 
 /// Runs the daemon to completion in `ns` through `wrapper` (e.g. setpriv): (exit code, stderr).
 fn run_in(ns: &str, wrapper: &[&str], args: &[&str]) -> (i32, String) {
@@ -49,7 +49,10 @@ fn not_root_names_the_capability() {
         stderr.contains("missing capability CAP_BPF (effective set of uid 65534)"),
         "{stderr}"
     );
-    assert!(stderr.contains("setcap cap_bpf,cap_net_admin"), "{stderr}");
+    assert!(
+        stderr.contains("setcap cap_bpf,cap_perfmon,cap_net_admin=ep"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -68,6 +71,26 @@ fn root_without_cap_bpf_names_it() {
     assert_one_line(&stderr);
     assert!(
         stderr.contains("missing capability CAP_BPF (effective set of uid 0)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn root_without_cap_perfmon_names_it() {
+    let pair = VethPair::new();
+    let (code, stderr) = run_in(
+        &pair.a,
+        &[
+            "setpriv",
+            "--bounding-set=-perfmon,-sys_admin",
+            "--inh-caps=-all",
+        ],
+        &["--interface", &pair.a_if],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert_one_line(&stderr);
+    assert!(
+        stderr.contains("missing capability CAP_PERFMON"),
         "{stderr}"
     );
 }

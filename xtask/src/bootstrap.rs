@@ -14,7 +14,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// bpf-linker release that works with the installed nightly (see shared research notes).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,98 @@
+//! Reading packet bytes, the same way for TC (skb) and XDP buffers: through the kernel's
+//! load-bytes helpers, which bounds-check at run time and also reach non-linear data.
+
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
+
+/// A packet the parser can read from.
+pub trait Packet {
+    /// Reads a `T` at `offset` bytes from the start of the link-layer header; `None` past the
+    /// end of the packet.
+    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// Length of the packet at this hook, link-layer header included.
+    fn len(&self) -> u32;
+    /// Reads `len` bytes (1 to 40) at `offset` into the front of `buf`; false past the end.
+    fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut value = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `value`.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb as *const c_void,
+                offset as u32,
+                value.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: rc == 0 means every byte was written.
+        (rc == 0).then(|| unsafe { value.assume_init() })
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool {
+        if len == 0 || len > 40 {
+            return false;
+        }
+        // SAFETY: len <= 40 = buf.len().
+        unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb as *const c_void,
+                offset as u32,
+                buf.as_mut_ptr() as *mut c_void,
+                len,
+            ) == 0
+        }
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut value = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `value`.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx as *mut _,
+                offset as u32,
+                value.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: rc == 0 means every byte was written.
+        (rc == 0).then(|| unsafe { value.assume_init() })
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
+
+    #[inline(always)]
+    fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool {
+        if len == 0 || len > 40 {
+            return false;
+        }
+        // SAFETY: len <= 40 = buf.len().
+        unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx as *mut _,
+                offset as u32,
+                buf.as_mut_ptr() as *mut c_void,
+                len,
+            ) == 0
+        }
+    }
+}

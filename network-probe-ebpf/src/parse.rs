@@ -1,0 +1,291 @@
+//! Packet parsing: Ethernet (with up to two 802.1Q / 802.1ad tags), IPv4 (options skipped by
+//! IHL), IPv6 (extension headers walked, bounded) and TCP (options scanned for window scale on
+//! SYNs). Every read is bounds-checked by the load helper; every loop is bounded. The result is
+//! a small summary, or the reason the packet could not be classified.
+
+use network_probe_common::{FAMILY_IPV4, FAMILY_IPV6, Unclassified};
+
+use crate::packet::Packet;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// VLAN tags walked before giving up (QinQ is two).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up.
+const MAX_IPV6_EXTENSIONS: usize = 8;
+/// TCP option bytes scanned (the TCP maximum).
+const MAX_TCP_OPTION_BYTES: usize = 40;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_MOBILITY: u8 = 135;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The IP layer of a classified packet.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IP packet length (header included), from the header's length field; for GSO super-packets
+    /// that is the super-packet's length. Falls back to the bytes present when the field is 0.
+    pub len: u32,
+    /// IPv4 Don't Fragment bit.
+    pub df: bool,
+}
+
+/// The TCP layer of a classified packet.
+#[derive(Clone, Copy)]
+pub struct Tcp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub payload_len: u32,
+    /// Window scale shift from a SYN's option, plus one; 0 if absent or not a SYN.
+    pub window_scale_plus_one: u8,
+}
+
+/// What the parser made of a packet.
+pub enum Parsed {
+    Tcp(Ip, Tcp),
+    /// An IP packet that is not (first-fragment) TCP, with the reason.
+    OtherIp(Ip, Unclassified),
+    /// Not even an IP header could be read.
+    NotIp(Unclassified),
+}
+
+#[inline(always)]
+pub fn parse<P: Packet>(packet: &P) -> Parsed {
+    let Some(mut ethertype) = packet.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        return Parsed::NotIp(Unclassified::TruncatedL2);
+    };
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // A tag is 2 bytes of TCI, then the inner EtherType.
+        let Some(inner) = packet.load::<[u8; 2]>(offset + 2) else {
+            return Parsed::NotIp(Unclassified::TruncatedL2);
+        };
+        ethertype = u16::from_be_bytes(inner);
+        offset += 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(packet, offset),
+        ETH_P_IPV6 => parse_ipv6(packet, offset),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::NotIp(Unclassified::VlanTooDeep),
+        _ => Parsed::NotIp(Unclassified::NotIp),
+    }
+}
+
+/// Bytes of the packet from `offset` on.
+#[inline(always)]
+fn remaining<P: Packet>(packet: &P, offset: usize) -> u32 {
+    (packet.len() as usize).saturating_sub(offset) as u32
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
+    let Some(header) = packet.load::<[u8; 20]>(offset) else {
+        return Parsed::NotIp(Unclassified::TruncatedIp);
+    };
+    let version = header[0] >> 4;
+    let header_len = ((header[0] & 0x0f) as usize) * 4;
+    if version != 4 || header_len < 20 {
+        return Parsed::NotIp(Unclassified::BadIpHeader);
+    }
+    let total_len = u16::from_be_bytes([header[2], header[3]]) as u32;
+    let flags_fragment = u16::from_be_bytes([header[6], header[7]]);
+    let mut ip = Ip {
+        family: FAMILY_IPV4,
+        src: [0; 16],
+        dst: [0; 16],
+        len: ip_len(total_len, remaining(packet, offset)),
+        df: flags_fragment & 0x4000 != 0,
+    };
+    ip.src[..4].copy_from_slice(&header[12..16]);
+    ip.dst[..4].copy_from_slice(&header[16..20]);
+    if header_len as u32 > ip.len {
+        return Parsed::OtherIp(ip, Unclassified::BadIpHeader);
+    }
+    if flags_fragment & 0x1fff != 0 {
+        return Parsed::OtherIp(ip, Unclassified::Fragment);
+    }
+    if header[9] != IPPROTO_TCP {
+        return Parsed::OtherIp(ip, Unclassified::NotTcp);
+    }
+    let l4_len = ip.len - header_len as u32;
+    parse_tcp(packet, ip, offset + header_len, l4_len)
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
+    let Some(header) = packet.load::<[u8; 40]>(offset) else {
+        return Parsed::NotIp(Unclassified::TruncatedIp);
+    };
+    if header[0] >> 4 != 6 {
+        return Parsed::NotIp(Unclassified::BadIpHeader);
+    }
+    let payload_len = u16::from_be_bytes([header[4], header[5]]) as u32;
+    // A zero payload length means a jumbogram / BIG TCP packet: use what is there.
+    let total_len = if payload_len == 0 {
+        0
+    } else {
+        payload_len + 40
+    };
+    let mut ip = Ip {
+        family: FAMILY_IPV6,
+        src: [0; 16],
+        dst: [0; 16],
+        len: ip_len(total_len, remaining(packet, offset)),
+        df: false,
+    };
+    ip.src.copy_from_slice(&header[8..24]);
+    ip.dst.copy_from_slice(&header[24..40]);
+    if ip.len < 40 {
+        return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+    }
+
+    let mut next = header[6];
+    let mut l4_offset = offset + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY => {
+                let Some(ext) = packet.load::<[u8; 2]>(l4_offset) else {
+                    return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+                };
+                next = ext[0];
+                l4_offset += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = packet.load::<[u8; 4]>(l4_offset) else {
+                    return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+                };
+                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                    return Parsed::OtherIp(ip, Unclassified::Fragment);
+                }
+                next = ext[0];
+                l4_offset += 8;
+            }
+            IPV6_AH => {
+                let Some(ext) = packet.load::<[u8; 2]>(l4_offset) else {
+                    return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+                };
+                next = ext[0];
+                l4_offset += (ext[1] as usize + 2) * 4;
+            }
+            _ => break,
+        }
+    }
+    match next {
+        IPPROTO_TCP => {}
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_FRAGMENT
+        | IPV6_AH => return Parsed::OtherIp(ip, Unclassified::Ipv6Extensions),
+        // ESP hides the rest; anything else is another transport.
+        50 => return Parsed::OtherIp(ip, Unclassified::Ipv6Extensions),
+        _ => return Parsed::OtherIp(ip, Unclassified::NotTcp),
+    }
+    let headers = (l4_offset - offset) as u32;
+    if headers > ip.len {
+        return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+    }
+    let l4_len = ip.len - headers;
+    parse_tcp(packet, ip, l4_offset, l4_len)
+}
+
+/// The IP length to trust: the header's field, unless it is zero (GSO/BIG TCP) or claims more
+/// than the packet holds (truncated capture, corrupt header).
+#[inline(always)]
+fn ip_len(header_field: u32, present: u32) -> u32 {
+    if header_field == 0 || header_field > present {
+        present
+    } else {
+        header_field
+    }
+}
+
+#[inline(always)]
+fn parse_tcp<P: Packet>(packet: &P, ip: Ip, offset: usize, l4_len: u32) -> Parsed {
+    let Some(header) = packet.load::<[u8; 20]>(offset) else {
+        return Parsed::OtherIp(ip, Unclassified::TruncatedTcp);
+    };
+    let data_offset = ((header[12] >> 4) as u32) * 4;
+    if data_offset < 20 || data_offset > l4_len {
+        return Parsed::OtherIp(ip, Unclassified::BadTcpHeader);
+    }
+    let flags = header[13];
+    let mut tcp = Tcp {
+        src_port: u16::from_be_bytes([header[0], header[1]]),
+        dst_port: u16::from_be_bytes([header[2], header[3]]),
+        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        flags,
+        window: u16::from_be_bytes([header[14], header[15]]),
+        payload_len: l4_len - data_offset,
+        window_scale_plus_one: 0,
+    };
+    if flags & TCP_SYN != 0 && data_offset > 20 {
+        tcp.window_scale_plus_one =
+            window_scale_option(packet, offset + 20, (data_offset - 20) as usize);
+    }
+    Parsed::Tcp(ip, tcp)
+}
+
+/// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0.
+/// The options are copied to the stack once and walked there, which keeps the verifier's work
+/// linear in the option bytes.
+#[inline(always)]
+fn window_scale_option<P: Packet>(packet: &P, offset: usize, options_len: usize) -> u8 {
+    // 64 bytes so that masking an index with 63 proves it in bounds to the verifier.
+    let mut options = [0u8; 64];
+    let len = options_len.min(MAX_TCP_OPTION_BYTES);
+    if !packet.load_span(offset, &mut options, len as u32) {
+        return 0;
+    }
+    // Walk byte positions, not options: the position is the loop counter, and the start of
+    // the next option is only ever compared with it. That keeps the verifier's states prunable
+    // (a data-dependent index would multiply them per option).
+    let mut next_option = 0usize;
+    for position in 0..MAX_TCP_OPTION_BYTES {
+        if position + 1 >= len {
+            break;
+        }
+        if position != next_option {
+            continue;
+        }
+        let kind = options[position & 63];
+        if kind == 0 {
+            break;
+        }
+        if kind == 1 {
+            next_option = position + 1;
+            continue;
+        }
+        let length = options[(position + 1) & 63] as usize;
+        if kind == 3 && length == 3 {
+            if position + 2 >= len {
+                break;
+            }
+            // RFC 7323: shifts above 14 are treated as 14.
+            return options[(position + 2) & 63].min(14) + 1;
+        }
+        if length < 2 {
+            break;
+        }
+        next_option = position + length;
+    }
+    0
+}

@@ -1,0 +1,523 @@
+//! Flow series: turns the kernel's LRU flow map into a bounded set of Prometheus series whose
+//! counters never go backwards.
+//!
+//! - Flows are projected onto the configured label set (default: interface, source, destination)
+//!   and summed per series.
+//! - At most `max_series` series are exported individually; a label set that arrives when the
+//!   cap is reached is counted in its interface's `other` row for as long as it lives. Admission
+//!   is sticky, so no count ever moves out of a series.
+//! - A flow idle for `idle_timeout` is folded into its series' retired total and deleted from the
+//!   kernel map; a flow the kernel evicted (map full) is folded the same way from the last values
+//!   read and counted as an eviction. A series with no live flow left, idle for `idle_timeout`,
+//!   is folded into its interface's `other` row and stops being exported.
+//!
+//! This module is pure: the caller reads the map and deletes what [`FlowTable::refresh`] returns.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use network_probe_common::{FAMILY_IPV4, FlowKey, FlowStats};
+
+/// Which labels flow series carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLabels {
+    pub interface: bool,
+    pub direction: bool,
+    pub src: bool,
+    pub dst: bool,
+    pub src_port: bool,
+    pub dst_port: bool,
+}
+
+impl FlowLabels {
+    pub const DEFAULT: &'static str = "interface,src,dst";
+    pub const KNOWN: [&'static str; 6] = [
+        "interface",
+        "direction",
+        "src",
+        "dst",
+        "src_port",
+        "dst_port",
+    ];
+}
+
+impl std::str::FromStr for FlowLabels {
+    type Err = String;
+
+    /// Parses a comma-separated list such as `interface,src,dst,dst_port`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut labels = FlowLabels {
+            interface: false,
+            direction: false,
+            src: false,
+            dst: false,
+            src_port: false,
+            dst_port: false,
+        };
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let flag = match name {
+                "interface" => &mut labels.interface,
+                "direction" => &mut labels.direction,
+                "src" => &mut labels.src,
+                "dst" => &mut labels.dst,
+                "src_port" => &mut labels.src_port,
+                "dst_port" => &mut labels.dst_port,
+                other => {
+                    return Err(format!(
+                        "unknown flow label {other:?} (known: {})",
+                        FlowLabels::KNOWN.join(", ")
+                    ));
+                }
+            };
+            *flag = true;
+        }
+        Ok(labels)
+    }
+}
+
+/// Settings of the flow table.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowOptions {
+    pub labels: FlowLabels,
+    pub max_series: usize,
+    pub idle_timeout: Duration,
+}
+
+/// The counters of a flow or series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub retransmits: u64,
+    pub rst: u64,
+    pub syn: u64,
+    pub fin: u64,
+    pub zero_window: u64,
+    pub df: u64,
+}
+
+impl FlowCounters {
+    fn add(&mut self, other: &FlowCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.retransmits += other.retransmits;
+        self.rst += other.rst;
+        self.syn += other.syn;
+        self.fin += other.fin;
+        self.zero_window += other.zero_window;
+        self.df += other.df;
+    }
+}
+
+impl From<&FlowStats> for FlowCounters {
+    fn from(stats: &FlowStats) -> Self {
+        FlowCounters {
+            packets: stats.packets,
+            bytes: stats.bytes,
+            retransmits: stats.retransmits,
+            rst: stats.rst,
+            syn: stats.syn,
+            fin: stats.fin,
+            zero_window: stats.zero_window,
+            df: stats.df,
+        }
+    }
+}
+
+/// The label values of one series; `None` for labels not in the configured set. `other` rows
+/// keep only the interface.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub other: bool,
+    pub ifindex: Option<u32>,
+    pub direction: Option<u8>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+}
+
+/// One exported series.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// Counts of flows that have left the map.
+    retired: FlowCounters,
+    /// Counts of the flows currently in the map (recomputed on every refresh).
+    live: FlowCounters,
+    live_flows: usize,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Window scale shift of the most recently active flow that offered one.
+    pub window_scale: Option<u8>,
+    window_scale_seen_ns: u64,
+}
+
+impl Series {
+    /// Everything counted for this series so far.
+    pub fn total(&self) -> FlowCounters {
+        let mut total = self.retired;
+        total.add(&self.live);
+        total
+    }
+}
+
+/// Counts about the table itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTableStats {
+    /// Flows that vanished from the map without us removing them (LRU eviction).
+    pub evicted: u64,
+    /// Flows removed by us after `idle_timeout` without packets.
+    pub idle_removed: u64,
+    /// Series folded into their interface's `other` row after going idle.
+    pub series_expired: u64,
+    /// Flows in the map at the last refresh.
+    pub live_flows: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FlowTable {
+    options: FlowOptions,
+    last_read: HashMap<FlowKey, FlowStats>,
+    series: HashMap<SeriesKey, Series>,
+    admitted: usize,
+    stats: FlowTableStats,
+}
+
+impl FlowTable {
+    pub fn new(options: FlowOptions) -> Self {
+        FlowTable {
+            options,
+            last_read: HashMap::new(),
+            series: HashMap::new(),
+            admitted: 0,
+            stats: FlowTableStats::default(),
+        }
+    }
+
+    /// Takes a fresh read of the whole flow map at `now_ns` (CLOCK_MONOTONIC, the clock of the
+    /// kernel's timestamps) and returns the idle flows the caller must delete from the map.
+    pub fn refresh(&mut self, now_ns: u64, flows: Vec<(FlowKey, FlowStats)>) -> Vec<FlowKey> {
+        let idle_ns = self.options.idle_timeout.as_nanos() as u64;
+        let mut current: HashMap<FlowKey, FlowStats> = flows.into_iter().collect();
+
+        let previous = std::mem::take(&mut self.last_read);
+        for (key, stats) in previous {
+            if !current.contains_key(&key) {
+                self.retire(&key, &stats);
+                self.stats.evicted += 1;
+            }
+        }
+
+        let idle: Vec<FlowKey> = current
+            .iter()
+            .filter(|(_, stats)| now_ns.saturating_sub(stats.last_seen_ns) >= idle_ns)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &idle {
+            if let Some(stats) = current.remove(key) {
+                self.retire(key, &stats);
+            }
+        }
+        self.stats.idle_removed += idle.len() as u64;
+
+        for series in self.series.values_mut() {
+            series.live = FlowCounters::default();
+            series.live_flows = 0;
+        }
+        for (key, stats) in &current {
+            let series_key = self.series_key(key);
+            let series = self.series.entry(series_key).or_default();
+            series.live.add(&FlowCounters::from(stats));
+            series.live_flows += 1;
+            series.note_times(stats);
+        }
+        self.expire_series(now_ns, idle_ns);
+        self.stats.live_flows = current.len();
+        self.last_read = current;
+        idle
+    }
+
+    /// The exported series, sorted by labels.
+    pub fn series(&self) -> Vec<(&SeriesKey, &Series)> {
+        let mut all: Vec<_> = self.series.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        self.stats
+    }
+
+    pub fn options(&self) -> &FlowOptions {
+        &self.options
+    }
+
+    /// Adds a flow that left the map to its series' retired total.
+    fn retire(&mut self, key: &FlowKey, stats: &FlowStats) {
+        let series_key = self.series_key(key);
+        let series = self.series.entry(series_key).or_default();
+        series.retired.add(&FlowCounters::from(stats));
+        series.note_times(stats);
+    }
+
+    /// The series `key` counts in: its own label set if admitted (admitting it while under the
+    /// cap), else its interface's `other` row.
+    fn series_key(&mut self, key: &FlowKey) -> SeriesKey {
+        let labels = self.options.labels;
+        let full = SeriesKey {
+            other: false,
+            ifindex: labels.interface.then_some(key.ifindex),
+            direction: labels.direction.then_some(key.direction),
+            src: labels.src.then(|| address(key.family, &key.src)),
+            dst: labels.dst.then(|| address(key.family, &key.dst)),
+            src_port: labels.src_port.then_some(key.src_port),
+            dst_port: labels.dst_port.then_some(key.dst_port),
+        };
+        if self.series.contains_key(&full) {
+            return full;
+        }
+        if self.admitted < self.options.max_series {
+            self.admitted += 1;
+            return full;
+        }
+        other_row(full.ifindex)
+    }
+
+    /// Folds series without live flows, idle for `idle_ns`, into their `other` row.
+    fn expire_series(&mut self, now_ns: u64, idle_ns: u64) {
+        let expired: Vec<SeriesKey> = self
+            .series
+            .iter()
+            .filter(|(key, series)| {
+                !key.other
+                    && series.live_flows == 0
+                    && now_ns.saturating_sub(series.last_seen_ns) >= idle_ns
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(series) = self.series.remove(&key) else {
+                continue;
+            };
+            self.admitted -= 1;
+            self.stats.series_expired += 1;
+            let other = self.series.entry(other_row(key.ifindex)).or_default();
+            other.retired.add(&series.total());
+            other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
+            other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
+        }
+    }
+}
+
+impl Series {
+    fn note_times(&mut self, stats: &FlowStats) {
+        self.first_seen_ns = min_nonzero(self.first_seen_ns, stats.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(stats.last_seen_ns);
+        if stats.window_scale_plus_one != 0 && stats.last_seen_ns >= self.window_scale_seen_ns {
+            self.window_scale = Some(stats.window_scale_plus_one - 1);
+            self.window_scale_seen_ns = stats.last_seen_ns;
+        }
+    }
+}
+
+fn other_row(ifindex: Option<u32>) -> SeriesKey {
+    SeriesKey {
+        other: true,
+        ifindex,
+        direction: None,
+        src: None,
+        dst: None,
+        src_port: None,
+        dst_port: None,
+    }
+}
+
+fn min_nonzero(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    }
+}
+
+/// The IP address in a flow key's address bytes.
+pub fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use network_probe_common::{Direction, FAMILY_IPV6};
+
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn options(max_series: usize) -> FlowOptions {
+        FlowOptions {
+            labels: FlowLabels::DEFAULT.parse().unwrap(),
+            max_series,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn key(src: u8, dst: u8, src_port: u16) -> FlowKey {
+        FlowKey {
+            src: [10, 0, 0, src, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, dst, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port,
+            dst_port: 80,
+            ifindex: 2,
+            family: FAMILY_IPV4,
+            direction: Direction::Egress as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    fn stats(packets: u64, last_seen_s: u64) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            retransmits: packets / 10,
+            first_seen_ns: SECOND,
+            last_seen_ns: last_seen_s * SECOND,
+            ..FlowStats::default()
+        }
+    }
+
+    fn packets_of(table: &FlowTable, other: bool, src: Option<&str>) -> Option<u64> {
+        table
+            .series()
+            .into_iter()
+            .find(|(key, _)| key.other == other && key.src.map(|a| a.to_string()).as_deref() == src)
+            .map(|(_, series)| series.total().packets)
+    }
+
+    #[test]
+    fn parses_label_sets() {
+        let labels: FlowLabels = "interface, src,dst,dst_port".parse().unwrap();
+        assert!(labels.interface && labels.src && labels.dst && labels.dst_port);
+        assert!(!labels.src_port && !labels.direction);
+        let err = "interface,port".parse::<FlowLabels>().unwrap_err();
+        assert!(err.contains("\"port\""), "{err}");
+    }
+
+    #[test]
+    fn flows_with_the_same_labels_are_summed() {
+        let mut table = FlowTable::new(options(10));
+        let removed = table.refresh(
+            2 * SECOND,
+            vec![
+                (key(1, 2, 1000), stats(5, 2)),
+                (key(1, 2, 1001), stats(7, 2)),
+            ],
+        );
+        assert!(removed.is_empty());
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), Some(12));
+        assert_eq!(table.series().len(), 1);
+    }
+
+    #[test]
+    fn counters_never_go_backwards_when_flows_leave() {
+        let mut table = FlowTable::new(options(10));
+        table.refresh(
+            2 * SECOND,
+            vec![
+                (key(1, 2, 1000), stats(5, 2)),
+                (key(1, 2, 1001), stats(7, 2)),
+            ],
+        );
+        // Flow 1000 is evicted by the kernel; 1001 keeps going.
+        table.refresh(3 * SECOND, vec![(key(1, 2, 1001), stats(9, 3))]);
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), Some(14));
+        assert_eq!(table.stats().evicted, 1);
+        // 1001 goes idle: removed from the map; with no live flow left and idle as long, its
+        // series is folded into the interface's other row, keeping the total.
+        let removed = table.refresh(70 * SECOND, vec![(key(1, 2, 1001), stats(9, 3))]);
+        assert_eq!(removed, vec![key(1, 2, 1001)]);
+        assert_eq!(table.stats().idle_removed, 1);
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), None);
+        assert_eq!(packets_of(&table, true, None), Some(14));
+        assert_eq!(table.stats().series_expired, 1);
+    }
+
+    #[test]
+    fn the_cap_folds_new_series_into_other_and_admission_is_sticky() {
+        let mut table = FlowTable::new(options(2));
+        table.refresh(
+            2 * SECOND,
+            vec![
+                (key(1, 9, 1), stats(1, 2)),
+                (key(2, 9, 1), stats(2, 2)),
+                (key(3, 9, 1), stats(4, 2)),
+                (key(4, 9, 1), stats(8, 2)),
+            ],
+        );
+        let individual: u64 = table
+            .series()
+            .iter()
+            .filter(|(k, _)| !k.other)
+            .map(|(_, s)| s.total().packets)
+            .sum();
+        let other = packets_of(&table, true, None).unwrap();
+        assert_eq!(table.series().iter().filter(|(k, _)| !k.other).count(), 2);
+        assert_eq!(individual + other, 15);
+        // Next refresh: the same series stay admitted, nothing moves between rows.
+        let before: Vec<_> = table
+            .series()
+            .iter()
+            .map(|(k, s)| ((*k).clone(), s.total().packets))
+            .collect();
+        table.refresh(
+            3 * SECOND,
+            vec![
+                (key(1, 9, 1), stats(1, 3)),
+                (key(2, 9, 1), stats(2, 3)),
+                (key(3, 9, 1), stats(4, 3)),
+                (key(4, 9, 1), stats(8, 3)),
+            ],
+        );
+        let after: Vec<_> = table
+            .series()
+            .iter()
+            .map(|(k, s)| ((*k).clone(), s.total().packets))
+            .collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn window_scale_comes_from_the_latest_flow() {
+        let mut table = FlowTable::new(options(10));
+        let mut old = stats(1, 2);
+        old.window_scale_plus_one = 8;
+        let mut new = stats(1, 3);
+        new.window_scale_plus_one = 10;
+        table.refresh(3 * SECOND, vec![(key(1, 2, 1), old), (key(1, 2, 2), new)]);
+        let (_, series) = table.series()[0];
+        assert_eq!(series.window_scale, Some(9));
+    }
+
+    #[test]
+    fn ipv6_addresses_render() {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xfd;
+        bytes[15] = 1;
+        assert_eq!(address(FAMILY_IPV6, &bytes).to_string(), "fd00::1");
+        assert_eq!(
+            address(
+                FAMILY_IPV4,
+                &[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            )
+            .to_string(),
+            "192.0.2.1"
+        );
+    }
+}
