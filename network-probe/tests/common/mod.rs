@@ -122,9 +122,51 @@ impl VethPair {
         sh("ip", &full)
     }
 
-    fn mac(&self, ns: &str, ifname: &str) -> String {
+    pub fn mac(&self, ns: &str, ifname: &str) -> String {
         let path = format!("/sys/class/net/{ifname}/address");
         self.exec(ns, "cat", &[&path]).trim().to_string()
+    }
+
+    /// Enables IPv6 on both ends with fd00:231:N::1/64 (a) and ::2/64 (b), without DAD, and
+    /// static neighbour entries (so no neighbour discovery crosses the pair unasked).
+    pub fn enable_ipv6(&self) {
+        let [a6, b6] = [self.a6(), self.b6()];
+        for (ns, ifname, addr) in [(&self.a, &self.a_if, &a6), (&self.b, &self.b_if, &b6)] {
+            let key = format!("net.ipv6.conf.{ifname}.disable_ipv6=0");
+            self.exec(ns, "sysctl", &["-qw", &key]);
+            let cidr = format!("{addr}/64");
+            self.exec(ns, "ip", &["-6", "addr", "add", &cidr, "dev", ifname, "nodad"]);
+        }
+        let a_mac = self.mac(&self.a, &self.a_if);
+        let b_mac = self.mac(&self.b, &self.b_if);
+        self.exec(
+            &self.a,
+            "ip",
+            &["-6", "neigh", "replace", &b6, "lladdr", &b_mac, "nud", "permanent", "dev", &self.a_if],
+        );
+        self.exec(
+            &self.b,
+            "ip",
+            &["-6", "neigh", "replace", &a6, "lladdr", &a_mac, "nud", "permanent", "dev", &self.b_if],
+        );
+    }
+
+    /// IPv6 address of end a (after [`VethPair::enable_ipv6`]).
+    pub fn a6(&self) -> String {
+        format!("fd00:231:{}::1", self.a_addr[2])
+    }
+
+    /// IPv6 address of end b (after [`VethPair::enable_ipv6`]).
+    pub fn b6(&self) -> String {
+        format!("fd00:231:{}::2", self.a_addr[2])
+    }
+
+    /// Turns off segmentation/receive offloads on both ends, so every packet the TC programs
+    /// see is one wire packet and one line in a capture.
+    pub fn disable_offloads(&self) {
+        for (ns, ifname) in [(&self.a, &self.a_if), (&self.b, &self.b_if)] {
+            self.exec(ns, "ethtool", &["-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+        }
     }
 
     /// A kernel interface statistic (`rx_packets`, `tx_bytes`, ...) read from sysfs in `ns`.
@@ -281,4 +323,132 @@ pub fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
         .lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(|value| value.trim().parse().expect("numeric sample"))
+}
+
+/// A tcpdump capture on an interface inside a namespace, read back as tcpdump's own decoding.
+pub struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+/// One packet of a capture, as tcpdump decoded it.
+#[derive(Debug, Clone)]
+pub struct CapturedPacket {
+    /// The summary line(s) tcpdump printed for the packet (`-v`, joined).
+    pub text: String,
+    pub src: String,
+    pub dst: String,
+    /// TCP flags as printed, e.g. "S", "S.", "R.", "P.".
+    pub flags: String,
+    pub window: Option<u32>,
+    pub wscale: Option<u8>,
+    /// IPv4 DF bit.
+    pub df: bool,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i ifname` in `ns` and waits until it is listening.
+    pub fn start(ns: &str, ifname: &str) -> Capture {
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let file = std::env::temp_dir().join(format!("np-cap-{}-{id}.pcap", std::process::id()));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", ifname, "-s", "256", "-U", "-w"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tcpdump");
+        // tcpdump prints "listening on ..." once the socket is bound.
+        let mut stderr = child.stderr.take().unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            match stderr.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!("tcpdump did not start: {}", String::from_utf8_lossy(&seen)),
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns its packets (TCP and everything else).
+    pub fn finish(mut self) -> Vec<CapturedPacket> {
+        // Let the last packets reach the file, then stop tcpdump cleanly.
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let text = sh("tcpdump", &["-tt", "-nn", "-v", "-r", self.file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&self.file);
+        parse_tcpdump(&text)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Splits `tcpdump -nn -v` output into packets (a packet starts with a timestamp line) and
+/// picks out the fields the tests compare.
+fn parse_tcpdump(text: &str) -> Vec<CapturedPacket> {
+    let mut packets: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let starts_packet = line.as_bytes().first().is_some_and(|b| b.is_ascii_digit());
+        match packets.last_mut() {
+            Some(last) if !starts_packet => {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            _ => packets.push(line.to_string()),
+        }
+    }
+    packets
+        .into_iter()
+        .filter_map(|text| {
+            // "... IP (tos ..., flags [DF], proto TCP (6), length 60) 10.1.2.1.3333 > 10.1.2.2.80: Flags [S], ..."
+            let flags_at = text.find(": Flags [")?;
+            let head = &text[..flags_at];
+            let (src_port, dst_port) = head.rsplit_once(" > ")?;
+            let src = src_port.rsplit(' ').next()?.to_string();
+            let dst = dst_port.to_string();
+            let rest = &text[flags_at + ": Flags [".len()..];
+            let flags = rest[..rest.find(']')?].to_string();
+            let window = rest
+                .split(", win ")
+                .nth(1)
+                .and_then(|w| w.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|w| w.parse().ok());
+            let wscale = rest
+                .split("wscale ")
+                .nth(1)
+                .and_then(|w| w.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|w| w.parse().ok());
+            let df = head.contains("flags [DF]");
+            Some(CapturedPacket {
+                text: text.clone(),
+                src,
+                dst,
+                flags,
+                window,
+                wscale,
+                df,
+            })
+        })
+        .collect()
+}
+
+/// A `nstat` counter (e.g. TcpRetransSegs) of namespace `ns`, absolute value.
+pub fn nstat(ns: &str, counter: &str) -> u64 {
+    let text = sh("ip", &["netns", "exec", ns, "nstat", "-az", counter]);
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(counter)).then(|| fields.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {counter} in nstat output {text:?}"))
 }
