@@ -76,6 +76,28 @@ fn counter_family<L: EncodeLabelSet>(
     Ok(())
 }
 
+/// Writes a counter without labels.
+fn single_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+/// Writes a gauge without labels.
+fn single_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
 /// Writes one gauge family.
 fn gauge_family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -382,31 +404,30 @@ impl DatapathCollector {
         )?;
 
         let stats = table.stats();
-        let no_labels: [(&str, &str); 0] = [];
-        counter_family(
+        single_counter(
             encoder,
             "network_probe_flows_evicted",
             "Flows the kernel evicted from the full flow map before they went idle; their \
              counts up to the last read are kept, later packets of theirs are lost.",
-            [(no_labels, stats.evicted)],
+            stats.evicted,
         )?;
-        counter_family(
+        single_counter(
             encoder,
             "network_probe_flows_idle_removed",
             "Flows removed from the kernel map after the idle timeout, their counts kept.",
-            [(no_labels, stats.idle_removed)],
+            stats.idle_removed,
         )?;
-        counter_family(
+        single_counter(
             encoder,
             "network_probe_flow_series_expired",
             "Flow series that went idle and were folded into their interface's other row.",
-            [(no_labels, stats.series_expired)],
+            stats.series_expired,
         )?;
-        gauge_family(
+        single_gauge(
             encoder,
             "network_probe_flow_series",
             "Flow series currently exported (the other rows included).",
-            [(no_labels, series.len() as f64)],
+            series.len() as f64,
         )?;
         let capacity = self.flows.datapath().flow_map_capacity();
         gauge_family(

@@ -185,17 +185,31 @@ fn handshakes_and_closes(pair: &VethPair, a: IpAddr, b: IpAddr, clean: usize) {
     server.join().unwrap();
 }
 
-fn flags_packets_df_window_scale_and_rtt(ipv6: bool) {
+/// `ingress` is the `--datapath.ingress` value: the same numbers must come out of the TC and the
+/// XDP ingress programs.
+fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
     const CLEAN: usize = 3;
     let pair = VethPair::new();
     pair.disable_offloads();
     let (a, b) = addresses(&pair, ipv6);
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--datapath.ingress", ingress],
+    );
     let capture = Capture::start(&pair.a, &pair.a_if);
     handshakes_and_closes(&pair, a, b, CLEAN);
     let packets = capture.finish();
     let scrape = daemon.scrape();
 
+    let program = if ingress == "tc" { "tc_ingress" } else { "xdp_ingress" };
+    assert_eq!(
+        sample(
+            &scrape,
+            "network_probe_datapath_programs_attached",
+            &format!("interface=\"{}\",program=\"{program}\"", pair.a_if)
+        ),
+        Some(1.0)
+    );
     let out = flow_labels(&pair.a_if, a, b);
     let back = flow_labels(&pair.a_if, b, a);
     let sent = from(&packets, a);
@@ -299,12 +313,80 @@ fn handshake_rtts(packets: &[CapturedPacket], client: IpAddr) -> Vec<f64> {
 
 #[test]
 fn flags_packets_df_window_scale_and_handshake_rtt_match_a_capture_ipv4() {
-    flags_packets_df_window_scale_and_rtt(false);
+    flags_packets_df_window_scale_and_rtt(false, "tc");
 }
 
 #[test]
 fn flags_packets_df_window_scale_and_handshake_rtt_match_a_capture_ipv6() {
-    flags_packets_df_window_scale_and_rtt(true);
+    flags_packets_df_window_scale_and_rtt(true, "tc");
+}
+
+#[test]
+fn xdp_generic_ingress_counts_the_same_as_a_capture() {
+    flags_packets_df_window_scale_and_rtt(false, "xdp-generic");
+}
+
+#[test]
+fn xdp_native_ingress_counts_the_same_as_a_capture_ipv6() {
+    // veth has a native XDP implementation, so driver mode works here.
+    flags_packets_df_window_scale_and_rtt(true, "xdp-native");
+}
+
+/// With ports in the label set and a cap of 2 series, connections to 6 ports produce more
+/// label sets than the cap: the rest is summed into the interface's `other` row, and all rows
+/// together still equal the interface's TCP packet counters.
+#[test]
+fn series_beyond_the_cap_are_summed_into_other() {
+    let pair = VethPair::new();
+    let (a, b) = addresses(&pair, false);
+    let daemon = Daemon::start(
+        &pair.a,
+        &[
+            "--interface",
+            &pair.a_if,
+            "--flows.labels",
+            "interface,src,dst,dst_port",
+            "--flows.max-series",
+            "2",
+        ],
+    );
+    in_netns(&pair.a, move || {
+        for port in 6000..6006 {
+            assert_eq!(
+                connect(SocketAddr::new(b, port), None).unwrap_err(),
+                ErrorKind::ConnectionRefused
+            );
+        }
+    });
+    let scrape = daemon.scrape();
+    let rows: Vec<(&str, u64)> = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("network_probe_flow_packets_total{"))
+        .map(|line| {
+            let (labels, value) = line.split_once("} ").unwrap();
+            (labels, value.parse().unwrap())
+        })
+        .collect();
+    let individual = rows.iter().filter(|(l, _)| !l.contains("src=\"other\"")).count();
+    assert_eq!(individual, 2, "{rows:?}");
+    let other = format!(
+        "interface=\"{}\",src=\"other\",dst=\"other\",dst_port=\"other\"",
+        pair.a_if
+    );
+    assert!(counter(&scrape, "network_probe_flow_packets_total", &other) > 0, "{rows:?}");
+    let total: u64 = rows.iter().map(|(_, v)| v).sum();
+    let interface = |direction: &str| {
+        counter(
+            &scrape,
+            "network_probe_interface_tcp_packets_total",
+            &format!("interface=\"{}\",direction=\"{direction}\"", pair.a_if),
+        )
+    };
+    // 6 SYNs out, 6 RSTs in.
+    assert_eq!(interface("egress") + interface("ingress"), 12);
+    assert_eq!(total, 12, "{rows:?}");
+    assert_eq!(sample(&scrape, "network_probe_flow_series", ""), Some(3.0));
+    let _ = a;
 }
 
 fn zero_windows(ipv6: bool) {
