@@ -1,16 +1,25 @@
-//! Start-up order, signal handling and shutdown of the daemon.
+//! Start-up order, signal handling, shutdown, and the task that follows interfaces as they come
+//! and go.
 //!
 //! Order: check privileges and kernel features, resolve interfaces, bind the listen address
-//! (so a port clash fails before anything is attached), load and attach the datapath, serve
-//! until SIGTERM/SIGINT, then detach everything and return.
+//! (so a port clash fails before anything is attached), load the datapath, subscribe to link
+//! events, attach, serve until SIGTERM/SIGINT, then detach everything and return.
+//!
+//! The configured interfaces (the `--interface` names, or the default-route interfaces found at
+//! start) are followed by name: when one disappears the datapath forgets it (its counters are
+//! kept), when one with that name appears again it is attached again.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use log::info;
-use tokio::signal::unix::{SignalKind, signal};
+use log::{debug, error, info, warn};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     cli::Cli,
@@ -19,7 +28,9 @@ use crate::{
     flow_tracker::FlowTracker,
     flows::FlowOptions,
     http::{self, AppState},
-    metrics, preflight, rtnetlink,
+    metrics, preflight,
+    probe::Probers,
+    rtnetlink::{self, LinkEvent, LinkSubscription, Received},
 };
 
 /// Sets up env_logger at `--log.level`.
@@ -56,9 +67,24 @@ pub fn run(cli: Cli) -> Result<()> {
             ingress: cli.ingress,
             flow_map_entries: cli.flow_map_entries,
         })?);
+        // Subscribe before attaching: a change after the attach is then queued, not missed.
+        let link_events = LinkSubscription::new()
+            .and_then(|subscription| {
+                // SAFETY: the subscription owns its socket and keeps that one descriptor open
+                // until it is dropped, which the AsyncFd does.
+                Ok(unsafe { AsyncFd::register_with_interest(subscription, Interest::READABLE) }?)
+            })
+            .map_err(|err| Error::Other(format!("subscribing to link events: {err}")))?;
         for interface in &interfaces {
             datapath.attach(interface)?;
         }
+        let link_watcher = tokio::spawn(watch_links(
+            link_events,
+            LinkWatcher {
+                datapath: Arc::clone(&datapath),
+                configured: interfaces.iter().cloned().collect(),
+            },
+        ));
         let flows = Arc::new(FlowTracker::new(
             Arc::clone(&datapath),
             FlowOptions {
@@ -82,6 +108,7 @@ pub fn run(cli: Cli) -> Result<()> {
             registry: metrics::registry(flows),
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
+            probers: Probers::new(&cli),
         });
         let shutdown = async {
             let name = tokio::select! {
@@ -92,6 +119,7 @@ pub fn run(cli: Cli) -> Result<()> {
         };
         http::serve(listener, Arc::clone(&state), shutdown).await?;
         state.ready.store(false, Ordering::Release);
+        link_watcher.abort();
         datapath.detach_all();
         info!("detached from all interfaces; bye");
         Ok(())
@@ -117,4 +145,272 @@ pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
         rtnetlink::interface_index(interface)?;
     }
     Ok(interfaces)
+}
+
+/// Reads link events as they arrive and keeps the datapath attached to the configured
+/// interfaces. After a receive error the interface list is re-read, at most once a second.
+async fn watch_links(mut events: AsyncFd<LinkSubscription>, watcher: LinkWatcher) {
+    loop {
+        let mut ready = match events.readable_mut().await {
+            Ok(ready) => ready,
+            Err(err) => {
+                error!(
+                    "waiting for link events: {err}; interfaces that appear or disappear from \
+                     now on are not followed"
+                );
+                return;
+            }
+        };
+        let mut failed = false;
+        // Drain what is queued; try_io clears the readiness when the socket would block.
+        while let Ok(received) = ready.try_io(|fd| fd.get_mut().receive()) {
+            match received {
+                Ok(Received::Events(events)) => {
+                    for event in &events {
+                        watcher.apply(plan_event(
+                            &watcher.datapath.interface_names(),
+                            &watcher.configured,
+                            event,
+                        ));
+                    }
+                }
+                Ok(Received::Lost) => {
+                    warn!("link events were lost (socket buffer overflow); re-reading interfaces");
+                    watcher.resync();
+                }
+                Err(err) => {
+                    warn!("receiving link events: {err}; re-reading interfaces");
+                    watcher.resync();
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        drop(ready);
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// What the link watcher acts on.
+#[derive(Debug)]
+struct LinkWatcher {
+    datapath: Arc<Datapath>,
+    /// Names of the interfaces to be attached whenever they exist.
+    configured: BTreeSet<String>,
+}
+
+/// One step of the link watcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LinkAction {
+    /// Forget the interface attached at this index; `why` ends the log line.
+    Forget { index: u32, why: String },
+    /// Attach the interface with this name.
+    Attach { name: String },
+}
+
+impl LinkWatcher {
+    /// Re-reads the interface list and brings the attachments in line with it.
+    fn resync(&self) {
+        match rtnetlink::links() {
+            Ok(links) => self.apply(plan_resync(
+                &self.datapath.interface_names(),
+                &self.configured,
+                &links,
+            )),
+            Err(err) => warn!("re-reading interfaces over rtnetlink: {err}"),
+        }
+    }
+
+    fn apply(&self, actions: Vec<LinkAction>) {
+        for action in actions {
+            match action {
+                LinkAction::Forget { index, why } => {
+                    if let Some(name) = self.datapath.forget(index) {
+                        info!("forgot {name} (ifindex {index}): {why}; its counters are kept");
+                    }
+                }
+                LinkAction::Attach { name } => match self.datapath.attach(&name) {
+                    Ok(()) => {}
+                    // Gone again before we got to it; its removal event follows.
+                    Err(Error::NoSuchInterface { .. }) => {
+                        debug!("{name} disappeared before it could be attached")
+                    }
+                    Err(err) => warn!("attaching to {name}, which appeared: {err}"),
+                },
+            }
+        }
+    }
+}
+
+/// What `event` calls for, given the interfaces attached now (index to name) and the configured
+/// names. A new-link event also reports any change of a known interface, so most call for
+/// nothing; one that gives a known index another name is a rename.
+fn plan_event(
+    attached: &BTreeMap<u32, String>,
+    configured: &BTreeSet<String>,
+    event: &LinkEvent,
+) -> Vec<LinkAction> {
+    let mut actions = Vec::new();
+    match event {
+        LinkEvent::Deleted { index } => {
+            if attached.contains_key(index) {
+                actions.push(LinkAction::Forget {
+                    index: *index,
+                    why: "its link is gone".into(),
+                });
+            }
+        }
+        LinkEvent::New { index, name } => {
+            match attached.get(index) {
+                Some(current) if current == name => return actions,
+                Some(_) => actions.push(LinkAction::Forget {
+                    index: *index,
+                    why: format!("renamed to {name}"),
+                }),
+                None => {}
+            }
+            // A name is unique at any moment: an attachment under it at another index belongs
+            // to a device whose removal we have not seen.
+            for (&other, _) in attached.iter().filter(|(i, n)| *n == name && *i != index) {
+                actions.push(LinkAction::Forget {
+                    index: other,
+                    why: format!("the name now belongs to ifindex {index}"),
+                });
+            }
+            if configured.contains(name) {
+                actions.push(LinkAction::Attach { name: name.clone() });
+            }
+        }
+    }
+    actions
+}
+
+/// The steps that bring the attachments in line with `links`, the interfaces that exist now
+/// (index, name), after events were lost: forget what is gone or renamed, then attach every
+/// configured interface that exists and is not attached.
+fn plan_resync(
+    attached: &BTreeMap<u32, String>,
+    configured: &BTreeSet<String>,
+    links: &[(u32, String)],
+) -> Vec<LinkAction> {
+    let exists = |index: u32, name: &str| links.iter().any(|(i, n)| *i == index && n == name);
+    let mut actions: Vec<LinkAction> = attached
+        .iter()
+        .filter(|(index, name)| !exists(**index, name))
+        .map(|(index, _)| LinkAction::Forget {
+            index: *index,
+            why: "its link is gone".into(),
+        })
+        .collect();
+    for (index, name) in links {
+        if configured.contains(name) && attached.get(index) != Some(name) {
+            actions.push(LinkAction::Attach { name: name.clone() });
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(entries: &[(u32, &str)]) -> BTreeMap<u32, String> {
+        entries.iter().map(|(i, n)| (*i, n.to_string())).collect()
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn new(index: u32, name: &str) -> LinkEvent {
+        LinkEvent::New {
+            index,
+            name: name.into(),
+        }
+    }
+
+    fn forget(index: u32, why: &str) -> LinkAction {
+        LinkAction::Forget {
+            index,
+            why: why.into(),
+        }
+    }
+
+    fn attach(name: &str) -> LinkAction {
+        LinkAction::Attach { name: name.into() }
+    }
+
+    #[test]
+    fn a_deleted_attached_link_is_forgotten_and_others_are_ignored() {
+        let now = attached(&[(5, "eth0")]);
+        let configured = names(&["eth0"]);
+        assert_eq!(
+            plan_event(&now, &configured, &LinkEvent::Deleted { index: 5 }),
+            [forget(5, "its link is gone")]
+        );
+        assert!(plan_event(&now, &configured, &LinkEvent::Deleted { index: 6 }).is_empty());
+    }
+
+    #[test]
+    fn a_configured_name_that_appears_is_attached_whatever_its_index() {
+        let configured = names(&["eth0"]);
+        assert_eq!(
+            plan_event(&attached(&[]), &configured, &new(9, "eth0")),
+            [attach("eth0")]
+        );
+        assert!(plan_event(&attached(&[]), &configured, &new(9, "eth1")).is_empty());
+        // Its old device's removal not seen yet: forget that one first.
+        assert_eq!(
+            plan_event(&attached(&[(5, "eth0")]), &configured, &new(9, "eth0")),
+            [
+                forget(5, "the name now belongs to ifindex 9"),
+                attach("eth0")
+            ]
+        );
+    }
+
+    #[test]
+    fn state_changes_of_attached_links_change_nothing() {
+        let now = attached(&[(5, "eth0")]);
+        assert!(plan_event(&now, &names(&["eth0"]), &new(5, "eth0")).is_empty());
+    }
+
+    #[test]
+    fn renames_follow_the_name() {
+        let configured = names(&["eth0", "wan0"]);
+        // Renamed away from a configured name: forgotten.
+        assert_eq!(
+            plan_event(&attached(&[(5, "eth0")]), &configured, &new(5, "eth9")),
+            [forget(5, "renamed to eth9")]
+        );
+        // Renamed to another configured name: forgotten under the old name, attached under
+        // the new one.
+        assert_eq!(
+            plan_event(&attached(&[(5, "eth0")]), &configured, &new(5, "wan0")),
+            [forget(5, "renamed to wan0"), attach("wan0")]
+        );
+    }
+
+    #[test]
+    fn resync_forgets_what_is_gone_and_attaches_what_is_back() {
+        let configured = names(&["eth0", "eth1", "eth2"]);
+        let now = attached(&[(5, "eth0"), (6, "eth1")]);
+        let links = [
+            (1, "lo".to_string()),
+            (6, "eth1".to_string()),
+            (7, "eth0".to_string()),
+            (8, "eth2".to_string()),
+        ];
+        assert_eq!(
+            plan_resync(&now, &configured, &links),
+            [
+                forget(5, "its link is gone"),
+                attach("eth0"),
+                attach("eth2")
+            ]
+        );
+        assert!(plan_resync(&attached(&[(6, "eth1")]), &configured, &links[..2]).is_empty());
+    }
 }

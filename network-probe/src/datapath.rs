@@ -1,6 +1,11 @@
 //! The kernel side seen from user space: loads the eBPF object embedded at build time, prepares
 //! the per-interface map entries, attaches the programs (TCX links at ingress and egress, or XDP
-//! at ingress), reads and trims the maps on demand, and detaches everything on shutdown.
+//! at ingress), reads and trims the maps on demand, forgets interfaces whose device is gone, and
+//! detaches everything on shutdown.
+//!
+//! Per-interface counters never go backwards: when an interface is forgotten its statistics are
+//! folded into a user-space total kept under its name before its map entries are deleted, and
+//! every sample is that retired total plus what the map holds for the name's current index.
 
 use std::{
     collections::BTreeMap,
@@ -9,13 +14,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
     util::nr_cpus,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 use network_probe_common::{
     DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceKey, DeviceStats, Direction, FLOWS_MAP,
     FlowKey, FlowStats, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
@@ -101,6 +106,8 @@ struct Inner {
     device_stats: PerCpuHashMap<MapData, DeviceKey, DeviceStats>,
     flows: HashMap<MapData, FlowKey, FlowStats>,
     attachments: Vec<Attachment>,
+    /// Statistics of interfaces forgotten since start, by name and direction.
+    retired: BTreeMap<(String, Direction), DeviceStats>,
 }
 
 /// The loaded eBPF object and its attachments. Shared between the daemon (which attaches and
@@ -151,12 +158,14 @@ impl Datapath {
                 device_stats,
                 flows,
                 attachments: Vec::new(),
+                retired: BTreeMap::new(),
             }),
         })
     }
 
     /// Prepares the statistics entries of `interface` and attaches the ingress and egress
-    /// programs to it. On failure nothing stays attached to that interface.
+    /// programs to it. Works on a device that is not up yet. On failure nothing stays attached
+    /// to that interface and no entry is left behind.
     pub fn attach(&self, interface: &str) -> Result<()> {
         let ifindex = rtnetlink::interface_index(interface)?;
         let mut inner = self.lock();
@@ -164,8 +173,24 @@ impl Datapath {
         if inner.attachments.iter().any(|a| a.ifindex == ifindex) {
             return Ok(());
         }
+        // Names are unique at any moment: an attachment under this name but another index is
+        // left from a device that is gone (its removal not processed yet).
+        let stale = inner
+            .attachments
+            .iter()
+            .find(|a| a.interface == interface)
+            .map(|a| a.ifindex);
+        if let Some(stale) = stale
+            && let Some(name) = inner.forget(stale)
+        {
+            info!(
+                "forgot {name} (ifindex {stale}): the name now belongs to ifindex {ifindex}; its \
+                 counters are kept"
+            );
+        }
         let cpus =
             nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
+        let mut created = Vec::new();
         for direction in [Direction::Ingress, Direction::Egress] {
             let key = DeviceKey {
                 ifindex,
@@ -176,17 +201,24 @@ impl Datapath {
             if inner.device_stats.get(&key, 0).is_ok() {
                 continue;
             }
-            let zero = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
-                .map_err(|err| Error::Other(format!("per-CPU values: {err}")))?;
-            inner.device_stats.insert(key, zero, 0).map_err(|err| {
-                Error::datapath(
-                    format!(
-                        "creating {DEVICE_STATS_MAP} entries for {interface} (map holds \
-                         {DEVICE_STATS_MAX_ENTRIES})"
-                    ),
-                    &err,
-                )
-            })?;
+            let inserted = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
+                .map_err(|err| Error::Other(format!("per-CPU values: {err}")))
+                .and_then(|zero| {
+                    inner.device_stats.insert(key, zero, 0).map_err(|err| {
+                        Error::datapath(
+                            format!(
+                                "creating {DEVICE_STATS_MAP} entries for {interface} (map holds \
+                                 {DEVICE_STATS_MAX_ENTRIES})"
+                            ),
+                            &err,
+                        )
+                    })
+                });
+            if let Err(err) = inserted {
+                inner.remove_device_entries(&created);
+                return Err(err);
+            }
+            created.push(key);
         }
 
         let hooks = match inner.config.ingress {
@@ -204,8 +236,11 @@ impl Datapath {
                 }),
                 Err(err) => {
                     for attachment in added {
-                        detach_one(&mut inner.ebpf, attachment);
+                        if let Err(err) = detach_one(&mut inner.ebpf, attachment) {
+                            warn!("{err}");
+                        }
                     }
+                    inner.remove_device_entries(&created);
                     return Err(err);
                 }
             }
@@ -228,15 +263,27 @@ impl Datapath {
                 attachment.hook.as_str(),
                 attachment.interface
             );
-            detach_one(&mut inner.ebpf, attachment);
+            if let Err(err) = detach_one(&mut inner.ebpf, attachment) {
+                warn!("{err}");
+            }
         }
     }
 
-    /// Reads the statistics of every attached interface, summing the per-CPU copies.
+    /// Forgets the interface that had index `ifindex`, typically because its device is gone:
+    /// drops its attachments and folds its statistics into the total kept under its name before
+    /// deleting its map entries, so its exported counters keep their values and carry on from
+    /// there if the name comes back. Returns the interface's name, or `None` if nothing was
+    /// attached there.
+    pub fn forget(&self, ifindex: u32) -> Option<String> {
+        self.lock().forget(ifindex)
+    }
+
+    /// Per-interface statistics, summed over CPUs: for every interface attached now or at some
+    /// point since start, what its forgotten devices counted plus what its current one counts.
     pub fn device_samples(&self) -> Vec<DeviceSample> {
         let inner = self.lock();
         let names = inner.names();
-        let mut samples = Vec::new();
+        let mut totals = inner.retired.clone();
         for item in inner.device_stats.iter() {
             let (key, per_cpu) = match item {
                 Ok(item) => item,
@@ -250,18 +297,19 @@ impl Datapath {
             else {
                 continue;
             };
-            let mut stats = DeviceStats::ZERO;
-            for cpu in per_cpu.iter() {
-                stats.accumulate(cpu);
-            }
-            samples.push(DeviceSample {
-                interface: interface.to_string(),
+            totals
+                .entry((interface.to_string(), direction))
+                .or_insert(DeviceStats::ZERO)
+                .accumulate(&sum_over_cpus(&per_cpu));
+        }
+        totals
+            .into_iter()
+            .map(|((interface, direction), stats)| DeviceSample {
+                interface,
                 direction,
                 stats,
-            });
-        }
-        samples.sort_by(|a, b| (&a.interface, a.direction).cmp(&(&b.interface, b.direction)));
-        samples
+            })
+            .collect()
     }
 
     /// Every entry of the flow map.
@@ -321,6 +369,67 @@ impl Inner {
             .map(|a| (a.ifindex, a.interface.as_str()))
             .collect()
     }
+
+    /// See [`Datapath::forget`].
+    fn forget(&mut self, ifindex: u32) -> Option<String> {
+        let (gone, kept): (Vec<Attachment>, Vec<Attachment>) =
+            std::mem::take(&mut self.attachments)
+                .into_iter()
+                .partition(|a| a.ifindex == ifindex);
+        self.attachments = kept;
+        let name = gone.first()?.interface.clone();
+        for attachment in gone {
+            // The kernel removes TCX and XDP links together with their device, so failing to
+            // detach from a device that is gone is expected.
+            if let Err(err) = detach_one(&mut self.ebpf, attachment) {
+                debug!("{err} (expected when the device is gone)");
+            }
+        }
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let key = DeviceKey {
+                ifindex,
+                direction: direction as u32,
+            };
+            // Fold first, delete after: a failed read keeps the entry (and its counts).
+            match self.device_stats.get(&key, 0) {
+                Ok(per_cpu) => {
+                    self.retired
+                        .entry((name.clone(), direction))
+                        .or_insert(DeviceStats::ZERO)
+                        .accumulate(&sum_over_cpus(&per_cpu));
+                    self.remove_device_entries(&[key]);
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => warn!(
+                    "reading {DEVICE_STATS_MAP} for {name} (ifindex {ifindex}) before \
+                     forgetting it: {err}; its entry stays"
+                ),
+            }
+        }
+        Some(name)
+    }
+
+    /// Deletes statistics entries; one already gone is fine.
+    fn remove_device_entries(&mut self, keys: &[DeviceKey]) {
+        for key in keys {
+            match self.device_stats.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => warn!(
+                    "deleting {DEVICE_STATS_MAP} entry of ifindex {}: {err}",
+                    key.ifindex
+                ),
+            }
+        }
+    }
+}
+
+/// One interface and direction's statistics: the per-CPU copies added up.
+fn sum_over_cpus(per_cpu: &PerCpuValues<DeviceStats>) -> DeviceStats {
+    let mut stats = DeviceStats::ZERO;
+    for cpu in per_cpu.iter() {
+        stats.accumulate(cpu);
+    }
+    stats
 }
 
 impl Drop for Datapath {
@@ -397,7 +506,7 @@ fn attach_one(
     }
 }
 
-fn detach_one(ebpf: &mut Ebpf, attachment: Attachment) {
+fn detach_one(ebpf: &mut Ebpf, attachment: Attachment) -> Result<()> {
     let context = || {
         format!(
             "detaching {} from {}",
@@ -405,14 +514,11 @@ fn detach_one(ebpf: &mut Ebpf, attachment: Attachment) {
             attachment.interface
         )
     };
-    let result = match attachment.link {
+    match attachment.link {
         LinkId::Tc(link) => tc_mut(ebpf, attachment.hook)
             .and_then(|p| p.detach(link).map_err(|e| Error::datapath(context(), &e))),
         LinkId::Xdp(link) => {
             xdp_mut(ebpf).and_then(|p| p.detach(link).map_err(|e| Error::datapath(context(), &e)))
         }
-    };
-    if let Err(err) = result {
-        warn!("{err}");
     }
 }

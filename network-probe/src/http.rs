@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::{
     error::{Error, Result},
     metrics,
+    probe::{self, ProbeContext, Probers, Query},
 };
 
 /// How long a client may take to send its request headers.
@@ -42,6 +43,7 @@ pub struct AppState {
     pub telemetry_path: String,
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
+    pub probers: Probers,
 }
 
 /// Resolves a `--web.listen-address` value (`HOST:PORT`, `[V6]:PORT` or `:PORT`) to socket
@@ -133,7 +135,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, request)) }
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
                     });
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -149,7 +151,7 @@ pub async fn serve(
 }
 
 /// Routes one request. Never fails: every outcome is a response.
-pub fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         response
@@ -167,6 +169,9 @@ pub fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Byt
             ),
         };
     }
+    if path == "/probe" {
+        return handle_probe(state, &request).await;
+    }
     match path {
         "/" => with_type(
             StatusCode::OK,
@@ -178,6 +183,65 @@ pub fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Byt
         "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "Not Found\n"),
     }
+}
+
+/// `/probe?module=NAME&target=...`: runs one probe and answers with its metrics, or with the
+/// probe log and the metrics when `debug=true`. Bad parameters get a 400 naming them.
+async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let bad = |err: probe::BadRequest| {
+        with_type(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            format!("{err}\n"),
+        )
+    };
+    let query = match Query::parse(request.uri().query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(err) => return bad(err),
+    };
+    let (module, debug) = match (query.required("module"), query.flag("debug", false)) {
+        (Ok(module), Ok(debug)) => (module.to_string(), debug),
+        (Err(err), _) | (_, Err(err)) => return bad(err),
+    };
+    let header = request
+        .headers()
+        .get(probe::SCRAPE_TIMEOUT_HEADER)
+        .map(|value| value.to_str().unwrap_or("<not text>"));
+    let deadline = match probe::deadline(
+        std::time::Instant::now(),
+        header,
+        state.probers.timeout(&module),
+    ) {
+        Ok(deadline) => deadline,
+        Err(err) => return bad(err),
+    };
+    let ctx = ProbeContext::new(deadline);
+    let report = match state.probers.run(&module, &ctx, &query).await {
+        Ok(report) => report,
+        Err(err) => return bad(err),
+    };
+    let body = match metrics::render(&report.registry) {
+        Ok(body) => body,
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            );
+        }
+    };
+    if debug {
+        let mut text = String::from("Logs for the probe:\n");
+        for line in ctx.log_lines() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "\nProbe succeeded: {}\n\nMetrics that would have been returned:\n{body}",
+            report.success
+        ));
+        return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
+    }
+    with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body)
 }
 
 fn landing_page(telemetry_path: &str) -> String {

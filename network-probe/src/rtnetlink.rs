@@ -1,18 +1,35 @@
 //! Interface and route lookups over rtnetlink (netlink-packet-route on a netlink-sys socket):
-//! which interfaces carry the default routes, and interface name/index resolution.
+//! which interfaces carry the default routes, interface name/index resolution, the list of
+//! interfaces, and a subscription to link events (interfaces appearing, changing, disappearing).
 
-use std::{ffi::CString, io};
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlasIterator, parse_string,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
+    link::{LinkHeader, LinkMessage},
     route::{RouteAttribute, RouteHeader, RouteMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::error::{Error, Result};
+
+/// `IFLA_IFNAME` from `linux/if_link.h`: the attribute carrying the interface name.
+const IFLA_IFNAME: u16 = 3;
+/// Size of a link message header (`struct ifinfomsg`).
+const IFINFOMSG_LEN: usize = 16;
+/// Receive buffer for link events: one datagram holds one or a few link messages of a few KiB.
+const EVENT_BUFFER_LEN: usize = 64 * 1024;
+/// Socket receive buffer asked for, so bursts of interface churn do not overflow it (the
+/// kernel caps it at `net.core.rmem_max`; an overflow is detected and handled anyway).
+const EVENT_SOCKET_BUFFER: usize = 1024 * 1024;
 
 /// Kernel index of the interface called `name`, or a "does not exist" error naming it.
 pub fn interface_index(name: &str) -> Result<u32> {
@@ -110,6 +127,24 @@ fn dump_routes() -> io::Result<Vec<RouteMessage>> {
 
 /// Sends one dump request and collects every reply up to NLMSG_DONE.
 fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut replies = Vec::new();
+    dump_raw(request, |message| {
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+        if let NetlinkPayload::InnerMessage(inner) = message.payload {
+            replies.push(inner);
+        }
+        Ok(())
+    })?;
+    Ok(replies)
+}
+
+/// Sends one dump request and hands every reply message (netlink header included) to `each`,
+/// up to NLMSG_DONE. An NLMSG_ERROR reply becomes the OS error it carries.
+fn dump_raw(
+    request: RouteNetlinkMessage,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -123,40 +158,279 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
     packet.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
-    let mut replies = Vec::new();
     let mut receive = vec![0u8; 64 * 1024];
     loop {
         let size = socket.recv(&mut &mut receive[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
-                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(replies),
-                NetlinkPayload::Error(err) => {
-                    return Err(err
-                        .code
+        for message in messages(&receive[..size.min(receive.len())])? {
+            match NetlinkBuffer::new(message).message_type() {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message)
+                        .map_err(|err| {
+                            io::Error::new(io::ErrorKind::InvalidData, err.to_string())
+                        })?;
+                    let code = match message.payload {
+                        NetlinkPayload::Error(err) => err.code,
+                        _ => None,
+                    };
+                    return Err(code
                         .map(|code| io::Error::from_raw_os_error(-code.get()))
                         .unwrap_or_else(|| io::Error::other("netlink error without code")));
                 }
-                NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                _ => {}
+                _ => each(message)?,
             }
-            if length == 0 {
+        }
+    }
+}
+
+/// Splits a netlink datagram into its messages (each with its header).
+fn messages(datagram: &[u8]) -> io::Result<Vec<&[u8]>> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let rest = &datagram[offset..];
+        // new_checked guarantees header <= length <= rest.len().
+        let length = NetlinkBuffer::new_checked(rest)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?
+            .length() as usize;
+        found.push(&rest[..length]);
+        offset += (length + 3) & !3;
+    }
+    Ok(found)
+}
+
+/// An interface change reported by the kernel on the `RTNLGRP_LINK` multicast group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// `RTM_NEWLINK`: the interface appeared, or changed (state, name, ...). The kernel sends
+    /// one as a device is registered, before anyone can set it up.
+    New { index: u32, name: String },
+    /// `RTM_DELLINK`: the interface with this index is gone (deleted, or moved to another
+    /// network namespace).
+    Deleted { index: u32 },
+}
+
+/// Turns one received netlink datagram into the link events it carries, in order.
+///
+/// Only messages about whole interfaces count: the bridge's per-port notifications, which share
+/// the message types but carry `AF_BRIDGE`, are skipped (a port leaving a bridge still exists),
+/// as are other message types. Only the header and `IFLA_IFNAME` are decoded, so attributes a
+/// newer kernel adds cannot make an event unreadable.
+pub fn parse_link_events(datagram: &[u8]) -> io::Result<Vec<LinkEvent>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut events = Vec::new();
+    for message in messages(datagram)? {
+        let buffer = NetlinkBuffer::new(message);
+        let kind = buffer.message_type();
+        if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
+            continue;
+        }
+        let payload = buffer.payload();
+        let header = LinkHeader::parse(payload)
+            .map_err(|err| invalid(format!("link message header: {err}")))?;
+        if header.interface_family != AddressFamily::Unspec {
+            continue;
+        }
+        let index = header.index;
+        if kind == libc::RTM_DELLINK {
+            events.push(LinkEvent::Deleted { index });
+            continue;
+        }
+        let mut name = None;
+        for attribute in NlasIterator::new(&payload[IFINFOMSG_LEN.min(payload.len())..]) {
+            let attribute =
+                attribute.map_err(|err| invalid(format!("attribute of link {index}: {err}")))?;
+            if attribute.kind() == IFLA_IFNAME {
+                name = Some(
+                    parse_string(attribute.value())
+                        .map_err(|err| invalid(format!("name of link {index}: {err}")))?,
+                );
                 break;
             }
-            offset += (length + 3) & !3;
         }
+        let name = name.ok_or_else(|| invalid(format!("new link {index} without a name")))?;
+        events.push(LinkEvent::New { index, name });
+    }
+    Ok(events)
+}
+
+/// Every interface of this network namespace as (index, name), from a link dump.
+pub fn links() -> io::Result<Vec<(u32, String)>> {
+    let mut found = Vec::new();
+    dump_raw(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        |message| {
+            for event in parse_link_events(message)? {
+                if let LinkEvent::New { index, name } = event {
+                    found.push((index, name));
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(found)
+}
+
+/// What one read from a [`LinkSubscription`] gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// The events of one datagram (possibly none of interest).
+    Events(Vec<LinkEvent>),
+    /// The kernel dropped events (the socket buffer overflowed) or one did not fit the buffer:
+    /// the caller must re-read the interface list ([`links`]) to catch up.
+    Lost,
+}
+
+/// A non-blocking netlink socket subscribed to the `RTNLGRP_LINK` multicast group. Register its
+/// descriptor with a reactor and call [`LinkSubscription::receive`] when it is readable.
+#[derive(Debug)]
+pub struct LinkSubscription {
+    socket: Socket,
+    buffer: Vec<u8>,
+}
+
+impl LinkSubscription {
+    /// Opens the socket and joins the group. Events that happen from now on are queued, so
+    /// subscribe before reading the state the events update.
+    pub fn new() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(libc::RTNLGRP_LINK)?;
+        // Best effort: the default buffer still works, with a resync after an overflow.
+        let _ = socket.set_rx_buf_sz(EVENT_SOCKET_BUFFER);
+        socket.set_non_blocking(true)?;
+        Ok(LinkSubscription {
+            socket,
+            buffer: vec![0; EVENT_BUFFER_LEN],
+        })
+    }
+
+    /// Reads one datagram. Fails with [`io::ErrorKind::WouldBlock`] when none is queued.
+    /// Datagrams not sent by the kernel (another process can address our port) are ignored.
+    pub fn receive(&mut self) -> io::Result<Received> {
+        let (size, sender) = match self
+            .socket
+            .recv_from(&mut &mut self.buffer[..], libc::MSG_TRUNC)
+        {
+            Ok(received) => received,
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Received::Lost),
+            Err(err) => return Err(err),
+        };
+        if sender.port_number() != 0 {
+            return Ok(Received::Events(Vec::new()));
+        }
+        if size > self.buffer.len() {
+            return Ok(Received::Lost);
+        }
+        parse_link_events(&self.buffer[..size]).map(Received::Events)
+    }
+}
+
+impl AsRawFd for LinkSubscription {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::route::{RouteNextHop, RouteType};
+    use netlink_packet_core::DefaultNla;
+    use netlink_packet_route::{
+        link::{LinkAttribute, LinkFlags},
+        route::{RouteNextHop, RouteType},
+    };
 
     use super::*;
+
+    /// A link message as the kernel sends it: family, index, flags and attributes.
+    fn link(family: AddressFamily, index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.header.interface_family = family;
+        message.header.index = index;
+        message.header.flags = LinkFlags::Broadcast | LinkFlags::Multicast; // down
+        message.attributes = attributes;
+        message
+    }
+
+    /// One datagram holding `messages` back to back, each 4-byte aligned.
+    fn datagram(messages: Vec<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for message in messages {
+            let mut packet = NetlinkMessage::new(NetlinkHeader::default(), message.into());
+            packet.finalize();
+            let mut buf = vec![0; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            bytes.extend_from_slice(&buf);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        bytes
+    }
+
+    fn name(name: &str) -> LinkAttribute {
+        LinkAttribute::IfName(name.into())
+    }
+
+    #[test]
+    fn new_and_deleted_links_become_events_in_order() {
+        let bytes = datagram(vec![
+            RouteNetlinkMessage::NewLink(link(
+                AddressFamily::Unspec,
+                7,
+                vec![
+                    LinkAttribute::Mtu(1500),
+                    // An attribute this crate does not know, before the name.
+                    LinkAttribute::Other(DefaultNla::new(0x7ff0, vec![1, 2, 3])),
+                    name("veth7"),
+                ],
+            )),
+            RouteNetlinkMessage::DelLink(link(AddressFamily::Unspec, 4, vec![name("old0")])),
+        ]);
+        assert_eq!(
+            parse_link_events(&bytes).unwrap(),
+            [
+                LinkEvent::New {
+                    index: 7,
+                    name: "veth7".into()
+                },
+                LinkEvent::Deleted { index: 4 },
+            ]
+        );
+    }
+
+    #[test]
+    fn bridge_port_notifications_and_other_messages_are_skipped() {
+        let bytes = datagram(vec![
+            // A port leaving a bridge: the device itself stays.
+            RouteNetlinkMessage::DelLink(link(AddressFamily::Bridge, 4, vec![name("port0")])),
+            RouteNetlinkMessage::NewLink(link(AddressFamily::Bridge, 4, vec![name("port0")])),
+            RouteNetlinkMessage::NewRoute(RouteMessage::default()),
+        ]);
+        assert_eq!(parse_link_events(&bytes).unwrap(), []);
+        assert_eq!(parse_link_events(&[]).unwrap(), []);
+    }
+
+    #[test]
+    fn malformed_datagrams_are_errors() {
+        let bytes = datagram(vec![RouteNetlinkMessage::NewLink(link(
+            AddressFamily::Unspec,
+            7,
+            vec![name("veth7")],
+        ))]);
+        // Cut short: the length field claims more than arrived.
+        let err = parse_link_events(&bytes[..bytes.len() - 4]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // A new link without a name cannot be acted on.
+        let nameless = datagram(vec![RouteNetlinkMessage::NewLink(link(
+            AddressFamily::Unspec,
+            7,
+            vec![LinkAttribute::Mtu(1500)],
+        ))]);
+        let err = parse_link_events(&nameless).unwrap_err();
+        assert!(
+            err.to_string().contains("new link 7 without a name"),
+            "{err}"
+        );
+    }
 
     fn route(prefix: u8, table: u8, attributes: Vec<RouteAttribute>) -> RouteMessage {
         let mut route = RouteMessage::default();
@@ -200,5 +474,11 @@ mod tests {
         );
         assert_eq!(interface_index("lo").unwrap(), 1);
         assert_eq!(interface_name(1).as_deref(), Some("lo"));
+    }
+
+    #[test]
+    fn the_link_dump_lists_loopback() {
+        let links = links().unwrap();
+        assert!(links.contains(&(1, "lo".to_string())), "{links:?}");
     }
 }

@@ -178,6 +178,18 @@ fn serves_landing_health_and_readiness_pages() {
     assert_eq!(daemon.get("/-/healthy").unwrap(), (200, "Healthy\n".into()));
     assert_eq!(daemon.get("/-/ready").unwrap(), (200, "Ready\n".into()));
     assert_eq!(daemon.get("/nope").unwrap().0, 404);
+    // /probe rejects bad requests with a 400 that names the problem.
+    let (status, body) = daemon.get("/probe?target=x").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "missing parameter \"module\"\n")
+    );
+    let (status, body) = daemon.get("/probe?module=nope&target=x").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.starts_with("unknown module \"nope\""), "{body}");
+    let (status, body) = daemon.get("/probe?module=%zz").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("bad percent escape"), "{body}");
     assert_eq!(
         common::http(&daemon.ns, daemon.listen, "POST", "/metrics")
             .unwrap()

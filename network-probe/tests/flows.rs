@@ -47,7 +47,11 @@ fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
 /// A TCP socket of `addr`'s family with SO_RCVBUF set before connect/listen (which is what
 /// decides the window scale it offers).
 fn tcp_socket(addr: SocketAddr, rcvbuf: Option<i32>) -> i32 {
-    let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0);
@@ -115,7 +119,10 @@ fn listen(addr: SocketAddr, rcvbuf: Option<i32>) -> TcpListener {
     let (storage, len) = sockaddr(addr);
     // SAFETY: valid fd and sockaddr.
     unsafe {
-        assert_eq!(libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(
+            libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len),
+            0
+        );
         assert_eq!(libc::listen(fd, 128), 0);
         TcpListener::from_raw_fd(fd)
     }
@@ -131,9 +138,12 @@ fn counter(scrape: &str, name: &str, labels: &str) -> u64 {
 }
 
 /// Captured TCP packets sent from `src` (address without port).
-fn from<'a>(packets: &'a [CapturedPacket], src: IpAddr) -> Vec<&'a CapturedPacket> {
+fn from(packets: &[CapturedPacket], src: IpAddr) -> Vec<&CapturedPacket> {
     let prefix = format!("{src}.");
-    packets.iter().filter(|p| p.src.starts_with(&prefix)).collect()
+    packets
+        .iter()
+        .filter(|p| p.src.starts_with(&prefix))
+        .collect()
 }
 
 fn with_flag(packets: &[&CapturedPacket], flag: char) -> u64 {
@@ -142,7 +152,7 @@ fn with_flag(packets: &[&CapturedPacket], flag: char) -> u64 {
 
 /// Opens connections from a to b: `clean` ones that exchange data and close with FINs, one
 /// aborted with SO_LINGER 0 (RST from a), one to a closed port (RST from b).
-fn handshakes_and_closes(pair: &VethPair, a: IpAddr, b: IpAddr, clean: usize) {
+fn handshakes_and_closes(pair: &VethPair, b: IpAddr, clean: usize) {
     let server_addr = SocketAddr::new(b, 5001);
     let listener = in_netns(&pair.b, move || listen(server_addr, None));
     let server = thread::spawn(move || {
@@ -197,11 +207,15 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
         &["--interface", &pair.a_if, "--datapath.ingress", ingress],
     );
     let capture = Capture::start(&pair.a, &pair.a_if);
-    handshakes_and_closes(&pair, a, b, CLEAN);
+    handshakes_and_closes(&pair, b, CLEAN);
     let packets = capture.finish();
     let scrape = daemon.scrape();
 
-    let program = if ingress == "tc" { "tc_ingress" } else { "xdp_ingress" };
+    let program = if ingress == "tc" {
+        "tc_ingress"
+    } else {
+        "xdp_ingress"
+    };
     assert_eq!(
         sample(
             &scrape,
@@ -218,10 +232,26 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
 
     for (labels, captured) in [(&out, &sent), (&back, &received)] {
         let flow = |name: &str| counter(&scrape, name, labels);
-        assert_eq!(flow("network_probe_flow_packets_total"), captured.len() as u64, "{labels}");
-        assert_eq!(flow("network_probe_flow_syn_total"), with_flag(captured, 'S'), "{labels}");
-        assert_eq!(flow("network_probe_flow_fin_total"), with_flag(captured, 'F'), "{labels}");
-        assert_eq!(flow("network_probe_flow_rst_total"), with_flag(captured, 'R'), "{labels}");
+        assert_eq!(
+            flow("network_probe_flow_packets_total"),
+            captured.len() as u64,
+            "{labels}"
+        );
+        assert_eq!(
+            flow("network_probe_flow_syn_total"),
+            with_flag(captured, 'S'),
+            "{labels}"
+        );
+        assert_eq!(
+            flow("network_probe_flow_fin_total"),
+            with_flag(captured, 'F'),
+            "{labels}"
+        );
+        assert_eq!(
+            flow("network_probe_flow_rst_total"),
+            with_flag(captured, 'R'),
+            "{labels}"
+        );
         let df = captured.iter().filter(|p| p.df).count() as u64;
         assert_eq!(flow("network_probe_flow_df_packets_total"), df, "{labels}");
         if ipv6 {
@@ -238,8 +268,11 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
 
     // Window scale: the shift each side offered in its SYN / SYN-ACK.
     let offered = |side: &[&CapturedPacket]| -> Vec<u8> {
-        let mut values: Vec<u8> =
-            side.iter().filter(|p| p.flags.contains('S')).filter_map(|p| p.wscale).collect();
+        let mut values: Vec<u8> = side
+            .iter()
+            .filter(|p| p.flags.contains('S'))
+            .filter_map(|p| p.wscale)
+            .collect();
         values.dedup();
         values
     };
@@ -247,7 +280,10 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
     let b_scale = offered(&received);
     assert_eq!(a_scale.len(), 1, "a offered one window scale: {a_scale:?}");
     assert_eq!(b_scale.len(), 1, "b offered one window scale: {b_scale:?}");
-    assert_ne!(a_scale, b_scale, "the test wants different scales on each side");
+    assert_ne!(
+        a_scale, b_scale,
+        "the test wants different scales on each side"
+    );
     assert_eq!(
         sample(&scrape, "network_probe_flow_window_scale", &out),
         Some(f64::from(a_scale[0]))
@@ -262,10 +298,22 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
     for (direction, captured) in [("egress", &sent), ("ingress", &received)] {
         let labels = iface(direction);
         let total = |name: &str| counter(&scrape, name, &labels);
-        assert_eq!(total("network_probe_interface_tcp_packets_total"), captured.len() as u64);
-        assert_eq!(total("network_probe_interface_tcp_syn_total"), with_flag(captured, 'S'));
-        assert_eq!(total("network_probe_interface_tcp_fin_total"), with_flag(captured, 'F'));
-        assert_eq!(total("network_probe_interface_tcp_rst_total"), with_flag(captured, 'R'));
+        assert_eq!(
+            total("network_probe_interface_tcp_packets_total"),
+            captured.len() as u64
+        );
+        assert_eq!(
+            total("network_probe_interface_tcp_syn_total"),
+            with_flag(captured, 'S')
+        );
+        assert_eq!(
+            total("network_probe_interface_tcp_fin_total"),
+            with_flag(captured, 'F')
+        );
+        assert_eq!(
+            total("network_probe_interface_tcp_rst_total"),
+            with_flag(captured, 'R')
+        );
         let df = captured.iter().filter(|p| p.df).count() as u64;
         assert_eq!(total("network_probe_interface_ipv4_df_packets_total"), df);
     }
@@ -295,12 +343,14 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
 
 /// SYN to SYN-ACK times in a capture read with timestamps, for connections `client` opened.
 fn handshake_rtts(packets: &[CapturedPacket], client: IpAddr) -> Vec<f64> {
-    let time = |p: &CapturedPacket| -> f64 {
-        p.text.split_whitespace().next().unwrap().parse().unwrap()
-    };
+    let time =
+        |p: &CapturedPacket| -> f64 { p.text.split_whitespace().next().unwrap().parse().unwrap() };
     let prefix = format!("{client}.");
     let mut rtts = Vec::new();
-    for syn in packets.iter().filter(|p| p.flags == "S" && p.src.starts_with(&prefix)) {
+    for syn in packets
+        .iter()
+        .filter(|p| p.flags == "S" && p.src.starts_with(&prefix))
+    {
         if let Some(syn_ack) = packets
             .iter()
             .find(|p| p.flags == "S." && p.dst == syn.src && time(p) >= time(syn))
@@ -338,7 +388,7 @@ fn xdp_native_ingress_counts_the_same_as_a_capture_ipv6() {
 #[test]
 fn series_beyond_the_cap_are_summed_into_other() {
     let pair = VethPair::new();
-    let (a, b) = addresses(&pair, false);
+    let (_, b) = addresses(&pair, false);
     let daemon = Daemon::start(
         &pair.a,
         &[
@@ -367,13 +417,19 @@ fn series_beyond_the_cap_are_summed_into_other() {
             (labels, value.parse().unwrap())
         })
         .collect();
-    let individual = rows.iter().filter(|(l, _)| !l.contains("src=\"other\"")).count();
+    let individual = rows
+        .iter()
+        .filter(|(l, _)| !l.contains("src=\"other\""))
+        .count();
     assert_eq!(individual, 2, "{rows:?}");
     let other = format!(
         "interface=\"{}\",src=\"other\",dst=\"other\",dst_port=\"other\"",
         pair.a_if
     );
-    assert!(counter(&scrape, "network_probe_flow_packets_total", &other) > 0, "{rows:?}");
+    assert!(
+        counter(&scrape, "network_probe_flow_packets_total", &other) > 0,
+        "{rows:?}"
+    );
     let total: u64 = rows.iter().map(|(_, v)| v).sum();
     let interface = |direction: &str| {
         counter(
@@ -386,7 +442,6 @@ fn series_beyond_the_cap_are_summed_into_other() {
     assert_eq!(interface("egress") + interface("ingress"), 12);
     assert_eq!(total, 12, "{rows:?}");
     assert_eq!(sample(&scrape, "network_probe_flow_series", ""), Some(3.0));
-    let _ = a;
 }
 
 fn zero_windows(ipv6: bool) {
@@ -428,7 +483,11 @@ fn zero_windows(ipv6: bool) {
     let from_b = zero(from(&packets, b));
     assert!(from_b > 0, "the receiver never advertised a zero window");
     assert_eq!(
-        counter(&scrape, "network_probe_flow_zero_window_total", &flow_labels(&pair.a_if, b, a)),
+        counter(
+            &scrape,
+            "network_probe_flow_zero_window_total",
+            &flow_labels(&pair.a_if, b, a)
+        ),
         from_b
     );
     assert_eq!(
@@ -440,7 +499,11 @@ fn zero_windows(ipv6: bool) {
         from_b
     );
     assert_eq!(
-        counter(&scrape, "network_probe_flow_zero_window_total", &flow_labels(&pair.a_if, a, b)),
+        counter(
+            &scrape,
+            "network_probe_flow_zero_window_total",
+            &flow_labels(&pair.a_if, a, b)
+        ),
         zero(from(&packets, a))
     );
 }
@@ -507,8 +570,14 @@ fn retransmits(ipv6: bool) {
     );
     eprintln!("retransmits ipv6={ipv6}: kernel TcpRetransSegs {kernel}, ours {ours_flow}");
     assert!(kernel > 0, "the drop rule caused no retransmission");
-    assert_eq!(ours_flow, kernel, "flow retransmits vs the sender's TcpRetransSegs");
-    assert_eq!(ours_interface, kernel, "interface retransmits vs TcpRetransSegs");
+    assert_eq!(
+        ours_flow, kernel,
+        "flow retransmits vs the sender's TcpRetransSegs"
+    );
+    assert_eq!(
+        ours_interface, kernel,
+        "interface retransmits vs TcpRetransSegs"
+    );
     assert_eq!(
         counter(
             &scrape,

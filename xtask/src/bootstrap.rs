@@ -27,9 +27,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "setpriv: running the daemon without capabilities",
     ),
     ("procps", "sysctl inside test namespaces"),
-    ("tcpdump", "captures: the reference for flags, DF, window scale, zero windows"),
-    ("nftables", "nft: dropping a fraction of segments to cause retransmissions"),
-    ("ethtool", "turning veth offloads off for packet-exact comparisons"),
+    (
+        "tcpdump",
+        "captures: the reference for flags, DF, window scale, zero windows",
+    ),
+    (
+        "nftables",
+        "nft: dropping a fraction of segments to cause retransmissions",
+    ),
+    (
+        "ethtool",
+        "turning veth offloads off for packet-exact comparisons",
+    ),
 ];
 
 /// Where the bootstrapped tools live.

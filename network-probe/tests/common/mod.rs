@@ -135,19 +135,45 @@ impl VethPair {
             let key = format!("net.ipv6.conf.{ifname}.disable_ipv6=0");
             self.exec(ns, "sysctl", &["-qw", &key]);
             let cidr = format!("{addr}/64");
-            self.exec(ns, "ip", &["-6", "addr", "add", &cidr, "dev", ifname, "nodad"]);
+            self.exec(
+                ns,
+                "ip",
+                &["-6", "addr", "add", &cidr, "dev", ifname, "nodad"],
+            );
         }
         let a_mac = self.mac(&self.a, &self.a_if);
         let b_mac = self.mac(&self.b, &self.b_if);
         self.exec(
             &self.a,
             "ip",
-            &["-6", "neigh", "replace", &b6, "lladdr", &b_mac, "nud", "permanent", "dev", &self.a_if],
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                &b6,
+                "lladdr",
+                &b_mac,
+                "nud",
+                "permanent",
+                "dev",
+                &self.a_if,
+            ],
         );
         self.exec(
             &self.b,
             "ip",
-            &["-6", "neigh", "replace", &a6, "lladdr", &a_mac, "nud", "permanent", "dev", &self.b_if],
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                &a6,
+                "lladdr",
+                &a_mac,
+                "nud",
+                "permanent",
+                "dev",
+                &self.b_if,
+            ],
         );
     }
 
@@ -165,7 +191,11 @@ impl VethPair {
     /// see is one wire packet and one line in a capture.
     pub fn disable_offloads(&self) {
         for (ns, ifname) in [(&self.a, &self.a_if), (&self.b, &self.b_if)] {
-            self.exec(ns, "ethtool", &["-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+            self.exec(
+                ns,
+                "ethtool",
+                &["-K", ifname, "tso", "off", "gso", "off", "gro", "off"],
+            );
         }
     }
 
@@ -352,7 +382,19 @@ impl Capture {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let file = std::env::temp_dir().join(format!("np-cap-{}-{id}.pcap", std::process::id()));
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", ifname, "-s", "256", "-U", "-w"])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                ifname,
+                "-s",
+                "256",
+                "-U",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -379,7 +421,10 @@ impl Capture {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
-        let text = sh("tcpdump", &["-tt", "-nn", "-v", "-r", self.file.to_str().unwrap()]);
+        let text = sh(
+            "tcpdump",
+            &["-tt", "-nn", "-v", "-r", self.file.to_str().unwrap()],
+        );
         let _ = std::fs::remove_file(&self.file);
         parse_tcpdump(&text)
     }

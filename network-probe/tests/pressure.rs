@@ -1,0 +1,164 @@
+//! Flow-map pressure: the daemon runs with a 256-entry flow map while the peer namespace opens
+//! far more TCP flows than that (connection attempts to a closed port, each a SYN in and a RST
+//! out, from a new source port every time). The map must never report more entries than its
+//! capacity, evictions must be counted, every packet must still be counted per interface
+//! (exactly the kernel's own interface statistics) and the daemon's memory must stay bounded.
+//!
+//! Everything happens in namespaces the test creates (see `common::VethPair`).
+
+mod common;
+
+use std::{io::ErrorKind, net::SocketAddr, net::TcpStream, thread, time::Duration};
+
+use common::{Daemon, VethPair, dotted, in_netns, sample};
+
+const MAP_ENTRIES: u32 = 256;
+/// Connection attempts in all; each makes two flow entries (one per direction).
+const ATTEMPTS: usize = 3000;
+/// Attempts between two scrapes.
+const BATCH: usize = 250;
+/// Port nothing listens on in namespace `a`.
+const CLOSED_PORT: u16 = 7;
+/// Generous bound on the daemon's resident memory.
+const RSS_LIMIT_KIB: u64 = 200 * 1024;
+
+/// `count` TCP connection attempts from namespace `ns` to `to`; each must be refused.
+fn refused_connects(ns: &str, to: SocketAddr, count: usize) {
+    in_netns(ns, move || {
+        for attempt in 0..count {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                Err(err) if err.kind() == ErrorKind::ConnectionRefused => {}
+                other => panic!("attempt {attempt} to {to}: expected a refusal, got {other:?}"),
+            }
+        }
+    });
+}
+
+/// VmRSS of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+fn value(scrape: &str, name: &str, labels: &str) -> u64 {
+    sample(scrape, name, labels).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
+    let pair = VethPair::new();
+    let entries = MAP_ENTRIES.to_string();
+    let daemon = Daemon::start(
+        &pair.a,
+        &[
+            "--interface",
+            &pair.a_if,
+            "--flows.max-entries",
+            &entries,
+            // Sweeps every 250 ms: evictions are noticed between scrapes too.
+            "--flows.idle-timeout",
+            "1s",
+        ],
+    );
+    let pid = daemon.child.id();
+    let rss_at_start = rss_kib(pid);
+    let ingress = format!("interface=\"{}\",direction=\"ingress\"", pair.a_if);
+    let egress = format!("interface=\"{}\",direction=\"egress\"", pair.a_if);
+    let packets = |scrape: &str| {
+        [
+            value(scrape, "network_probe_interface_packets_total", &ingress),
+            value(scrape, "network_probe_interface_packets_total", &egress),
+        ]
+    };
+    let kernel = || {
+        [
+            pair.stat(&pair.a, &pair.a_if, "rx_packets"),
+            pair.stat(&pair.a, &pair.a_if, "tx_packets"),
+        ]
+    };
+
+    let before = daemon.scrape();
+    assert_eq!(
+        sample(
+            &before,
+            "network_probe_datapath_map_capacity",
+            "map=\"FLOWS\""
+        ),
+        Some(f64::from(MAP_ENTRIES))
+    );
+    let ours_before = packets(&before);
+    let kernel_before = kernel();
+
+    let to: SocketAddr = format!("{}:{CLOSED_PORT}", dotted(pair.a_addr))
+        .parse()
+        .unwrap();
+    let mut most_entries = 0;
+    let mut most_rss = rss_at_start;
+    for _ in 0..ATTEMPTS / BATCH {
+        refused_connects(&pair.b, to, BATCH);
+        let scrape = daemon.scrape();
+        let entries = value(
+            &scrape,
+            "network_probe_datapath_map_entries",
+            "map=\"FLOWS\"",
+        );
+        assert!(
+            entries <= u64::from(MAP_ENTRIES),
+            "{entries} flow entries in a map of {MAP_ENTRIES}"
+        );
+        most_entries = most_entries.max(entries);
+        most_rss = most_rss.max(rss_kib(pid));
+    }
+    // Let a sweep run on its own, then read everything once more.
+    thread::sleep(Duration::from_millis(600));
+    let after = daemon.scrape();
+    most_rss = most_rss.max(rss_kib(pid));
+
+    let created = value(
+        &after,
+        "network_probe_interface_flows_created_total",
+        &ingress,
+    ) + value(
+        &after,
+        "network_probe_interface_flows_created_total",
+        &egress,
+    );
+    let evicted = value(&after, "network_probe_flows_evicted_total", "");
+    let idle_removed = value(&after, "network_probe_flows_idle_removed_total", "");
+    let ours = packets(&after);
+    let kernel_after = kernel();
+    let ours_delta = [ours[0] - ours_before[0], ours[1] - ours_before[1]];
+    let kernel_delta = [
+        kernel_after[0] - kernel_before[0],
+        kernel_after[1] - kernel_before[1],
+    ];
+    eprintln!(
+        "{ATTEMPTS} attempts: {created} flow entries created, at most {most_entries} in the \
+         map, {evicted} evictions seen, {idle_removed} idle flows removed; packets \
+         (ingress, egress) ours {ours_delta:?}, kernel {kernel_delta:?}; VmRSS {rss_at_start} \
+         KiB at start, at most {most_rss} KiB"
+    );
+
+    assert!(
+        created > 10 * u64::from(MAP_ENTRIES),
+        "only {created} flow entries created: not enough pressure on the map"
+    );
+    assert!(evicted > 0, "no eviction counted\n{after}");
+    assert_eq!(
+        ours_delta, kernel_delta,
+        "per-interface packets (ingress, egress) vs the kernel's interface statistics"
+    );
+    assert_eq!(
+        kernel_delta, [ATTEMPTS as u64; 2],
+        "one SYN in and one RST out per attempt"
+    );
+    assert!(
+        most_rss < RSS_LIMIT_KIB,
+        "VmRSS reached {most_rss} KiB (limit {RSS_LIMIT_KIB} KiB)"
+    );
+}
