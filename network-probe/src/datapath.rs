@@ -108,6 +108,9 @@ struct Inner {
     attachments: Vec<Attachment>,
     /// Statistics of interfaces forgotten since start, by name and direction.
     retired: BTreeMap<(String, Direction), DeviceStats>,
+    /// Name of every interface index ever attached, so flows of a forgotten interface keep
+    /// their interface label.
+    seen_names: BTreeMap<u32, String>,
 }
 
 /// The loaded eBPF object and its attachments. Shared between the daemon (which attaches and
@@ -159,6 +162,7 @@ impl Datapath {
                 flows,
                 attachments: Vec::new(),
                 retired: BTreeMap::new(),
+                seen_names: BTreeMap::new(),
             }),
         })
     }
@@ -249,6 +253,7 @@ impl Datapath {
             "attached {} to {interface} (ifindex {ifindex})",
             hooks.map(Hook::as_str).join(" and ")
         );
+        inner.seen_names.insert(ifindex, interface.to_string());
         inner.attachments.extend(added);
         Ok(())
     }
@@ -340,13 +345,10 @@ impl Datapath {
             .collect()
     }
 
-    /// Interface names by index, for the interfaces we are attached to.
+    /// Interface names by index, for every interface attached since start (flow series of a
+    /// forgotten interface keep its name).
     pub fn interface_names(&self) -> BTreeMap<u32, String> {
-        self.lock()
-            .names()
-            .into_iter()
-            .map(|(index, name)| (index, name.to_string()))
-            .collect()
+        self.lock().seen_names.clone()
     }
 
     /// Capacity of the flow map.
