@@ -40,7 +40,8 @@ pub enum Unclassified {
     VlanTooDeep = 2,
     /// The frame ends inside the IPv4 or IPv6 header.
     TruncatedIp = 3,
-    /// IPv4 header length below 20 bytes, or the IP version field disagrees with the EtherType.
+    /// IPv4 header length below 20 bytes, the IP version field disagreeing with the EtherType,
+    /// or a header / extension chain longer than the length the IP header declares.
     BadIpHeader = 4,
     /// A non-first IP fragment: it carries no transport header.
     Fragment = 5,
@@ -48,9 +49,9 @@ pub enum Unclassified {
     Ipv6Extensions = 6,
     /// The IP payload is not TCP (UDP, ICMP, ...).
     NotTcp = 7,
-    /// The packet ends inside the TCP header.
+    /// The frame ends inside the TCP header or its options.
     TruncatedTcp = 8,
-    /// TCP data offset below 20 bytes or beyond the packet.
+    /// TCP data offset below 20 bytes or beyond the segment the IP header declares.
     BadTcpHeader = 9,
 }
 

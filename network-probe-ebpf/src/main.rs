@@ -13,6 +13,7 @@
 #![feature(asm_experimental_arch)]
 
 mod account;
+mod baseline;
 mod maps;
 mod packet;
 mod parse;

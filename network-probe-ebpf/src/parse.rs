@@ -119,8 +119,15 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
     };
     ip.src[..4].copy_from_slice(&header[12..16]);
     ip.dst[..4].copy_from_slice(&header[16..20]);
+    let declared = declared_len(total_len);
     if header_len as u32 > ip.len {
-        return Parsed::OtherIp(ip, Unclassified::BadIpHeader);
+        // Past the length the header declares: inconsistent. Only past the frame: cut short.
+        let reason = if header_len as u32 > declared {
+            Unclassified::BadIpHeader
+        } else {
+            Unclassified::TruncatedIp
+        };
+        return Parsed::OtherIp(ip, reason);
     }
     if flags_fragment & 0x1fff != 0 {
         return Parsed::OtherIp(ip, Unclassified::Fragment);
@@ -129,7 +136,8 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
         return Parsed::OtherIp(ip, Unclassified::NotTcp);
     }
     let l4_len = ip.len - header_len as u32;
-    parse_tcp(packet, ip, offset + header_len, l4_len)
+    let declared_l4_len = declared - header_len as u32;
+    parse_tcp(packet, ip, offset + header_len, l4_len, declared_l4_len)
 }
 
 #[inline(always)]
@@ -200,11 +208,19 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         _ => return Parsed::OtherIp(ip, Unclassified::NotTcp),
     }
     let headers = (l4_offset - offset) as u32;
+    let declared = declared_len(total_len);
     if headers > ip.len {
-        return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
+        // Past the payload length the header declares: inconsistent. Only past the frame:
+        // cut short.
+        let reason = if headers > declared {
+            Unclassified::BadIpHeader
+        } else {
+            Unclassified::TruncatedIp
+        };
+        return Parsed::OtherIp(ip, reason);
     }
     let l4_len = ip.len - headers;
-    parse_tcp(packet, ip, l4_offset, l4_len)
+    parse_tcp(packet, ip, l4_offset, l4_len, declared - headers)
 }
 
 /// The IP length to trust: the header's field, unless it is zero (GSO/BIG TCP) or claims more
@@ -218,14 +234,42 @@ fn ip_len(header_field: u32, present: u32) -> u32 {
     }
 }
 
+/// The IP length the header's length field declares; unbounded when the field is 0 (GSO / BIG
+/// TCP packets), which declares nothing.
 #[inline(always)]
-fn parse_tcp<P: Packet>(packet: &P, ip: Ip, offset: usize, l4_len: u32) -> Parsed {
+fn declared_len(header_field: u32) -> u32 {
+    if header_field == 0 {
+        u32::MAX
+    } else {
+        header_field
+    }
+}
+
+/// Parses the TCP header at `offset`. `l4_len` is the length of the segment present in the
+/// frame, `declared_l4_len` the length the IP header declares for it (at least `l4_len`): a TCP
+/// header past the declared length is bad, one only past the frame is truncated.
+#[inline(always)]
+fn parse_tcp<P: Packet>(
+    packet: &P,
+    ip: Ip,
+    offset: usize,
+    l4_len: u32,
+    declared_l4_len: u32,
+) -> Parsed {
     let Some(header) = packet.load::<[u8; 20]>(offset) else {
-        return Parsed::OtherIp(ip, Unclassified::TruncatedTcp);
+        let reason = if declared_l4_len < 20 {
+            Unclassified::BadTcpHeader
+        } else {
+            Unclassified::TruncatedTcp
+        };
+        return Parsed::OtherIp(ip, reason);
     };
     let data_offset = ((header[12] >> 4) as u32) * 4;
-    if data_offset < 20 || data_offset > l4_len {
+    if data_offset < 20 || data_offset > declared_l4_len {
         return Parsed::OtherIp(ip, Unclassified::BadTcpHeader);
+    }
+    if data_offset > l4_len {
+        return Parsed::OtherIp(ip, Unclassified::TruncatedTcp);
     }
     let flags = header[13];
     let mut tcp = Tcp {

@@ -1,12 +1,14 @@
-//! `cargo xtask`: the developer entry points. `run` and `test` first bootstrap what the build
-//! and the tests need (see [`bootstrap`]), then build and start the daemon or run every check.
+//! `cargo xtask`: the developer entry points. `run`, `test` and `bench` first bootstrap what
+//! the build and the tests need (see [`bootstrap`]), then build and start the daemon, run every
+//! check, or run the benchmarks and write their report (see [`bench`]).
 
+mod bench;
 mod bootstrap;
 
 use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -35,6 +37,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Bootstrap the toolchain, run the datapath benchmark (as root: it loads eBPF programs) and
+    /// write its report, with a header naming the machine, to BENCHMARKS.md.
+    Bench,
     /// Only bootstrap (toolchain, and with --test-peers the Debian packages the tests use).
     Bootstrap {
         #[arg(long)]
@@ -70,13 +75,10 @@ fn run(args: Args) -> Result<()> {
             bail!("starting {}: {err}", binary.display())
         }
         Task::Test { cargo_test_args } => {
-            // SAFETY: geteuid cannot fail.
-            if unsafe { libc_geteuid() } != 0 {
-                bail!(
-                    "cargo xtask test needs root: the tests create network namespaces and load \
-                     eBPF programs (run it with sudo -E)"
-                );
-            }
+            require_root(
+                "test",
+                "the tests create network namespaces and load eBPF programs",
+            )?;
             let toolchain = timed_bootstrap(true)?;
             cargo(&root, &toolchain)
                 .args(["fmt", "--all", "--check"])
@@ -113,7 +115,41 @@ fn run(args: Args) -> Result<()> {
                 .args(cargo_test_args)
                 .status_ok()
         }
+        Task::Bench => {
+            require_root("bench", "the benchmark loads eBPF programs")?;
+            let toolchain = timed_bootstrap(false)?;
+            // The benchmark prints its report on stdout; cargo's own output stays on stderr.
+            let output = cargo(&root, &toolchain)
+                .args(["bench", "-p", "network-probe", "--bench", "datapath"])
+                .stderr(Stdio::inherit())
+                .output()
+                .context("starting cargo bench")?;
+            if !output.status.success() {
+                bail!("cargo bench failed with {}", output.status);
+            }
+            let report = String::from_utf8(output.stdout).context("benchmark output")?;
+            print!("{report}");
+            let revision = git_revision(&root).map(|revision| {
+                if git_tree_modified(&root) {
+                    format!("{revision} with uncommitted changes")
+                } else {
+                    revision
+                }
+            });
+            let path = bench::write_report(&root, revision.as_deref(), &report)?;
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(())
+        }
     }
+}
+
+/// Fails unless running as root, naming the task and why it needs root.
+fn require_root(task: &str, why: &str) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("cargo xtask {task} needs root: {why} (run it with sudo -E)");
+    }
+    Ok(())
 }
 
 fn timed_bootstrap(test_peers: bool) -> Result<bootstrap::Toolchain> {
@@ -161,6 +197,15 @@ fn git_revision(root: &Path) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Whether tracked files differ from HEAD (read-only: does not refresh the index).
+fn git_tree_modified(root: &Path) -> bool {
+    Command::new("git")
+        .args(["diff-index", "--quiet", "HEAD", "--"])
+        .current_dir(root)
+        .status()
+        .is_ok_and(|status| status.code() == Some(1))
 }
 
 fn workspace_root() -> PathBuf {
