@@ -57,6 +57,12 @@ pub struct Cli {
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub jool: crate::jool::Flags,
+
+    #[command(flatten)]
+    pub ping: crate::probe::ping::Flags,
 }
 
 /// Severity threshold for `--log.level`.

@@ -104,11 +104,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 drop(sweeper.refresh());
             }
         });
+        let probers = Probers::new(&cli);
         let state = Arc::new(AppState {
-            registry: metrics::registry(flows),
+            registry: metrics::registry(flows, &cli.jool, &probers),
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
-            probers: Probers::new(&cli),
+            probers,
         });
         let shutdown = async {
             let name = tokio::select! {

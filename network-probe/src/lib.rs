@@ -21,6 +21,7 @@ pub mod error;
 pub mod flow_tracker;
 pub mod flows;
 pub mod http;
+pub mod jool;
 pub mod metrics;
 pub mod preflight;
 pub mod probe;

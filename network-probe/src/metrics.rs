@@ -21,10 +21,18 @@ use crate::{
 };
 
 /// Builds the registry served on the telemetry path.
-pub fn registry(flows: Arc<FlowTracker>) -> Registry {
+pub fn registry(
+    flows: Arc<FlowTracker>,
+    jool: &crate::jool::Flags,
+    probers: &crate::probe::Probers,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BuildInfo));
     registry.register_collector(Box::new(DatapathCollector { flows }));
+    registry.register_collector(Box::new(crate::jool::JoolCollector::new(jool)));
+    for collector in probers.meta_collectors() {
+        registry.register_collector(collector);
+    }
     registry
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::{
     fs::File,
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Command, Stdio},
@@ -21,7 +21,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{DAEMON, Daemon, VethPair, dotted, in_netns, sample, sh};
+use common::{DAEMON, Daemon, VethPair, attached_programs, dotted, sample, send_datagrams, sh};
 
 /// Delete/re-create cycles; each sends its own numbers of datagrams each way.
 const CYCLES: usize = 3;
@@ -33,51 +33,6 @@ const EGRESS_PAYLOAD: usize = 300;
 const FRAME_OVERHEAD: usize = 14 + 20 + 8;
 /// Longest accepted time from the device's creation to both programs being attached.
 const REATTACH_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Sends `count` datagrams of `payload` bytes from namespace `from_ns` to `to` (bound in
-/// `to_ns`) and waits until every one has arrived.
-fn send_datagrams(
-    from_ns: &str,
-    from: SocketAddr,
-    to_ns: &str,
-    to: SocketAddr,
-    count: usize,
-    payload: usize,
-) {
-    let receiver = in_netns(to_ns, move || UdpSocket::bind(to).expect("bind receiver"));
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    in_netns(from_ns, move || {
-        let sender = UdpSocket::bind(from).expect("bind sender");
-        for _ in 0..count {
-            sender.send_to(&vec![0x5a; payload], to).expect("send");
-        }
-    });
-    let mut buf = [0u8; 2048];
-    for received in 0..count {
-        let (len, _) = receiver
-            .recv_from(&mut buf)
-            .unwrap_or_else(|err| panic!("datagram {received} of {count} lost: {err}"));
-        assert_eq!(len, payload);
-    }
-}
-
-/// TC programs attached at `attach_type` of `ifname` in `ns`, as the kernel reports them;
-/// empty when the interface does not exist.
-fn attached_programs(ns: &str, ifname: &str, attach_type: TcAttachType) -> Vec<String> {
-    let ifname = ifname.to_string();
-    in_netns(ns, move || {
-        SchedClassifier::query_tcx(&ifname, attach_type)
-            .map(|(_, programs)| {
-                programs
-                    .iter()
-                    .map(|p| p.name_as_str().unwrap_or("?").to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    })
-}
 
 fn both_attached(pair: &VethPair) -> bool {
     attached_programs(&pair.a, &pair.a_if, TcAttachType::Ingress) == ["tc_ingress"]

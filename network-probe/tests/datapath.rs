@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
-use aya::programs::{SchedClassifier, TcAttachType};
-use common::{Daemon, VethPair, dotted, in_netns, sample};
+use aya::programs::TcAttachType;
+use common::{Daemon, VethPair, attached_programs, dotted, sample, send_datagrams};
 
 const INGRESS_DATAGRAMS: usize = 50;
 const INGRESS_PAYLOAD: usize = 100;
@@ -16,47 +16,6 @@ const EGRESS_DATAGRAMS: usize = 30;
 const EGRESS_PAYLOAD: usize = 200;
 /// Ethernet + IPv4 + UDP headers around each payload.
 const FRAME_OVERHEAD: usize = 14 + 20 + 8;
-
-/// Sends `count` datagrams of `payload` bytes from namespace `from_ns` to `to` (bound in
-/// `to_ns`) and waits until every one has arrived.
-fn send_datagrams(
-    from_ns: &str,
-    from: SocketAddr,
-    to_ns: &str,
-    to: SocketAddr,
-    count: usize,
-    payload: usize,
-) {
-    let receiver = in_netns(to_ns, move || UdpSocket::bind(to).expect("bind receiver"));
-    receiver
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    in_netns(from_ns, move || {
-        let sender = UdpSocket::bind(from).expect("bind sender");
-        for _ in 0..count {
-            sender.send_to(&vec![0x5a; payload], to).expect("send");
-        }
-    });
-    let mut buf = [0u8; 2048];
-    for received in 0..count {
-        let (len, _) = receiver
-            .recv_from(&mut buf)
-            .unwrap_or_else(|err| panic!("datagram {received} of {count} lost: {err}"));
-        assert_eq!(len, payload);
-    }
-}
-
-/// TC programs of ours attached at `attach_type` of `ifname`, as the kernel reports them.
-fn attached_programs(ns: &str, ifname: &str, attach_type: TcAttachType) -> Vec<String> {
-    let ifname = ifname.to_string();
-    in_netns(ns, move || {
-        let (_, programs) = SchedClassifier::query_tcx(&ifname, attach_type).expect("query_tcx");
-        programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
-            .collect()
-    })
-}
 
 #[test]
 fn counts_exact_packets_and_bytes_per_direction_and_detaches_on_sigterm() {

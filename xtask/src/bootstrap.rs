@@ -21,6 +21,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests rely on, with the program each provides.
 const TEST_PACKAGES: &[(&str, &str)] = &[
+    (
+        "iperf3",
+        "iperf3 -s / -c: the server the iperf3 prober is tested and benchmarked against",
+    ),
+    (
+        "openssl",
+        "openssl: RSA keys and password hashes for the iperf3 authentication tests",
+    ),
     ("iproute2", "ip: network namespaces, veth pairs, addresses"),
     (
         "util-linux",
@@ -38,6 +46,22 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     (
         "ethtool",
         "turning veth offloads off for packet-exact comparisons",
+    ),
+    (
+        "iputils-ping",
+        "ping: the RTT reference of the ping prober's tests and benchmark",
+    ),
+    (
+        "tftpd-hpa",
+        "in.tftpd: the TFTP server the tftp prober is tested against",
+    ),
+    (
+        "tftp-hpa",
+        "tftp: the client the tftp prober is benchmarked against",
+    ),
+    (
+        "curl",
+        "curl tftp://: the second client of the tftp benchmark",
     ),
 ];
 
@@ -90,6 +114,8 @@ pub fn toolchain() -> Result<Toolchain> {
 
 /// Ensures the Debian packages of [`TEST_PACKAGES`] are installed.
 pub fn test_peers() -> Result<()> {
+    jool_guest()?;
+    atftpd()?;
     let names: Vec<&str> = TEST_PACKAGES.iter().map(|(name, _)| *name).collect();
     let missing = missing_packages(&names)?;
     if missing.is_empty() {
@@ -110,6 +136,46 @@ pub fn test_peers() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {} failed with {status}", missing.join(" "));
     }
+    Ok(())
+}
+
+/// Extracts atftpd (the TFTP server with RFC 7440 windowsize) into
+/// `~/.cache/network-probe/atftpd/` when missing. It is not installed: its package conflicts
+/// with tftpd-hpa, and the tests run it from the extracted tree.
+fn atftpd() -> Result<()> {
+    let root = cache_dir().join("atftpd");
+    if root.join("usr/sbin/atftpd").is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: fetching atftpd into {}", root.display());
+    let download = cache_dir().join("atftpd-download");
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    let fetch = || {
+        Command::new("apt-get")
+            .args(["download", "-qq", "atftpd"])
+            .current_dir(&download)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !fetch() {
+        run("apt-get", &["update", "-qq"])?;
+        if !fetch() {
+            bail!("apt-get download atftpd failed");
+        }
+    }
+    let deb = fs::read_dir(&download)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download atftpd left no .deb")?;
+    let staging = cache_dir().join("atftpd-staging");
+    let _ = fs::remove_dir_all(&staging);
+    run(
+        "dpkg-deb",
+        &["-x", &deb.to_string_lossy(), &staging.to_string_lossy()],
+    )?;
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&staging, &root).with_context(|| format!("moving atftpd to {}", root.display()))?;
+    let _ = fs::remove_dir_all(&download);
     Ok(())
 }
 
@@ -187,7 +253,7 @@ fn linker_works(path: &Path) -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
@@ -227,5 +293,145 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("{program} {} failed with {status}", args.join(" "));
     }
+    Ok(())
+}
+
+/// Packages for the Jool test guest (tests/jool.rs): qemu, a static busybox, the Jool CLIs and
+/// what dkms needs to build the module for the guest kernel (`linux-headers-<abi>` is added).
+const JOOL_GUEST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "dkms",
+    "jool-tools",
+];
+
+/// Prepares, once, what tests/jool.rs boots under qemu into `~/.cache/network-probe/jool/`:
+/// `vmlinuz` of Debian's current stable kernel ABI (resolved from `linux-image-amd64`, downloaded,
+/// not installed), `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms and its
+/// netfilter dependencies, and `abi` naming the ABI. Fast when `abi` exists.
+pub fn jool_guest() -> Result<()> {
+    let dir = cache_dir().join("jool");
+    if dir.join("abi").is_file() && dir.join("vmlinuz").is_file() {
+        let missing = missing_packages(JOOL_GUEST_PACKAGES)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+    }
+    let depends = capture("apt-cache", &["depends", "linux-image-amd64"])?;
+    let abi = depends
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Depends: linux-image-"))
+        .map(str::to_string)
+        .context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?;
+    eprintln!("xtask: preparing the Jool test guest for kernel {abi} (about 2 minutes, once)");
+    let headers = format!("linux-headers-{abi}");
+    let mut packages: Vec<&str> = JOOL_GUEST_PACKAGES.to_vec();
+    packages.push(&headers);
+    packages.push("jool-dkms");
+    let missing = missing_packages(&packages)?;
+    if !missing.is_empty() {
+        run("apt-get", &["update", "-qq"])?;
+        // The headers first: jool-dkms builds for every kernel with headers when installed.
+        for group in [
+            missing
+                .iter()
+                .filter(|p| *p != "jool-dkms")
+                .collect::<Vec<_>>(),
+            missing.iter().filter(|p| *p == "jool-dkms").collect(),
+        ] {
+            if group.is_empty() {
+                continue;
+            }
+            let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+            args.extend(group.iter().map(|p| p.as_str()));
+            let status = Command::new("apt-get")
+                .args(&args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("starting apt-get")?;
+            if !status.success() {
+                bail!("apt-get {} failed with {status}", args.join(" "));
+            }
+        }
+    }
+    let dkms_dir = PathBuf::from(format!("/lib/modules/{abi}/updates/dkms"));
+    if !dkms_dir.join("jool.ko").is_file() {
+        run("dkms", &["autoinstall", "-k", &abi])?;
+    }
+    for module in ["jool_common.ko", "jool.ko", "jool_siit.ko"] {
+        if !dkms_dir.join(module).is_file() {
+            bail!(
+                "jool-dkms did not build {module} for {abi} (no {}); see `dkms status` and \
+                 /var/lib/dkms/jool-dkms/*/build/make.log",
+                dkms_dir.join(module).display()
+            );
+        }
+    }
+
+    let work = dir.join("work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let status = Command::new("apt-get")
+        .args(["download", &format!("linux-image-{abi}")])
+        .current_dir(&work)
+        .status()
+        .context("starting apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download linux-image-{abi} failed with {status}");
+    }
+    let deb = fs::read_dir(&work)?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no .deb")?;
+    let image = work.join("image");
+    run(
+        "dpkg-deb",
+        &["-x", &deb.to_string_lossy(), &image.to_string_lossy()],
+    )?;
+    let modules = dir.join("modules");
+    let _ = fs::remove_dir_all(&modules);
+    let kernel_modules = format!("lib/modules/{abi}");
+    let mut copies: Vec<(PathBuf, PathBuf)> = ["jool_common.ko", "jool.ko", "jool_siit.ko"]
+        .iter()
+        .map(|m| {
+            (
+                dkms_dir.join(m),
+                modules.join(&kernel_modules).join("updates/dkms").join(m),
+            )
+        })
+        .collect();
+    for relative in [
+        "kernel/net/netfilter/x_tables.ko",
+        "kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko",
+        "kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko",
+    ] {
+        copies.push((
+            image.join(&kernel_modules).join(relative),
+            modules.join(&kernel_modules).join(relative),
+        ));
+    }
+    copies.push((
+        image.join(format!("boot/vmlinuz-{abi}")),
+        work.join("vmlinuz"),
+    ));
+    for (from, to) in &copies {
+        fs::create_dir_all(to.parent().expect("a parent"))?;
+        fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    // depmod wants these index files even when they list nothing.
+    for index in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        fs::write(modules.join(&kernel_modules).join(index), "")?;
+    }
+    run("depmod", &["-b", &modules.to_string_lossy(), &abi])?;
+    fs::rename(work.join("vmlinuz"), dir.join("vmlinuz"))?;
+    fs::remove_dir_all(&work)?;
+    fs::write(dir.join("abi"), format!("{abi}\n"))?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod fuzz;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -40,6 +41,14 @@ enum Task {
     /// Bootstrap the toolchain, run the datapath benchmark (as root: it loads eBPF programs) and
     /// write its report, with a header naming the machine, to BENCHMARKS.md.
     Bench,
+    /// Run the libFuzzer targets in fuzz/ (cargo-fuzz, nightly): every target, or the one named.
+    Fuzz {
+        /// A target name (see fuzz/fuzz_targets/); default: all of them in turn.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Only bootstrap (toolchain, and with --test-peers the Debian packages the tests use).
     Bootstrap {
         #[arg(long)]
@@ -110,10 +119,41 @@ fn run(args: Args) -> Result<()> {
                     "warnings",
                 ])
                 .status_ok()?;
+            // A short libFuzzer run of every fuzz target: they build, and survive a few
+            // thousand inputs (`cargo xtask fuzz` runs them for longer). Before the tests, so
+            // the test runner's summary closes the output.
+            let cargo_fuzz = fuzz::ensure_cargo_fuzz(&bootstrap::cache_dir())?;
+            for target in fuzz::targets(&root)? {
+                fuzz::run(
+                    cargo(&root, &toolchain),
+                    &root,
+                    &cargo_fuzz,
+                    &target,
+                    "-runs=5000",
+                )?;
+            }
             cargo(&root, &toolchain)
                 .args(["test", "--workspace", "--exclude", "network-probe-ebpf"])
                 .args(cargo_test_args)
                 .status_ok()
+        }
+        Task::Fuzz { target, seconds } => {
+            let toolchain = timed_bootstrap(false)?;
+            let cargo_fuzz = fuzz::ensure_cargo_fuzz(&bootstrap::cache_dir())?;
+            let targets = match target {
+                Some(target) => vec![target],
+                None => fuzz::targets(&root)?,
+            };
+            for target in targets {
+                fuzz::run(
+                    cargo(&root, &toolchain),
+                    &root,
+                    &cargo_fuzz,
+                    &target,
+                    &format!("-max_total_time={seconds}"),
+                )?;
+            }
+            Ok(())
         }
         Task::Bench => {
             require_root("bench", "the benchmark loads eBPF programs")?;

@@ -7,7 +7,10 @@
 //! This module owns what all probers share: query parsing, the deadline computed from
 //! Prometheus' scrape-timeout header, the probe log, and dispatch by prober name.
 
+pub mod iperf3;
+pub mod ping;
 pub mod query;
+pub mod tftp;
 
 use std::{
     sync::Mutex,
@@ -73,33 +76,54 @@ pub struct ProbeReport {
 
 /// The probers this daemon runs, with the state they keep between probes.
 #[derive(Debug)]
-pub struct Probers {}
+pub struct Probers {
+    iperf3: iperf3::Iperf3Prober,
+    ping: ping::Ping,
+}
 
 impl Probers {
     /// Builds every prober from its command-line flags.
-    pub fn new(_cli: &crate::cli::Cli) -> Self {
-        Probers {}
+    pub fn new(cli: &crate::cli::Cli) -> Self {
+        Probers {
+            iperf3: iperf3::Iperf3Prober::new(),
+            ping: ping::Ping::new(&cli.ping),
+        }
+    }
+
+    /// Collectors of the probers' own meta metrics (active probes, packets per protocol) for
+    /// the daemon's `/metrics`.
+    pub fn meta_collectors(&self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
+        vec![self.ping.meta_collector()]
     }
 
     /// Names accepted in `module=`.
-    pub const NAMES: &'static [&'static str] = &[];
+    pub const NAMES: &'static [&'static str] = &[tftp::MODULE, iperf3::MODULE, ping::MODULE];
 
     /// The longest a probe of `module` may run, whatever the scrape timeout.
-    pub fn timeout(&self, _module: &str) -> Duration {
-        Duration::from_secs(120)
+    pub fn timeout(&self, module: &str) -> Duration {
+        match module {
+            iperf3::MODULE => iperf3::MAX_PROBE_TIME,
+            ping::MODULE => ping::Ping::TIMEOUT,
+            _ => Duration::from_secs(120),
+        }
     }
 
     /// Runs one probe of `module`.
     pub async fn run(
         &self,
         module: &str,
-        _ctx: &ProbeContext,
-        _query: &Query,
+        ctx: &ProbeContext,
+        query: &Query,
     ) -> Result<ProbeReport, BadRequest> {
-        Err(BadRequest(format!(
-            "unknown module {module:?} (known: {})",
-            Self::NAMES.join(", ")
-        )))
+        match module {
+            tftp::MODULE => tftp::probe(ctx, query).await,
+            iperf3::MODULE => self.iperf3.probe(ctx, query).await,
+            ping::MODULE => self.ping.probe(ctx, query).await,
+            _ => Err(BadRequest(format!(
+                "unknown module {module:?} (known: {})",
+                Self::NAMES.join(", ")
+            ))),
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! drop. Tests need root (`cargo xtask test` checks).
 #![allow(dead_code)]
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use std::{
     fs::File,
     io::{Read as _, Write as _},
+    net::UdpSocket,
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
@@ -496,4 +498,49 @@ pub fn nstat(ns: &str, counter: &str) -> u64 {
             (fields.next() == Some(counter)).then(|| fields.next()?.parse().ok())?
         })
         .unwrap_or_else(|| panic!("no {counter} in nstat output {text:?}"))
+}
+
+/// Sends `count` datagrams of `payload` bytes from namespace `from_ns` to `to` (bound in
+/// `to_ns`) and waits until every one has arrived.
+pub fn send_datagrams(
+    from_ns: &str,
+    from: SocketAddr,
+    to_ns: &str,
+    to: SocketAddr,
+    count: usize,
+    payload: usize,
+) {
+    let receiver = in_netns(to_ns, move || UdpSocket::bind(to).expect("bind receiver"));
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    in_netns(from_ns, move || {
+        let sender = UdpSocket::bind(from).expect("bind sender");
+        for _ in 0..count {
+            sender.send_to(&vec![0x5a; payload], to).expect("send");
+        }
+    });
+    let mut buf = [0u8; 2048];
+    for received in 0..count {
+        let (len, _) = receiver
+            .recv_from(&mut buf)
+            .unwrap_or_else(|err| panic!("datagram {received} of {count} lost: {err}"));
+        assert_eq!(len, payload);
+    }
+}
+
+/// TC programs attached at `attach_type` of `ifname` in `ns`, as the kernel reports them;
+/// empty when the interface does not exist.
+pub fn attached_programs(ns: &str, ifname: &str, attach_type: TcAttachType) -> Vec<String> {
+    let ifname = ifname.to_string();
+    in_netns(ns, move || {
+        SchedClassifier::query_tcx(&ifname, attach_type)
+            .map(|(_, programs)| {
+                programs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
 }

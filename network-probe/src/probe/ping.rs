@@ -1,0 +1,803 @@
+//! The `ping` prober: continuous ICMP echo and TCP SYN ping with kernel timestamps, replacing
+//! icmp-exporter. A request to `/probe?module=ping&target=...` starts background probing of
+//! every address the targets resolve to (one packet per interval, see [`scheduler`]) and
+//! answers with the current figures of those addresses; probing stops when a target has not
+//! been requested for the expiry period.
+//!
+//! This file owns the parameters, target resolution, the sockets' lifecycle and the metrics.
+//! Submodules: [`packet`] (sans-IO packets), [`timestamps`] (control messages, hardware
+//! stamping), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit,
+//! in-flight table), [`socket`] (raw-socket IO), [`icmp`] and [`tcp_syn`] (the drivers).
+
+pub mod icmp;
+pub mod packet;
+pub mod scheduler;
+pub mod socket;
+pub mod stats;
+pub mod tcp_syn;
+pub mod timestamps;
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use self::{
+    icmp::{IcmpConfig, IcmpDriver, SocketMode},
+    scheduler::{ProbeKey, ProtocolCounters, Schedule, Scheduler, Sender, lock},
+    stats::{Outcome, TargetStats},
+    tcp_syn::{TcpConfig, TcpDriver},
+};
+use super::{BadRequest, ProbeContext, ProbeReport, Query};
+use crate::cli::parse_duration;
+
+/// The name in `module=`.
+pub const MODULE: &str = "ping";
+
+/// Query parameters this prober accepts.
+const PARAMETERS: &[&str] = &["module", "debug", "target", "ip_version", "tcp_port"];
+/// Shortest interval and timeout (as in icmp-exporter).
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How the ICMP identifier is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Identifier {
+    /// The low 16 bits of the process id.
+    Pid,
+    /// Random at start.
+    Random,
+}
+
+/// Flags of the ping prober.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "ping_flags")]
+pub struct Flags {
+    /// Time between two probes of one target (at least 10ms).
+    #[arg(long = "ping.interval", value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// A probe without reply after this long counts as lost.
+    #[arg(long = "ping.timeout", value_name = "DURATION", default_value = "3s", value_parser = parse_interval)]
+    pub timeout: Duration,
+
+    /// A target not requested for this long stops being probed.
+    #[arg(long = "ping.expiry", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub expiry: Duration,
+
+    /// Most probe packets per second, all targets together.
+    #[arg(long = "ping.max-pps", value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pps: u32,
+
+    /// Samples in the window behind the loss ratio, latency and standard deviation gauges.
+    #[arg(long = "ping.samples", value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub samples: u32,
+
+    /// Most probes (addresses times ports) one request may ask for.
+    #[arg(long = "ping.max-targets", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_targets: u32,
+
+    /// Interface IPv4 probes leave by: a name, `auto` (the default-route interface, if there
+    /// is exactly one) or `any` (no binding).
+    #[arg(long = "ping.interface4", value_name = "NAME", default_value = "auto")]
+    pub interface4: String,
+
+    /// Interface IPv6 probes leave by: a name, `auto` or `any`.
+    #[arg(long = "ping.interface6", value_name = "NAME", default_value = "auto")]
+    pub interface6: String,
+
+    /// Use hardware timestamps where the bound interface supports them (else software, with a
+    /// warning).
+    #[arg(long = "ping.hard")]
+    pub hard: bool,
+
+    /// ICMP identifier: the process id or random.
+    #[arg(long = "ping.identifier", value_name = "SOURCE", value_enum, default_value_t = Identifier::Pid)]
+    pub identifier: Identifier,
+
+    /// ICMP socket kind: `auto` uses a datagram ("ping") socket where
+    /// net.ipv4.ping_group_range admits the daemon's group, else a raw one.
+    #[arg(long = "ping.icmp-socket", value_name = "KIND", value_enum, default_value_t = SocketMode::Auto)]
+    pub icmp_socket: SocketMode,
+}
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration < MIN_INTERVAL {
+        return Err(format!("{value:?} is below the minimum of 10ms"));
+    }
+    Ok(duration)
+}
+
+/// A small random generator (SplitMix64) seeded from the kernel, for identifiers, cookies and
+/// initial sequence numbers (unpredictable enough that strangers cannot fake replies blindly).
+#[derive(Debug)]
+pub struct Random(u64);
+
+impl Random {
+    pub fn new() -> Self {
+        Random(random_u64())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Random::new()
+    }
+}
+
+/// 64 bits from getrandom(2).
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into the buffer.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != 8 {
+        // Never expected; the time is still unpredictable to a remote party.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return nanos.as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// The four sockets, opened on first use.
+#[derive(Debug, Default)]
+struct Drivers {
+    icmp4: Option<Arc<IcmpDriver>>,
+    icmp6: Option<Arc<IcmpDriver>>,
+    tcp4: Option<Arc<TcpDriver>>,
+    tcp6: Option<Arc<TcpDriver>>,
+}
+
+/// The prober's state between requests.
+#[derive(Debug)]
+pub struct Ping {
+    flags: Flags,
+    identifier: u16,
+    scheduler: Arc<Scheduler>,
+    drivers: Mutex<Drivers>,
+    meta: Arc<Meta>,
+    hardware_warned: AtomicBool,
+}
+
+/// Protocol-level counters and the scheduler, for the meta metrics.
+#[derive(Debug)]
+pub struct Meta {
+    icmp: Arc<ProtocolCounters>,
+    tcp: Arc<ProtocolCounters>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Ping {
+    pub fn new(flags: &Flags) -> Self {
+        let identifier = match flags.identifier {
+            Identifier::Pid => std::process::id() as u16,
+            Identifier::Random => random_u64() as u16,
+        };
+        let scheduler = Scheduler::new(Schedule {
+            interval: flags.interval,
+            expiry: flags.expiry,
+            window: flags.samples as usize,
+            max_packets_per_second: flags.max_pps,
+        });
+        Ping {
+            flags: flags.clone(),
+            identifier,
+            meta: Arc::new(Meta {
+                icmp: Arc::default(),
+                tcp: Arc::default(),
+                scheduler: Arc::clone(&scheduler),
+            }),
+            scheduler,
+            drivers: Mutex::default(),
+            hardware_warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The longest a ping request may take (name resolution only; probing is in the background).
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A collector of the meta metrics (active probes, packets and errors per protocol), for
+    /// the daemon's telemetry registry; the probe responses carry them too.
+    pub fn meta_collector(&self) -> Box<dyn Collector> {
+        Box::new(MetaCollector(Arc::clone(&self.meta)))
+    }
+
+    /// Handles one `/probe?module=ping` request.
+    pub async fn probe(
+        &self,
+        ctx: &ProbeContext,
+        query: &Query,
+    ) -> Result<ProbeReport, BadRequest> {
+        let unknown = query.unknown(PARAMETERS);
+        if !unknown.is_empty() {
+            return Err(BadRequest(format!(
+                "unknown parameter {:?} (ping takes target, ip_version, tcp_port)",
+                unknown[0]
+            )));
+        }
+        let targets: Vec<&str> = query.all("target").collect();
+        if targets.is_empty() || targets.iter().any(|target| target.is_empty()) {
+            return Err(BadRequest("missing parameter \"target\"".into()));
+        }
+        let family = match query.get("ip_version")?.unwrap_or("all") {
+            "4" => Some(false),
+            "6" => Some(true),
+            "all" | "" => None,
+            other => {
+                return Err(BadRequest(format!(
+                    "parameter \"ip_version\": {other:?} is not 4, 6 or all"
+                )));
+            }
+        };
+        let ports = parse_ports(query)?;
+        let mut addresses = BTreeSet::new();
+        for target in &targets {
+            for address in resolve(ctx, target, family).await? {
+                addresses.insert(address);
+            }
+        }
+        let probes = addresses.len() * ports.len().max(1);
+        if probes > self.flags.max_targets as usize {
+            return Err(BadRequest(format!(
+                "{probes} probes requested ({} addresses x {} ports), more than --ping.max-targets {}",
+                addresses.len(),
+                ports.len().max(1),
+                self.flags.max_targets
+            )));
+        }
+        let mut success = true;
+        let mut snapshots = Vec::with_capacity(probes);
+        for address in addresses {
+            let port_list: Vec<Option<u16>> = if ports.is_empty() {
+                vec![None]
+            } else {
+                ports.iter().copied().map(Some).collect()
+            };
+            for tcp_port in port_list {
+                let key = ProbeKey { address, tcp_port };
+                let sender = match self.driver(key) {
+                    Ok(sender) => sender,
+                    Err(reason) => {
+                        ctx.log(reason);
+                        success = false;
+                        continue;
+                    }
+                };
+                let probe = self.scheduler.request(key, sender);
+                let stats = lock(&probe.stats).clone();
+                ctx.log(describe(&key, &stats));
+                snapshots.push((key, stats));
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProbeCollector { success, snapshots }));
+        registry.register_collector(self.meta_collector());
+        Ok(ProbeReport { success, registry })
+    }
+
+    /// The driver for `key`, opening its socket on first use; the error is for the operator.
+    fn driver(&self, key: ProbeKey) -> Result<Arc<dyn Sender>, String> {
+        let v6 = key.address.is_ipv6();
+        let interface = self.interface(v6);
+        let mut drivers = lock(&self.drivers);
+        let stamp_flags = self.stamp_flags(interface.as_deref());
+        let family = if v6 { 6 } else { 4 };
+        let timeout = self.flags.timeout;
+        if key.tcp_port.is_some() {
+            let slot = if v6 {
+                &mut drivers.tcp6
+            } else {
+                &mut drivers.tcp4
+            };
+            if slot.is_none() {
+                let config = TcpConfig {
+                    v6,
+                    interface,
+                    stamp_flags,
+                    timeout: timeout.min(tcp_syn::MAX_TIMEOUT),
+                };
+                let driver =
+                    TcpDriver::start(&config, Arc::clone(&self.meta.tcp)).map_err(|err| {
+                        format!(
+                            "opening the raw TCP socket for IPv{family}: {err} (needs CAP_NET_RAW)"
+                        )
+                    })?;
+                *slot = Some(driver);
+            }
+            Ok(slot.clone().expect("just set") as Arc<dyn Sender>)
+        } else {
+            let slot = if v6 {
+                &mut drivers.icmp6
+            } else {
+                &mut drivers.icmp4
+            };
+            if slot.is_none() {
+                let config = IcmpConfig {
+                    v6,
+                    mode: self.flags.icmp_socket,
+                    identifier: self.identifier,
+                    interface,
+                    stamp_flags,
+                    timeout,
+                };
+                let driver = IcmpDriver::start(&config, Arc::clone(&self.meta.icmp)).map_err(|err| {
+                    format!("opening the ICMPv{family} socket: {err} (raw sockets need CAP_NET_RAW; datagram ones net.ipv4.ping_group_range)")
+                })?;
+                *slot = Some(driver);
+            }
+            Ok(slot.clone().expect("just set") as Arc<dyn Sender>)
+        }
+    }
+
+    /// The interface to bind the sockets of one family to.
+    fn interface(&self, v6: bool) -> Option<String> {
+        let flag = if v6 {
+            &self.flags.interface6
+        } else {
+            &self.flags.interface4
+        };
+        match flag.as_str() {
+            "any" | "" => None,
+            "auto" => match crate::rtnetlink::default_route_interfaces() {
+                Ok(names) if names.len() == 1 => names.into_iter().next(),
+                Ok(names) => {
+                    log::info!(
+                        "ping: default routes via {names:?}; sockets not bound to an interface"
+                    );
+                    None
+                }
+                Err(_) => None,
+            },
+            name => Some(name.to_string()),
+        }
+    }
+
+    /// Socket timestamping flags: hardware when asked for and possible, else software (with
+    /// one warning).
+    fn stamp_flags(&self, interface: Option<&str>) -> u32 {
+        if !self.flags.hard {
+            return timestamps::SOFTWARE_FLAGS;
+        }
+        let result = match interface {
+            Some(interface) => timestamps::enable_hardware(interface),
+            None => Err("no interface to enable it on (set --ping.interface4/6)".into()),
+        };
+        match result {
+            Ok(()) => timestamps::HARDWARE_FLAGS,
+            Err(reason) => {
+                if !self.hardware_warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "ping: hardware timestamps unavailable ({reason}); using software timestamps"
+                    );
+                }
+                timestamps::SOFTWARE_FLAGS
+            }
+        }
+    }
+}
+
+/// The `tcp_port` values: each 1 to 65535, duplicates removed.
+fn parse_ports(query: &Query) -> Result<Vec<u16>, BadRequest> {
+    let mut ports = BTreeSet::new();
+    for value in query.all("tcp_port") {
+        match value.parse::<u16>() {
+            Ok(port) if port > 0 => {
+                ports.insert(port);
+            }
+            _ => {
+                return Err(BadRequest(format!(
+                    "parameter \"tcp_port\": {value:?} is not a port from 1 to 65535"
+                )));
+            }
+        }
+    }
+    Ok(ports.into_iter().collect())
+}
+
+/// Resolves `target` (an address or a name) to addresses of `family` (None: both), within the
+/// probe deadline.
+async fn resolve(
+    ctx: &ProbeContext,
+    target: &str,
+    family: Option<bool>,
+) -> Result<Vec<IpAddr>, BadRequest> {
+    let wanted = |address: &IpAddr| family.is_none_or(|v6| address.is_ipv6() == v6);
+    let literal = target
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(target);
+    let addresses: Vec<IpAddr> = if let Ok(address) = literal.parse::<IpAddr>() {
+        vec![address]
+    } else {
+        if target.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+            return Err(BadRequest(format!(
+                "parameter \"target\": {target:?} is not a host name or address"
+            )));
+        }
+        let lookup = tokio::net::lookup_host((target, 0));
+        match tokio::time::timeout(ctx.remaining(), lookup).await {
+            Err(_) => {
+                return Err(BadRequest(format!(
+                    "parameter \"target\": resolving {target:?} timed out"
+                )));
+            }
+            Ok(Err(err)) => {
+                return Err(BadRequest(format!(
+                    "parameter \"target\": cannot resolve {target:?}: {err}"
+                )));
+            }
+            Ok(Ok(found)) => found.map(|address| address.ip()).collect(),
+        }
+    };
+    let kept: Vec<IpAddr> = addresses.iter().copied().filter(wanted).collect();
+    if kept.is_empty() {
+        let which = match family {
+            Some(true) => "IPv6 ",
+            Some(false) => "IPv4 ",
+            None => "",
+        };
+        return Err(BadRequest(format!(
+            "parameter \"target\": {target:?} has no {which}address"
+        )));
+    }
+    for address in &kept {
+        if address.is_unspecified() || address.is_multicast() {
+            return Err(BadRequest(format!(
+                "parameter \"target\": {target:?} resolves to {address}, which cannot be pinged"
+            )));
+        }
+    }
+    ctx.log(format!("{target} resolved to {kept:?}"));
+    Ok(kept)
+}
+
+/// One probe-log line: counters and the window's RTTs in microseconds (kernel and user clock).
+fn describe(key: &ProbeKey, stats: &TargetStats) -> String {
+    let mut kernel = String::new();
+    let mut user = String::new();
+    for outcome in &stats.window {
+        match outcome {
+            Outcome::Reply {
+                rtt,
+                user_rtt,
+                user_clock,
+                ..
+            } => {
+                kernel.push_str(&format!(
+                    " {:.1}{}",
+                    rtt * 1e6,
+                    if *user_clock { "u" } else { "" }
+                ));
+                user.push_str(&format!(" {:.1}", user_rtt * 1e6));
+            }
+            Outcome::Lost => {
+                kernel.push_str(" lost");
+                user.push_str(" lost");
+            }
+        }
+    }
+    let port = key
+        .tcp_port
+        .map(|port| format!(" port {port}"))
+        .unwrap_or_default();
+    format!(
+        "{}{port}: sent {} received {} | rtt_us:{kernel} | user_rtt_us:{user}",
+        key.address, stats.sent, stats.received
+    )
+}
+
+/// The per-target metrics of one response.
+#[derive(Debug)]
+struct ProbeCollector {
+    /// Every requested probe is running (its socket could be opened).
+    success: bool,
+    snapshots: Vec<(ProbeKey, TargetStats)>,
+}
+
+/// Labels of one target: `ip`, plus `port` for TCP.
+fn labels(key: &ProbeKey) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("ip", key.address.to_string())];
+    if let Some(port) = key.tcp_port {
+        labels.push(("port", port.to_string()));
+    }
+    labels
+}
+
+impl Collector for ProbeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let success = encoder.encode_descriptor(
+            "ping_probe_success",
+            "1 if every requested target is being probed, 0 if a socket could not be opened (the \
+             reason is in the probe log, ?debug=true).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.success)).encode(success)?;
+        for (prefix, tcp) in [("icmp", false), ("tcp", true)] {
+            let rows: Vec<(Vec<(&str, String)>, &TargetStats)> = self
+                .snapshots
+                .iter()
+                .filter(|(key, _)| key.tcp_port.is_some() == tcp)
+                .map(|(key, stats)| (labels(key), stats))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let what = if tcp { "SYNs" } else { "echo requests" };
+            let counter = |encoder: &mut DescriptorEncoder,
+                           name: &str,
+                           help: &str,
+                           value: &dyn Fn(&TargetStats) -> f64| {
+                let name = format!("{prefix}_{name}");
+
+                let mut family =
+                    encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+                for (labels, stats) in &rows {
+                    ConstCounter::new(value(stats)).encode(family.encode_family(labels)?)?;
+                }
+                Ok::<_, std::fmt::Error>(())
+            };
+            counter(
+                &mut encoder,
+                "probe_packets_sent",
+                &format!("Probe {what} sent to this target."),
+                &|s| s.sent as f64,
+            )?;
+            counter(
+                &mut encoder,
+                "probe_packets_recv",
+                "Replies received in time (a late reply is not counted).",
+                &|s| s.received as f64,
+            )?;
+            counter(
+                &mut encoder,
+                "probe_latency_squared_seconds",
+                "Sum of the squared round-trip times of the replies, for the standard deviation over any range.",
+                &|s| s.latency_squared_sum,
+            )?;
+            counter(
+                &mut encoder,
+                "probe_user_clock_samples",
+                "Replies whose round-trip time was measured with the user-space clock because a kernel timestamp was missing.",
+                &|s| s.user_clock as f64,
+            )?;
+            counter(
+                &mut encoder,
+                "probe_user_clock_latency_seconds",
+                "Sum of the round-trip times of the replies as the user-space clock saw them (send call to receive call), for comparison with the kernel-stamped sum.",
+                &|s| s.user_latency_sum,
+            )?;
+            if tcp {
+                counter(
+                    &mut encoder,
+                    "probe_rst",
+                    "Replies that were RST (the host answered, no listener on the port); included in the received count.",
+                    &|s| s.rst as f64,
+                )?;
+            }
+            // The seed's sum of latencies is named like the window gauge plus `_total`; as an
+            // OpenMetrics counter it would share the gauge's family name, so it is written as
+            // an untyped sample with the seed's exact name.
+            let name = format!("{prefix}_probe_latency_seconds_total");
+            let mut family = encoder.encode_descriptor(
+                &name,
+                "Sum of the round-trip times of the replies (a counter), for the mean over any range.",
+                None,
+                MetricType::Unknown,
+            )?;
+            for (labels, stats) in &rows {
+                ConstGauge::new(stats.latency_sum).encode(family.encode_family(labels)?)?;
+            }
+            let summaries: Vec<_> = rows
+                .iter()
+                .map(|(labels, stats)| (labels, stats.summary()))
+                .collect();
+            let name = format!("{prefix}_probe_latency_seconds");
+
+            let mut family = encoder.encode_descriptor(&name, "Mean round-trip time of the replies in the window of the last samples; absent when none arrived.", None, MetricType::Gauge)?;
+            for (labels, summary) in &summaries {
+                if let Some(mean) = summary.mean {
+                    ConstGauge::new(mean).encode(family.encode_family(*labels)?)?;
+                }
+            }
+            let name = format!("{prefix}_probe_standard_deviation_seconds");
+
+            let mut family = encoder.encode_descriptor(&name, "Standard deviation of the round-trip times in the window; absent when no reply arrived.", None, MetricType::Gauge)?;
+            for (labels, summary) in &summaries {
+                if let Some(deviation) = summary.deviation {
+                    ConstGauge::new(deviation).encode(family.encode_family(*labels)?)?;
+                }
+            }
+            let name = format!("{prefix}_probe_loss_ratio");
+
+            let mut family = encoder.encode_descriptor(
+                &name,
+                "Fraction of the samples in the window without a reply within the timeout.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, summary) in &summaries {
+                ConstGauge::new(summary.loss_ratio).encode(family.encode_family(*labels)?)?;
+            }
+            let name = format!("{prefix}_probe_samples_count");
+
+            let mut family = encoder.encode_descriptor(
+                &name,
+                "Samples in the window (replies and losses).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, summary) in &summaries {
+                ConstGauge::new(summary.samples as i64).encode(family.encode_family(*labels)?)?;
+            }
+            let name = format!("{prefix}_probe_rtt_seconds");
+
+            let mut family = encoder.encode_descriptor(
+                &name,
+                "Round-trip times of the replies (exponential buckets from 50 microseconds).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, stats) in &rows {
+                family
+                    .encode_family(labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        stats.latency_sum,
+                        stats.received,
+                        &stats.histogram_buckets(),
+                        None,
+                    )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The meta metrics.
+#[derive(Debug)]
+struct MetaCollector(Arc<Meta>);
+
+impl Collector for MetaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (icmp_active, tcp_active) = self.0.scheduler.active();
+        for (prefix, active, counters, what) in [
+            ("icmp", icmp_active, &self.0.icmp, "ICMP echo"),
+            ("tcp", tcp_active, &self.0.tcp, "TCP SYN"),
+        ] {
+            let name = format!("{prefix}_active_probes");
+
+            let help = format!("Targets being probed with {what} in the background.");
+            let gauge = encoder.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+            ConstGauge::new(active as i64).encode(gauge)?;
+            for (name, help, value) in [
+                (
+                    "packets_sent",
+                    format!("{what} probe packets sent."),
+                    &counters.sent,
+                ),
+                (
+                    "packets_recv",
+                    format!("{what} replies matched to a probe in flight."),
+                    &counters.received,
+                ),
+                (
+                    "packets_error",
+                    format!("{what} socket errors (failed sends and receives)."),
+                    &counters.errors,
+                ),
+            ] {
+                let name = format!("{prefix}_{name}");
+
+                let metric = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(metric)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn flags(args: &[&str]) -> Result<Flags, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            flags: Flags,
+        }
+        Wrapper::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|w| w.flags)
+    }
+
+    #[test]
+    fn flag_defaults_and_minimums() {
+        let defaults = flags(&[]).unwrap();
+        assert_eq!(defaults.interval, Duration::from_secs(2));
+        assert_eq!(defaults.timeout, Duration::from_secs(3));
+        assert_eq!(defaults.expiry, Duration::from_secs(600));
+        assert_eq!(defaults.max_pps, 10_000);
+        assert_eq!(defaults.interface4, "auto");
+        let err = flags(&["--ping.interval", "5ms"]).unwrap_err().to_string();
+        assert!(err.contains("below the minimum of 10ms"), "{err}");
+        assert!(flags(&["--ping.max-pps", "0"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_requests_name_the_value() {
+        let ping = Ping::new(&flags(&["--ping.max-targets", "2"]).unwrap());
+        let ctx = ProbeContext::new(std::time::Instant::now() + Duration::from_secs(5));
+        let run = |pairs: Vec<(&str, &str)>| {
+            let query = Query::from_pairs(pairs);
+            let ping = &ping;
+            let ctx = &ctx;
+            async move { ping.probe(ctx, &query).await.map(|_| ()).unwrap_err().0 }
+        };
+        assert!(run(vec![]).await.contains("missing parameter \"target\""));
+        let err = run(vec![("target", "10.0.0.1"), ("ip_version", "5")]).await;
+        assert!(err.contains("\"5\" is not 4, 6 or all"), "{err}");
+        let err = run(vec![("target", "10.0.0.1"), ("tcp_port", "0")]).await;
+        assert!(err.contains("\"0\" is not a port"), "{err}");
+        let err = run(vec![("target", "10.0.0.1"), ("tcp_port", "http")]).await;
+        assert!(err.contains("\"http\""), "{err}");
+        let err = run(vec![("target", "10.0.0.1"), ("ip_version", "6")]).await;
+        assert!(err.contains("has no IPv6 address"), "{err}");
+        let err = run(vec![("target", "no-such-host.invalid")]).await;
+        assert!(
+            err.contains("cannot resolve \"no-such-host.invalid\""),
+            "{err}"
+        );
+        let err = run(vec![
+            ("target", "10.0.0.1"),
+            ("target", "10.0.0.2"),
+            ("target", "10.0.0.3"),
+        ])
+        .await;
+        assert!(
+            err.contains("3 probes requested") && err.contains("--ping.max-targets 2"),
+            "{err}"
+        );
+        let err = run(vec![
+            ("target", "10.0.0.1"),
+            ("tcp_port", "1"),
+            ("tcp_port", "2"),
+            ("tcp_port", "3"),
+        ])
+        .await;
+        assert!(err.contains("3 probes requested"), "{err}");
+        let err = run(vec![("target", "10.0.0.1"), ("count", "3")]).await;
+        assert!(err.contains("unknown parameter \"count\""), "{err}");
+        let err = run(vec![("target", "224.0.0.1")]).await;
+        assert!(err.contains("cannot be pinged"), "{err}");
+    }
+
+    #[test]
+    fn random_values_differ() {
+        let mut random = Random::new();
+        assert_ne!(random.next_u64(), random.next_u64());
+    }
+}

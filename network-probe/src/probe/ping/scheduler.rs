@@ -1,0 +1,529 @@
+//! Background probing: one task per active probe (target address, and port for TCP) sends one
+//! packet every interval through a shared packets-per-second limiter, and stops once the probe
+//! has not been requested for the expiry period. Also owns the table of probes in flight, which
+//! both socket drivers use to match replies and to turn silence into loss after the timeout.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+    io,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{
+    stats::{Outcome, TargetStats},
+    timestamps::{self, ControlMessages},
+};
+
+/// Locks a mutex, ignoring poisoning (the data stay consistent: every update is one call).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What is probed: an address, with ICMP echo (`tcp_port` None) or TCP SYN to a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeKey {
+    pub address: IpAddr,
+    pub tcp_port: Option<u16>,
+}
+
+/// One target being probed in the background.
+#[derive(Debug)]
+pub struct ActiveProbe {
+    pub key: ProbeKey,
+    pub stats: Mutex<TargetStats>,
+    last_requested: Mutex<Instant>,
+}
+
+/// Sends one probe packet; implemented by the ICMP and TCP SYN drivers.
+pub trait Sender: Send + Sync + 'static {
+    /// Sends one probe to `probe.key` and registers it as in flight.
+    fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()>;
+}
+
+/// Packets sent, received and socket errors of one protocol, for the meta metrics.
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl ProtocolCounters {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Settings of the scheduler.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub interval: Duration,
+    pub expiry: Duration,
+    pub window: usize,
+    pub max_packets_per_second: u32,
+}
+
+/// The active probes and the shared rate limit.
+#[derive(Debug)]
+pub struct Scheduler {
+    schedule: Schedule,
+    probes: Mutex<HashMap<ProbeKey, Arc<ActiveProbe>>>,
+    limiter: RateLimiter,
+}
+
+impl Scheduler {
+    pub fn new(schedule: Schedule) -> Arc<Self> {
+        Arc::new(Scheduler {
+            schedule,
+            probes: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::new(schedule.max_packets_per_second),
+        })
+    }
+
+    /// Marks `key` as requested now; starts probing it through `sender` if it is not yet
+    /// active. Must run inside the tokio runtime.
+    pub fn request(self: &Arc<Self>, key: ProbeKey, sender: Arc<dyn Sender>) -> Arc<ActiveProbe> {
+        let mut probes = lock(&self.probes);
+        if let Some(probe) = probes.get(&key) {
+            *lock(&probe.last_requested) = Instant::now();
+            return Arc::clone(probe);
+        }
+        let probe = Arc::new(ActiveProbe {
+            key,
+            stats: Mutex::new(TargetStats::new(self.schedule.window)),
+            last_requested: Mutex::new(Instant::now()),
+        });
+        probes.insert(key, Arc::clone(&probe));
+        tokio::spawn(Arc::clone(self).run(Arc::clone(&probe), sender));
+        probe
+    }
+
+    /// Number of active probes, ICMP and TCP.
+    pub fn active(&self) -> (usize, usize) {
+        let probes = lock(&self.probes);
+        let tcp = probes.keys().filter(|key| key.tcp_port.is_some()).count();
+        (probes.len() - tcp, tcp)
+    }
+
+    /// The probing loop of one target: first packet at once, then one per interval, until
+    /// the expiry passes without a request.
+    async fn run(self: Arc<Self>, probe: Arc<ActiveProbe>, sender: Arc<dyn Sender>) {
+        let mut ticker = tokio::time::interval(self.schedule.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.expire_if_idle(&probe) {
+                log::debug!(
+                    "ping: {:?} not requested for {:?}; stopped",
+                    probe.key,
+                    self.schedule.expiry
+                );
+                return;
+            }
+            self.limiter.acquire().await;
+            if let Err(err) = sender.send(&probe) {
+                log::debug!("ping: sending to {:?}: {err}", probe.key);
+                // The packet could not leave (no route, ...): the target is unreachable.
+                let mut stats = lock(&probe.stats);
+                stats.record_sent();
+                stats.record(Outcome::Lost);
+            }
+        }
+    }
+
+    /// Removes `probe` from the table if its expiry has passed; true if it did.
+    fn expire_if_idle(&self, probe: &Arc<ActiveProbe>) -> bool {
+        let mut probes = lock(&self.probes);
+        if lock(&probe.last_requested).elapsed() < self.schedule.expiry {
+            return false;
+        }
+        if probes
+            .get(&probe.key)
+            .is_some_and(|current| Arc::ptr_eq(current, probe))
+        {
+            probes.remove(&probe.key);
+        }
+        true
+    }
+}
+
+/// A token bucket shared by every probe: at most `rate` packets per second, with a burst of
+/// 20 ms worth of packets (the timer's resolution is 1 ms).
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        let burst = (rate / 50.0).max(1.0);
+        RateLimiter {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes a token if one is available, else says how long until one is.
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = lock(&self.state);
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+            .min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.try_acquire(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One probe in flight.
+#[derive(Debug)]
+struct InFlight {
+    probe: Arc<ActiveProbe>,
+    stamp_key: u32,
+    sent: Instant,
+    tx: Option<ControlMessages>,
+}
+
+/// What a socket driver gets back when a reply matches.
+#[derive(Debug)]
+pub struct Matched {
+    pub probe: Arc<ActiveProbe>,
+    pub outcome: Outcome,
+}
+
+/// Probes in flight on one socket, keyed by what the reply will carry (`K`) and by the stamp
+/// key of their transmit stamp. Entries leave on a matching reply or at their deadline (then as
+/// loss); a reply after that matches nothing.
+#[derive(Debug)]
+pub struct InFlightTable<K> {
+    timeout: Duration,
+    by_reply: HashMap<K, InFlight>,
+    by_stamp: HashMap<u32, K>,
+    /// Insertion order = deadline order (one timeout for all).
+    deadlines: VecDeque<(Instant, K, u32)>,
+}
+
+impl<K: Copy + Eq + Hash> InFlightTable<K> {
+    pub fn new(timeout: Duration) -> Self {
+        InFlightTable {
+            timeout,
+            by_reply: HashMap::new(),
+            by_stamp: HashMap::new(),
+            deadlines: VecDeque::new(),
+        }
+    }
+
+    /// Registers a probe sent at `sent`. An older probe with the same key (a wrapped sequence
+    /// number) is lost.
+    pub fn insert(&mut self, key: K, stamp_key: u32, probe: Arc<ActiveProbe>, sent: Instant) {
+        if let Some(old) = self.by_reply.insert(
+            key,
+            InFlight {
+                probe,
+                stamp_key,
+                sent,
+                tx: None,
+            },
+        ) {
+            self.by_stamp.remove(&old.stamp_key);
+            lock(&old.probe.stats).record(Outcome::Lost);
+        }
+        self.by_stamp.insert(stamp_key, key);
+        self.deadlines
+            .push_back((sent + self.timeout, key, stamp_key));
+    }
+
+    /// Attaches a transmit stamp read from the error queue.
+    pub fn transmit_stamp(&mut self, tx: ControlMessages) {
+        let Some(stamp_key) = tx.error.and_then(|error| error.tx_stamp_key()) else {
+            return;
+        };
+        if let Some(key) = self.by_stamp.get(&stamp_key)
+            && let Some(in_flight) = self.by_reply.get_mut(key)
+        {
+            in_flight.tx = Some(tx);
+        }
+    }
+
+    /// Whether a probe waits for `key` without its transmit stamp yet (then the error queue is
+    /// worth reading before completing it).
+    pub fn lacks_transmit_stamp(&self, key: &K) -> bool {
+        self.by_reply
+            .get(key)
+            .is_some_and(|in_flight| in_flight.tx.is_none())
+    }
+
+    /// Completes the probe waiting for `key` with a reply received at `received` (user clock)
+    /// carrying control messages `rx`. `None` if nothing waits for it (late, foreign, dup), or
+    /// if its round trip exceeds the timeout (then the probe is lost).
+    pub fn reply(
+        &mut self,
+        key: &K,
+        rx: &ControlMessages,
+        received: Instant,
+        rst: bool,
+    ) -> Option<Matched> {
+        let in_flight = self.by_reply.remove(key)?;
+        self.by_stamp.remove(&in_flight.stamp_key);
+        let user_rtt = received
+            .saturating_duration_since(in_flight.sent)
+            .as_secs_f64();
+        let kernel = in_flight
+            .tx
+            .as_ref()
+            .and_then(|tx| timestamps::round_trip(tx, rx));
+        let rtt = kernel.map_or(user_rtt, |(rtt, _)| rtt.as_secs_f64());
+        if rtt > self.timeout.as_secs_f64() {
+            // It arrived before the expiry sweep got to it: the timeout is a hard bound.
+            lock(&in_flight.probe.stats).record(Outcome::Lost);
+            return None;
+        }
+        let outcome = Outcome::Reply {
+            rtt,
+            user_rtt,
+            user_clock: kernel.is_none(),
+            rst,
+        };
+        Some(Matched {
+            probe: in_flight.probe,
+            outcome,
+        })
+    }
+
+    /// Moves every probe whose deadline passed to loss; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, key, stamp_key)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .by_reply
+                .get(&key)
+                .is_some_and(|in_flight| in_flight.stamp_key == stamp_key)
+            {
+                let in_flight = self.by_reply.remove(&key).expect("just seen");
+                self.by_stamp.remove(&stamp_key);
+                lock(&in_flight.probe.stats).record(Outcome::Lost);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_reply.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_reply.is_empty()
+    }
+}
+
+/// Runs `expire` on the driver every tenth of the timeout (5 ms to 100 ms) while it lives.
+pub async fn expire_loop<D>(
+    driver: std::sync::Weak<D>,
+    timeout: Duration,
+    expire: fn(&D, Instant) -> usize,
+) {
+    let tick = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(tick);
+    loop {
+        ticker.tick().await;
+        let Some(driver) = driver.upgrade() else {
+            return;
+        };
+        expire(&driver, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ping::timestamps::ExtendedError;
+
+    fn probe() -> Arc<ActiveProbe> {
+        Arc::new(ActiveProbe {
+            key: ProbeKey {
+                address: "10.0.0.1".parse().unwrap(),
+                tcp_port: Some(80),
+            },
+            stats: Mutex::new(TargetStats::new(10)),
+            last_requested: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn stamped(software: Duration, key: Option<u32>) -> ControlMessages {
+        ControlMessages {
+            software: Some(software),
+            hardware: None,
+            error: key.map(|data| ExtendedError {
+                errno: libc::ENOMSG as u32,
+                origin: libc::SO_EE_ORIGIN_TIMESTAMPING,
+                kind: 0,
+                code: 0,
+                info: 0,
+                data,
+            }),
+        }
+    }
+
+    #[test]
+    fn kernel_stamps_give_the_rtt() {
+        let mut table = InFlightTable::new(Duration::from_secs(1));
+        let start = Instant::now();
+        table.insert(42u32, 0, probe(), start);
+        table.transmit_stamp(stamped(Duration::from_micros(1_000), Some(0)));
+        let matched = table
+            .reply(
+                &42,
+                &stamped(Duration::from_micros(1_030), None),
+                start + Duration::from_micros(90),
+                false,
+            )
+            .unwrap();
+        let Outcome::Reply {
+            rtt,
+            user_rtt,
+            user_clock,
+            rst,
+        } = matched.outcome
+        else {
+            panic!()
+        };
+        assert!((rtt - 30e-6).abs() < 1e-12);
+        assert!((user_rtt - 90e-6).abs() < 1e-12);
+        assert!(!user_clock && !rst);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn missing_stamp_falls_back_to_the_user_clock() {
+        let mut table = InFlightTable::new(Duration::from_secs(1));
+        let start = Instant::now();
+        table.insert(1u32, 7, probe(), start);
+        let matched = table
+            .reply(
+                &1,
+                &stamped(Duration::from_micros(5), None),
+                start + Duration::from_micros(70),
+                true,
+            )
+            .unwrap();
+        let Outcome::Reply {
+            rtt,
+            user_clock,
+            rst,
+            ..
+        } = matched.outcome
+        else {
+            panic!()
+        };
+        assert!((rtt - 70e-6).abs() < 1e-12);
+        assert!(user_clock && rst);
+    }
+
+    // The seed's defect: a SYN-ACK retransmitted by the server after our timeout must not
+    // turn into a latency sample.
+    #[test]
+    fn a_late_reply_is_loss_not_latency() {
+        let mut table = InFlightTable::new(Duration::from_secs(1));
+        let start = Instant::now();
+        let target = probe();
+        table.insert(1000u32, 0, Arc::clone(&target), start);
+        assert_eq!(table.expire(start + Duration::from_millis(999)), 0);
+        assert_eq!(table.expire(start + Duration::from_secs(1)), 1);
+        let late = table.reply(
+            &1000,
+            &ControlMessages::default(),
+            start + Duration::from_secs(2),
+            false,
+        );
+        assert!(late.is_none());
+        let stats = lock(&target.stats);
+        assert_eq!(stats.received, 0);
+        assert_eq!(stats.summary().loss_ratio, 1.0);
+    }
+
+    #[test]
+    fn a_reply_beyond_the_timeout_is_loss_even_before_the_sweep() {
+        let mut table = InFlightTable::new(Duration::from_secs(1));
+        let start = Instant::now();
+        let target = probe();
+        table.insert(9u32, 3, Arc::clone(&target), start);
+        table.transmit_stamp(stamped(Duration::from_secs(100), Some(3)));
+        // Kernel stamps 1.000001 s apart: over the timeout, whatever the user clock says.
+        let rx = stamped(Duration::from_micros(101_000_001), None);
+        assert!(
+            table
+                .reply(&9, &rx, start + Duration::from_millis(5), false)
+                .is_none()
+        );
+        assert!(table.is_empty());
+        assert_eq!(table.expire(start + Duration::from_secs(5)), 0);
+        let stats = lock(&target.stats);
+        assert_eq!((stats.received, stats.window.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_reused_key_loses_the_older_probe() {
+        let mut table = InFlightTable::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let target = probe();
+        table.insert(5u32, 0, Arc::clone(&target), start);
+        table.insert(5u32, 1, Arc::clone(&target), start);
+        assert_eq!(table.len(), 1);
+        assert_eq!(lock(&target.stats).window.len(), 1);
+        // The stale deadline entry of the first insert does not expire the second.
+        assert_eq!(table.expire(start + Duration::from_secs(10)), 1);
+    }
+
+    #[test]
+    fn rate_limiter_caps_the_rate() {
+        let limiter = RateLimiter::new(100);
+        let start = Instant::now();
+        // Burst: 2 tokens (20 ms at 100/s).
+        assert!(limiter.try_acquire(start).is_ok());
+        assert!(limiter.try_acquire(start).is_ok());
+        let wait = limiter.try_acquire(start).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.01).abs() < 1e-6, "{wait:?}");
+        assert!(
+            limiter
+                .try_acquire(start + Duration::from_millis(10))
+                .is_ok()
+        );
+        // Over one simulated second, at most 100 + burst tokens.
+        let mut granted = 0;
+        for ms in 0..1000 {
+            let now = start + Duration::from_millis(20 + ms);
+            while limiter.try_acquire(now).is_ok() {
+                granted += 1;
+            }
+        }
+        assert!((99..=102).contains(&granted), "{granted}");
+    }
+}

@@ -1,0 +1,613 @@
+//! The `tftp` prober: downloads one file from a TFTP server per scrape with a native client
+//! (RFC 1350 read, options RFC 2347/2348/2349/7440) and reports whether it worked, how long it
+//! took and how fast it was.
+//!
+//! This module owns the I/O: parameter parsing, name resolution, the UDP socket, the server's
+//! transfer ID (TID), timers and the metrics. Every received byte is interpreted by the pure
+//! state machine in [`codec`]. The content is hashed (SHA-256) as it streams and never kept.
+
+pub mod codec;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::atomic::AtomicU64,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::net::UdpSocket;
+
+use self::codec::{
+    BLKSIZE_RANGE, Failure, FailureReason, Negotiated, OptionRequest, Outcome, TIMEOUT_RANGE,
+    Transfer, WINDOWSIZE_RANGE, error_code,
+};
+use super::{BadRequest, ProbeContext, ProbeReport, Query};
+
+/// Name in `module=`.
+pub const MODULE: &str = "tftp";
+/// File fetched when `tftp_filename` is absent (as the seed exporter).
+pub const DEFAULT_FILENAME: &str = "pxelinux.0";
+pub const DEFAULT_PORT: u16 = 69;
+/// Default `max_bytes`: 64 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+/// Query parameters this prober accepts (`module` and `debug` belong to the framework).
+const PARAMETERS: &[&str] = &[
+    "module",
+    "debug",
+    "target",
+    "tftp_filename",
+    "tftp_port",
+    "blksize",
+    "windowsize",
+    "timeout",
+    "tsize",
+    "expected_size",
+    "expected_sha256",
+    "max_bytes",
+];
+
+/// One probe's parameters, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Host name or address, without port.
+    pub host: String,
+    pub port: u16,
+    pub filename: String,
+    pub options: OptionRequest,
+    pub expected_size: Option<u64>,
+    pub expected_sha256: Option<[u8; 32]>,
+    pub max_bytes: u64,
+}
+
+impl Params {
+    /// Reads and checks the query; every error names the parameter and the value.
+    pub fn from_query(query: &Query) -> Result<Params, BadRequest> {
+        let unknown = query.unknown(PARAMETERS);
+        if !unknown.is_empty() {
+            return Err(BadRequest(format!(
+                "unknown parameter(s) {unknown:?} for module tftp (known: {})",
+                PARAMETERS[2..].join(", ")
+            )));
+        }
+        let target = query.required("target")?;
+        let port_parameter: Option<u16> = match query.get("tftp_port")? {
+            None | Some("") => None,
+            Some(value) => Some(value.parse().ok().filter(|&p| p != 0).ok_or_else(|| {
+                BadRequest(format!(
+                    "parameter \"tftp_port\": {value:?} is not a port number from 1 to 65535"
+                ))
+            })?),
+        };
+        let (host, target_port) = split_target(target)?;
+        let port = match (target_port, port_parameter) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(BadRequest(format!(
+                    "target {target:?} names port {a} but tftp_port is {b}"
+                )));
+            }
+            (a, b) => a.or(b).unwrap_or(DEFAULT_PORT),
+        };
+        let filename = match query.get("tftp_filename")? {
+            None | Some("") => DEFAULT_FILENAME.to_string(),
+            Some(name) => name.to_string(),
+        };
+        let options = OptionRequest {
+            blksize: ranged(query, "blksize", BLKSIZE_RANGE)?,
+            timeout: ranged(query, "timeout", TIMEOUT_RANGE)?,
+            windowsize: ranged(query, "windowsize", WINDOWSIZE_RANGE)?,
+            tsize: query.flag("tsize", false)?,
+        };
+        // Builds the request once to reject names the wire format cannot carry.
+        codec::encode_rrq(&filename, &options)
+            .map_err(|err| BadRequest(format!("parameter \"tftp_filename\": {err}")))?;
+        let expected_size = match query.get("expected_size")? {
+            None | Some("") => None,
+            Some(_) => Some(query.parse_or("expected_size", 0u64, "a number of bytes")?),
+        };
+        let expected_sha256 = match query.get("expected_sha256")? {
+            None | Some("") => None,
+            Some(text) => Some(codec::parse_sha256(text).ok_or_else(|| {
+                BadRequest(format!(
+                    "parameter \"expected_sha256\": {text:?} is not 64 hexadecimal digits"
+                ))
+            })?),
+        };
+        let max_bytes = query.parse_or("max_bytes", DEFAULT_MAX_BYTES, "a number of bytes")?;
+        if max_bytes == 0 {
+            return Err(BadRequest(
+                "parameter \"max_bytes\": must be at least 1".into(),
+            ));
+        }
+        Ok(Params {
+            host,
+            port,
+            filename,
+            options,
+            expected_size,
+            expected_sha256,
+            max_bytes,
+        })
+    }
+}
+
+/// An optional number within `range`.
+fn ranged<T>(
+    query: &Query,
+    name: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<Option<T>, BadRequest>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match query.get(name)? {
+        None | Some("") => Ok(None),
+        Some(value) => value
+            .parse::<T>()
+            .ok()
+            .filter(|v| range.contains(v))
+            .map(Some)
+            .ok_or_else(|| {
+                BadRequest(format!(
+                    "parameter {name:?}: {value:?} is not a number from {} to {}",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+    }
+}
+
+/// Splits `host`, `host:port`, `v4:port`, `v6`, `[v6]` or `[v6]:port`.
+fn split_target(target: &str) -> Result<(String, Option<u16>), BadRequest> {
+    let bad = |why: &str| BadRequest(format!("parameter \"target\": {target:?} {why}"));
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), Some(addr.port())));
+    }
+    if target.parse::<IpAddr>().is_ok() {
+        return Ok((target.to_string(), None));
+    }
+    if let Some(inner) = target.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(ip) => Ok((ip.to_string(), None)),
+            Err(_) => Err(bad("is not a bracketed IPv6 address")),
+        };
+    }
+    let (host, port) = match target.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?;
+            (host, Some(port))
+        }
+        None => (target, None),
+    };
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !valid_name {
+        return Err(bad("is not a host name, an address or HOST:PORT"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What a completed download measured.
+#[derive(Debug, Default)]
+struct Measurement {
+    bytes: u64,
+    retransmissions: u64,
+    duplicates: u64,
+    /// From sending the RRQ to the final ACK.
+    transfer_time: Option<Duration>,
+    /// From sending the RRQ to the first DATA block.
+    first_block: Option<Duration>,
+    negotiated: Option<Negotiated>,
+    /// SHA-256 of the content so far.
+    content_hash: Sha256,
+    /// When the RRQ was sent.
+    request_sent: Option<Instant>,
+}
+
+/// Runs one probe: parses the query, downloads the file, builds the metrics.
+pub async fn probe(ctx: &ProbeContext, query: &Query) -> Result<ProbeReport, BadRequest> {
+    let params = Params::from_query(query)?;
+    let started = Instant::now();
+    let mut measurement = Measurement::default();
+    let result = download(ctx, &params, &mut measurement).await;
+    let duration = started.elapsed();
+    match &result {
+        Ok(()) => ctx.log(format!(
+            "downloaded {} bytes in {:.3} s",
+            measurement.bytes,
+            duration.as_secs_f64()
+        )),
+        Err(failure) => ctx.log(format!(
+            "probe failed ({}): {}",
+            failure.reason.label(),
+            failure.detail
+        )),
+    }
+    let registry = metrics(&result, duration, &measurement);
+    Ok(ProbeReport {
+        success: result.is_ok(),
+        registry,
+    })
+}
+
+/// Resolves the target, downloads the file and verifies it; fills `measurement` as it goes,
+/// so a failed probe still reports what it got.
+async fn download(
+    ctx: &ProbeContext,
+    params: &Params,
+    measurement: &mut Measurement,
+) -> Result<(), Failure> {
+    let server = resolve(ctx, &params.host, params.port).await?;
+    ctx.log(format!("server {server}, file {:?}", params.filename));
+    let bind: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind).await.map_err(|err| {
+        Failure::new(
+            FailureReason::ServerError,
+            format!("binding a UDP socket: {err}"),
+        )
+    })?;
+    let (mut transfer, rrq) = Transfer::new(&params.filename, params.options, params.max_bytes)
+        .map_err(|err| Failure::new(FailureReason::ProtocolError, err))?;
+    let outcome = exchange(ctx, &socket, server, &mut transfer, &rrq, measurement).await;
+    measurement.bytes = transfer.bytes();
+    measurement.retransmissions = transfer.retransmissions();
+    measurement.duplicates = transfer.duplicates();
+    measurement.negotiated = Some(transfer.negotiated().clone());
+    let negotiated = transfer.negotiated();
+    if !negotiated.accepted.is_empty() || !negotiated.refused.is_empty() {
+        ctx.log(format!(
+            "options accepted {:?}, refused {:?}",
+            negotiated.accepted, negotiated.refused
+        ));
+    }
+    if transfer.duplicates() > 0 {
+        ctx.log(format!(
+            "{} duplicate DATA packets ignored",
+            transfer.duplicates()
+        ));
+    }
+    outcome?;
+    measurement.transfer_time = measurement.request_sent.map(|sent| sent.elapsed());
+    let sha256: [u8; 32] = std::mem::take(&mut measurement.content_hash)
+        .finalize()
+        .into();
+    ctx.log(format!("sha256 {}", codec::hex(&sha256)));
+    codec::verify(
+        transfer.bytes(),
+        &sha256,
+        negotiated.tsize,
+        params.expected_size,
+        params.expected_sha256.as_ref(),
+    )
+}
+
+/// The first address of `host` (an address is used as is), within the deadline.
+async fn resolve(ctx: &ProbeContext, host: &str, port: u16) -> Result<SocketAddr, Failure> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout_at(ctx.deadline.into(), lookup).await {
+        Err(_) => Err(Failure::new(
+            FailureReason::ResolveFailed,
+            format!("resolving {host:?} did not finish before the deadline"),
+        )),
+        Ok(Err(err)) => Err(Failure::new(
+            FailureReason::ResolveFailed,
+            format!("resolving {host:?}: {err}"),
+        )),
+        Ok(Ok(mut addresses)) => addresses.next().ok_or_else(|| {
+            Failure::new(
+                FailureReason::ResolveFailed,
+                format!("{host:?} has no address"),
+            )
+        }),
+    }
+}
+
+/// Sends the RRQ and runs the state machine until it ends or the deadline passes. The first
+/// answer from the server's address locks the transfer ID; datagrams from anywhere else get
+/// ERROR 5 and are otherwise ignored.
+async fn exchange(
+    ctx: &ProbeContext,
+    socket: &UdpSocket,
+    server: SocketAddr,
+    transfer: &mut Transfer,
+    rrq: &[u8],
+    measurement: &mut Measurement,
+) -> Result<(), Failure> {
+    let io_failure = |what: &str, err: std::io::Error| {
+        Failure::new(FailureReason::ServerError, format!("{what}: {err}"))
+    };
+    let start = Instant::now();
+    measurement.request_sent = Some(start);
+    socket
+        .send_to(rrq, server)
+        .await
+        .map_err(|err| io_failure("sending the read request", err))?;
+    let mut tid: Option<SocketAddr> = None;
+    let mut buffer = vec![0u8; usize::from(*BLKSIZE_RANGE.end()) + 4 + 1];
+    let deadline = tokio::time::Instant::from_std(ctx.deadline);
+    let mut wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
+    loop {
+        let received = tokio::select! {
+            biased;
+            received = socket.recv_from(&mut buffer) => Some(received),
+            () = tokio::time::sleep_until(wait_until.min(deadline)) => None,
+        };
+        let (len, from) = match received {
+            Some(Ok(received)) => received,
+            // ICMP errors (port unreachable) surface here on Linux: keep waiting, the
+            // retransmission timer decides.
+            Some(Err(err)) => {
+                ctx.log(format!("receive error: {err}"));
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(deadline_failure(socket, tid).await);
+                }
+                continue;
+            }
+            None if tokio::time::Instant::now() >= deadline => {
+                return Err(deadline_failure(socket, tid).await);
+            }
+            None => {
+                let step = transfer.on_timeout();
+                if let Some(Outcome::Failed(failure)) = step.outcome {
+                    return Err(failure);
+                }
+                if let Some(packet) = step.send {
+                    ctx.log(format!(
+                        "timeout: retransmission {}",
+                        transfer.retransmissions()
+                    ));
+                    let _ = socket.send_to(&packet, tid.unwrap_or(server)).await;
+                }
+                wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
+                continue;
+            }
+        };
+        match tid {
+            Some(locked) if locked != from => {
+                answer_foreign(ctx, socket, from).await;
+                continue;
+            }
+            None if from.ip() != server.ip() => {
+                answer_foreign(ctx, socket, from).await;
+                continue;
+            }
+            None => tid = Some(from),
+            Some(_) => {}
+        }
+        let blocks_before = transfer.blocks();
+        let step = transfer.on_packet(&buffer[..len]);
+        if let Some(payload) = step.payload {
+            measurement.content_hash.update(payload);
+            if blocks_before == 0 {
+                measurement.first_block = Some(start.elapsed());
+            }
+        }
+        if let Some(packet) = &step.send {
+            socket
+                .send_to(packet, from)
+                .await
+                .map_err(|err| io_failure("sending to the server", err))?;
+        }
+        match step.outcome {
+            Some(Outcome::Complete) => return Ok(()),
+            Some(Outcome::Failed(failure)) => return Err(failure),
+            None => {}
+        }
+        if step.send.is_some() || step.payload.is_some() {
+            wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
+        }
+    }
+}
+
+/// ERROR 5 to a datagram's source that is not our server's transfer ID.
+async fn answer_foreign(ctx: &ProbeContext, socket: &UdpSocket, from: SocketAddr) {
+    ctx.log(format!(
+        "datagram from unknown transfer ID {from}: answered with ERROR 5"
+    ));
+    let packet = codec::encode_error(error_code::UNKNOWN_TRANSFER_ID, "unknown transfer ID");
+    let _ = socket.send_to(&packet, from).await;
+}
+
+/// Tells the server (if it answered) that we gave up, and describes the timeout.
+async fn deadline_failure(socket: &UdpSocket, tid: Option<SocketAddr>) -> Failure {
+    if let Some(tid) = tid {
+        let packet = codec::encode_error(error_code::NOT_DEFINED, "probe deadline reached");
+        let _ = socket.send_to(&packet, tid).await;
+    }
+    Failure::new(
+        FailureReason::Timeout,
+        match tid {
+            None => "the server did not answer before the probe deadline",
+            Some(_) => "the transfer did not finish before the probe deadline",
+        },
+    )
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn gauge(value: f64) -> FloatGauge {
+    let gauge = FloatGauge::default();
+    gauge.set(value);
+    gauge
+}
+
+/// The probe's metrics (names of the seed exporter where it had them, in base units).
+fn metrics(result: &Result<(), Failure>, duration: Duration, m: &Measurement) -> Registry {
+    let mut registry = Registry::default();
+    registry.register(
+        "tftp_probe_success",
+        "1 if the file was downloaded completely and matched every expectation, else 0",
+        gauge(if result.is_ok() { 1.0 } else { 0.0 }),
+    );
+    registry.register(
+        "tftp_probe_duration_seconds",
+        "Time the whole probe took, name resolution included",
+        gauge(duration.as_secs_f64()),
+    );
+    registry.register(
+        "tftp_probe_content_length_bytes",
+        "File content bytes received (in order, each block once)",
+        gauge(m.bytes as f64),
+    );
+    if let Some(time) = m.transfer_time.filter(|t| !t.is_zero()) {
+        registry.register(
+            "tftp_probe_download_speed_bytes_per_second",
+            "Content bytes received divided by the time from read request to final block",
+            gauge(m.bytes as f64 / time.as_secs_f64()),
+        );
+    }
+    if let Some(first) = m.first_block {
+        registry.register(
+            "tftp_probe_time_to_first_block_seconds",
+            "Time from sending the read request to receiving the first DATA block",
+            gauge(first.as_secs_f64()),
+        );
+    }
+    registry.register(
+        "tftp_probe_retransmissions",
+        "Packets this probe sent again because the server did not answer in time",
+        gauge(m.retransmissions as f64),
+    );
+    registry.register(
+        "tftp_probe_duplicate_blocks",
+        "DATA packets received for blocks already received (ignored, never ACKed twice)",
+        gauge(m.duplicates as f64),
+    );
+    let negotiated = Family::<Vec<(String, String)>, FloatGauge>::default();
+    if let Some(n) = &m.negotiated {
+        for (option, value) in &n.accepted {
+            negotiated
+                .get_or_create(&vec![("option".to_string(), option.name().to_string())])
+                .set(*value as f64);
+        }
+    }
+    registry.register(
+        "tftp_probe_negotiated_option",
+        "Value the server accepted in its OACK for each option requested (absent if refused)",
+        negotiated,
+    );
+    let failure = Family::<Vec<(String, String)>, FloatGauge>::default();
+    let failed_reason = result.as_ref().err().map(|f| f.reason);
+    for reason in FailureReason::ALL {
+        failure
+            .get_or_create(&vec![("reason".to_string(), reason.label().to_string())])
+            .set(if failed_reason == Some(reason) {
+                1.0
+            } else {
+                0.0
+            });
+    }
+    registry.register(
+        "tftp_probe_failure",
+        "1 for the reason the probe failed (all 0 on success)",
+        failure,
+    );
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(raw: &str) -> Result<Params, BadRequest> {
+        Params::from_query(&Query::parse(raw).unwrap())
+    }
+
+    #[test]
+    fn parameters_have_seed_defaults() {
+        let p = params("module=tftp&target=tftp.example").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.filename.as_str(), p.max_bytes),
+            ("tftp.example", 69, "pxelinux.0", 64 << 20)
+        );
+        assert_eq!(p.options, OptionRequest::default());
+        let p = params(
+            "target=10.0.0.1:6969&tftp_filename=boot/x.efi&blksize=1468&windowsize=16&timeout=2&tsize=true\
+             &expected_size=10&max_bytes=100&expected_sha256=",
+        )
+        .unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("10.0.0.1", 6969));
+        assert_eq!(
+            p.options,
+            OptionRequest {
+                blksize: Some(1468),
+                timeout: Some(2),
+                windowsize: Some(16),
+                tsize: true
+            }
+        );
+        assert_eq!(
+            (p.expected_size, p.expected_sha256, p.max_bytes),
+            (Some(10), None, 100)
+        );
+        for (target, host, port) in [
+            ("[::1]:70", "::1", 70),
+            ("::1", "::1", 69),
+            ("[fe80::1]", "fe80::1", 69),
+            ("host:99", "host", 99),
+        ] {
+            let p = params(&format!("target={target}")).unwrap();
+            assert_eq!((p.host.as_str(), p.port), (host, port), "{target}");
+        }
+        assert_eq!(params("target=h&tftp_port=6969").unwrap().port, 6969);
+        assert_eq!(params("target=h:6969&tftp_port=6969").unwrap().port, 6969);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (raw, needle) in [
+            ("target=h&blocksize=1", "blocksize"),
+            ("tftp_port=69", "missing parameter \"target\""),
+            ("target=h&tftp_port=0", "\"0\""),
+            ("target=h&tftp_port=x", "\"x\""),
+            ("target=h:1&tftp_port=2", "tftp_port is 2"),
+            ("target=h:x", "\"h:x\""),
+            ("target=a%20b", "\"a b\""),
+            ("target=[zz]", "\"[zz]\""),
+            ("target=h&blksize=7", "\"7\""),
+            ("target=h&blksize=65465", "\"65465\""),
+            ("target=h&windowsize=0", "\"0\""),
+            ("target=h&timeout=256", "\"256\""),
+            ("target=h&tsize=maybe", "\"maybe\""),
+            ("target=h&expected_size=-1", "\"-1\""),
+            ("target=h&expected_sha256=abc", "\"abc\""),
+            ("target=h&max_bytes=0", "max_bytes"),
+            ("target=h&tftp_filename=a%00b", "tftp_filename"),
+        ] {
+            let err = params(raw).unwrap_err().0;
+            assert!(err.contains(needle), "{raw}: {err}");
+        }
+        let long = "x".repeat(600);
+        assert!(params(&format!("target=h&tftp_filename={long}")).is_err());
+    }
+
+    #[tokio::test]
+    async fn unresolvable_names_fail_with_resolve_failed() {
+        let ctx = ProbeContext::new(Instant::now() + Duration::from_secs(5));
+        let query = Query::parse("target=name.invalid").unwrap();
+        let report = probe(&ctx, &query).await.unwrap();
+        assert!(!report.success);
+        let text = crate::metrics::render(&report.registry).unwrap();
+        assert!(
+            text.contains("tftp_probe_failure{reason=\"resolve_failed\"} 1"),
+            "{text}"
+        );
+    }
+}
