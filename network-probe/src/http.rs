@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{ALLOW, CONTENT_TYPE},
+    header::{ACCEPT, ALLOW, CONTENT_TYPE},
     server::conn::http1,
     service::service_fn,
 };
@@ -35,6 +35,7 @@ use crate::{
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the service needs to answer requests.
 #[derive(Debug)]
@@ -162,7 +163,7 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Fu
     let path = request.uri().path();
     if path == state.telemetry_path {
         return match metrics::render(&state.registry) {
-            Ok(body) => with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body),
+            Ok(body) => exposition(&request, body),
             Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
@@ -241,7 +242,44 @@ async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response
         ));
         return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
     }
-    with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body)
+    exposition(request, body)
+}
+
+/// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at
+/// least as much as for plain text (Prometheus does), else in the Prometheus text format 0.0.4
+/// (curl, promtool and other clients that do not know OpenMetrics).
+fn exposition(request: &Request<Incoming>, openmetrics: String) -> Response<Full<Bytes>> {
+    let accept = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if wants_openmetrics(accept) {
+        with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, openmetrics)
+    } else {
+        let body = metrics::openmetrics_to_text_004(&openmetrics);
+        with_type(StatusCode::OK, TEXT_004_CONTENT_TYPE, body)
+    }
+}
+
+/// Whether an Accept header gives `application/openmetrics-text` a quality above 0 and at
+/// least that of plain text (`text/plain`, `text/*`, `*/*`).
+fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
+    for range in accept.unwrap_or("").split(',') {
+        let range = range.to_ascii_lowercase();
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let quality = parts
+            .find_map(|parameter| parameter.strip_prefix("q="))
+            .map_or(Some(1.0), |q| q.parse::<f32>().ok())
+            .unwrap_or(0.0);
+        match media {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => plain = plain.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= plain
 }
 
 fn landing_page(telemetry_path: &str) -> String {
@@ -277,6 +315,27 @@ fn with_type(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        // What Prometheus 2.42 sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,\
+            application/openmetrics-text;version=0.0.1;q=0.75,\
+            text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(wants_openmetrics(Some("application/openmetrics-text")));
+        for other in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("text/plain"),
+            Some("text/plain;version=0.0.4,application/openmetrics-text;q=0.5"),
+            Some("application/openmetrics-text;q=0"),
+            Some("application/openmetrics-text;q=bad"),
+        ] {
+            assert!(!wants_openmetrics(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn listen_addresses() {

@@ -10,6 +10,7 @@
 //! - [`flows`]: turns the kernel flow map into bounded, monotonic flow series (pure).
 //! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
 //! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
+//! - [`jool`]: Jool NAT64/SIIT statistics over generic netlink, read at scrape time.
 //! - [`probe`]: active probes behind `/probe` (query parsing, deadlines, one module per prober).
 //! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`).
 //! - [`daemon`]: start-up order, signal handling and shutdown.

@@ -43,6 +43,57 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(body)
 }
 
+/// Rewrites the OpenMetrics text of [`render`] into the Prometheus text format 0.0.4, for
+/// clients that do not ask for OpenMetrics (promtool, curl, other scrapers); prometheus-client
+/// has no encoder for it. Samples are the same in both formats; the family headers differ:
+/// - a counter family `x` has samples `x_total`; format 0.0.4 names the family `x_total`;
+/// - an info family `x` has samples `x_info`; format 0.0.4 has no info type: gauge `x_info`;
+/// - `unknown` is `untyped`, and a stateset is a gauge;
+/// - `# UNIT` and `# EOF` do not exist in format 0.0.4.
+///
+/// The input is our own encoder's output (HELP, then TYPE, then UNIT, then the samples).
+pub fn openmetrics_to_text_004(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = lines
+                .peek()
+                .and_then(|next| next.strip_prefix("# TYPE "))
+                .and_then(|declared| declared.split_once(' '))
+                .filter(|(declared, _)| *declared == name)
+                .map(|(_, kind)| kind);
+            let (family, _) = text_004_family(name, kind.unwrap_or("unknown"));
+            out.push_str(&format!("# HELP {family} {help}\n"));
+        } else if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|declared| declared.split_once(' '))
+        {
+            let (family, kind) = text_004_family(name, kind);
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The format 0.0.4 family name and type of the OpenMetrics family `name` of type `kind`.
+fn text_004_family<'a>(name: &'a str, kind: &'a str) -> (std::borrow::Cow<'a, str>, &'a str) {
+    match kind {
+        "counter" => (format!("{name}_total").into(), "counter"),
+        "info" => (format!("{name}_info").into(), "gauge"),
+        "unknown" => (name.into(), "untyped"),
+        "stateset" => (name.into(), "gauge"),
+        _ => (name.into(), kind),
+    }
+}
+
 /// `network_probe_build_info`: constant 1 with the version and git revision as labels.
 #[derive(Debug)]
 struct BuildInfo;
@@ -527,5 +578,64 @@ impl Collector for DatapathCollector {
             }),
         )?;
         self.encode_flows(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_families_become_text_004_families() {
+        let openmetrics = "\
+# HELP requests Requests served.
+# TYPE requests counter
+requests_total{code=\"200\"} 3
+# HELP temperature_celsius Temperature.
+# TYPE temperature_celsius gauge
+# UNIT temperature_celsius celsius
+temperature_celsius 21.5
+# HELP sum_seconds_total A sum kept as unknown.
+# TYPE sum_seconds_total unknown
+sum_seconds_total 0.25
+# HELP build Build.
+# TYPE build info
+build_info{version=\"1\"} 1
+# HELP size_bytes Sizes.
+# TYPE size_bytes histogram
+size_bytes_bucket{le=\"+Inf\"} 2
+size_bytes_sum 10.0
+size_bytes_count 2
+# EOF
+";
+        let expected = "\
+# HELP requests_total Requests served.
+# TYPE requests_total counter
+requests_total{code=\"200\"} 3
+# HELP temperature_celsius Temperature.
+# TYPE temperature_celsius gauge
+temperature_celsius 21.5
+# HELP sum_seconds_total A sum kept as unknown.
+# TYPE sum_seconds_total untyped
+sum_seconds_total 0.25
+# HELP build_info Build.
+# TYPE build_info gauge
+build_info{version=\"1\"} 1
+# HELP size_bytes Sizes.
+# TYPE size_bytes histogram
+size_bytes_bucket{le=\"+Inf\"} 2
+size_bytes_sum 10.0
+size_bytes_count 2
+";
+        assert_eq!(openmetrics_to_text_004(openmetrics), expected);
+    }
+
+    #[test]
+    fn a_type_without_help_is_converted_too() {
+        assert_eq!(
+            openmetrics_to_text_004("# TYPE hits counter\nhits_total 1\n# EOF\n"),
+            "# TYPE hits_total counter\nhits_total 1\n"
+        );
+        assert_eq!(openmetrics_to_text_004("# EOF\n"), "");
     }
 }

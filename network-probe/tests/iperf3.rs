@@ -245,8 +245,8 @@ fn forward_tcp_on_loopback_matches_the_server_report() {
     let server_seconds = report["end"]["sum_received"]["seconds"].as_f64().unwrap();
     assert!((probed.value("iperf3_received_seconds") - server_seconds).abs() < 1e-3);
     assert!((probed.value("iperf3_sent_seconds") - 1.0).abs() < 0.1);
-    let rate = probed.value("iperf3_received_bits_per_second");
-    assert!((rate - server_received * 8.0 / server_seconds).abs() / rate < 1e-6);
+    let rate = probed.value("iperf3_received_bytes_per_second");
+    assert!((rate - server_received / server_seconds).abs() / rate < 1e-6);
     // Our own sockets' TCP_INFO; loopback seldom retransmits, so only its presence is certain.
     assert!(probed.value("iperf3_retransmits") >= 0.0);
     assert_eq!(report["start"]["test_start"]["protocol"], "TCP", "{report}");
@@ -321,7 +321,7 @@ fn forward_retransmits_match_the_kernel_counter() {
         end_bytes(&report, "sum_received")
     );
     // Paced at 200 Mbit/s per stream, two streams: never above (loss may keep it below).
-    let rate = probed.value("iperf3_sent_bits_per_second");
+    let rate = probed.value("iperf3_sent_bytes_per_second") * 8.0;
     assert!(rate <= 440e6, "sent at {rate} bit/s");
 }
 
@@ -345,7 +345,7 @@ fn ipv6_loopback() {
         "{:?}",
         probed.log
     ); // Paced at 100 Mbit/s on a loss-free path.
-    let rate = probed.value("iperf3_sent_bits_per_second");
+    let rate = probed.value("iperf3_sent_bytes_per_second") * 8.0;
     assert!((rate - 100e6).abs() < 10e6, "sent at {rate} bit/s");
 }
 
@@ -405,7 +405,7 @@ fn udp_at_10_mbit_matches_the_server_report() {
         received["packets"].as_f64().unwrap()
     );
     // Paced at 10 Mbit/s: within 10 % over one second.
-    let rate = probed.value("iperf3_sent_bits_per_second");
+    let rate = probed.value("iperf3_sent_bytes_per_second") * 8.0;
     assert!((rate - 10e6).abs() < 1e6, "sent at {rate} bit/s");
     assert!(sample(&probed.metrics, "iperf3_retransmits", "").is_none());
 }

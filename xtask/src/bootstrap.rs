@@ -63,6 +63,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "curl",
         "curl tftp://: the second client of the tftp benchmark",
     ),
+    (
+        "prometheus",
+        "prometheus and promtool: the real scraper our exposition is checked against",
+    ),
 ];
 
 /// Where the bootstrapped tools live.
@@ -318,12 +322,22 @@ pub fn jool_guest() -> Result<()> {
             return Ok(());
         }
     }
-    let depends = capture("apt-cache", &["depends", "linux-image-amd64"])?;
-    let abi = depends
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("Depends: linux-image-"))
-        .map(str::to_string)
-        .context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?;
+    let current_abi = || {
+        capture("apt-cache", &["depends", "linux-image-amd64"])
+            .ok()?
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Depends: linux-image-"))
+            .map(str::to_string)
+    };
+    // On a fresh machine the package lists may be empty: update once and ask again.
+    let abi = match current_abi() {
+        Some(abi) => abi,
+        None => {
+            run("apt-get", &["update", "-qq"])?;
+            current_abi()
+                .context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?
+        }
+    };
     eprintln!("xtask: preparing the Jool test guest for kernel {abi} (about 2 minutes, once)");
     let headers = format!("linux-headers-{abi}");
     let mut packages: Vec<&str> = JOOL_GUEST_PACKAGES.to_vec();

@@ -1032,7 +1032,7 @@ fn registry(outcome: &Result<Measurement, Failure>, transport: Transport) -> Reg
     };
     let rate = |bytes: u64, seconds: f64| {
         if seconds > 0.0 {
-            bytes as f64 * 8.0 / seconds
+            bytes as f64 / seconds
         } else {
             0.0
         }
@@ -1059,13 +1059,13 @@ fn registry(outcome: &Result<Measurement, Failure>, transport: Transport) -> Reg
             m.received_seconds,
         ),
         (
-            "iperf3_sent_bits_per_second",
-            "Sent bytes times 8 over the sending time",
+            "iperf3_sent_bytes_per_second",
+            "Sent bytes over the sending time",
             rate(m.sent_bytes, m.sent_seconds),
         ),
         (
-            "iperf3_received_bits_per_second",
-            "Received bytes times 8 over the receiving time",
+            "iperf3_received_bytes_per_second",
+            "Received bytes over the receiving time",
             rate(m.received_bytes, m.received_seconds),
         ),
     ] {
