@@ -1,5 +1,8 @@
-//! Reading packet bytes, the same way for TC (skb) and XDP buffers: through the kernel's
-//! load-bytes helpers, which bounds-check at run time and also reach non-linear data.
+//! Reading packet bytes, the same way for TC (skb) and XDP buffers. Bytes in the linear part
+//! of the packet (where headers are in practice) are read directly, after a bounds check
+//! against `data_end`; anything else goes through the kernel's load-bytes helpers, which
+//! bounds-check at run time and also reach non-linear data. Both ways return the same bytes,
+//! so what a read returns does not depend on how the packet is laid out in memory.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -7,6 +10,26 @@ use aya_ebpf::{
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
+
+/// Offsets beyond this are always read through the helper. Headers sit far below it; the cap
+/// keeps the offset small enough for the verifier to accept adding it to the packet pointer.
+const MAX_DIRECT_OFFSET: usize = 1024;
+
+/// Reads a `T` at `offset` from the linear data `[data, data_end)`; `None` when it does not lie
+/// entirely inside (the caller then falls back to the helper).
+#[inline(always)]
+fn load_direct<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
+    if offset > MAX_DIRECT_OFFSET {
+        return None;
+    }
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    // SAFETY: `[start, start + size_of::<T>())` lies inside the packet's linear data, checked
+    // just above (the verifier checks the same); `T` is plain bytes, read without alignment.
+    Some(unsafe { (start as *const T).read_unaligned() })
+}
 
 /// A packet the parser can read from.
 pub trait Packet {
@@ -22,6 +45,9 @@ pub trait Packet {
 impl Packet for TcContext {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        if let Some(value) = load_direct(self.data(), self.data_end(), offset) {
+            return Some(value);
+        }
         let mut value = MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes at most size_of::<T>() bytes into `value`.
         let rc = unsafe {
@@ -61,6 +87,9 @@ impl Packet for TcContext {
 impl Packet for XdpContext {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        if let Some(value) = load_direct(self.data(), self.data_end(), offset) {
+            return Some(value);
+        }
         let mut value = MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes at most size_of::<T>() bytes into `value`.
         let rc = unsafe {

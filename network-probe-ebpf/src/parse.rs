@@ -1,6 +1,6 @@
 //! Packet parsing: Ethernet (with up to two 802.1Q / 802.1ad tags), IPv4 (options skipped by
 //! IHL), IPv6 (extension headers walked, bounded) and TCP (options scanned for window scale on
-//! SYNs). Every read is bounds-checked by the load helper; every loop is bounded. The result is
+//! SYNs). Every read is bounds-checked (see `packet`); every loop is bounded. The result is
 //! a small summary, or the reason the packet could not be classified.
 
 use network_probe_common::{FAMILY_IPV4, FAMILY_IPV6, Unclassified};
