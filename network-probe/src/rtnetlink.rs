@@ -63,8 +63,21 @@ pub fn interface_name(index: u32) -> Option<String> {
 /// Names of the interfaces that carry an IPv4 or IPv6 default route of the main table,
 /// sorted and without duplicates.
 pub fn default_route_interfaces() -> Result<Vec<String>> {
-    let routes =
-        dump_routes().map_err(|err| Error::Other(format!("route dump over rtnetlink: {err}")))?;
+    default_route_interfaces_for(&[IpFamily::V4, IpFamily::V6])
+}
+
+/// An IP version, for route lookups of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// Like [`default_route_interfaces`], for the default routes of the given families only
+/// (the ping prober binds IPv4 and IPv6 sockets to their own default-route interface).
+pub fn default_route_interfaces_for(families: &[IpFamily]) -> Result<Vec<String>> {
+    let routes = dump_routes(families)
+        .map_err(|err| Error::Other(format!("route dump over rtnetlink: {err}")))?;
     let mut names: Vec<String> = default_route_ifindexes(&routes)
         .into_iter()
         .filter_map(interface_name)
@@ -111,9 +124,13 @@ pub fn default_route_ifindexes(routes: &[RouteMessage]) -> Vec<u32> {
 }
 
 /// Dumps the IPv4 and IPv6 routing tables.
-fn dump_routes() -> io::Result<Vec<RouteMessage>> {
+fn dump_routes(families: &[IpFamily]) -> io::Result<Vec<RouteMessage>> {
     let mut routes = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+    for family in families {
+        let family = match family {
+            IpFamily::V4 => AddressFamily::Inet,
+            IpFamily::V6 => AddressFamily::Inet6,
+        };
         let mut request = RouteMessage::default();
         request.header.address_family = family;
         for message in dump(RouteNetlinkMessage::GetRoute(request))? {

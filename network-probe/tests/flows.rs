@@ -598,3 +598,72 @@ fn retransmits_match_the_senders_kernel_counter_ipv4() {
 fn retransmits_match_the_senders_kernel_counter_ipv6() {
     retransmits(true);
 }
+
+/// Retransmits against a capture: offloads off (one wire segment per captured packet), a drop
+/// rule at the receiver, and the sender's data segments read back from tcpdump. A captured
+/// segment that starts before the highest sequence already captured in that direction is a
+/// retransmission; that count must equal ours and the sender's TcpRetransSegs.
+#[test]
+fn retransmits_match_a_capture_and_the_kernel_counter() {
+    let pair = VethPair::new();
+    pair.disable_offloads();
+    let (a, b) = addresses(&pair, false);
+    let nft = |args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        pair.exec(&pair.b, "nft", &args);
+    };
+    nft("add table inet np");
+    nft("add chain inet np in { type filter hook input priority 0 ; }");
+    nft("add rule inet np in tcp dport 5004 meta length > 200 numgen random mod 25 == 0 drop");
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let capture = Capture::start(&pair.a, &pair.a_if);
+    let server_addr = SocketAddr::new(b, 5004);
+    let listener = in_netns(&pair.b, move || listen(server_addr, None));
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).unwrap();
+        buf.len()
+    });
+    let before = nstat(&pair.a, "TcpRetransSegs");
+    const BYTES: usize = 2 << 20;
+    in_netns(&pair.a, move || {
+        let mut stream = connect(server_addr, None).unwrap();
+        stream.write_all(&vec![9u8; BYTES]).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+    });
+    assert_eq!(server.join().unwrap(), BYTES);
+    thread::sleep(Duration::from_millis(300));
+    let kernel = nstat(&pair.a, "TcpRetransSegs") - before;
+    let packets = capture.finish();
+    let scrape = daemon.scrape();
+
+    // tcpdump prints data segments as "seq START:END" (relative to the flow's first sequence).
+    let mut highest_end: Option<i64> = None;
+    let mut captured = 0u64;
+    for packet in from(&packets, a) {
+        let Some(range) = packet.text.split("seq ").nth(1) else {
+            continue;
+        };
+        let range = range.split(',').next().unwrap();
+        let Some((start, end)) = range.split_once(':') else {
+            continue; // no payload
+        };
+        let (start, end): (i64, i64) = (start.parse().unwrap(), end.parse().unwrap());
+        if highest_end.is_some_and(|highest| start < highest) {
+            captured += 1;
+        }
+        highest_end = Some(highest_end.map_or(end, |highest| highest.max(end)));
+    }
+    let ours = counter(
+        &scrape,
+        "network_probe_flow_retransmits_total",
+        &flow_labels(&pair.a_if, a, b),
+    );
+    eprintln!("retransmits: capture {captured}, kernel {kernel}, ours {ours}");
+    assert!(captured > 0, "the drop rule caused no retransmission");
+    assert_eq!(ours, captured, "ours vs the capture");
+    assert_eq!(ours, kernel, "ours vs the sender's TcpRetransSegs");
+}

@@ -362,7 +362,11 @@ impl Ping {
         };
         match flag.as_str() {
             "any" | "" => None,
-            "auto" => match crate::rtnetlink::default_route_interfaces() {
+            "auto" => match crate::rtnetlink::default_route_interfaces_for(&[if v6 {
+                crate::rtnetlink::IpFamily::V6
+            } else {
+                crate::rtnetlink::IpFamily::V4
+            }]) {
                 Ok(names) if names.len() == 1 => names.into_iter().next(),
                 Ok(names) => {
                     log::info!(
