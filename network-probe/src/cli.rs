@@ -15,7 +15,7 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
 pub struct Cli {
     /// Address to listen on for the web interface and telemetry, as HOST:PORT, [V6]:PORT or :PORT
     /// (all addresses).
-    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS)]
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS, global = true)]
     pub listen_address: String,
 
     /// Path under which to expose metrics.
@@ -23,14 +23,24 @@ pub struct Cli {
           value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
 
+    /// Web configuration file in the Prometheus exporter-toolkit format: TLS, client
+    /// certificates, basic auth users (bcrypt hashes), response headers. Read once at start.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
+    /// Most /probe requests answered at once; more get 503 with Retry-After.
+    #[arg(long = "web.max-concurrent-probes", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_probes: u32,
+
     /// Interface to attach the datapath to (repeatable). Default: the interfaces of the IPv4 and
     /// IPv6 default routes.
-    #[arg(long = "interface", value_name = "NAME")]
+    #[arg(long = "interface", value_name = "NAME", global = true)]
     pub interfaces: Vec<String>,
 
     /// Program watching ingress: a TC classifier (TCX), or XDP in generic or native mode for
     /// hosts where TC ingress costs too much. Egress always uses TC.
-    #[arg(long = "datapath.ingress", value_name = "HOOK", value_enum, default_value_t = IngressHook::Tc)]
+    #[arg(long = "datapath.ingress", value_name = "HOOK", value_enum, default_value_t = IngressHook::Tc, global = true)]
     pub ingress: IngressHook,
 
     /// Capacity of the kernel flow map (one entry per TCP connection direction); least recently
@@ -58,11 +68,27 @@ pub struct Cli {
     #[arg(long = "log.level", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
 
+    /// `check` or `probe`; without one the daemon runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub jool: crate::jool::Flags,
 
     #[command(flatten)]
     pub ping: crate::probe::ping::Flags,
+}
+
+/// What to do instead of running the daemon. The daemon's flags go before the subcommand;
+/// `--interface`, `--web.listen-address` and `--datapath.ingress` may also follow it.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check whether this host can run the daemon (capabilities, kernel, interfaces, sockets,
+    /// Jool, listen address): one OK/WARN/FAIL line per item; exit 1 if anything FAILs.
+    Check,
+    /// Run one probe as /probe would and print its metrics; exit 1 if it fails, 2 on bad
+    /// parameters.
+    Probe(crate::oneshot::ProbeArgs),
 }
 
 /// Severity threshold for `--log.level`.

@@ -28,7 +28,7 @@ use crate::{
     flow_tracker::FlowTracker,
     flows::FlowOptions,
     http::{self, AppState},
-    metrics, preflight,
+    metrics, preflight, privileges,
     probe::Probers,
     rtnetlink::{self, LinkEvent, LinkSubscription, Received},
 };
@@ -48,6 +48,7 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cli: Cli) -> Result<()> {
+    let (web_config, tls) = http::load_web_config(cli.web_config_file.as_deref())?;
     preflight::check_capabilities()?;
     preflight::check_kernel()?;
     let interfaces = select_interfaces(&cli.interfaces)?;
@@ -110,7 +111,23 @@ pub fn run(cli: Cli) -> Result<()> {
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
             probers,
+            web: http::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
         });
+        // Everything privileged at start is done: keep only what re-attaching and the probers
+        // need (see privileges.rs).
+        let dropped = privileges::drop_to_runtime_set()
+            .map_err(|err| Error::Other(format!("dropping capabilities: {err}")))?;
+        info!(
+            "capabilities kept: {} (dropped {} of {}{})",
+            privileges::names(dropped.kept).join(", "),
+            (dropped.before & !dropped.kept).count_ones(),
+            dropped.before.count_ones(),
+            if dropped.bounding_reduced {
+                "; bounding set reduced too"
+            } else {
+                "; bounding set left to the service manager"
+            }
+        );
         let shutdown = async {
             let name = tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
@@ -118,7 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             info!("{name} received, shutting down");
         };
-        http::serve(listener, Arc::clone(&state), shutdown).await?;
+        http::serve(listener, Arc::clone(&state), tls, shutdown).await?;
         state.ready.store(false, Ordering::Release);
         link_watcher.abort();
         datapath.detach_all();

@@ -49,6 +49,9 @@ pub enum Error {
     #[error("invalid --web.listen-address {address:?}: {reason}")]
     ListenAddress { address: String, reason: String },
 
+    #[error("invalid --web.config.file {path:?}: {reason}")]
+    WebConfig { path: String, reason: String },
+
     #[error("kernel {release} lacks {feature}: {hint}")]
     KernelFeature {
         release: String,
@@ -69,7 +72,7 @@ impl Error {
             Error::MissingCapability { .. } => exit_code::PRIVILEGES,
             Error::NoSuchInterface { .. } | Error::NoDefaultRoute => exit_code::INTERFACE,
             Error::Listen { .. } => exit_code::LISTEN,
-            Error::ListenAddress { .. } => exit_code::USAGE,
+            Error::ListenAddress { .. } | Error::WebConfig { .. } => exit_code::USAGE,
             Error::KernelFeature { .. } => exit_code::KERNEL,
             Error::Datapath { .. } | Error::Other(_) => exit_code::FAILURE,
         }

@@ -1,12 +1,16 @@
 //! The HTTP side: binding `--web.listen-address` and one hyper service with the landing page,
-//! the telemetry path, `/-/healthy` and `/-/ready`.
+//! the telemetry path, `/-/healthy`, `/-/ready` and `/probe`; in front of it TLS and basic auth
+//! from `--web.config.file` (parsed in [`crate::web_config`]) and the request limits (URI, header
+//! section, body, concurrent probes).
 
 use std::{
+    collections::{BTreeMap, HashSet},
     convert::Infallible,
     future::Future,
     net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs},
+    path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -16,23 +20,47 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{ACCEPT, ALLOW, CONTENT_TYPE},
+    header::{
+        ACCEPT, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue,
+        RETRY_AFTER, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+    },
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, error, info};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    },
+};
 
 use crate::{
     error::{Error, Result},
     metrics,
     probe::{self, ProbeContext, Probers, Query},
+    web_config::{self, ClientAuth, TlsSettings, TlsVersion, WebConfig},
 };
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (and to finish a TLS handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest request URI (path and query) answered; longer ones get 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Largest request head (request line and headers); hyper answers 431 beyond it, and also
+/// beyond 100 header fields.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// bcrypt verifications running at once (each takes tens of milliseconds of CPU); further
+/// requests with credentials wait for a turn.
+const CONCURRENT_PASSWORD_CHECKS: usize = 2;
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -45,6 +73,215 @@ pub struct AppState {
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
     pub probers: Probers,
+    /// Basic auth, response headers and the `/probe` concurrency limit.
+    pub web: WebPolicy,
+}
+
+/// What `--web.config.file` and `--web.max-concurrent-probes` ask of every request.
+#[derive(Debug)]
+pub struct WebPolicy {
+    /// User name to bcrypt hash; empty: no authentication.
+    users: BTreeMap<String, String>,
+    /// SHA-256 of (user, password, hash) triples bcrypt has accepted, so that a scraper's
+    /// repeated credentials cost one bcrypt run, not one per scrape.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    password_checks: Semaphore,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    probe_slots: Semaphore,
+}
+
+impl WebPolicy {
+    /// The policy of `config`, allowing `max_concurrent_probes` probes at once.
+    pub fn new(config: &WebConfig, max_concurrent_probes: usize) -> Self {
+        let headers = config
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                // web_config admits only known names and values without control characters.
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        WebPolicy {
+            users: config.basic_auth_users.clone(),
+            verified: Mutex::default(),
+            password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
+            headers,
+            probe_slots: Semaphore::new(max_concurrent_probes),
+        }
+    }
+
+    /// Whether the request's `Authorization` header holds the credentials of a configured user
+    /// (always true when no users are configured).
+    async fn authorized(&self, request: &Request<Incoming>) -> bool {
+        if self.users.is_empty() {
+            return true;
+        }
+        let Some((user, password)) = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| basic_credentials(value.as_bytes()))
+        else {
+            return false;
+        };
+        // An unknown user costs a bcrypt run too, so timing does not reveal user names.
+        let (known, hash) = match self.users.get(&user) {
+            Some(hash) => (true, hash.clone()),
+            None => (false, UNKNOWN_USER_HASH.to_string()),
+        };
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .chain_update([0])
+            .chain_update(hash.as_bytes())
+            .finalize()
+            .into();
+        if known && self.verified.lock().is_ok_and(|set| set.contains(&key)) {
+            return true;
+        }
+        let Ok(_turn) = self.password_checks.acquire().await else {
+            return false;
+        };
+        let matches =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+        if known
+            && matches
+            && let Ok(mut set) = self.verified.lock()
+        {
+            // Bounded: only accepted credentials enter, but bcrypt reads 72 bytes at most.
+            if set.len() >= 1024 {
+                set.clear();
+            }
+            set.insert(key);
+        }
+        known && matches
+    }
+}
+
+/// A bcrypt hash (cost 10) of no password anyone knows, checked for unknown user names.
+const UNKNOWN_USER_HASH: &str = "$2y$10$vtGl0r3vt0JZdBB2pGmvF.VlOH54VfGZKgkPRP5Of7BCvtfhAte4K";
+
+/// `Basic base64(user:password)` as (user, password).
+fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, encoded) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Reads `--web.config.file` (if given) and, when it configures TLS, builds the acceptor from
+/// the certificate, key and client CA files it names. Every problem is one line naming the
+/// field and value, with exit code 2.
+pub fn load_web_config(path: Option<&Path>) -> Result<(WebConfig, Option<TlsAcceptor>)> {
+    let Some(path) = path else {
+        return Ok((WebConfig::default(), None));
+    };
+    let invalid = |reason: String| Error::WebConfig {
+        path: path.display().to_string(),
+        reason,
+    };
+    let config = web_config::load(path).map_err(|err| invalid(err.to_string()))?;
+    let acceptor = config
+        .tls
+        .as_ref()
+        .map(tls_acceptor)
+        .transpose()
+        .map_err(invalid)?;
+    Ok((config, acceptor))
+}
+
+/// A rustls acceptor for `settings` (HTTP/1.1 over TLS 1.2/1.3, ring as crypto provider).
+fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|err| {
+            format!(
+                "tls_server_config.{field}: cannot read {:?}: {err}",
+                path.display()
+            )
+        })
+    };
+    let certificates = |field: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = read(field, path)?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| format!("tls_server_config.{field}: {:?}: {err}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "tls_server_config.{field}: {:?} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        Ok(certificates)
+    };
+    let chain = certificates("cert_file", &settings.cert_file)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read("key_file", &settings.key_file)?).map_err(|err| {
+            format!(
+                "tls_server_config.key_file: {:?} holds no usable PEM private key: {err}",
+                settings.key_file.display()
+            )
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(version, _)| (settings.min_version..=settings.max_version).contains(version))
+    .map(|(_, supported)| supported)
+    .collect();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .map_err(|err| format!("tls_server_config.min_version: {err}"))?;
+    let builder = match (settings.client_auth, &settings.client_ca_file) {
+        (ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify, Some(ca_file)) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates("client_ca_file", ca_file)? {
+                roots.add(certificate).map_err(|err| {
+                    format!(
+                        "tls_server_config.client_ca_file: {:?}: {err}",
+                        ca_file.display()
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if settings.client_auth == ClientAuth::VerifyIfGiven {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|err| {
+                format!(
+                    "tls_server_config.client_ca_file: {:?}: {err}",
+                    ca_file.display()
+                )
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|err| {
+        format!(
+            "tls_server_config.key_file: {:?} does not fit cert_file {:?}: {err}",
+            settings.key_file.display(),
+            settings.cert_file.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Resolves a `--web.listen-address` value (`HOST:PORT`, `[V6]:PORT` or `:PORT`) to socket
@@ -106,17 +343,19 @@ pub fn bind(address: &str) -> Result<StdTcpListener> {
     ))
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes.
+/// Serves HTTP (HTTPS with `tls`) on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: StdTcpListener,
     state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr().ok();
     let listener = TcpListener::from_std(listener)
         .map_err(|err| Error::Other(format!("registering the listener: {err}")))?;
     if let Some(local) = local {
-        info!("listening on http://{local}{}", state.telemetry_path);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!("listening on {scheme}://{local}{}", state.telemetry_path);
     }
     tokio::pin!(shutdown);
     loop {
@@ -133,17 +372,15 @@ pub async fn serve(
                     }
                 };
                 let state = Arc::clone(&state);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
-                    });
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(err) = connection.await {
-                        debug!("connection from {peer}: {err}");
+                    let Some(acceptor) = tls else {
+                        return serve_connection(TokioIo::new(stream), state, peer).await;
+                    };
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), state, peer).await,
+                        Ok(Err(err)) => debug!("TLS handshake with {peer}: {err}"),
+                        Err(_) => debug!("TLS handshake with {peer}: timed out"),
                     }
                 });
             }
@@ -151,8 +388,77 @@ pub async fn serve(
     }
 }
 
-/// Routes one request. Never fails: every outcome is a response.
+/// Answers the requests of one connection (plain TCP or TLS) with hyper's HTTP/1.1.
+async fn serve_connection<I>(io: I, state: Arc<AppState>, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .serve_connection(io, service);
+    if let Err(err) = connection.await {
+        debug!("connection from {peer}: {err}");
+    }
+}
+
+/// Checks the limits and credentials, routes the request and adds the configured headers.
+/// Never fails: every outcome is a response.
 pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut response = match refusal(&request) {
+        Some(refused) => refused,
+        None if !state.web.authorized(&request).await => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"network-probe\", charset=\"UTF-8\""),
+            );
+            response
+        }
+        None => route(state, request).await,
+    };
+    for (name, value) in &state.web.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The 4xx for a request beyond the limits: a URI over [`MAX_URI_BYTES`] (414), or any body
+/// (413: no endpoint takes one). hyper itself answers a head over [`MAX_HEAD_BYTES`] or with
+/// more than 100 fields (431) and a malformed head (400).
+fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |path| path.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return Some(with_type(
+            StatusCode::URI_TOO_LONG,
+            "text/plain; charset=utf-8",
+            format!("the URI has {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted\n"),
+        ));
+    }
+    let headers = request.headers();
+    let declared_body = headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() != b"0")
+        || headers.contains_key(TRANSFER_ENCODING);
+    if declared_body {
+        return Some(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "no endpoint takes a request body\n",
+        ));
+    }
+    None
+}
+
+/// Routes one request that passed the limits and authentication.
+async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         response
@@ -189,6 +495,16 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Fu
 /// `/probe?module=NAME&target=...`: runs one probe and answers with its metrics, or with the
 /// probe log and the metrics when `debug=true`. Bad parameters get a 400 naming them.
 async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Ok(_slot) = state.web.probe_slots.try_acquire() else {
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many probes running (--web.max-concurrent-probes); retry shortly\n",
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let bad = |err: probe::BadRequest| {
         with_type(
             StatusCode::BAD_REQUEST,
@@ -335,6 +651,40 @@ mod tests {
         ] {
             assert!(!wants_openmetrics(other), "{other:?}");
         }
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        // "alice:pa:ss" in base64: the password may contain ':'.
+        assert_eq!(
+            basic_credentials(b"Basic YWxpY2U6cGE6c3M="),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        assert_eq!(
+            basic_credentials(b"basic  YWxpY2U6cGE6c3M= "),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        for bad in [
+            &b""[..],
+            b"Basic",
+            b"Bearer YWxpY2U6cGE6c3M=",
+            b"Basic !!!",
+            b"Basic YWxpY2U=", // "alice": no ':'
+            b"Basic /w==",     // not UTF-8
+            b"\xff\xfe",
+        ] {
+            assert_eq!(basic_credentials(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_users_cost_a_real_bcrypt_run() {
+        // A parse error would return at once and tell unknown users from known ones.
+        assert_eq!(
+            bcrypt::verify("anything", UNKNOWN_USER_HASH).ok(),
+            Some(false)
+        );
+        assert!(crate::web_config::check_bcrypt_hash(UNKNOWN_USER_HASH).is_ok());
     }
 
     #[test]

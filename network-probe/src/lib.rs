@@ -12,9 +12,15 @@
 //! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
 //! - [`jool`]: Jool NAT64/SIIT statistics over generic netlink, read at scrape time.
 //! - [`probe`]: active probes behind `/probe` (query parsing, deadlines, one module per prober).
-//! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`).
+//! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`, `/probe`), TLS,
+//!   basic auth and request limits.
+//! - [`web_config`]: the `--web.config.file` format (exporter-toolkit compatible), parsed.
 //! - [`daemon`]: start-up order, signal handling and shutdown.
+//! - [`privileges`]: drops the capabilities not needed after start-up.
+//! - [`check`]: `network-probe check`, the host doctor.
+//! - [`oneshot`]: `network-probe probe`, one probe from the command line.
 
+pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
@@ -24,6 +30,9 @@ pub mod flows;
 pub mod http;
 pub mod jool;
 pub mod metrics;
+pub mod oneshot;
 pub mod preflight;
+pub mod privileges;
 pub mod probe;
 pub mod rtnetlink;
+pub mod web_config;

@@ -1,15 +1,25 @@
-//! `network-probe` binary: parses the command line and hands over to the library.
+//! `network-probe` binary: parses the command line and hands over to the library: the daemon,
+//! or the `check` and `probe` subcommands.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use network_probe::{cli::Cli, daemon};
+use network_probe::{
+    check,
+    cli::{Cli, Command},
+    daemon, oneshot,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(err) = daemon::init_logging(&cli) {
         eprintln!("network-probe: error: {err}");
         return ExitCode::from(err.exit_code());
+    }
+    match &cli.command {
+        Some(Command::Check) => return ExitCode::from(check::run(&cli)),
+        Some(Command::Probe(args)) => return ExitCode::from(oneshot::run(&cli, args)),
+        None => {}
     }
     match daemon::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

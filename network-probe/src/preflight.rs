@@ -93,7 +93,8 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-fn kernel_release() -> String {
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
     // SAFETY: utsname is plain data; uname fills it or fails.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut uts) } != 0 {

@@ -31,6 +31,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iproute2", "ip: network namespaces, veth pairs, addresses"),
     (
+        "apache2-utils",
+        "htpasswd: bcrypt hashes for the basic auth tests of --web.config.file",
+    ),
+    (
         "util-linux",
         "setpriv: running the daemon without capabilities",
     ),
@@ -66,6 +70,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     (
         "prometheus",
         "prometheus and promtool: the real scraper our exposition is checked against",
+    ),
+    (
+        "python3-yaml",
+        "python3 -c 'import yaml': parses deploy/kubernetes/*.yaml in tests/deploy.rs",
     ),
 ];
 
@@ -119,6 +127,8 @@ pub fn toolchain() -> Result<Toolchain> {
 /// Ensures the Debian packages of [`TEST_PACKAGES`] are installed.
 pub fn test_peers() -> Result<()> {
     jool_guest()?;
+    // tests/deb.rs packages the daemon with it.
+    crate::deb::ensure_cargo_deb(&cache_dir())?;
     atftpd()?;
     let names: Vec<&str> = TEST_PACKAGES.iter().map(|(name, _)| *name).collect();
     let missing = missing_packages(&names)?;

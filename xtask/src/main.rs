@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod deb;
 mod fuzz;
 
 use std::{
@@ -38,8 +39,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Bootstrap the toolchain, run the datapath benchmark (as root: it loads eBPF programs) and
-    /// write its report, with a header naming the machine, to BENCHMARKS.md.
+    /// Bootstrap the toolchain and the Debian test peers, run every benchmark in
+    /// network-probe/benches/ (as root: they load eBPF programs and create network namespaces)
+    /// and write their reports, under a header naming the machine, to BENCHMARKS.md.
     Bench,
     /// Run the libFuzzer targets in fuzz/ (cargo-fuzz, nightly): every target, or the one named.
     Fuzz {
@@ -49,6 +51,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Bootstrap the toolchain and cargo-deb, build in release mode and package the daemon as
+    /// target/debian/network-probe_<version>-1_<arch>.deb (see docs/deployment.md).
+    Deb,
     /// Only bootstrap (toolchain, and with --test-peers the Debian packages the tests use).
     Bootstrap {
         #[arg(long)]
@@ -72,6 +77,15 @@ fn run(args: Args) -> Result<()> {
         Task::Bootstrap { test_peers } => {
             let toolchain = timed_bootstrap(test_peers)?;
             println!("bpf-linker: {}", toolchain.bpf_linker_dir.display());
+            Ok(())
+        }
+        Task::Deb => {
+            let toolchain = timed_bootstrap(false)?;
+            let cargo_deb = deb::ensure_cargo_deb(&bootstrap::cache_dir())?;
+            let mut release_build = cargo(&root, &toolchain);
+            release_build.args(["build", "--release", "--package", "network-probe"]);
+            let package = deb::build(&root, release_build, &cargo_deb)?;
+            println!("{}", package.display());
             Ok(())
         }
         Task::Run { daemon_args } => {
@@ -156,19 +170,39 @@ fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Task::Bench => {
-            require_root("bench", "the benchmark loads eBPF programs")?;
-            let toolchain = timed_bootstrap(false)?;
-            // The benchmark prints its report on stdout; cargo's own output stays on stderr.
-            let output = cargo(&root, &toolchain)
-                .args(["bench", "-p", "network-probe", "--bench", "datapath"])
-                .stderr(Stdio::inherit())
-                .output()
-                .context("starting cargo bench")?;
-            if !output.status.success() {
-                bail!("cargo bench failed with {}", output.status);
+            require_root(
+                "bench",
+                "the benchmarks load eBPF programs and create network namespaces",
+            )?;
+            // Several benchmarks drive Debian peers (iperf3, tcpdump, tftpd-hpa, the Jool guest).
+            let toolchain = timed_bootstrap(true)?;
+            let mut report = String::new();
+            let mut failed = Vec::new();
+            for target in bench_targets(&root)? {
+                eprintln!("xtask: benchmark {target}");
+                // Each benchmark prints its markdown section on stdout; cargo's own output and
+                // the benchmark's progress stay on stderr.
+                let output = cargo(&root, &toolchain)
+                    .args(["bench", "-p", "network-probe", "--bench", &target])
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .with_context(|| format!("starting cargo bench --bench {target}"))?;
+                let section = String::from_utf8_lossy(&output.stdout);
+                print!("{section}");
+                // A section without its own heading gets one naming its benchmark.
+                if !section.trim_start().starts_with('#') {
+                    report.push_str(&format!("## {target}\n\n"));
+                }
+                report.push_str(section.trim_end());
+                report.push_str("\n\n");
+                if !output.status.success() {
+                    report.push_str(&format!(
+                        "**The {target} benchmark failed ({}); its section is incomplete.**\n\n",
+                        output.status
+                    ));
+                    failed.push(target);
+                }
             }
-            let report = String::from_utf8(output.stdout).context("benchmark output")?;
-            print!("{report}");
             let revision = git_revision(&root).map(|revision| {
                 if git_tree_modified(&root) {
                     format!("{revision} with uncommitted changes")
@@ -178,9 +212,31 @@ fn run(args: Args) -> Result<()> {
             });
             let path = bench::write_report(&root, revision.as_deref(), &report)?;
             eprintln!("xtask: wrote {}", path.display());
+            if !failed.is_empty() {
+                bail!("benchmarks failed: {}", failed.join(", "));
+            }
             Ok(())
         }
     }
+}
+
+/// The benchmark targets, one per `network-probe/benches/*.rs`: `datapath` first, then the
+/// others by name.
+fn bench_targets(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("network-probe/benches");
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "rs")
+            && let Some(stem) = path.file_stem().and_then(|stem| stem.to_str())
+        {
+            targets.push(stem.to_string());
+        }
+    }
+    targets.sort_by_key(|name| (name != "datapath", name.clone()));
+    Ok(targets)
 }
 
 /// Fails unless running as root, naming the task and why it needs root.

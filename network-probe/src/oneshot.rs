@@ -1,0 +1,181 @@
+//! `network-probe probe MODULE TARGET [KEY=VALUE...]`: one probe from the command line, through
+//! the same code path as `/probe` ([`Probers::run`] with a [`Query`] built from the target and
+//! the pairs), for operators trying a target before writing a scrape config.
+//!
+//! The metrics go to stdout in the Prometheus text format 0.0.4, the probe log to stderr.
+//! Exit codes: 0 the probe succeeded, 1 it failed, 2 bad parameters (the message names them).
+//!
+//! The `ping` prober probes in the background and answers with what it has seen so far, so a
+//! one-shot ping asks once (which starts probing), waits one `--ping.timeout` (by then the first
+//! echo is answered or counted lost) and asks again for the figures.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    cli::{Cli, parse_duration},
+    metrics,
+    probe::{self, BadRequest, ProbeContext, ProbeReport, Probers, Query},
+};
+
+/// Exit code when the probe succeeded.
+pub const EXIT_SUCCESS: u8 = 0;
+/// Exit code when the probe ran and failed.
+pub const EXIT_PROBE_FAILED: u8 = 1;
+/// Exit code for bad parameters (as for a bad command line).
+pub const EXIT_BAD_PARAMETERS: u8 = crate::error::exit_code::USAGE;
+
+/// Arguments of `network-probe probe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The prober, as in `module=`: tftp, iperf3 or ping.
+    #[arg(value_name = "MODULE")]
+    pub module: String,
+
+    /// The target, as in `target=`.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Further query parameters of the prober, e.g. `file=boot.img` or `tcp_port=22`.
+    #[arg(value_name = "KEY=VALUE")]
+    pub parameters: Vec<String>,
+
+    /// How long the probe may take (its deadline, as a scrape timeout would set it).
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Builds the query `/probe` would get: `module`, `target`, then the `KEY=VALUE` pairs. A pair
+/// without `=`, with an empty key, or repeating `module` is a [`BadRequest`] naming it.
+pub fn build_query(args: &ProbeArgs) -> Result<Query, BadRequest> {
+    let mut pairs = vec![
+        ("module".to_string(), args.module.clone()),
+        ("target".to_string(), args.target.clone()),
+    ];
+    for parameter in &args.parameters {
+        match parameter.split_once('=') {
+            Some(("", _)) => {
+                return Err(BadRequest(format!(
+                    "parameter {parameter:?} has an empty name (expected KEY=VALUE)"
+                )));
+            }
+            Some(("module", _)) => {
+                return Err(BadRequest(format!(
+                    "parameter {parameter:?}: the module is the first argument"
+                )));
+            }
+            Some((key, value)) => pairs.push((key.to_string(), value.to_string())),
+            None => {
+                return Err(BadRequest(format!(
+                    "parameter {parameter:?} is not KEY=VALUE"
+                )));
+            }
+        }
+    }
+    Ok(Query::from_pairs(pairs))
+}
+
+/// Runs the probe and prints its outcome; returns the exit code.
+pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
+    let query = match build_query(args) {
+        Ok(query) => query,
+        Err(err) => return bad_parameters(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("network-probe: error: starting the async runtime: {err}");
+            return EXIT_PROBE_FAILED;
+        }
+    };
+    let probers = Probers::new(cli);
+    let deadline = Instant::now() + args.timeout.min(probers.timeout(&args.module));
+    let outcome = runtime.block_on(async {
+        let ctx = ProbeContext::new(deadline);
+        let report = probers.run(&args.module, &ctx, &query).await?;
+        if args.module != probe::ping::MODULE {
+            return Ok((ctx, report));
+        }
+        // Probing runs in the background now; give the first echo its timeout.
+        let wait = cli.ping.timeout + Duration::from_millis(50);
+        tokio::time::sleep(wait.min(ctx.remaining())).await;
+        let again = ProbeContext::new(deadline.max(Instant::now() + Duration::from_secs(1)));
+        let report = probers.run(&args.module, &again, &query).await?;
+        Ok::<(ProbeContext, ProbeReport), BadRequest>((again, report))
+    });
+    let (ctx, report) = match outcome {
+        Ok(done) => done,
+        Err(err) => return bad_parameters(&err),
+    };
+    for line in ctx.log_lines() {
+        eprintln!("{line}");
+    }
+    match metrics::render(&report.registry) {
+        Ok(body) => print!("{}", metrics::openmetrics_to_text_004(&body)),
+        Err(_) => {
+            eprintln!("network-probe: error: encoding the metrics failed");
+            return EXIT_PROBE_FAILED;
+        }
+    }
+    if report.success {
+        eprintln!("probe succeeded");
+        EXIT_SUCCESS
+    } else {
+        eprintln!("probe failed (the log above says why)");
+        EXIT_PROBE_FAILED
+    }
+}
+
+fn bad_parameters(err: &BadRequest) -> u8 {
+    eprintln!("network-probe: error: bad probe parameters: {err}");
+    EXIT_BAD_PARAMETERS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(module: &str, parameters: &[&str]) -> ProbeArgs {
+        ProbeArgs {
+            module: module.into(),
+            target: "192.0.2.1".into(),
+            parameters: parameters.iter().map(|p| p.to_string()).collect(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_query_is_module_target_then_pairs() {
+        let query = build_query(&args("tftp", &["file=a=b", "port=69"])).unwrap();
+        assert_eq!(query.get("module").unwrap(), Some("tftp"));
+        assert_eq!(query.get("target").unwrap(), Some("192.0.2.1"));
+        // Only the first '=' splits.
+        assert_eq!(query.get("file").unwrap(), Some("a=b"));
+        assert_eq!(query.get("port").unwrap(), Some("69"));
+    }
+
+    #[test]
+    fn malformed_pairs_are_named() {
+        let err = build_query(&args("tftp", &["file"])).unwrap_err();
+        assert_eq!(err.0, "parameter \"file\" is not KEY=VALUE");
+        let err = build_query(&args("tftp", &["=x"])).unwrap_err();
+        assert!(err.0.contains("\"=x\" has an empty name"), "{}", err.0);
+        let err = build_query(&args("tftp", &["module=ping"])).unwrap_err();
+        assert!(err.0.contains("\"module=ping\""), "{}", err.0);
+    }
+
+    #[tokio::test]
+    async fn unknown_modules_and_parameters_are_bad_requests() {
+        let cli = <Cli as clap::Parser>::try_parse_from(["network-probe"]).unwrap();
+        let probers = Probers::new(&cli);
+        let ctx = ProbeContext::new(Instant::now() + Duration::from_secs(1));
+        let query = build_query(&args("nope", &[])).unwrap();
+        let err = probers.run("nope", &ctx, &query).await.unwrap_err();
+        assert!(err.0.contains("unknown module \"nope\""), "{}", err.0);
+        let query = build_query(&args("ping", &["colour=blue"])).unwrap();
+        let err = probers.run("ping", &ctx, &query).await.unwrap_err();
+        assert!(err.0.contains("\"colour\""), "{}", err.0);
+    }
+}
