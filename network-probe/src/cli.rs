@@ -33,6 +33,17 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_probes: u32,
 
+    /// Extra listener whose /probe uses MODULE when the request names no module= (repeatable),
+    /// e.g. ping=:9116, so scrape configs of the single-purpose exporters keep working with
+    /// only the port changed. Same routes, TLS and auth as --web.listen-address.
+    #[arg(long = "web.probe-listen", value_name = "MODULE=ADDRESS", value_parser = parse_probe_listen)]
+    pub probe_listen: Vec<ProbeListen>,
+
+    /// Target /probe may reach (repeatable): a network (10.0.0.0/8, 2001:db8::/32, 192.0.2.7)
+    /// or a host name pattern (tftp1.example.com, *.example.com). None: every target.
+    #[arg(long = "probe.allow", value_name = "NETWORK|HOST", value_parser = crate::probe::allowlist::parse_entry)]
+    pub probe_allow: Vec<crate::probe::allowlist::Entry>,
+
     /// Interface to attach the datapath to (repeatable). Default: the interfaces of the IPv4 and
     /// IPv6 default routes.
     #[arg(long = "interface", value_name = "NAME", global = true)]
@@ -89,6 +100,40 @@ pub enum Command {
     /// Run one probe as /probe would and print its metrics; exit 1 if it fails, 2 on bad
     /// parameters.
     Probe(crate::oneshot::ProbeArgs),
+}
+
+/// One `--web.probe-listen MODULE=ADDRESS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeListen {
+    /// The module `/probe` uses on this listener when the request names none.
+    pub module: &'static str,
+    /// As in `--web.listen-address`.
+    pub address: String,
+}
+
+fn parse_probe_listen(value: &str) -> Result<ProbeListen, String> {
+    let (module, address) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not MODULE=ADDRESS (e.g. ping=:9116)"))?;
+    let module = crate::probe::Probers::NAMES
+        .iter()
+        .find(|&&name| name == module)
+        .ok_or_else(|| {
+            format!(
+                "{value:?}: unknown module {module:?} (known: {})",
+                crate::probe::Probers::NAMES.join(", ")
+            )
+        })?;
+    match crate::http::resolve_listen_address(address) {
+        Ok(_) => Ok(ProbeListen {
+            module,
+            address: address.to_string(),
+        }),
+        Err(crate::error::Error::ListenAddress { reason, .. }) => {
+            Err(format!("{value:?}: address {address:?}: {reason}"))
+        }
+        Err(err) => Err(format!("{value:?}: {err}")),
+    }
 }
 
 /// Severity threshold for `--log.level`.
@@ -200,6 +245,47 @@ mod tests {
         let cli = Cli::try_parse_from(["network-probe", "--interface", "a0", "--interface", "b0"])
             .unwrap();
         assert_eq!(cli.interfaces, ["a0", "b0"]);
+    }
+
+    #[test]
+    fn probe_listeners_name_module_and_address() {
+        let cli = Cli::try_parse_from([
+            "network-probe",
+            "--web.probe-listen",
+            "ping=:9116",
+            "--web.probe-listen",
+            "iperf3=127.0.0.1:9579",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.probe_listen,
+            [
+                ProbeListen {
+                    module: "ping",
+                    address: ":9116".into()
+                },
+                ProbeListen {
+                    module: "iperf3",
+                    address: "127.0.0.1:9579".into()
+                }
+            ]
+        );
+        for (bad, said) in [
+            ("ping", "\"ping\" is not MODULE=ADDRESS"),
+            ("icmp=:9116", "unknown module \"icmp\""),
+            ("ping=9116", "address \"9116\""),
+            ("tftp=:70000", "\"tftp=:70000\""),
+        ] {
+            let err =
+                Cli::try_parse_from(["network-probe", "--web.probe-listen", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let err = err.to_string();
+            assert!(err.contains(said), "{bad}: {err}");
+        }
+        let err = Cli::try_parse_from(["network-probe", "--probe.allow", "10.1.0.0/8"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean 10.0.0.0/8?"), "{err}");
     }
 
     #[test]

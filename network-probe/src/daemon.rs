@@ -2,7 +2,7 @@
 //! and go.
 //!
 //! Order: check privileges and kernel features, resolve interfaces, bind the listen address
-//! (so a port clash fails before anything is attached), load the datapath, subscribe to link
+//! and the `--web.probe-listen` addresses (so a port clash fails before anything is attached), load the datapath, subscribe to link
 //! events, attach, serve until SIGTERM/SIGINT, then detach everything and return.
 //!
 //! The configured interfaces (the `--interface` names, or the default-route interfaces found at
@@ -29,7 +29,7 @@ use crate::{
     flows::FlowOptions,
     http::{self, AppState},
     metrics, preflight, privileges,
-    probe::Probers,
+    probe::{Probers, allowlist::Allowlist},
     rtnetlink::{self, LinkEvent, LinkSubscription, Received},
 };
 
@@ -53,6 +53,18 @@ pub fn run(cli: Cli) -> Result<()> {
     preflight::check_kernel()?;
     let interfaces = select_interfaces(&cli.interfaces)?;
     let listener = http::bind(&cli.listen_address)?;
+    // `--web.probe-listen`: more listeners, each with its default /probe module.
+    let probe_listeners = cli
+        .probe_listen
+        .iter()
+        .map(|extra| Ok((http::bind(&extra.address)?, extra.module)))
+        .collect::<Result<Vec<_>>>()?;
+    let allowlist = Allowlist::new(&cli.probe_allow);
+    if allowlist.is_empty() {
+        info!("no --probe.allow given: /probe may reach any target");
+    } else {
+        info!("/probe may reach only: {}", allowlist.describe());
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,6 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
             probers,
+            allowlist,
             web: http::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
@@ -135,7 +148,27 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             info!("{name} received, shutting down");
         };
-        http::serve(listener, Arc::clone(&state), tls, shutdown).await?;
+        let extra_servers: Vec<_> = probe_listeners
+            .into_iter()
+            .map(|(listener, module)| {
+                let serving = http::serve(
+                    listener,
+                    Arc::clone(&state),
+                    tls.clone(),
+                    Some(module),
+                    std::future::pending(),
+                );
+                tokio::spawn(async move {
+                    if let Err(err) = serving.await {
+                        error!("serving the {module} probe listener: {err}");
+                    }
+                })
+            })
+            .collect();
+        http::serve(listener, Arc::clone(&state), tls, None, shutdown).await?;
+        for server in extra_servers {
+            server.abort();
+        }
         state.ready.store(false, Ordering::Release);
         link_watcher.abort();
         datapath.detach_all();

@@ -44,7 +44,10 @@ use tokio_rustls::{
 use crate::{
     error::{Error, Result},
     metrics,
-    probe::{self, ProbeContext, Probers, Query},
+    probe::{
+        self, ProbeContext, Probers, Query,
+        allowlist::{Allowlist, Refusal, Screening},
+    },
     web_config::{self, ClientAuth, TlsSettings, TlsVersion, WebConfig},
 };
 
@@ -73,6 +76,8 @@ pub struct AppState {
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
     pub probers: Probers,
+    /// `--probe.allow`: the targets `/probe` may reach.
+    pub allowlist: Allowlist,
     /// Basic auth, response headers and the `/probe` concurrency limit.
     pub web: WebPolicy,
 }
@@ -343,11 +348,14 @@ pub fn bind(address: &str) -> Result<StdTcpListener> {
     ))
 }
 
-/// Serves HTTP (HTTPS with `tls`) on `listener` until `shutdown` completes.
+/// Serves HTTP (HTTPS with `tls`) on `listener` until `shutdown` completes. `default_module`
+/// (from `--web.probe-listen`) is the module of a `/probe` request that names none; without it
+/// `module=` is required.
 pub async fn serve(
     listener: StdTcpListener,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
+    default_module: Option<&'static str>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr().ok();
@@ -355,7 +363,12 @@ pub async fn serve(
         .map_err(|err| Error::Other(format!("registering the listener: {err}")))?;
     if let Some(local) = local {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        info!("listening on {scheme}://{local}{}", state.telemetry_path);
+        match default_module {
+            None => info!("listening on {scheme}://{local}{}", state.telemetry_path),
+            Some(module) => {
+                info!("listening on {scheme}://{local}/probe (default module {module})")
+            }
+        }
     }
     tokio::pin!(shutdown);
     loop {
@@ -375,10 +388,14 @@ pub async fn serve(
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let Some(acceptor) = tls else {
-                        return serve_connection(TokioIo::new(stream), state, peer).await;
+                        let io = TokioIo::new(stream);
+                        return serve_connection(io, state, default_module, peer).await;
                     };
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), state, peer).await,
+                        Ok(Ok(stream)) => {
+                            let io = TokioIo::new(stream);
+                            serve_connection(io, state, default_module, peer).await
+                        }
                         Ok(Err(err)) => debug!("TLS handshake with {peer}: {err}"),
                         Err(_) => debug!("TLS handshake with {peer}: timed out"),
                     }
@@ -389,13 +406,17 @@ pub async fn serve(
 }
 
 /// Answers the requests of one connection (plain TCP or TLS) with hyper's HTTP/1.1.
-async fn serve_connection<I>(io: I, state: Arc<AppState>, peer: SocketAddr)
-where
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<AppState>,
+    default_module: Option<&'static str>,
+    peer: SocketAddr,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+        async move { Ok::<_, Infallible>(handle(&state, default_module, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -408,8 +429,12 @@ where
 }
 
 /// Checks the limits and credentials, routes the request and adds the configured headers.
-/// Never fails: every outcome is a response.
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Never fails: every outcome is a response. `default_module` as in [`serve`].
+pub async fn handle(
+    state: &AppState,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let mut response = match refusal(&request) {
         Some(refused) => refused,
         None if !state.web.authorized(&request).await => {
@@ -420,7 +445,7 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Fu
             );
             response
         }
-        None => route(state, request).await,
+        None => route(state, default_module, request).await,
     };
     for (name, value) in &state.web.headers {
         response.headers_mut().insert(name.clone(), value.clone());
@@ -458,7 +483,11 @@ fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
 }
 
 /// Routes one request that passed the limits and authentication.
-async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &AppState,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         response
@@ -477,7 +506,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<By
         };
     }
     if path == "/probe" {
-        return handle_probe(state, &request).await;
+        return handle_probe(state, default_module, &request).await;
     }
     match path {
         "/" => with_type(
@@ -493,8 +522,14 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<By
 }
 
 /// `/probe?module=NAME&target=...`: runs one probe and answers with its metrics, or with the
-/// probe log and the metrics when `debug=true`. Bad parameters get a 400 naming them.
-async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// probe log and the metrics when `debug=true`. Bad parameters get a 400 naming them, a target
+/// outside `--probe.allow` a 403 naming it. `module=` may be left out on a listener with a
+/// `default_module`.
+async fn handle_probe(
+    state: &AppState,
+    default_module: Option<&'static str>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let Ok(_slot) = state.web.probe_slots.try_acquire() else {
         let mut response = text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -516,7 +551,13 @@ async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response
         Ok(query) => query,
         Err(err) => return bad(err),
     };
-    let (module, debug) = match (query.required("module"), query.flag("debug", false)) {
+    let module = match (query.get("module"), default_module) {
+        (Ok(Some(module)), _) if !module.is_empty() => Ok(module),
+        (Ok(_), Some(default)) => Ok(default),
+        (Ok(_), None) => query.required("module"),
+        (Err(err), _) => Err(err),
+    };
+    let (module, debug) = match (module, query.flag("debug", false)) {
         (Ok(module), Ok(debug)) => (module.to_string(), debug),
         (Err(err), _) | (_, Err(err)) => return bad(err),
     };
@@ -532,6 +573,14 @@ async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response
         Ok(deadline) => deadline,
         Err(err) => return bad(err),
     };
+    if let Err(refusal) = check_targets(&state.allowlist, &query, deadline).await {
+        debug!("/probe refused: {refusal}");
+        return with_type(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            format!("{refusal}\n"),
+        );
+    }
     let ctx = ProbeContext::new(deadline);
     let report = match state.probers.run(&module, &ctx, &query).await {
         Ok(report) => report,
@@ -559,6 +608,41 @@ async fn handle_probe(state: &AppState, request: &Request<Incoming>) -> Response
         return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
     }
     exposition(request, body)
+}
+
+/// Checks every `target=` of `query` against `allowlist`, resolving (before `deadline`) the
+/// names that matched no host pattern. Missing targets pass: the prober answers 400 for them.
+async fn check_targets(
+    allowlist: &Allowlist,
+    query: &Query,
+    deadline: std::time::Instant,
+) -> Result<(), Refusal> {
+    for target in query.all("target") {
+        let host = match allowlist.screen(target) {
+            Screening::Allowed => continue,
+            Screening::Refused(refusal) => return Err(refusal),
+            Screening::Resolve { host } => host,
+        };
+        let lookup = tokio::net::lookup_host((host.as_str(), 0));
+        let addresses: Vec<std::net::IpAddr> =
+            match tokio::time::timeout_at(deadline.into(), lookup).await {
+                Ok(Ok(found)) => found.map(|address| address.ip()).collect(),
+                Ok(Err(err)) => {
+                    return Err(Refusal(format!(
+                        "target {target:?} matches no --probe.allow host pattern and resolving \
+                         it to check its addresses failed: {err}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(Refusal(format!(
+                        "target {target:?} matches no --probe.allow host pattern and resolving \
+                         it to check its addresses did not finish before the deadline"
+                    )));
+                }
+            };
+        allowlist.check_addresses(target, &addresses)?;
+    }
+    Ok(())
 }
 
 /// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at

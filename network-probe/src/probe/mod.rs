@@ -7,6 +7,7 @@
 //! This module owns what all probers share: query parsing, the deadline computed from
 //! Prometheus' scrape-timeout header, the probe log, and dispatch by prober name.
 
+pub mod allowlist;
 pub mod iperf3;
 pub mod ping;
 pub mod query;

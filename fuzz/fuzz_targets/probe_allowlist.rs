@@ -1,0 +1,26 @@
+//! Fuzzes the `--probe.allow` judgement of `/probe` targets (untrusted query values): any text
+//! must give a verdict, never a panic, and an address target is never sent to the resolver.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use network_probe::probe::allowlist::{self, Allowlist, Screening};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // The first line is a flag value, the rest a target.
+    let (entry, target) = text.split_once('\n').unwrap_or((text, text));
+    let mut entries = vec![
+        allowlist::parse_entry("10.0.0.0/8").unwrap(),
+        allowlist::parse_entry("*.example.com").unwrap(),
+    ];
+    if let Ok(parsed) = allowlist::parse_entry(entry) {
+        entries.push(parsed);
+    }
+    let list = Allowlist::new(&entries);
+    if let Screening::Resolve { host } = list.screen(target) {
+        assert!(host.parse::<std::net::IpAddr>().is_err(), "{host:?}");
+        let _ = list.check_addresses(target, &["10.1.2.3".parse().unwrap()]);
+    }
+});
