@@ -115,41 +115,16 @@ impl IcmpDriver {
     }
 
     async fn receive_loop(self: Arc<Self>) {
-        let mut buffer = [0u8; 2048];
-        loop {
-            let mut guard = match self.fd.ready(Interest::READABLE | Interest::ERROR).await {
-                Ok(guard) => guard,
-                Err(err) => {
-                    log::error!("ping: ICMP socket failed: {err}");
-                    return;
-                }
-            };
-            let fd = socket::raw(self.fd.get_ref());
-            // Transmit stamps first, so the replies that follow find theirs; a reply whose
-            // stamp is still missing reads the error queue again (see the reply handler).
-            self.drain_error_queue(&mut buffer);
-            let mut error_buffer = [0u8; 256];
-            loop {
-                match socket::receive(fd, &mut buffer, false) {
-                    Ok(Some(received)) => {
-                        let now = Instant::now();
-                        self.handle_reply(
-                            &buffer[..received.len],
-                            &received,
-                            now,
-                            &mut error_buffer,
-                        );
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        ProtocolCounters::count(&self.counters.errors);
-                        log::debug!("ping: ICMP receive: {err}");
-                        break;
-                    }
-                }
-            }
-            guard.clear_ready();
-        }
+        socket::receive_loop(
+            &self.fd,
+            "ICMP",
+            &self.counters.errors,
+            |buffer| self.drain_error_queue(buffer),
+            |bytes, received, now, error_buffer| {
+                self.handle_reply(bytes, received, now, error_buffer)
+            },
+        )
+        .await;
     }
 
     fn drain_error_queue(&self, buffer: &mut [u8]) {

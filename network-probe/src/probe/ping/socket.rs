@@ -7,8 +7,11 @@ use std::{
     mem::{size_of, zeroed},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Instant,
 };
+
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::timestamps::{self, ControlMessages};
 
@@ -292,6 +295,46 @@ pub fn receive(fd: RawFd, buffer: &mut [u8], error_queue: bool) -> io::Result<Op
             .map(|address| address.ip()),
         control: timestamps::parse_control(control_bytes),
     }))
+}
+
+/// Serves a timestamping socket until it fails, for both ping drivers: on every wake-up it first
+/// drains the error queue (transmit stamps, through `drain_error_queue`) so the replies that
+/// follow find theirs, then hands every queued packet to `handle` with its arrival time and a
+/// scratch buffer for re-reading the error queue. Receive errors count in `errors`.
+pub async fn receive_loop(
+    fd: &AsyncFd<OwnedFd>,
+    protocol: &str,
+    errors: &AtomicU64,
+    drain_error_queue: impl Fn(&mut [u8]),
+    handle: impl Fn(&[u8], &Received, Instant, &mut [u8]),
+) {
+    let mut buffer = [0u8; 2048];
+    let mut error_buffer = [0u8; 256];
+    loop {
+        let mut guard = match fd.ready(Interest::READABLE | Interest::ERROR).await {
+            Ok(guard) => guard,
+            Err(err) => {
+                log::error!("ping: {protocol} socket failed: {err}");
+                return;
+            }
+        };
+        drain_error_queue(&mut buffer);
+        loop {
+            match receive(raw(fd.get_ref()), &mut buffer, false) {
+                Ok(Some(received)) => {
+                    let now = Instant::now();
+                    handle(&buffer[..received.len], &received, now, &mut error_buffer);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    super::scheduler::ProtocolCounters::count(errors);
+                    log::debug!("ping: {protocol} receive: {err}");
+                    break;
+                }
+            }
+        }
+        guard.clear_ready();
+    }
 }
 
 /// The raw descriptor of an owned socket.
