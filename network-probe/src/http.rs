@@ -431,7 +431,7 @@ async fn serve_connection<I>(
 /// Checks the limits and credentials, routes the request and adds the configured headers.
 /// Never fails: every outcome is a response. `default_module` as in [`serve`].
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     default_module: Option<&'static str>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -484,7 +484,7 @@ fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
 
 /// Routes one request that passed the limits and authentication.
 async fn route(
-    state: &AppState,
+    state: &Arc<AppState>,
     default_module: Option<&'static str>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -497,9 +497,13 @@ async fn route(
     }
     let path = request.uri().path();
     if path == state.telemetry_path {
-        return match metrics::render(&state.registry) {
-            Ok(body) => exposition(&request, body),
-            Err(_) => text(
+        // Reading the kernel maps takes up to a few hundred milliseconds with many flows: do it
+        // off the runtime thread so probes and other requests are not held up meanwhile.
+        let reader = Arc::clone(state);
+        let rendered = tokio::task::spawn_blocking(move || metrics::render(&reader.registry)).await;
+        return match rendered {
+            Ok(Ok(body)) => exposition(&request, body),
+            _ => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
             ),
