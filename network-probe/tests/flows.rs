@@ -518,22 +518,24 @@ fn zero_windows_match_a_capture_ipv6() {
     zero_windows(true);
 }
 
-/// Bulk transfer from a to b while an nftables rule in b drops one in `one_in` data segments,
-/// offloads on (so GSO super-packets and their segment counts are exercised). Our
-/// retransmit counts must equal the sender's own TcpRetransSegs.
-fn retransmits(ipv6: bool) {
-    let pair = VethPair::new();
-    let (a, b) = addresses(&pair, ipv6);
-    let nft = |args: &str| {
+/// Makes b's input drop one in 25 data segments to `port`, so a's TCP has to retransmit.
+fn lossy_receiver(pair: &VethPair, port: u16) {
+    let rule = format!(
+        "add rule inet np in tcp dport {port} meta length > 200 numgen random mod 25 == 0 drop"
+    );
+    for args in [
+        "add table inet np",
+        "add chain inet np in { type filter hook input priority 0 ; }",
+        rule.as_str(),
+    ] {
         let args: Vec<&str> = args.split(' ').collect();
         pair.exec(&pair.b, "nft", &args);
-    };
-    nft("add table inet np");
-    nft("add chain inet np in { type filter hook input priority 0 ; }");
-    nft("add rule inet np in tcp dport 5003 meta length > 200 numgen random mod 25 == 0 drop");
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    }
+}
 
-    let server_addr = SocketAddr::new(b, 5003);
+/// Sends `bytes` from a to a listener at `server_addr` in b that reads everything, waits until
+/// the last ACKs settle, and returns how much a's TcpRetransSegs grew meanwhile.
+fn bulk_transfer(pair: &VethPair, server_addr: SocketAddr, bytes: usize) -> u64 {
     let listener = in_netns(&pair.b, move || listen(server_addr, None));
     let server = thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
@@ -542,21 +544,34 @@ fn retransmits(ipv6: bool) {
         buf.len()
     });
     let before = nstat(&pair.a, "TcpRetransSegs");
-    const BYTES: usize = 16 << 20;
     in_netns(&pair.a, move || {
         let mut stream = connect(server_addr, None).unwrap();
         let chunk = vec![3u8; 64 * 1024];
-        for _ in 0..BYTES / chunk.len() {
-            stream.write_all(&chunk).unwrap();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            stream.write_all(&chunk[..n]).unwrap();
+            left -= n;
         }
         stream.shutdown(Shutdown::Write).unwrap();
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).unwrap();
     });
-    assert_eq!(server.join().unwrap(), BYTES);
+    assert_eq!(server.join().unwrap(), bytes);
     // Let the last ACKs settle so no retransmission is still in flight.
     thread::sleep(Duration::from_millis(300));
-    let kernel = nstat(&pair.a, "TcpRetransSegs") - before;
+    nstat(&pair.a, "TcpRetransSegs") - before
+}
+
+/// Bulk transfer from a to b while an nftables rule in b drops one in `one_in` data segments,
+/// offloads on (so GSO super-packets and their segment counts are exercised). Our
+/// retransmit counts must equal the sender's own TcpRetransSegs.
+fn retransmits(ipv6: bool) {
+    let pair = VethPair::new();
+    let (a, b) = addresses(&pair, ipv6);
+    lossy_receiver(&pair, 5003);
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let kernel = bulk_transfer(&pair, SocketAddr::new(b, 5003), 16 << 20);
     let scrape = daemon.scrape();
     let ours_flow = counter(
         &scrape,
@@ -608,35 +623,10 @@ fn retransmits_match_a_capture_and_the_kernel_counter() {
     let pair = VethPair::new();
     pair.disable_offloads();
     let (a, b) = addresses(&pair, false);
-    let nft = |args: &str| {
-        let args: Vec<&str> = args.split(' ').collect();
-        pair.exec(&pair.b, "nft", &args);
-    };
-    nft("add table inet np");
-    nft("add chain inet np in { type filter hook input priority 0 ; }");
-    nft("add rule inet np in tcp dport 5004 meta length > 200 numgen random mod 25 == 0 drop");
+    lossy_receiver(&pair, 5004);
     let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
     let capture = Capture::start(&pair.a, &pair.a_if);
-    let server_addr = SocketAddr::new(b, 5004);
-    let listener = in_netns(&pair.b, move || listen(server_addr, None));
-    let server = thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).unwrap();
-        buf.len()
-    });
-    let before = nstat(&pair.a, "TcpRetransSegs");
-    const BYTES: usize = 2 << 20;
-    in_netns(&pair.a, move || {
-        let mut stream = connect(server_addr, None).unwrap();
-        stream.write_all(&vec![9u8; BYTES]).unwrap();
-        stream.shutdown(Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
-    });
-    assert_eq!(server.join().unwrap(), BYTES);
-    thread::sleep(Duration::from_millis(300));
-    let kernel = nstat(&pair.a, "TcpRetransSegs") - before;
+    let kernel = bulk_transfer(&pair, SocketAddr::new(b, 5004), 2 << 20);
     let packets = capture.finish();
     let scrape = daemon.scrape();
 

@@ -128,10 +128,9 @@ impl IcmpDriver {
     }
 
     fn drain_error_queue(&self, buffer: &mut [u8]) {
-        let fd = socket::raw(self.fd.get_ref());
-        while let Ok(Some(entry)) = socket::receive(fd, buffer, true) {
-            lock(&self.in_flight).transmit_stamp(entry.control);
-        }
+        socket::drain_error_queue(&self.fd, buffer, |control| {
+            lock(&self.in_flight).transmit_stamp(control)
+        });
     }
 
     fn handle_reply(

@@ -297,6 +297,18 @@ pub fn receive(fd: RawFd, buffer: &mut [u8], error_queue: bool) -> io::Result<Op
     }))
 }
 
+/// Reads every entry waiting on the error queue of `fd` (transmit stamps) and hands its control
+/// messages to `stamp`.
+pub fn drain_error_queue(
+    fd: &AsyncFd<OwnedFd>,
+    buffer: &mut [u8],
+    mut stamp: impl FnMut(ControlMessages),
+) {
+    while let Ok(Some(entry)) = receive(raw(fd.get_ref()), buffer, true) {
+        stamp(entry.control);
+    }
+}
+
 /// Serves a timestamping socket until it fails, for both ping drivers: on every wake-up it first
 /// drains the error queue (transmit stamps, through `drain_error_queue`) so the replies that
 /// follow find theirs, then hands every queued packet to `handle` with its arrival time and a
