@@ -316,6 +316,25 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
         );
         let df = captured.iter().filter(|p| p.df).count() as u64;
         assert_eq!(total("network_probe_interface_ipv4_df_packets_total"), df);
+        // TCP payload-size histogram: one observation per segment, summing tcpdump's "length".
+        let payload = |p: &&CapturedPacket| -> u64 {
+            let tail = p.text.rsplit("length ").next().unwrap();
+            tail.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let payload_sum: u64 = captured.iter().map(payload).sum();
+        assert_eq!(
+            total("network_probe_interface_tcp_payload_size_bytes_count"),
+            captured.len() as u64
+        );
+        assert_eq!(
+            total("network_probe_interface_tcp_payload_size_bytes_sum"),
+            payload_sum,
+            "payload bytes vs the capture"
+        );
     }
 
     // Handshake RTT: one sample per SYN answered by a SYN-ACK (the refused one got a RST).
