@@ -15,6 +15,13 @@ pub const FLOWS_MAP: &str = "FLOWS";
 /// Default capacity of [`FLOWS_MAP`]; the daemon resizes it at load time (`--flows.max-entries`).
 pub const FLOWS_DEFAULT_MAX_ENTRIES: u32 = 65_536;
 
+/// Version of the layout of every map's keys and values (and of what their fields mean). The
+/// daemon pins its maps under a directory named after it, so a daemon that finds maps of another
+/// version pinned discards them instead of misreading them. Bump it with any change to
+/// [`DeviceKey`], [`DeviceStats`], [`FlowKey`] or [`FlowStats`]; the `layout_matches_version`
+/// test lists every field's offset and fails until the table and this number are updated.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
 pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
@@ -333,6 +340,83 @@ mod tests {
         assert_eq!(
             core::mem::size_of::<DeviceStats>(),
             8 * (12 + RTT_BUCKETS + 2 * SIZE_BUCKETS + 2 + UNCLASSIFIED_REASONS)
+        );
+    }
+
+    /// Every field's offset in layout version 1. A failure here means a map layout changed:
+    /// bump [`MAP_LAYOUT_VERSION`], then update this table (and its version).
+    #[test]
+    fn layout_matches_version() {
+        use core::mem::{offset_of, size_of};
+        assert_eq!(
+            MAP_LAYOUT_VERSION, 1,
+            "update the offsets below for the new version"
+        );
+        let device_key = [
+            offset_of!(DeviceKey, ifindex),
+            offset_of!(DeviceKey, direction),
+            size_of::<DeviceKey>(),
+        ];
+        assert_eq!(device_key, [0, 4, 8]);
+        let device_stats = [
+            offset_of!(DeviceStats, packets),
+            offset_of!(DeviceStats, bytes),
+            offset_of!(DeviceStats, tcp_packets),
+            offset_of!(DeviceStats, tcp_retransmits),
+            offset_of!(DeviceStats, tcp_rst),
+            offset_of!(DeviceStats, tcp_syn),
+            offset_of!(DeviceStats, tcp_fin),
+            offset_of!(DeviceStats, tcp_zero_window),
+            offset_of!(DeviceStats, ipv4_df),
+            offset_of!(DeviceStats, flows_created),
+            offset_of!(DeviceStats, flow_create_failures),
+            offset_of!(DeviceStats, handshake_rtt_sum_ns),
+            offset_of!(DeviceStats, handshake_rtt),
+            offset_of!(DeviceStats, ip_size),
+            offset_of!(DeviceStats, ip_size_sum),
+            offset_of!(DeviceStats, tcp_payload_size),
+            offset_of!(DeviceStats, tcp_payload_sum),
+            offset_of!(DeviceStats, unclassified),
+            size_of::<DeviceStats>(),
+        ];
+        assert_eq!(
+            device_stats,
+            [
+                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 288, 424, 432, 568, 576, 656
+            ]
+        );
+        let flow_key = [
+            offset_of!(FlowKey, src),
+            offset_of!(FlowKey, dst),
+            offset_of!(FlowKey, src_port),
+            offset_of!(FlowKey, dst_port),
+            offset_of!(FlowKey, ifindex),
+            offset_of!(FlowKey, family),
+            offset_of!(FlowKey, direction),
+            size_of::<FlowKey>(),
+        ];
+        assert_eq!(flow_key, [0, 16, 32, 34, 36, 40, 41, 44]);
+        let flow_stats = [
+            offset_of!(FlowStats, packets),
+            offset_of!(FlowStats, bytes),
+            offset_of!(FlowStats, retransmits),
+            offset_of!(FlowStats, rst),
+            offset_of!(FlowStats, syn),
+            offset_of!(FlowStats, fin),
+            offset_of!(FlowStats, zero_window),
+            offset_of!(FlowStats, df),
+            offset_of!(FlowStats, first_seen_ns),
+            offset_of!(FlowStats, last_seen_ns),
+            offset_of!(FlowStats, handshake_start_ns),
+            offset_of!(FlowStats, next_seq),
+            offset_of!(FlowStats, window_scale_plus_one),
+            offset_of!(FlowStats, seq_valid),
+            offset_of!(FlowStats, awaiting_ack),
+            size_of::<FlowStats>(),
+        ];
+        assert_eq!(
+            flow_stats,
+            [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 92, 93, 94, 96]
         );
     }
 

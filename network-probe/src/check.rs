@@ -129,6 +129,7 @@ pub fn findings(cli: &Cli) -> Vec<Finding> {
     ));
     findings.push(bpffs_finding(
         &fs::read_to_string("/proc/mounts").unwrap_or_default(),
+        &cli.pin_path,
     ));
     findings.push(trial_load(cli));
     findings.extend(interface_findings(cli));
@@ -219,14 +220,25 @@ pub fn kernel_findings(release: &str, has_btf: bool) -> Vec<Finding> {
             "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         )
     };
-    // BTF is judged above; ask preflight about TCX alone.
+    // BTF is judged above; ask preflight about the version alone.
     let tcx = match preflight::check_kernel_features(release, true) {
-        Ok(()) => Finding::ok("TCX", format!("kernel {release} (6.6 or newer)")),
+        Ok(support) if support.tcx => {
+            Finding::ok("TCX", format!("kernel {release} (6.6 or newer)"))
+        }
+        Ok(_) => Finding::not_ok(
+            Status::Warn,
+            "TCX",
+            format!(
+                "kernel {release} predates TCX (6.6): TC programs are attached as cls_bpf filters \
+                 on a clsact qdisc instead"
+            ),
+            "nothing to do; a kernel 6.6 or newer uses TCX links, which die with the process",
+        ),
         Err(err) => Finding::not_ok(
             Status::Fail,
-            "TCX",
+            "kernel",
             err.to_string(),
-            "boot a kernel 6.6 or newer",
+            "boot a kernel 5.8 or newer (6.6 or newer for TCX)",
         ),
     };
     vec![btf, tcx]
@@ -242,16 +254,36 @@ pub fn bpffs_mounted(mounts: &str) -> bool {
 }
 
 /// bpffs: the daemon pins nothing, so its absence is only a warning (bpftool needs it).
-pub fn bpffs_finding(mounts: &str) -> Finding {
+pub fn bpffs_finding(mounts: &str, pin_path: &str) -> Finding {
+    if !pin_path.is_empty() {
+        return match crate::pinning::check_location(Path::new(pin_path)) {
+            Ok(()) => Finding::ok(
+                "bpffs",
+                format!("--datapath.pin-path {pin_path} is on bpffs: counters survive restarts"),
+            ),
+            Err(err) => Finding::not_ok(
+                Status::Fail,
+                "bpffs",
+                err.to_string(),
+                format!(
+                    "mount -t bpf bpf {BPFFS_PATH}, or run with --datapath.pin-path=\"\" \
+                     (counters then restart from zero with the daemon)"
+                ),
+            ),
+        };
+    }
     if bpffs_mounted(mounts) {
-        Finding::ok("bpffs", format!("mounted at {BPFFS_PATH}"))
+        Finding::ok(
+            "bpffs",
+            format!("mounted at {BPFFS_PATH} (not used: --datapath.pin-path=\"\")"),
+        )
     } else {
         Finding::not_ok(
             Status::Warn,
             "bpffs",
             format!(
-                "not mounted at {BPFFS_PATH} (network-probe pins nothing and runs without it; \
-                 bpftool and other BPF tools need it)"
+                "not mounted at {BPFFS_PATH} (with --datapath.pin-path=\"\" the daemon runs \
+                 without it; bpftool and other BPF tools need it)"
             ),
             format!("mount -t bpf bpf {BPFFS_PATH}"),
         )
@@ -262,10 +294,12 @@ pub fn bpffs_finding(mounts: &str) -> Finding {
 /// unloads them again.
 fn trial_load(cli: &Cli) -> Finding {
     let item = "eBPF programs";
-    match Datapath::load(DatapathConfig {
-        ingress: cli.ingress,
-        flow_map_entries: cli.flow_map_entries,
-    }) {
+    // Pins nothing: a trial must not touch the running daemon's pinned maps.
+    let config = DatapathConfig {
+        pin_path: None,
+        ..cli.datapath_config(false)
+    };
+    match Datapath::load(config) {
         Ok(datapath) => {
             drop(datapath);
             Finding::ok(
@@ -570,21 +604,37 @@ mod tests {
     fn kernel_lines_follow_preflight() {
         let ok = kernel_findings("6.18.0", true);
         assert_eq!(statuses(&ok), [Status::Ok, Status::Ok]);
-        let old = kernel_findings("6.1.0-37-amd64", false);
-        assert_eq!(statuses(&old), [Status::Fail, Status::Fail]);
-        assert!(old[1].detail.contains("lacks TCX"), "{}", old[1].detail);
+        let debian12 = kernel_findings("6.1.0-37-amd64", true);
+        assert_eq!(statuses(&debian12), [Status::Ok, Status::Warn]);
+        assert!(
+            debian12[1].detail.contains("cls_bpf"),
+            "{}",
+            debian12[1].detail
+        );
+        let ancient = kernel_findings("5.4.0", false);
+        assert_eq!(statuses(&ancient), [Status::Fail, Status::Fail]);
+        assert!(ancient[1].detail.contains("5.8"), "{}", ancient[1].detail);
     }
 
     #[test]
     fn bpffs_is_found_in_proc_mounts() {
         let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid 0 0\n";
         assert!(bpffs_mounted(mounts));
-        assert_eq!(bpffs_finding(mounts).status, Status::Ok);
+        assert_eq!(bpffs_finding(mounts, "").status, Status::Ok);
         assert!(!bpffs_mounted("none /sys/fs/bpf tmpfs rw 0 0\n"));
         assert!(!bpffs_mounted("bpf /run/bpf bpf rw 0 0\n"));
-        let missing = bpffs_finding("");
+        let missing = bpffs_finding("", "");
         assert_eq!(missing.status, Status::Warn);
         assert_eq!(missing.fix.as_deref(), Some("mount -t bpf bpf /sys/fs/bpf"));
+        // /tmp is not bpffs.
+        let needed = bpffs_finding("", "/tmp/network-probe");
+        assert_eq!(needed.status, Status::Fail);
+        assert!(
+            needed.detail.contains("is not on bpffs"),
+            "{}",
+            needed.detail
+        );
+        assert!(needed.fix.unwrap().contains("--datapath.pin-path=\"\""));
     }
 
     #[test]

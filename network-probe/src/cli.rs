@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::{datapath::IngressHook, flows::FlowLabels};
+use crate::{
+    datapath::{IngressHook, TcAttach},
+    flows::FlowLabels,
+};
 
 /// Default `--web.listen-address`: every address, port 9435.
 pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
@@ -53,6 +56,16 @@ pub struct Cli {
     /// hosts where TC ingress costs too much. Egress always uses TC.
     #[arg(long = "datapath.ingress", value_name = "HOOK", value_enum, default_value_t = IngressHook::Tc, global = true)]
     pub ingress: IngressHook,
+
+    /// How TC programs are attached: TCX links where the kernel has them (6.6+), else cls_bpf
+    /// filters on a clsact qdisc over netlink (`auto`); or force one.
+    #[arg(long = "datapath.tc-attach", value_name = "MODE", value_enum, default_value_t = TcAttach::Auto, global = true)]
+    pub tc_attach: TcAttach,
+
+    /// bpffs directory the kernel maps are pinned in, so counters survive a restart or an
+    /// upgrade of the daemon (even after a crash); "" to keep them only while the daemon runs.
+    #[arg(long = "datapath.pin-path", value_name = "DIR", default_value = crate::pinning::DEFAULT_PIN_PATH, global = true)]
+    pub pin_path: String,
 
     /// Capacity of the kernel flow map (one entry per TCP connection direction); least recently
     /// used flows are evicted when it is full (counted in network_probe_flows_evicted_total).
@@ -133,6 +146,18 @@ fn parse_probe_listen(value: &str) -> Result<ProbeListen, String> {
             Err(format!("{value:?}: address {address:?}: {reason}"))
         }
         Err(err) => Err(format!("{value:?}: {err}")),
+    }
+}
+
+impl Cli {
+    /// The datapath's load-time choices from the flags, for a kernel with or without TCX.
+    pub fn datapath_config(&self, kernel_has_tcx: bool) -> crate::datapath::DatapathConfig {
+        crate::datapath::DatapathConfig {
+            ingress: self.ingress,
+            tc_attach: self.tc_attach.resolve(kernel_has_tcx),
+            flow_map_entries: self.flow_map_entries,
+            pin_path: (!self.pin_path.is_empty()).then(|| self.pin_path.clone().into()),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     cli::Cli,
-    datapath::{Datapath, DatapathConfig},
+    datapath::Datapath,
     error::{Error, Result},
     flow_tracker::FlowTracker,
     flows::FlowOptions,
@@ -50,7 +50,7 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     let (web_config, tls) = http::load_web_config(cli.web_config_file.as_deref())?;
     preflight::check_capabilities()?;
-    preflight::check_kernel()?;
+    let kernel = preflight::check_kernel()?;
     let interfaces = select_interfaces(&cli.interfaces)?;
     let listener = http::bind(&cli.listen_address)?;
     // `--web.probe-listen`: more listeners, each with its default /probe module.
@@ -76,10 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())
             .map_err(|err| Error::Other(format!("installing the SIGINT handler: {err}")))?;
 
-        let datapath = Arc::new(Datapath::load(DatapathConfig {
-            ingress: cli.ingress,
-            flow_map_entries: cli.flow_map_entries,
-        })?);
+        let datapath = Arc::new(Datapath::load(cli.datapath_config(kernel.tcx))?);
         // Subscribe before attaching: a change after the attach is then queued, not missed.
         let link_events = LinkSubscription::new()
             .and_then(|subscription| {

@@ -1,7 +1,12 @@
-//! The kernel side seen from user space: loads the eBPF object embedded at build time, prepares
-//! the per-interface map entries, attaches the programs (TCX links at ingress and egress, or XDP
-//! at ingress), reads and trims the maps on demand, forgets interfaces whose device is gone, and
-//! detaches everything on shutdown.
+//! The kernel side seen from user space: loads the eBPF object embedded at build time (with its
+//! maps pinned in bpffs when asked, see [`crate::pinning`]), prepares the per-interface map
+//! entries, attaches the programs (TCX links at ingress and egress, or cls_bpf filters on a
+//! clsact qdisc on kernels without TCX, or XDP at ingress), reads and trims the maps on demand,
+//! forgets interfaces whose device is gone, and detaches everything on shutdown.
+//!
+//! TCX and XDP links die with the process; cls_bpf filters do not, so before attaching to an
+//! interface the filters of ours an earlier run left there (it was killed) are removed: the
+//! programs are never attached twice.
 //!
 //! Per-interface counters never go backwards: when an interface is forgotten its statistics are
 //! folded into a user-space total kept under its name before its map entries are deleted, and
@@ -9,14 +14,18 @@
 
 use std::{
     collections::BTreeMap,
+    io,
+    path::PathBuf,
     sync::{Mutex, MutexGuard},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+        xdp::XdpLinkId,
     },
     util::nr_cpus,
 };
@@ -28,6 +37,7 @@ use network_probe_common::{
 
 use crate::{
     error::{Error, Result},
+    pinning::{self, MapOrigin, WantedMap},
     rtnetlink,
 };
 
@@ -50,12 +60,49 @@ pub enum IngressHook {
     XdpNative,
 }
 
+/// How TC programs are attached (`--datapath.tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// TCX where the kernel has it (6.6+), netlink otherwise.
+    Auto,
+    /// TCX links (Linux 6.6+): detached by the kernel when the daemon exits, even on SIGKILL.
+    Tcx,
+    /// A cls_bpf filter in direct-action mode on a clsact qdisc (created if missing), over
+    /// netlink: works on older kernels; filters outlive the process, so the ones an earlier run
+    /// left are removed before attaching.
+    Netlink,
+}
+
+impl TcAttach {
+    /// `Auto` resolved for a kernel with or without TCX.
+    pub fn resolve(self, kernel_has_tcx: bool) -> TcAttach {
+        match self {
+            TcAttach::Auto if kernel_has_tcx => TcAttach::Tcx,
+            TcAttach::Auto => TcAttach::Netlink,
+            chosen => chosen,
+        }
+    }
+
+    /// Label value in metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcAttach::Auto => "auto",
+            TcAttach::Tcx => "tcx",
+            TcAttach::Netlink => "netlink",
+        }
+    }
+}
+
 /// Load-time choices.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DatapathConfig {
     pub ingress: IngressHook,
+    /// How TC programs are attached; `Auto` is resolved by the caller (see [`TcAttach::resolve`]).
+    pub tc_attach: TcAttach,
     /// Capacity of the flow map (entries).
     pub flow_map_entries: u32,
+    /// bpffs directory to pin the maps in (`None`: maps live as long as the process).
+    pub pin_path: Option<PathBuf>,
 }
 
 /// A program our object attaches.
@@ -111,6 +158,8 @@ struct Inner {
     /// Name of every interface index ever attached, so flows of a forgotten interface keep
     /// their interface label.
     seen_names: BTreeMap<u32, String>,
+    /// Where each map's contents came from at load.
+    map_origins: Vec<(&'static str, MapOrigin)>,
 }
 
 /// The loaded eBPF object and its attachments. Shared between the daemon (which attaches and
@@ -135,8 +184,27 @@ impl Datapath {
                     .into(),
             ));
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_MAP, config.flow_map_entries)
+        let wanted = wanted_maps(config.flow_map_entries);
+        let plan = config
+            .pin_path
+            .as_deref()
+            .map(|root| pinning::prepare(root, &wanted))
+            .transpose()?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(FLOWS_MAP, config.flow_map_entries);
+        let map_origins = match &plan {
+            Some(plan) => {
+                for map in &wanted {
+                    loader.map_pin_path(map.name, plan.map_path(map.name));
+                }
+                plan.origins.clone()
+            }
+            None => wanted
+                .iter()
+                .map(|map| (map.name, MapOrigin::Unpinned))
+                .collect(),
+        };
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|err| Error::datapath("loading the eBPF object", &err))?;
         let hooks: &[Hook] = match config.ingress {
@@ -163,6 +231,7 @@ impl Datapath {
                 attachments: Vec::new(),
                 retired: BTreeMap::new(),
                 seen_names: BTreeMap::new(),
+                map_origins,
             }),
         })
     }
@@ -231,7 +300,9 @@ impl Datapath {
         };
         let mut added = Vec::new();
         for hook in hooks {
-            match attach_one(&mut inner.ebpf, inner.config.ingress, hook, interface) {
+            let attached = remove_stale_filters(inner.config.tc_attach, hook, interface)
+                .and_then(|()| attach_one(&mut inner.ebpf, &inner.config, hook, interface));
+            match attached {
                 Ok(link) => added.push(Attachment {
                     interface: interface.to_string(),
                     ifindex,
@@ -356,6 +427,16 @@ impl Datapath {
         self.lock().config.flow_map_entries
     }
 
+    /// Where each map's contents came from at load (pinned by an earlier run or fresh).
+    pub fn map_origins(&self) -> Vec<(&'static str, MapOrigin)> {
+        self.lock().map_origins.clone()
+    }
+
+    /// How TC programs are attached in this run.
+    pub fn tc_attach(&self) -> TcAttach {
+        self.lock().config.tc_attach
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.inner
@@ -465,27 +546,94 @@ fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .map_err(|err| Error::datapath(format!("program {XDP_INGRESS_PROGRAM}"), &err))
 }
 
+/// The maps of the object as this run wants them (what a pinned map must match to be reused).
+fn wanted_maps(flow_map_entries: u32) -> [WantedMap; 2] {
+    [
+        WantedMap {
+            name: DEVICE_STATS_MAP,
+            map_type: MapType::PerCpuHash,
+            key_size: size_of::<DeviceKey>() as u32,
+            value_size: size_of::<DeviceStats>() as u32,
+            max_entries: DEVICE_STATS_MAX_ENTRIES,
+        },
+        WantedMap {
+            name: FLOWS_MAP,
+            map_type: MapType::LruHash,
+            key_size: size_of::<FlowKey>() as u32,
+            value_size: size_of::<FlowStats>() as u32,
+            max_entries: flow_map_entries,
+        },
+    ]
+}
+
+fn tc_attach_type(hook: Hook) -> TcAttachType {
+    if hook == Hook::TcIngress {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    }
+}
+
+/// Removes the cls_bpf filters running `hook`'s program that an earlier run left on
+/// `interface` (netlink filters outlive their process). With TCX the interface may have no
+/// clsact qdisc at all: only a netlink run leaves filters, so failing to list them is fine there.
+fn remove_stale_filters(mode: TcAttach, hook: Hook, interface: &str) -> Result<()> {
+    if hook == Hook::XdpIngress {
+        return Ok(());
+    }
+    match tc::qdisc_detach_program(interface, tc_attach_type(hook), hook.as_str()) {
+        Ok(()) => {
+            warn!(
+                "removed the {} filter(s) an earlier run left on {interface} (it did not exit \
+                 cleanly)",
+                hook.as_str()
+            );
+            Ok(())
+        }
+        Err(TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) if mode == TcAttach::Tcx => {
+            debug!("no cls_bpf filters to clean on {interface}: {err}");
+            Ok(())
+        }
+        Err(err) => Err(Error::datapath(
+            format!("removing stale {} filters from {interface}", hook.as_str()),
+            &err,
+        )),
+    }
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
-    ingress: IngressHook,
+    config: &DatapathConfig,
     hook: Hook,
     interface: &str,
 ) -> Result<LinkId> {
-    let context = || format!("attaching {} to {interface}", hook.as_str());
+    let context = || {
+        format!(
+            "attaching {} to {interface} ({})",
+            hook.as_str(),
+            if hook == Hook::XdpIngress {
+                "xdp"
+            } else {
+                config.tc_attach.as_str()
+            }
+        )
+    };
     match hook {
         Hook::TcIngress | Hook::TcEgress => {
-            let attach_type = if hook == Hook::TcIngress {
-                TcAttachType::Ingress
+            let options = if config.tc_attach == TcAttach::Netlink {
+                add_clsact(interface)?;
+                TcAttachOptions::Netlink(NlOptions::default())
             } else {
-                TcAttachType::Egress
+                TcAttachOptions::TcxOrder(Default::default())
             };
             tc_mut(ebpf, hook)?
-                .attach(interface, attach_type)
+                .attach_with_options(interface, tc_attach_type(hook), options)
                 .map(LinkId::Tc)
                 .map_err(|err| Error::datapath(context(), &err))
         }
         Hook::XdpIngress => {
-            let mode = if ingress == IngressHook::XdpNative {
+            let mode = if config.ingress == IngressHook::XdpNative {
                 XdpMode::Driver
             } else {
                 XdpMode::Skb
@@ -505,6 +653,19 @@ fn attach_one(
                     err
                 })
         }
+    }
+}
+
+/// Adds the clsact qdisc cls_bpf filters hang from; one already there is fine (and kept on
+/// exit: other tools' filters may use it).
+fn add_clsact(interface: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(err) => Err(Error::datapath(
+            format!("adding a clsact qdisc to {interface}"),
+            &err,
+        )),
     }
 }
 

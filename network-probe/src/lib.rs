@@ -31,6 +31,7 @@ pub mod http;
 pub mod jool;
 pub mod metrics;
 pub mod oneshot;
+pub mod pinning;
 pub mod preflight;
 pub mod privileges;
 pub mod probe;

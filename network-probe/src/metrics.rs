@@ -577,6 +577,36 @@ impl Collector for DatapathCollector {
                 )
             }),
         )?;
+        let tc_attach = datapath.tc_attach().as_str();
+        gauge_family(
+            &mut encoder,
+            "network_probe_datapath_tc_attach_mode",
+            "1 for the way TC programs are attached in this run: tcx (BPF links, Linux 6.6+) or \
+             netlink (cls_bpf filters on a clsact qdisc).",
+            [([("mode", tc_attach.to_string())], 1.0)],
+        )?;
+        gauge_family(
+            &mut encoder,
+            "network_probe_datapath_map_origin",
+            "1 for where each eBPF map's contents came from at start: reused (pinned by an \
+             earlier run, counters continue), created (nothing pinned), recreated (a pinned map \
+             of another layout or size was discarded: counters restarted), unpinned \
+             (--datapath.pin-path=\"\").",
+            datapath
+                .map_origins()
+                .into_iter()
+                .flat_map(|(map, origin)| {
+                    crate::pinning::MapOrigin::ALL.map(|candidate| {
+                        (
+                            [
+                                ("map", map.to_string()),
+                                ("origin", candidate.as_str().to_string()),
+                            ],
+                            if candidate == origin { 1.0 } else { 0.0 },
+                        )
+                    })
+                }),
+        )?;
         self.encode_flows(&mut encoder)
     }
 }

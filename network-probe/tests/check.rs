@@ -6,7 +6,7 @@ mod common;
 
 use std::{net::TcpListener, process::Command};
 
-use common::{DAEMON, VethPair, in_netns};
+use common::{Bpffs, DAEMON, VethPair, in_netns};
 
 /// Runs `network-probe ARGS` in `ns` behind `wrapper`: (exit code, stdout, stderr).
 fn run_in(ns: &str, wrapper: &[&str], args: &[&str]) -> (i32, String, String) {
@@ -37,13 +37,17 @@ fn line<'a>(report: &'a str, item: &str) -> &'a str {
     lines[0]
 }
 
+/// `check` as on a host with bpffs (a private instance: `ip netns exec` hides the host's).
 fn check(pair: &VethPair, wrapper: &[&str], extra: &[&str]) -> (i32, String, String) {
+    let bpffs = Bpffs::new();
+    let pin_path = format!("--datapath.pin-path={}", bpffs.pin_path().display());
     let mut args = vec![
         "check",
         "--interface",
         &pair.a_if,
         "--web.listen-address",
         "127.0.0.1:9435",
+        &pin_path,
     ];
     args.extend_from_slice(extra);
     run_in(&pair.a, wrapper, &args)
@@ -61,6 +65,7 @@ fn a_capable_host_passes_with_ok_lines() {
         "capability CAP_NET_RAW",
         "BTF",
         "TCX",
+        "bpffs",
         "eBPF programs",
         "raw sockets",
         "listen address",
@@ -111,7 +116,13 @@ fn a_capable_host_passes_with_ok_lines() {
     let (code, report, stderr) = run_in(
         &pair.a,
         &[],
-        &["--ping.hard", "check", "--interface", &pair.a_if],
+        &[
+            "--ping.hard",
+            "check",
+            "--interface",
+            &pair.a_if,
+            "--datapath.pin-path=",
+        ],
     );
     assert_eq!(code, 0, "{report}{stderr}");
     assert!(
@@ -199,4 +210,30 @@ fn a_missing_or_down_interface_and_a_taken_port_are_reported() {
         "{listen}"
     );
     assert!(report.trim_end().ends_with(" 2 FAIL"), "{report}");
+}
+
+#[test]
+fn a_pin_path_outside_bpffs_fails_with_the_fix() {
+    let pair = VethPair::new();
+    // `ip netns exec` mounts a fresh sysfs: /sys/fs/bpf is not bpffs in there.
+    let (code, report, stderr) = run_in(
+        &pair.a,
+        &[],
+        &[
+            "check",
+            "--interface",
+            &pair.a_if,
+            "--web.listen-address",
+            "127.0.0.1:9435",
+        ],
+    );
+    assert_eq!(code, 1, "{report}{stderr}");
+    assert_eq!(
+        line(&report, "bpffs"),
+        "FAIL bpffs: --datapath.pin-path /sys/fs/bpf/network-probe: /sys/fs/bpf is not on bpffs \
+         (mount it with `mount -t bpf bpf /sys/fs/bpf`, or pass --datapath.pin-path=\"\" to keep \
+         the maps only while the daemon runs); fix: mount -t bpf bpf /sys/fs/bpf, or run with \
+         --datapath.pin-path=\"\" (counters then restart from zero with the daemon)"
+    );
+    assert!(report.trim_end().ends_with(" 1 FAIL"), "{report}");
 }

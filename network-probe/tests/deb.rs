@@ -25,10 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{DAEMON, VethPair, http};
+use common::{Bpffs, DAEMON, VethPair, http};
 
 const PACKAGE: &str = "network-probe";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The configuration file the package installs and the unit passes with `--config.file`.
+const CONFIG_FILE: &str = "/etc/network-probe/network-probe.yml";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -193,7 +195,10 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         assert!(info.contains(&format!(" {script} ")), "no {script}: {info}");
     }
     let conffiles = ok("dpkg-deb", &["--info", deb, "conffiles"]);
-    assert_eq!(conffiles.trim(), "/etc/default/network-probe");
+    assert_eq!(
+        conffiles.trim(),
+        "/etc/default/network-probe\n/etc/network-probe/network-probe.yml"
+    );
     let contents = ok("dpkg-deb", &["--contents", deb]);
     for (path, mode) in [
         ("./usr/bin/network-probe", "-rwxr-xr-x"),
@@ -202,6 +207,11 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
             "-rw-r--r--",
         ),
         ("./etc/default/network-probe", "-rw-r--r--"),
+        ("./etc/network-probe/network-probe.yml", "-rw-r--r--"),
+        (
+            "./usr/share/doc/network-probe/configuration.md",
+            "-rw-r--r--",
+        ),
         ("./usr/share/doc/network-probe/README.md", "-rw-r--r--"),
         ("./usr/share/doc/network-probe/copyright", "-rw-r--r--"),
         (
@@ -242,7 +252,14 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     );
     assert!(unit_source.contains("User=network-probe\n"));
     assert!(unit_source.contains("EnvironmentFile=-/etc/default/network-probe\n"));
-    assert!(unit_source.contains("ExecStart=/usr/bin/network-probe $ARGS\n"));
+    assert_eq!(
+        fs::read_to_string("/etc/network-probe/network-probe.yml").unwrap(),
+        fs::read_to_string(root.join("packaging/config/network-probe.yml")).unwrap()
+    );
+    assert!(unit_source.contains(&format!(
+        "ExecStart=/usr/bin/network-probe --config.file={CONFIG_FILE} $ARGS\n"
+    )));
+    assert!(unit_source.contains("ExecReload=/bin/kill -HUP $MAINPID\n"));
     // Enabled (deb-systemd-helper works without a running systemd).
     assert_eq!(
         fs::read_link("/etc/systemd/system/multi-user.target.wants/network-probe.service")
@@ -265,9 +282,32 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     // Run it as the unit would: as network-probe, with exactly the unit's capabilities (ambient),
     // and the default file's flags, on a test namespace's interface.
     let pair = VethPair::new();
-    let mut args = default_args(&default_file);
-    assert_eq!(args, ["--web.listen-address=:9435"]);
+    let mut args = vec![format!("--config.file={CONFIG_FILE}")];
+    let default_flags = default_args(&default_file);
+    assert_eq!(default_flags, ["--web.listen-address=:9435"]);
+    args.extend(default_flags);
     args.extend(["--interface".to_string(), pair.a_if.clone()]);
+    // The unit's ExecStartPre, on a private bpffs instead of the host's /sys/fs/bpf: a pin
+    // directory owned by the service user, the only place it may write.
+    let unit = fs::read_to_string("/lib/systemd/system/network-probe.service").unwrap();
+    let pre = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStartPre=+"))
+        .expect("the unit creates the pin directory");
+    let bpffs = Bpffs::new();
+    let pin_path = bpffs.pin_path();
+    let pre: Vec<&str> = pre
+        .split_whitespace()
+        .map(|word| {
+            if word == "/sys/fs/bpf/network-probe" {
+                pin_path.to_str().unwrap()
+            } else {
+                word
+            }
+        })
+        .collect();
+    ok(pre[0], &pre[1..]);
+    args.push(format!("--datapath.pin-path={}", pin_path.display()));
     let caps = "+bpf,+perfmon,+net_admin,+net_raw";
     let child = Command::new("ip")
         .args(["netns", "exec", &pair.a, "setpriv"])
@@ -308,6 +348,13 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         )),
         "{body}"
     );
+    // Pinned by the service user: a restart would carry on from these counters.
+    assert!(
+        body.contains("network_probe_datapath_map_origin{map=\"FLOWS\",origin=\"created\"} 1"),
+        "{body}"
+    );
+    let layout = format!("maps-v{}", network_probe_common::MAP_LAYOUT_VERSION);
+    assert!(pin_path.join(layout).join("FLOWS").exists());
     let status_file = fs::read_to_string(format!("/proc/{}/status", service.0.id())).unwrap();
     let ids = |key: &str| {
         status_file
@@ -320,6 +367,25 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     };
     // `ip netns exec` execs setpriv, which execs the daemon: the child is the daemon.
     assert_eq!(ids("Uid:"), [uid; 4], "{status_file}");
+    // The installed configuration is in force (its modules, read by the service user) and
+    // reloads as `systemctl reload` would have it (SIGHUP).
+    let (status, shown) = http(&pair.a, listen, "GET", "/config").expect("/config");
+    assert_eq!(status, 200);
+    assert!(shown.contains("  icmp_v4:\n    prober: ping\n"), "{shown}");
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(service.0.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(&pair.a, listen, "GET", "/metrics").expect("scrape");
+        if body.contains("network_probe_config_reloads_total{result=\"success\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no successful reload: {body}");
+        thread::sleep(Duration::from_millis(50));
+    }
     drop(service);
     drop(pair);
 
@@ -332,12 +398,14 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     assert!(!Path::new("/usr/bin/network-probe").exists());
     assert!(!Path::new("/lib/systemd/system/network-probe.service").exists());
     assert!(Path::new("/etc/default/network-probe").exists());
+    assert!(Path::new(CONFIG_FILE).exists());
     assert!(user_exists("network-probe"));
 
     // Purge: the conffile, the enablement symlink, the user and the group go.
     ok("dpkg", &["--purge", PACKAGE]);
     assert!(!package_installed());
     assert!(!Path::new("/etc/default/network-probe").exists());
+    assert!(!Path::new(CONFIG_FILE).exists());
     assert!(
         fs::symlink_metadata("/etc/systemd/system/multi-user.target.wants/network-probe.service")
             .is_err()

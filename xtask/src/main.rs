@@ -94,6 +94,7 @@ fn run(args: Args) -> Result<()> {
                 .args(["build", "--release", "--package", "network-probe"])
                 .status_ok()?;
             let binary = root.join("target/release/network-probe");
+            mount_bpffs_if_missing()?;
             let err = Command::new(&binary).args(daemon_args).exec();
             bail!("starting {}: {err}", binary.display())
         }
@@ -237,6 +238,24 @@ fn bench_targets(root: &Path) -> Result<Vec<String>> {
     }
     targets.sort_by_key(|name| (name != "datapath", name.clone()));
     Ok(targets)
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (systemd hosts have it; minimal VMs
+/// and containers may not), so the daemon's default `--datapath.pin-path` works under
+/// `cargo xtask run`. The daemon itself never mounts anything: it names the fix instead.
+fn mount_bpffs_if_missing() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"/sys/fs/bpf") && fields.get(2) == Some(&"bpf")
+    });
+    if !mounted {
+        eprintln!("xtask: mounting bpffs at /sys/fs/bpf (the daemon pins its maps there)");
+        Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status_ok()?;
+    }
+    Ok(())
 }
 
 /// Fails unless running as root, naming the task and why it needs root.

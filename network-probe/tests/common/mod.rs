@@ -12,7 +12,7 @@ use std::{
     net::UdpSocket,
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -250,7 +250,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the daemon in `ns` listening on 127.0.0.1:9435 there, and waits until
-    /// `/-/ready` answers 200.
+    /// `/-/ready` answers 200. Its maps are not pinned unless `args` name a
+    /// `--datapath.pin-path`.
     pub fn start(ns: &str, args: &[&str]) -> Daemon {
         Daemon::start_wrapped(ns, &[], args)
     }
@@ -264,6 +265,14 @@ impl Daemon {
             .args(wrapper)
             .args([DAEMON, "--web.listen-address", &listen.to_string()])
             .args(args)
+            // Daemons of parallel tests must not share pinned maps (interface indexes repeat
+            // across namespaces): no pinning unless the test asks for it.
+            .args(
+                (!args
+                    .iter()
+                    .any(|arg| arg.starts_with("--datapath.pin-path")))
+                .then_some("--datapath.pin-path="),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = command.spawn().expect("starting the daemon");
@@ -529,12 +538,14 @@ pub fn send_datagrams(
     }
 }
 
-/// TC programs attached at `attach_type` of `ifname` in `ns`, as the kernel reports them;
-/// empty when the interface does not exist.
+/// TC programs attached at `attach_type` of `ifname` in `ns`, as the kernel reports them: TCX
+/// links (where the kernel has TCX) and then cls_bpf filters on the clsact qdisc (named by their
+/// program), so a program attached both ways shows up twice. Empty when the interface does not
+/// exist.
 pub fn attached_programs(ns: &str, ifname: &str, attach_type: TcAttachType) -> Vec<String> {
-    let ifname = ifname.to_string();
-    in_netns(ns, move || {
-        SchedClassifier::query_tcx(&ifname, attach_type)
+    let name = ifname.to_string();
+    let mut programs: Vec<String> = in_netns(ns, move || {
+        SchedClassifier::query_tcx(&name, attach_type)
             .map(|(_, programs)| {
                 programs
                     .iter()
@@ -542,5 +553,65 @@ pub fn attached_programs(ns: &str, ifname: &str, attach_type: TcAttachType) -> V
                     .collect()
             })
             .unwrap_or_default()
-    })
+    });
+    programs.extend(cls_bpf_filters(ns, ifname, attach_type));
+    programs
+}
+
+/// Program names of the cls_bpf filters at `attach_type` of `ifname`, from `tc -j filter show`.
+pub fn cls_bpf_filters(ns: &str, ifname: &str, attach_type: TcAttachType) -> Vec<String> {
+    let parent = match attach_type {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    let output = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "tc", "-j", "filter", "show", "dev", ifname, parent,
+        ])
+        .output()
+        .expect("running tc");
+    // No such device, or no clsact qdisc: nothing attached.
+    if !output.status.success() || output.stdout.trim_ascii().is_empty() {
+        return Vec::new();
+    }
+    let filters: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("tc -j prints a JSON list");
+    filters
+        .iter()
+        .filter(|filter| filter["kind"] == "bpf")
+        .filter_map(|filter| filter["options"]["prog"]["name"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A private bpffs instance mounted under /run for one test (unmounted, with everything pinned
+/// in it, on drop), so nothing is pinned under the host's /sys/fs/bpf.
+pub struct Bpffs {
+    pub mount: PathBuf,
+}
+
+impl Bpffs {
+    pub fn new() -> Bpffs {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let mount = PathBuf::from(format!(
+            "/run/network-probe-test-bpffs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&mount).unwrap();
+        sh("mount", &["-t", "bpf", "bpf", mount.to_str().unwrap()]);
+        Bpffs { mount }
+    }
+
+    /// The daemon's pin directory inside this instance.
+    pub fn pin_path(&self) -> PathBuf {
+        self.mount.join("network-probe")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
 }
