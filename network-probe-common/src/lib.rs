@@ -136,6 +136,7 @@ pub struct DeviceKey {
 }
 
 /// Value of [`DEVICE_STATS_MAP`], one copy per CPU; user space sums the copies.
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceStats {
@@ -242,6 +243,7 @@ pub const FAMILY_IPV6: u8 = 6;
 
 /// Key of [`FLOWS_MAP`]: one direction of a TCP connection as seen on one interface.
 /// IPv4 addresses occupy the first 4 bytes of `src`/`dst`, the rest is zero.
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {

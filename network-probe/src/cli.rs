@@ -67,6 +67,12 @@ pub struct Cli {
     #[arg(long = "datapath.pin-path", value_name = "DIR", default_value = crate::pinning::DEFAULT_PIN_PATH, global = true)]
     pub pin_path: String,
 
+    /// File keeping what user space adds to the pinned maps (totals of flows and interfaces
+    /// that left them), so those counters survive restarts too; "" for none. Used only with
+    /// --datapath.pin-path.
+    #[arg(long = "datapath.state-file", value_name = "PATH", default_value = crate::state::DEFAULT_STATE_FILE, global = true)]
+    pub state_file: String,
+
     /// Capacity of the kernel flow map (one entry per TCP connection direction); least recently
     /// used flows are evicted when it is full (counted in network_probe_flows_evicted_total).
     #[arg(long = "flows.max-entries", value_name = "N", default_value_t = network_probe_common::FLOWS_DEFAULT_MAX_ENTRIES,
@@ -158,6 +164,12 @@ impl Cli {
             flow_map_entries: self.flow_map_entries,
             pin_path: (!self.pin_path.is_empty()).then(|| self.pin_path.clone().into()),
         }
+    }
+
+    /// The state file in use: none without pinning (its totals complete pinned maps only).
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        (!self.pin_path.is_empty() && !self.state_file.is_empty())
+            .then(|| self.state_file.clone().into())
     }
 }
 

@@ -102,11 +102,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_series: cli.flow_max_series,
                 idle_timeout: cli.flow_idle_timeout,
             },
+            cli.state_file(),
         ));
         // Sweep often enough to see evictions and to remove idle flows without scrapes.
         let sweep_every =
             (cli.flow_idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
         let sweeper = Arc::clone(&flows);
+        let saver = Arc::clone(&flows);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(sweep_every);
             loop {
@@ -169,6 +171,8 @@ pub fn run(cli: Cli) -> Result<()> {
         state.ready.store(false, Ordering::Release);
         link_watcher.abort();
         datapath.detach_all();
+        // The pinned maps stay; the state file completes them for the next start.
+        saver.save();
         info!("detached from all interfaces; bye");
         Ok(())
     })

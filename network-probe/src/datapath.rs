@@ -160,6 +160,18 @@ struct Inner {
     seen_names: BTreeMap<u32, String>,
     /// Where each map's contents came from at load.
     map_origins: Vec<(&'static str, MapOrigin)>,
+    /// Kernel ids of the pinned maps (the identity a state file is checked against).
+    map_ids: Vec<(String, u32)>,
+    /// Bumped whenever `retired` or `seen_names` change.
+    generation: u64,
+}
+
+/// What only user space knows about interfaces, for the state file: the statistics of forgotten
+/// devices by name, and the names of the interface indexes seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatapathTotals {
+    pub retired: Vec<(String, u32, DeviceStats)>,
+    pub seen_names: Vec<(u32, String)>,
 }
 
 /// The loaded eBPF object and its attachments. Shared between the daemon (which attaches and
@@ -207,6 +219,18 @@ impl Datapath {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|err| Error::datapath("loading the eBPF object", &err))?;
+        let map_ids = match &plan {
+            Some(plan) => wanted
+                .iter()
+                .map(|map| {
+                    let path = plan.map_path(map.name);
+                    aya::maps::MapInfo::from_pin(&path)
+                        .map(|info| (map.name.to_string(), info.id()))
+                        .map_err(|err| Error::datapath(format!("reading {}", path.display()), &err))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let hooks: &[Hook] = match config.ingress {
             IngressHook::Tc => &[Hook::TcIngress, Hook::TcEgress],
             IngressHook::XdpGeneric | IngressHook::XdpNative => &[Hook::XdpIngress, Hook::TcEgress],
@@ -232,6 +256,8 @@ impl Datapath {
                 retired: BTreeMap::new(),
                 seen_names: BTreeMap::new(),
                 map_origins,
+                map_ids,
+                generation: 0,
             }),
         })
     }
@@ -324,7 +350,14 @@ impl Datapath {
             "attached {} to {interface} (ifindex {ifindex})",
             hooks.map(Hook::as_str).join(" and ")
         );
-        inner.seen_names.insert(ifindex, interface.to_string());
+        if inner
+            .seen_names
+            .insert(ifindex, interface.to_string())
+            .as_deref()
+            != Some(interface)
+        {
+            inner.generation += 1;
+        }
         inner.attachments.extend(added);
         Ok(())
     }
@@ -432,6 +465,48 @@ impl Datapath {
         self.lock().map_origins.clone()
     }
 
+    /// Kernel ids of the pinned maps, by name (empty when nothing is pinned).
+    pub fn map_ids(&self) -> Vec<(String, u32)> {
+        self.lock().map_ids.clone()
+    }
+
+    /// Changes whenever [`Datapath::totals`] would return something new.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// What only user space knows (see [`DatapathTotals`]), for the state file.
+    pub fn totals(&self) -> DatapathTotals {
+        let inner = self.lock();
+        DatapathTotals {
+            retired: inner
+                .retired
+                .iter()
+                .map(|((name, direction), stats)| (name.clone(), *direction as u32, *stats))
+                .collect(),
+            seen_names: inner
+                .seen_names
+                .iter()
+                .map(|(index, name)| (*index, name.clone()))
+                .collect(),
+        }
+    }
+
+    /// Takes over what a previous run saved about the same maps (before attaching).
+    pub fn restore_totals(&self, totals: DatapathTotals) {
+        let mut inner = self.lock();
+        for (name, direction, stats) in totals.retired {
+            if let Some(direction) = Direction::from_raw(direction) {
+                inner.retired.insert((name, direction), stats);
+            }
+        }
+        // Names attached in this run win over saved ones.
+        for (index, name) in totals.seen_names {
+            inner.seen_names.entry(index).or_insert(name);
+        }
+        inner.generation += 1;
+    }
+
     /// How TC programs are attached in this run.
     pub fn tc_attach(&self) -> TcAttach {
         self.lock().config.tc_attach
@@ -476,6 +551,7 @@ impl Inner {
             // Fold first, delete after: a failed read keeps the entry (and its counts).
             match self.device_stats.get(&key, 0) {
                 Ok(per_cpu) => {
+                    self.generation += 1;
                     self.retired
                         .entry((name.clone(), direction))
                         .or_insert(DeviceStats::ZERO)

@@ -1,37 +1,172 @@
 //! Drives the [`FlowTable`]: reads the kernel flow map, refreshes the table, deletes the flows
 //! it folded. Called on every scrape and by a periodic sweep, so evictions are noticed and idle
 //! flows leave the map even when nobody scrapes.
+//!
+//! With a state file ([`crate::state`]) it also restores, at start, what the previous run folded
+//! out of the pinned maps, and saves it again whenever it changes: before the folded flows are
+//! deleted from the kernel map, and at shutdown.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use log::{info, warn};
+use network_probe_common::FlowKey;
 
 use crate::{
     datapath::Datapath,
     flows::{FlowOptions, FlowTable},
+    state::{self, SavedState},
 };
 
 #[derive(Debug)]
 pub struct FlowTracker {
     datapath: Arc<Datapath>,
     table: Mutex<FlowTable>,
+    state_file: Option<PathBuf>,
+    /// (table generation, datapath generation) of the last state written.
+    saved_generations: Mutex<(u64, u64)>,
+    restored: AtomicBool,
+    save_errors: AtomicU64,
 }
 
 impl FlowTracker {
-    pub fn new(datapath: Arc<Datapath>, options: FlowOptions) -> Self {
-        FlowTracker {
+    /// A tracker over `datapath`; with `state_file`, restores the previous run's user-space
+    /// totals from it when they belong to the same pinned maps.
+    pub fn new(datapath: Arc<Datapath>, options: FlowOptions, state_file: Option<PathBuf>) -> Self {
+        let tracker = FlowTracker {
             datapath,
             table: Mutex::new(FlowTable::new(options)),
+            state_file,
+            saved_generations: Mutex::new((0, 0)),
+            restored: AtomicBool::new(false),
+            save_errors: AtomicU64::new(0),
+        };
+        tracker.restore();
+        tracker
+    }
+
+    fn restore(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        if let Err(err) = state::prepare_dir(path) {
+            warn!("--datapath.state-file {}: {err}", path.display());
         }
+        let saved = match state::load(path) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(err) => {
+                warn!(
+                    "--datapath.state-file: {err}: totals of flows and interfaces that left the \
+                     maps start from zero"
+                );
+                return;
+            }
+        };
+        let map_ids = self.datapath.map_ids();
+        if !state::belongs_to(&saved, &map_ids) {
+            info!(
+                "{} was saved with maps {:?}, these are {map_ids:?} (fresh maps): not restored",
+                path.display(),
+                saved.map_ids
+            );
+            return;
+        }
+        self.datapath.restore_totals(saved.datapath);
+        let mut table = self.lock_table();
+        match table.restore(saved.flows) {
+            Ok(()) => info!(
+                "restored the totals of {} flow series from {}",
+                table.series().len(),
+                path.display()
+            ),
+            Err(err) => warn!(
+                "flow totals in {} not restored ({err}): flow series start from zero",
+                path.display()
+            ),
+        }
+        // Folded into the saved totals already; the previous run may have died before deleting.
+        let stale: Vec<FlowKey> = self
+            .datapath
+            .flows()
+            .into_iter()
+            .filter(|(key, stats)| {
+                stats.first_seen_ns <= saved.saved_at_ns && saved.pending_deletes.contains(key)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        if !stale.is_empty() {
+            info!("deleted {} flows the previous run had folded", stale.len());
+            self.datapath.remove_flows(&stale);
+        }
+        self.restored.store(true, Ordering::Relaxed);
     }
 
     /// Reads the flow map and refreshes the table; returns the table for reading.
     pub fn refresh(&self) -> MutexGuard<'_, FlowTable> {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.lock_table();
         let flows = self.datapath.flows();
         let idle = table.refresh(monotonic_ns(), flows);
+        // Save before deleting: a crash in between leaves keys the next start deletes, never
+        // counts that vanished.
+        self.save_if_changed(&table, &idle);
         if !idle.is_empty() {
             self.datapath.remove_flows(&idle);
         }
         table
+    }
+
+    /// Writes the state file now (at shutdown), if there is one and anything changed.
+    pub fn save(&self) {
+        let table = self.lock_table();
+        self.save_if_changed(&table, &[]);
+    }
+
+    /// Whether the previous run's user-space totals were restored at start.
+    pub fn restored(&self) -> bool {
+        self.restored.load(Ordering::Relaxed)
+    }
+
+    /// State file writes that failed since start.
+    pub fn save_errors(&self) -> u64 {
+        self.save_errors.load(Ordering::Relaxed)
+    }
+
+    fn save_if_changed(&self, table: &FlowTable, pending_deletes: &[FlowKey]) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let generations = (table.generation(), self.datapath.generation());
+        let mut saved = self
+            .saved_generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *saved == generations && pending_deletes.is_empty() {
+            return;
+        }
+        let state = SavedState::new(
+            self.datapath.map_ids(),
+            self.datapath.totals(),
+            table.saved(),
+            pending_deletes.to_vec(),
+            monotonic_ns(),
+        );
+        match state::save(path, &state) {
+            Ok(()) => *saved = generations,
+            Err(err) => {
+                self.save_errors.fetch_add(1, Ordering::Relaxed);
+                warn!("writing --datapath.state-file {}: {err}", path.display());
+            }
+        }
+    }
+
+    fn lock_table(&self) -> MutexGuard<'_, FlowTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn datapath(&self) -> &Datapath {

@@ -12,6 +12,9 @@
 //!   is folded into its interface's `other` row and stops being exported.
 //!
 //! This module is pure: the caller reads the map and deletes what [`FlowTable::refresh`] returns.
+//! What lives only here (the retired totals and the table's own counters) can be saved and
+//! restored across restarts ([`FlowTable::saved`], [`FlowTable::restore`]); the live part is in
+//! the pinned kernel map.
 
 use std::{
     collections::HashMap,
@@ -20,6 +23,7 @@ use std::{
 };
 
 use network_probe_common::{FAMILY_IPV4, FlowKey, FlowStats};
+use serde::{Deserialize, Serialize};
 
 /// Which labels flow series carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +46,26 @@ impl FlowLabels {
         "src_port",
         "dst_port",
     ];
+}
+
+impl std::fmt::Display for FlowLabels {
+    /// The canonical comma-separated list (labels in [`FlowLabels::KNOWN`] order).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let enabled = [
+            self.interface,
+            self.direction,
+            self.src,
+            self.dst,
+            self.src_port,
+            self.dst_port,
+        ];
+        let names: Vec<&str> = FlowLabels::KNOWN
+            .iter()
+            .zip(enabled)
+            .filter_map(|(name, on)| on.then_some(*name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
 }
 
 impl std::str::FromStr for FlowLabels {
@@ -87,7 +111,7 @@ pub struct FlowOptions {
 }
 
 /// The counters of a flow or series.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowCounters {
     pub packets: u64,
     pub bytes: u64,
@@ -129,7 +153,7 @@ impl From<&FlowStats> for FlowCounters {
 
 /// The label values of one series; `None` for labels not in the configured set. `other` rows
 /// keep only the interface.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
     pub other: bool,
     pub ifindex: Option<u32>,
@@ -165,7 +189,7 @@ impl Series {
 }
 
 /// Counts about the table itself.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTableStats {
     /// Flows that vanished from the map without us removing them (LRU eviction).
     pub evicted: u64,
@@ -174,7 +198,28 @@ pub struct FlowTableStats {
     /// Series folded into their interface's `other` row after going idle.
     pub series_expired: u64,
     /// Flows in the map at the last refresh.
+    #[serde(skip)]
     pub live_flows: usize,
+}
+
+/// The part of a series that only user space knows: what its departed flows counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSeries {
+    pub retired: FlowCounters,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub window_scale: Option<u8>,
+    pub window_scale_seen_ns: u64,
+}
+
+/// What a restarted daemon needs to carry on where this table stands, given the same kernel
+/// map: the retired totals of every series and the table's own counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableState {
+    /// The `--flows.labels` the series keys were made with.
+    pub labels: String,
+    pub series: Vec<(SeriesKey, SavedSeries)>,
+    pub stats: FlowTableStats,
 }
 
 /// See the module documentation.
@@ -185,6 +230,9 @@ pub struct FlowTable {
     series: HashMap<SeriesKey, Series>,
     admitted: usize,
     stats: FlowTableStats,
+    /// Bumped whenever something only user space knows changes (a retired total, a series
+    /// folded into `other`): the caller saves the state when it moved.
+    generation: u64,
 }
 
 impl FlowTable {
@@ -195,7 +243,76 @@ impl FlowTable {
             series: HashMap::new(),
             admitted: 0,
             stats: FlowTableStats::default(),
+            generation: 0,
         }
+    }
+
+    /// Changes whenever [`FlowTable::saved`] would return something new.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The retired totals and counters, for a state file.
+    pub fn saved(&self) -> FlowTableState {
+        let mut series: Vec<(SeriesKey, SavedSeries)> = self
+            .series
+            .iter()
+            .map(|(key, series)| {
+                (
+                    key.clone(),
+                    SavedSeries {
+                        retired: series.retired,
+                        first_seen_ns: series.first_seen_ns,
+                        last_seen_ns: series.last_seen_ns,
+                        window_scale: series.window_scale,
+                        window_scale_seen_ns: series.window_scale_seen_ns,
+                    },
+                )
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        FlowTableState {
+            labels: self.options.labels.to_string(),
+            series,
+            stats: FlowTableStats {
+                live_flows: 0,
+                ..self.stats
+            },
+        }
+    }
+
+    /// Takes over what a previous run saved (before the first refresh). Refused, naming both
+    /// label sets, when it was made with other `--flows.labels`: its series would not match.
+    pub fn restore(&mut self, state: FlowTableState) -> Result<(), String> {
+        let labels = self.options.labels.to_string();
+        if state.labels != labels {
+            return Err(format!(
+                "saved with --flows.labels={}, running with --flows.labels={labels}",
+                state.labels
+            ));
+        }
+        self.series = state
+            .series
+            .into_iter()
+            .map(|(key, saved)| {
+                (
+                    key,
+                    Series {
+                        retired: saved.retired,
+                        first_seen_ns: saved.first_seen_ns,
+                        last_seen_ns: saved.last_seen_ns,
+                        window_scale: saved.window_scale,
+                        window_scale_seen_ns: saved.window_scale_seen_ns,
+                        ..Series::default()
+                    },
+                )
+            })
+            .collect();
+        // Admission stays sticky across the restart, even beyond a lowered cap.
+        self.admitted = self.series.keys().filter(|key| !key.other).count();
+        self.stats = state.stats;
+        self.generation += 1;
+        Ok(())
     }
 
     /// Takes a fresh read of the whole flow map at `now_ns` (CLOCK_MONOTONIC, the clock of the
@@ -258,6 +375,7 @@ impl FlowTable {
 
     /// Adds a flow that left the map to its series' retired total.
     fn retire(&mut self, key: &FlowKey, stats: &FlowStats) {
+        self.generation += 1;
         let series_key = self.series_key(key);
         let series = self.series.entry(series_key).or_default();
         series.retired.add(&FlowCounters::from(stats));
@@ -305,6 +423,7 @@ impl FlowTable {
             };
             self.admitted -= 1;
             self.stats.series_expired += 1;
+            self.generation += 1;
             let other = self.series.entry(other_row(key.ifindex)).or_default();
             other.retired.add(&series.total());
             other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
@@ -408,6 +527,64 @@ mod tests {
         assert!(!labels.src_port && !labels.direction);
         let err = "interface,port".parse::<FlowLabels>().unwrap_err();
         assert!(err.contains("\"port\""), "{err}");
+    }
+
+    #[test]
+    fn label_sets_print_canonically() {
+        let labels: FlowLabels = "dst_port, src ,interface".parse().unwrap();
+        assert_eq!(labels.to_string(), "interface,src,dst_port");
+        assert_eq!(
+            FlowLabels::DEFAULT
+                .parse::<FlowLabels>()
+                .unwrap()
+                .to_string(),
+            FlowLabels::DEFAULT
+        );
+    }
+
+    #[test]
+    fn a_restored_table_continues_from_the_saved_totals() {
+        let mut table = FlowTable::new(options(10));
+        table.refresh(
+            2 * SECOND,
+            vec![
+                (key(1, 2, 1000), stats(5, 2)),
+                (key(3, 2, 1000), stats(4, 2)),
+            ],
+        );
+        let generation = table.generation();
+        // 1000 from 10.0.0.1 is evicted (retired: 5); the other one stays live (4).
+        table.refresh(3 * SECOND, vec![(key(3, 2, 1000), stats(6, 3))]);
+        assert!(table.generation() > generation);
+        let saved = table.saved();
+
+        // The next run: the live flow is still in the (pinned) map.
+        let mut next = FlowTable::new(options(10));
+        next.restore(saved.clone()).unwrap();
+        next.refresh(4 * SECOND, vec![(key(3, 2, 1000), stats(7, 4))]);
+        assert_eq!(packets_of(&next, false, Some("10.0.0.1")), Some(5));
+        assert_eq!(packets_of(&next, false, Some("10.0.0.3")), Some(7));
+        assert_eq!(next.stats().evicted, 1);
+        let retired = |state: FlowTableState| -> Vec<(SeriesKey, FlowCounters)> {
+            state
+                .series
+                .into_iter()
+                .map(|(key, s)| (key, s.retired))
+                .collect()
+        };
+        assert_eq!(retired(next.saved()), retired(saved.clone()));
+
+        // Saved with other labels: refused, naming both.
+        let mut other = FlowTable::new(FlowOptions {
+            labels: "interface,dst".parse().unwrap(),
+            ..options(10)
+        });
+        let err = other.restore(saved).unwrap_err();
+        assert_eq!(
+            err,
+            "saved with --flows.labels=interface,src,dst, running with --flows.labels=interface,dst"
+        );
+        assert!(other.series().is_empty());
     }
 
     #[test]

@@ -36,4 +36,5 @@ pub mod preflight;
 pub mod privileges;
 pub mod probe;
 pub mod rtnetlink;
+pub mod state;
 pub mod web_config;

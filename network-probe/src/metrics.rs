@@ -607,6 +607,19 @@ impl Collector for DatapathCollector {
                     })
                 }),
         )?;
+        single_gauge(
+            &mut encoder,
+            "network_probe_datapath_state_restored",
+            "1 when the totals user space keeps (flows and interfaces that left the maps) were \
+             restored from --datapath.state-file at start, 0 when they started from zero.",
+            if self.flows.restored() { 1.0 } else { 0.0 },
+        )?;
+        single_counter(
+            &mut encoder,
+            "network_probe_datapath_state_save_errors",
+            "Writes of --datapath.state-file that failed (see the log).",
+            self.flows.save_errors(),
+        )?;
         self.encode_flows(&mut encoder)
     }
 }

@@ -307,6 +307,21 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         })
         .collect();
     ok(pre[0], &pre[1..]);
+    // And its StateDirectory=network-probe.
+    assert!(unit.contains("\nStateDirectory=network-probe\n"));
+    ok(
+        "install",
+        &[
+            "-d",
+            "-o",
+            PACKAGE,
+            "-g",
+            PACKAGE,
+            "-m",
+            "0700",
+            "/var/lib/network-probe",
+        ],
+    );
     args.push(format!("--datapath.pin-path={}", pin_path.display()));
     let caps = "+bpf,+perfmon,+net_admin,+net_raw";
     let child = Command::new("ip")
@@ -351,6 +366,10 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     // Pinned by the service user: a restart would carry on from these counters.
     assert!(
         body.contains("network_probe_datapath_map_origin{map=\"FLOWS\",origin=\"created\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("network_probe_datapath_state_save_errors_total 0\n"),
         "{body}"
     );
     let layout = format!("maps-v{}", network_probe_common::MAP_LAYOUT_VERSION);
@@ -411,5 +430,9 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
             .is_err()
     );
     assert!(!user_exists("network-probe"));
+    assert!(
+        !Path::new("/var/lib/network-probe").exists(),
+        "purge removes the state"
+    );
     assert!(!group_exists("network-probe"));
 }

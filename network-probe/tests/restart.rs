@@ -250,3 +250,127 @@ fn maps_of_another_layout_or_size_are_discarded_and_reported() {
     assert_eq!(origin(&scrape, "DEVICE_STATS"), "reused");
     assert_eq!(packets(&scrape, &pair.a_if, "ingress"), counted);
 }
+
+/// One TCP conversation from the peer to a listener behind `pair.a_if`: connect, send
+/// `bytes`, close both ways.
+fn tcp_conversation(pair: &VethPair, port: u16, bytes: usize) {
+    use std::io::{Read as _, Write as _};
+    let server: SocketAddr = format!("{}:{port}", dotted(pair.a_addr)).parse().unwrap();
+    let listener = common::in_netns(&pair.a, move || {
+        std::net::TcpListener::bind(server).unwrap()
+    });
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        received.len()
+    });
+    common::in_netns(&pair.b, move || {
+        let mut stream = std::net::TcpStream::connect(server).unwrap();
+        stream.write_all(&vec![7u8; bytes]).unwrap();
+    });
+    assert_eq!(reader.join().unwrap(), bytes);
+}
+
+/// Scrapes until every flow left the map (folded as idle), at most 10 s.
+fn scrape_when_folded(daemon: &Daemon) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let scrape = daemon.scrape();
+        if sample(
+            &scrape,
+            "network_probe_datapath_map_entries",
+            "map=\"FLOWS\"",
+        ) == Some(0.0)
+        {
+            return scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flows not folded:\n{scrape}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// (packets of every flow series of `pair.a_if`, its `other` row included; the interface's TCP
+/// packets of both directions). Idle series are folded into the `other` row, so the flow side
+/// is summed over all rows.
+fn flow_and_interface_tcp_packets(scrape: &str, pair: &VethPair) -> (u64, u64) {
+    let prefix = format!(
+        "network_probe_flow_packets_total{{interface=\"{}\",",
+        pair.a_if
+    );
+    let flows: f64 = scrape
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let interface = |direction: &str| {
+        sample(
+            scrape,
+            "network_probe_interface_tcp_packets_total",
+            &format!("interface=\"{}\",direction=\"{direction}\"", pair.a_if),
+        )
+        .unwrap_or(0.0) as u64
+    };
+    (flows as u64, interface("ingress") + interface("egress"))
+}
+
+#[test]
+fn totals_of_folded_flows_survive_a_crash_through_the_state_file() {
+    let pair = VethPair::new();
+    let bpffs = Bpffs::new();
+    let state_dir = bpffs.mount.with_extension("state");
+    let state_file = state_dir.join("state.json");
+    let pin_arg = format!("--datapath.pin-path={}", bpffs.pin_path().display());
+    let state_arg = format!("--datapath.state-file={}", state_file.display());
+    let args = [
+        "--interface",
+        &pair.a_if,
+        &pin_arg,
+        &state_arg,
+        "--flows.idle-timeout=1s",
+    ];
+
+    let mut first = Daemon::start(&pair.a, &args);
+    tcp_conversation(&pair, 7001, 20_000);
+    let folded = scrape_when_folded(&first);
+    let (flows_before, interface_before) = flow_and_interface_tcp_packets(&folded, &pair);
+    assert!(flows_before > 0);
+    assert_eq!(
+        flows_before, interface_before,
+        "every TCP packet in a flow series"
+    );
+    let idle_removed = sample(&folded, "network_probe_flows_idle_removed_total", "").unwrap();
+    assert!(
+        idle_removed >= 2.0,
+        "both directions folded: {idle_removed}"
+    );
+    assert!(state_file.exists());
+
+    assert_eq!(first.stop(libc::SIGKILL).code(), None);
+    let second = Daemon::start(&pair.a, &args);
+    let restarted = second.scrape();
+    assert_eq!(
+        sample(&restarted, "network_probe_datapath_state_restored", ""),
+        Some(1.0)
+    );
+    assert_eq!(
+        flow_and_interface_tcp_packets(&restarted, &pair),
+        (flows_before, interface_before),
+        "folded flow totals and interface counters continue after SIGKILL"
+    );
+    assert_eq!(
+        sample(&restarted, "network_probe_flows_idle_removed_total", ""),
+        Some(idle_removed)
+    );
+
+    tcp_conversation(&pair, 7002, 30_000);
+    let (flows_after, interface_after) =
+        flow_and_interface_tcp_packets(&scrape_when_folded(&second), &pair);
+    assert!(flows_after > flows_before);
+    assert_eq!(flows_after, interface_after);
+    drop(second);
+    let _ = fs::remove_dir_all(state_dir);
+}
