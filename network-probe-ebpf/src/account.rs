@@ -6,7 +6,7 @@
 //! and starts before the highest sequence already sent in that direction is a retransmission.
 //! A SYN that does not repeat the previous SYN's sequence number starts a new connection.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use network_probe_common::{
     DeviceKey, DeviceStats, Direction, FlowKey, FlowStats, RTT_BUCKETS, SIZE_BUCKETS,
 };
@@ -79,8 +79,10 @@ fn observe_tcp(
     let fin = tcp.flags & TCP_FIN != 0;
     let zero_window = tcp.window == 0 && !rst;
     let sequence_len = tcp.payload_len + syn as u32 + fin as u32;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // First/last seen only need the coarse clock (one tick, a few ms behind), which is cheaper;
+    // the handshake legs below read the precise one, inside branches that exist anyway (a
+    // branch of its own here would double the states the verifier walks).
+    let now = coarse_now();
 
     device.tcp_packets += segments;
     device.tcp_rst += rst as u64;
@@ -119,7 +121,7 @@ fn observe_tcp(
             df: if ip.df { segments } else { 0 },
             first_seen_ns: now,
             last_seen_ns: now,
-            handshake_start_ns: if egress && syn { now } else { 0 },
+            handshake_start_ns: if egress && syn { precise_now() } else { 0 },
             next_seq: tcp.seq.wrapping_add(sequence_len),
             window_scale_plus_one: if syn { tcp.window_scale_plus_one } else { 0 },
             seq_valid: (sequence_len > 0 && !rst) as u8,
@@ -132,7 +134,7 @@ fn observe_tcp(
             device.flow_create_failures += 1;
         }
         if !egress && syn && ack {
-            complete_handshake(device, &key, now);
+            complete_handshake(device, &key);
         }
         return;
     };
@@ -186,21 +188,35 @@ fn observe_tcp(
 
     // Handshake RTT. Karn's rule: a retransmitted SYN or SYN-ACK makes the sample ambiguous.
     if egress && syn {
-        flow.handshake_start_ns = if retransmit { 0 } else { now };
+        flow.handshake_start_ns = if retransmit { 0 } else { precise_now() };
     } else if !egress && syn && ack {
-        complete_handshake(device, &key, now);
+        complete_handshake(device, &key);
     } else if !egress && syn {
         flow.awaiting_ack = 1;
     } else if !egress && ack && !rst && flow.awaiting_ack != 0 {
         flow.awaiting_ack = 0;
-        complete_handshake(device, &key, now);
+        complete_handshake(device, &key);
     }
 }
 
-/// Takes the handshake start recorded on the opposite (egress) direction of `key` and records
-/// the RTT up to `now` in the interface's histogram.
+/// CLOCK_MONOTONIC, nanoseconds.
 #[inline(always)]
-fn complete_handshake(device: &mut DeviceStats, key: &FlowKey, now: u64) {
+fn precise_now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// CLOCK_MONOTONIC as of the last tick (Linux 5.11+), nanoseconds.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Takes the handshake start recorded on the opposite (egress) direction of `key` and records
+/// the RTT up to now in the interface's histogram.
+#[inline(always)]
+fn complete_handshake(device: &mut DeviceStats, key: &FlowKey) {
     let reverse = key.reversed();
     let Some(sent) = FLOWS.get_ptr_mut(reverse) else {
         return;
@@ -208,6 +224,7 @@ fn complete_handshake(device: &mut DeviceStats, key: &FlowKey, now: u64) {
     // SAFETY: a pointer into the map value, valid for this program run.
     let sent = unsafe { &mut *sent };
     let start = sent.handshake_start_ns;
+    let now = precise_now();
     if start == 0 || now < start {
         return;
     }

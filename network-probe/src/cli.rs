@@ -1,8 +1,8 @@
 //! Command-line flags, named as Prometheus exporters name them (`--web.*`, `--log.*`).
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource};
 
 use crate::{
     datapath::{IngressHook, TcAttach},
@@ -25,6 +25,12 @@ pub struct Cli {
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics",
           value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
+
+    /// Configuration file (YAML): probe modules, interfaces, flows, Jool, probe allowlist; see
+    /// docs/configuration.md. Flags given on the command line override it. Reloaded on SIGHUP
+    /// and POST /-/reload.
+    #[arg(long = "config.file", value_name = "PATH", global = true)]
+    pub config_file: Option<std::path::PathBuf>,
 
     /// Web configuration file in the Prometheus exporter-toolkit format: TLS, client
     /// certificates, basic auth users (bcrypt hashes), response headers. Read once at start.
@@ -107,6 +113,52 @@ pub struct Cli {
 
     #[command(flatten)]
     pub ping: crate::probe::ping::Flags,
+
+    /// The options given on the command line (clap id to the values as typed); they override
+    /// `--config.file`. Filled by [`Cli::parse_args`] and [`Cli::try_parse_args_from`].
+    #[arg(skip)]
+    pub explicit: BTreeMap<String, Vec<String>>,
+}
+
+impl Cli {
+    /// Parses the process's command line (exits on errors, as clap does), remembering which
+    /// options it gave.
+    pub fn parse_args() -> Cli {
+        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` (the first is the program name), remembering which options they gave.
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                let values = matches
+                    .get_raw(id)
+                    .map(|raw| {
+                        raw.map(|v| v.to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                // A switch (--jool.disable) has no raw value.
+                let values = if values.is_empty() && !arg.get_action().takes_values() {
+                    vec!["true".to_string()]
+                } else {
+                    values
+                };
+                cli.explicit.insert(id.to_string(), values);
+            }
+        }
+        Ok(cli)
+    }
 }
 
 /// What to do instead of running the daemon. The daemon's flags go before the subcommand;

@@ -3,7 +3,9 @@
 //!
 //! Order: check privileges and kernel features, resolve interfaces, bind the listen address
 //! and the `--web.probe-listen` addresses (so a port clash fails before anything is attached), load the datapath, subscribe to link
-//! events, attach, serve until SIGTERM/SIGINT, then detach everything and return.
+//! events, attach, serve until SIGTERM/SIGINT, then detach everything and return. `--config.file`
+//! is read first (its settings, overridden by flags, are what the rest uses) and again on
+//! SIGHUP.
 //!
 //! The configured interfaces (the `--interface` names, or the default-route interfaces found at
 //! start) are followed by name: when one disappears the datapath forgets it (its counters are
@@ -23,13 +25,14 @@ use tokio::{
 
 use crate::{
     cli::Cli,
+    config::{self, reload::ConfigState},
     datapath::Datapath,
     error::{Error, Result},
     flow_tracker::FlowTracker,
     flows::FlowOptions,
     http::{self, AppState},
     metrics, preflight, privileges,
-    probe::{Probers, allowlist::Allowlist},
+    probe::Probers,
     rtnetlink::{self, LinkEvent, LinkSubscription, Received},
 };
 
@@ -46,8 +49,28 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
         .map_err(|err| Error::Other(format!("initialising logging: {err}")))
 }
 
+/// Reads `--config.file` (if given): the checked configuration, or a start-up error naming the
+/// field. Logs the file settings that flags override.
+pub fn load_config(flags: &Cli) -> Result<config::Config> {
+    let Some(path) = &flags.config_file else {
+        return Ok(config::Config::default());
+    };
+    let loaded = config::load(path).map_err(|err| Error::Config {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    for overridden in loaded.overridden(flags) {
+        info!("--config.file setting {overridden} is overridden by the flag");
+    }
+    Ok(loaded)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(flags: Cli) -> Result<()> {
+    let loaded = load_config(&flags)?;
+    let config_state = Arc::new(ConfigState::new(&flags, loaded));
+    // From here on: the settings in force (flags over file over defaults).
+    let cli = config_state.start_settings();
     let (web_config, tls) = http::load_web_config(cli.web_config_file.as_deref())?;
     preflight::check_capabilities()?;
     let kernel = preflight::check_kernel()?;
@@ -59,7 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .iter()
         .map(|extra| Ok((http::bind(&extra.address)?, extra.module)))
         .collect::<Result<Vec<_>>>()?;
-    let allowlist = Allowlist::new(&cli.probe_allow);
+    let allowlist = &config_state.current().allowlist;
     if allowlist.is_empty() {
         info!("no --probe.allow given: /probe may reach any target");
     } else {
@@ -75,6 +98,8 @@ pub fn run(cli: Cli) -> Result<()> {
             .map_err(|err| Error::Other(format!("installing the SIGTERM handler: {err}")))?;
         let mut sigint = signal(SignalKind::interrupt())
             .map_err(|err| Error::Other(format!("installing the SIGINT handler: {err}")))?;
+        let mut sighup = signal(SignalKind::hangup())
+            .map_err(|err| Error::Other(format!("installing the SIGHUP handler: {err}")))?;
 
         let datapath = Arc::new(Datapath::load(cli.datapath_config(kernel.tcx))?);
         // Subscribe before attaching: a change after the attach is then queued, not missed.
@@ -117,12 +142,14 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         });
         let probers = Probers::new(&cli);
+        let mut registry = metrics::registry(flows, &cli.jool, &probers);
+        registry.register_collector(config_state.collector());
         let state = Arc::new(AppState {
-            registry: metrics::registry(flows, &cli.jool, &probers),
+            registry,
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
             probers,
-            allowlist,
+            config: Arc::clone(&config_state),
             web: http::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
@@ -140,6 +167,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 "; bounding set left to the service manager"
             }
         );
+        // SIGHUP: reload --config.file (the outcome is logged and exported).
+        let reloader = Arc::clone(&config_state);
+        let hangups = tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                info!("SIGHUP received, reloading the configuration");
+                let reloader = Arc::clone(&reloader);
+                drop(tokio::task::spawn_blocking(move || reloader.reload()).await);
+            }
+        });
         let shutdown = async {
             let name = tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
@@ -170,6 +206,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         state.ready.store(false, Ordering::Release);
         link_watcher.abort();
+        hangups.abort();
         datapath.detach_all();
         // The pinned maps stay; the state file completes them for the next start.
         saver.save();

@@ -52,6 +52,9 @@ pub enum Error {
     #[error("invalid --web.config.file {path:?}: {reason}")]
     WebConfig { path: String, reason: String },
 
+    #[error("invalid --config.file {path:?}: {reason}")]
+    Config { path: String, reason: String },
+
     #[error("kernel {release} lacks {feature}: {hint}")]
     KernelFeature {
         release: String,
@@ -72,7 +75,9 @@ impl Error {
             Error::MissingCapability { .. } => exit_code::PRIVILEGES,
             Error::NoSuchInterface { .. } | Error::NoDefaultRoute => exit_code::INTERFACE,
             Error::Listen { .. } => exit_code::LISTEN,
-            Error::ListenAddress { .. } | Error::WebConfig { .. } => exit_code::USAGE,
+            Error::ListenAddress { .. } | Error::WebConfig { .. } | Error::Config { .. } => {
+                exit_code::USAGE
+            }
             Error::KernelFeature { .. } => exit_code::KERNEL,
             Error::Datapath { .. } | Error::Other(_) => exit_code::FAILURE,
         }

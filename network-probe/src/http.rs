@@ -1,5 +1,5 @@
 //! The HTTP side: binding `--web.listen-address` and one hyper service with the landing page,
-//! the telemetry path, `/-/healthy`, `/-/ready` and `/probe`; in front of it TLS and basic auth
+//! the telemetry path, `/-/healthy`, `/-/ready`, `/probe`, `/config` and `/-/reload`; in front of it TLS and basic auth
 //! from `--web.config.file` (parsed in [`crate::web_config`]) and the request limits (URI, header
 //! section, body, concurrent probes).
 
@@ -42,6 +42,7 @@ use tokio_rustls::{
 };
 
 use crate::{
+    config::reload::{ConfigState, ReloadError},
     error::{Error, Result},
     metrics,
     probe::{
@@ -76,8 +77,8 @@ pub struct AppState {
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
     pub probers: Probers,
-    /// `--probe.allow`: the targets `/probe` may reach.
-    pub allowlist: Allowlist,
+    /// The configuration in force (probe modules, `--probe.allow`), reloadable.
+    pub config: Arc<ConfigState>,
     /// Basic auth, response headers and the `/probe` concurrency limit.
     pub web: WebPolicy,
 }
@@ -172,7 +173,7 @@ impl WebPolicy {
 const UNKNOWN_USER_HASH: &str = "$2y$10$vtGl0r3vt0JZdBB2pGmvF.VlOH54VfGZKgkPRP5Of7BCvtfhAte4K";
 
 /// `Basic base64(user:password)` as (user, password).
-fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+pub fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
     use base64::Engine as _;
     let text = std::str::from_utf8(header).ok()?;
     let (scheme, encoded) = text.trim().split_once(' ')?;
@@ -488,6 +489,9 @@ async fn route(
     default_module: Option<&'static str>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/-/reload" {
+        return handle_reload(state, &request).await;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         response
@@ -519,14 +523,61 @@ async fn route(
             landing_page(&state.telemetry_path),
         ),
         "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+        "/config" => with_type(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            state.config.render(),
+        ),
         "/-/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "Ready\n"),
         "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "Not Found\n"),
     }
 }
 
+/// `POST` (or `PUT`) `/-/reload`: reads `--config.file` again. 200 when the new file is in
+/// force (listing what needs a restart), 409 with the error when it is not (the previous
+/// configuration stays); other methods get 405.
+async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST && request.method() != Method::PUT {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /-/reload to reload the configuration\n",
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST, PUT"));
+        return response;
+    }
+    // Reading and checking files: off the runtime thread.
+    let config = Arc::clone(&state.config);
+    let outcome = tokio::task::spawn_blocking(move || config.reload())
+        .await
+        .unwrap_or_else(|err| {
+            Err(ReloadError::Invalid(crate::config::ConfigError {
+                path: String::new(),
+                reason: format!("the reload task failed: {err}"),
+            }))
+        });
+    match outcome {
+        Ok(reloaded) => {
+            let mut body = String::from("configuration reloaded\n");
+            for line in &reloaded.needs_restart {
+                body.push_str(&format!("needs restart: {line}\n"));
+            }
+            with_type(StatusCode::OK, "text/plain; charset=utf-8", body)
+        }
+        Err(err) => with_type(
+            StatusCode::CONFLICT,
+            "text/plain; charset=utf-8",
+            format!("{err}\n"),
+        ),
+    }
+}
+
 /// `/probe?module=NAME&target=...`: runs one probe and answers with its metrics, or with the
-/// probe log and the metrics when `debug=true`. Bad parameters get a 400 naming them, a target
+/// probe log, the metrics and the module when `debug=true`. `NAME` is a module of the
+/// configuration (the built-in ones are named after their prober); its options are the
+/// defaults of the query's parameters. Bad parameters and unknown modules get a 400 naming them, a target
 /// outside `--probe.allow` a 403 naming it. `module=` may be left out on a listener with a
 /// `default_module`.
 async fn handle_probe(
@@ -561,23 +612,37 @@ async fn handle_probe(
         (Ok(_), None) => query.required("module"),
         (Err(err), _) => Err(err),
     };
-    let (module, debug) = match (module, query.flag("debug", false)) {
+    let (module_name, debug) = match (module, query.flag("debug", false)) {
         (Ok(module), Ok(debug)) => (module.to_string(), debug),
         (Err(err), _) | (_, Err(err)) => return bad(err),
     };
+    let live = state.config.current();
+    let Some(module) = live.config.modules.get(&module_name).cloned() else {
+        return bad(probe::BadRequest(format!(
+            "unknown module {module_name:?} (configured: {})",
+            live.config
+                .modules
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let query = query.with_defaults(&module.options);
+    let module_timeout = module
+        .timeout
+        .map_or(state.probers.timeout(module.prober), |timeout| {
+            timeout.min(state.probers.timeout(module.prober))
+        });
     let header = request
         .headers()
         .get(probe::SCRAPE_TIMEOUT_HEADER)
         .map(|value| value.to_str().unwrap_or("<not text>"));
-    let deadline = match probe::deadline(
-        std::time::Instant::now(),
-        header,
-        state.probers.timeout(&module),
-    ) {
+    let deadline = match probe::deadline(std::time::Instant::now(), header, module_timeout) {
         Ok(deadline) => deadline,
         Err(err) => return bad(err),
     };
-    if let Err(refusal) = check_targets(&state.allowlist, &query, deadline).await {
+    if let Err(refusal) = check_targets(&live.allowlist, &query, deadline).await {
         debug!("/probe refused: {refusal}");
         return with_type(
             StatusCode::FORBIDDEN,
@@ -586,7 +651,7 @@ async fn handle_probe(
         );
     }
     let ctx = ProbeContext::new(deadline);
-    let report = match state.probers.run(&module, &ctx, &query).await {
+    let report = match state.probers.run(module.prober, &ctx, &query).await {
         Ok(report) => report,
         Err(err) => return bad(err),
     };
@@ -606,8 +671,10 @@ async fn handle_probe(
             text.push('\n');
         }
         text.push_str(&format!(
-            "\nProbe succeeded: {}\n\nMetrics that would have been returned:\n{body}",
-            report.success
+            "\nProbe succeeded: {}\n\nMetrics that would have been returned:\n{body}\n\
+             Module configuration ({module_name}):\n{}",
+            report.success,
+            module.to_yaml()
         ));
         return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
     }
@@ -667,7 +734,7 @@ fn exposition(request: &Request<Incoming>, openmetrics: String) -> Response<Full
 
 /// Whether an Accept header gives `application/openmetrics-text` a quality above 0 and at
 /// least that of plain text (`text/plain`, `text/*`, `*/*`).
-fn wants_openmetrics(accept: Option<&str>) -> bool {
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
     for range in accept.unwrap_or("").split(',') {
         let range = range.to_ascii_lowercase();
@@ -693,6 +760,7 @@ fn landing_page(telemetry_path: &str) -> String {
          <li><a href=\"{telemetry_path}\">Metrics</a></li>\n\
          <li><a href=\"/-/healthy\">Health</a></li>\n\
          <li><a href=\"/-/ready\">Readiness</a></li>\n\
+         <li><a href=\"/config\">Configuration</a></li>\n\
          </ul>\n</body></html>\n",
         env!("CARGO_PKG_VERSION")
     )

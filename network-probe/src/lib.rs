@@ -3,6 +3,8 @@
 //!
 //! Module map (one concern each):
 //! - [`cli`]: command-line flags in Prometheus exporter conventions.
+//! - [`config`]: the `--config.file` format (probe modules, settings that also have flags),
+//!   checked, merged with the flags, and reloaded on SIGHUP and `POST /-/reload`.
 //! - [`error`]: start-up errors, their one-line messages and exit codes.
 //! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
 //! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
@@ -22,6 +24,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod error;

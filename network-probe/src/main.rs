@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use network_probe::{
     check,
     cli::{Cli, Command},
@@ -11,7 +10,7 @@ use network_probe::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     if let Err(err) = daemon::init_logging(&cli) {
         eprintln!("network-probe: error: {err}");
         return ExitCode::from(err.exit_code());

@@ -258,8 +258,14 @@ pub fn parse_link_events(datagram: &[u8]) -> io::Result<Vec<LinkEvent>> {
             let attribute =
                 attribute.map_err(|err| invalid(format!("attribute of link {index}: {err}")))?;
             if attribute.kind() == IFLA_IFNAME {
+                // A C string: the name ends at the first NUL (bytes after it are not part of it).
+                let value = attribute.value();
+                let end = value
+                    .iter()
+                    .position(|&byte| byte == 0)
+                    .unwrap_or(value.len());
                 name = Some(
-                    parse_string(attribute.value())
+                    parse_string(&value[..end])
                         .map_err(|err| invalid(format!("name of link {index}: {err}")))?,
                 );
                 break;
@@ -424,6 +430,27 @@ mod tests {
         ]);
         assert_eq!(parse_link_events(&bytes).unwrap(), []);
         assert_eq!(parse_link_events(&[]).unwrap(), []);
+    }
+
+    #[test]
+    fn names_end_at_the_first_nul() {
+        // Found by fuzz/fuzz_targets/link_events.rs: bytes after the terminating NUL were kept
+        // as part of the name.
+        let bytes = datagram(vec![RouteNetlinkMessage::NewLink(link(
+            AddressFamily::Unspec,
+            7,
+            vec![LinkAttribute::Other(DefaultNla::new(
+                IFLA_IFNAME,
+                b"veth7\0\x17\0".to_vec(),
+            ))],
+        ))]);
+        assert_eq!(
+            parse_link_events(&bytes).unwrap(),
+            [LinkEvent::New {
+                index: 7,
+                name: "veth7".into()
+            }]
+        );
     }
 
     #[test]

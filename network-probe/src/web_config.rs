@@ -83,7 +83,9 @@ impl std::fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "{}", self.reason)
         } else {
-            write!(f, "{}: {}", self.field, self.reason)
+            // Field names hold the file's keys (user and header names), which YAML lets contain
+            // line breaks; escaped, the error stays one line.
+            write!(f, "{}: {}", self.field.escape_debug(), self.reason)
         }
     }
 }
@@ -389,6 +391,15 @@ mod tests {
 
     fn parse_err(text: &str) -> String {
         parse(text, Path::new("/etc/np")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_stay_one_line_when_keys_hold_line_breaks() {
+        // The one-line property of fuzz/fuzz_targets/web_config.rs caught it: a quoted user
+        // name with "\n" (fuzz/regressions/web_config/).
+        let err = parse_err("basic_auth_users:\n  \"a\\nb\": x\n");
+        assert!(err.starts_with("basic_auth_users.a\\nb: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

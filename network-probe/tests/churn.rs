@@ -138,6 +138,8 @@ fn start_logged(ns: &str, args: &[&str]) -> (Daemon, PathBuf) {
     let child = Command::new("ip")
         .args(["netns", "exec", ns, DAEMON, "--web.listen-address"])
         .arg(listen.to_string())
+        // Nothing pinned: parallel tests must not share maps.
+        .arg("--datapath.pin-path=")
         .args(args)
         .stdout(Stdio::null())
         .stderr(File::create(&log).expect("creating the daemon log"))

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{DAEMON, VethPair, http};
+use common::{Bpffs, DAEMON, VethPair, http};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -408,6 +408,34 @@ fn kubernetes_manifests_parse_and_their_settings_run() {
         args.contains(&format!("--web.listen-address=:{port}")),
         "{args:?}"
     );
+    // The host's bpffs and state directory: counters survive pod restarts.
+    let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+        .as_array()
+        .expect("volume mounts")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let host_path = |name: &str| {
+        template["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .map(str::to_string)
+    };
+    for path in ["/sys/fs/bpf", "/var/lib/network-probe"] {
+        let (name, _) = mounts
+            .iter()
+            .find(|(_, mount)| *mount == path)
+            .unwrap_or_else(|| panic!("{path} is not mounted: {mounts:?}"));
+        assert_eq!(host_path(name).as_deref(), Some(path));
+    }
     let annotations = &template["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], port.to_string());
@@ -441,6 +469,9 @@ fn kubernetes_manifests_parse_and_their_settings_run() {
     // capabilities, no_new_privs (allowPrivilegeEscalation: false), the DaemonSet's args. The
     // test namespace has no default route, so the interface is named.
     let pair = VethPair::new();
+    // A private bpffs stands in for the host's /sys/fs/bpf volume.
+    let bpffs = Bpffs::new();
+    let pin_path = format!("--datapath.pin-path={}", bpffs.pin_path().display());
     let caps: String = added
         .iter()
         .map(|cap| format!(",+{}", cap.to_ascii_lowercase()))
@@ -454,7 +485,7 @@ fn kubernetes_manifests_parse_and_their_settings_run() {
             DAEMON,
         ])
         .args(&args)
-        .args(["--interface", &pair.a_if])
+        .args(["--interface", &pair.a_if, &pin_path])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

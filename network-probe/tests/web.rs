@@ -177,6 +177,8 @@ fn start(ns: &str, interface: &str, args: &[&str], ready: impl Fn() -> bool) -> 
             DAEMON,
             "--web.listen-address",
             "127.0.0.1:9435",
+            // Nothing pinned: parallel tests must not share maps.
+            "--datapath.pin-path=",
         ])
         .args(["--interface", interface])
         .args(args)
@@ -378,6 +380,7 @@ fn failed_start(ns: &str, interface: &str, config: &str) -> (i32, String) {
             DAEMON,
             "--web.listen-address",
             "127.0.0.1:9435",
+            "--datapath.pin-path=",
         ])
         .args(["--interface", interface, "--web.config.file", config])
         .stdout(Stdio::null())

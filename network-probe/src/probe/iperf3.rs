@@ -321,11 +321,7 @@ fn auth_from_query(query: &Query) -> Result<Option<Auth>, BadRequest> {
             ));
         }
     };
-    let pem = std::fs::read_to_string(key_file).map_err(|err| {
-        BadRequest(format!(
-            "parameter \"public_key_file\": cannot read {key_file:?}: {err}"
-        ))
-    })?;
+    let pem = read_key_file(key_file)?;
     Ok(Some(Auth {
         username: username.to_string(),
         password: password.unwrap_or("").to_string(),
@@ -336,6 +332,33 @@ fn auth_from_query(query: &Query) -> Result<Option<Auth>, BadRequest> {
         })?,
         padding,
     }))
+}
+
+/// Largest `public_key_file` read; a PEM RSA public key of 16384 bits is about 3 KiB.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the key file a query names, at most [`MAX_KEY_FILE_BYTES`]: the name comes from the
+/// request, and `/dev/zero` must not grow the daemon's memory without end.
+fn read_key_file(path: &str) -> Result<String, BadRequest> {
+    use std::io::Read as _;
+    let cannot = |err: std::io::Error| {
+        BadRequest(format!(
+            "parameter \"public_key_file\": cannot read {path:?}: {err}"
+        ))
+    };
+    let mut pem = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_string(&mut pem)
+        .map_err(cannot)?;
+    if pem.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(BadRequest(format!(
+            "parameter \"public_key_file\": {path:?} is larger than {MAX_KEY_FILE_BYTES} bytes, \
+             too large for a public key"
+        )));
+    }
+    Ok(pem)
 }
 
 /// A PEM RSA public key: SubjectPublicKeyInfo ("PUBLIC KEY", what iperf3 reads) or PKCS#1.
@@ -1114,6 +1137,23 @@ mod tests {
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, BadRequest> {
         Config::from_query(&Query::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn key_files_are_read_with_a_cap() {
+        // An endless file (the name comes from the request) is refused after the cap.
+        let err = config(&[
+            ("target", "server.example"),
+            ("username", "alice"),
+            ("password", "secret"),
+            ("public_key_file", "/dev/zero"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"/dev/zero\" is larger than 65536 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -109,6 +109,20 @@ impl Probers {
         }
     }
 
+    /// Checks a query for `prober` the way a probe would, without probing or resolving
+    /// anything (for the options of configured modules).
+    pub fn validate(prober: &str, query: &Query) -> Result<(), BadRequest> {
+        match prober {
+            tftp::MODULE => tftp::Params::from_query(query).map(drop),
+            iperf3::MODULE => iperf3::Config::from_query(query).map(drop),
+            ping::MODULE => ping::Params::from_query(query).map(drop),
+            _ => Err(BadRequest(format!(
+                "unknown prober {prober:?} (known: {})",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+
     /// Runs one probe of `module`.
     pub async fn run(
         &self,

@@ -232,28 +232,11 @@ impl Ping {
         ctx: &ProbeContext,
         query: &Query,
     ) -> Result<ProbeReport, BadRequest> {
-        let unknown = query.unknown(PARAMETERS);
-        if !unknown.is_empty() {
-            return Err(BadRequest(format!(
-                "unknown parameter {:?} (ping takes target, ip_version, tcp_port)",
-                unknown[0]
-            )));
-        }
-        let targets: Vec<&str> = query.all("target").collect();
-        if targets.is_empty() || targets.iter().any(|target| target.is_empty()) {
-            return Err(BadRequest("missing parameter \"target\"".into()));
-        }
-        let family = match query.get("ip_version")?.unwrap_or("all") {
-            "4" => Some(false),
-            "6" => Some(true),
-            "all" | "" => None,
-            other => {
-                return Err(BadRequest(format!(
-                    "parameter \"ip_version\": {other:?} is not 4, 6 or all"
-                )));
-            }
-        };
-        let ports = parse_ports(query)?;
+        let Params {
+            targets,
+            family,
+            ports,
+        } = Params::from_query(query)?;
         let mut addresses = BTreeSet::new();
         for target in &targets {
             for address in resolve(ctx, target, family).await? {
@@ -401,6 +384,48 @@ impl Ping {
                 timestamps::SOFTWARE_FLAGS
             }
         }
+    }
+}
+
+/// One request's parameters, checked (the targets are resolved later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params<'q> {
+    pub targets: Vec<&'q str>,
+    /// `ip_version`: Some(true) IPv6 only, Some(false) IPv4 only, None both.
+    pub family: Option<bool>,
+    /// `tcp_port`s; empty: ICMP.
+    pub ports: Vec<u16>,
+}
+
+impl<'q> Params<'q> {
+    /// Reads and checks the query; errors name the parameter and the value.
+    pub fn from_query(query: &'q Query) -> Result<Params<'q>, BadRequest> {
+        let unknown = query.unknown(PARAMETERS);
+        if !unknown.is_empty() {
+            return Err(BadRequest(format!(
+                "unknown parameter {:?} (ping takes target, ip_version, tcp_port)",
+                unknown[0]
+            )));
+        }
+        let targets: Vec<&str> = query.all("target").collect();
+        if targets.is_empty() || targets.iter().any(|target| target.is_empty()) {
+            return Err(BadRequest("missing parameter \"target\"".into()));
+        }
+        let family = match query.get("ip_version")?.unwrap_or("all") {
+            "4" => Some(false),
+            "6" => Some(true),
+            "all" | "" => None,
+            other => {
+                return Err(BadRequest(format!(
+                    "parameter \"ip_version\": {other:?} is not 4, 6 or all"
+                )));
+            }
+        };
+        Ok(Params {
+            targets,
+            family,
+            ports: parse_ports(query)?,
+        })
     }
 }
 

@@ -53,6 +53,18 @@ impl Query {
         }
     }
 
+    /// This query with `defaults` (a probe module's options) added for every name the query
+    /// does not give: a request's parameter, even empty, overrides the module's.
+    pub fn with_defaults(&self, defaults: &[(String, String)]) -> Query {
+        let mut pairs: Vec<(String, String)> = defaults
+            .iter()
+            .filter(|(name, _)| self.all(name).next().is_none())
+            .cloned()
+            .collect();
+        pairs.extend(self.pairs.iter().cloned());
+        Query { pairs }
+    }
+
     /// Every value of `name`, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.pairs
@@ -208,6 +220,30 @@ mod tests {
             "missing parameter \"target\""
         );
         assert_eq!(query.unknown(&["port"]), ["debug"]);
+    }
+
+    #[test]
+    fn request_parameters_override_defaults() {
+        let defaults = [
+            ("blksize".to_string(), "1468".to_string()),
+            ("tcp_port".into(), "22".into()),
+            ("tcp_port".into(), "443".into()),
+            ("tsize".into(), "true".into()),
+        ];
+        let query = Query::parse("target=x&blksize=512&tsize=").unwrap();
+        let merged = query.with_defaults(&defaults);
+        assert_eq!(merged.get("blksize").unwrap(), Some("512"));
+        assert_eq!(merged.all("tcp_port").collect::<Vec<_>>(), ["22", "443"]);
+        assert_eq!(merged.get("tsize").unwrap(), Some(""));
+        assert_eq!(merged.get("target").unwrap(), Some("x"));
+        let query = Query::parse("tcp_port=80").unwrap();
+        assert_eq!(
+            query
+                .with_defaults(&defaults)
+                .all("tcp_port")
+                .collect::<Vec<_>>(),
+            ["80"]
+        );
     }
 
     #[test]

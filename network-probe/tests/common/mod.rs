@@ -24,6 +24,17 @@ pub const DAEMON: &str = env!("CARGO_BIN_EXE_network-probe");
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// How many times slower than the host the tests run: `NETWORK_PROBE_TEST_SLOWDOWN`, which
+/// `cargo xtask kernel-test` sets for its emulated (TCG) guest, where loading the eBPF programs
+/// alone takes over 10 s; 1 when unset. Fixed waits for the daemon are multiplied by it.
+pub fn slowdown() -> u32 {
+    std::env::var("NETWORK_PROBE_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&factor| factor >= 1)
+        .unwrap_or(1)
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -249,8 +260,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the daemon in `ns` listening on 127.0.0.1:9435 there, and waits until
-    /// `/-/ready` answers 200. Its maps are not pinned unless `args` name a
+    /// Starts the daemon in `ns` listening on 127.0.0.1:9435 there, and waits (at most 20 s,
+    /// times [`slowdown`]) until `/-/ready` answers 200. Its maps are not pinned unless `args` name a
     /// `--datapath.pin-path`.
     pub fn start(ns: &str, args: &[&str]) -> Daemon {
         Daemon::start_wrapped(ns, &[], args)
@@ -281,7 +292,8 @@ impl Daemon {
             ns: ns.to_string(),
             listen,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let limit = Duration::from_secs(20) * slowdown();
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok((200, _)) = daemon.get("/-/ready") {
                 return daemon;
@@ -289,7 +301,11 @@ impl Daemon {
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 panic!("daemon exited during start-up: {status}");
             }
-            assert!(Instant::now() < deadline, "daemon not ready after 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready after {} s",
+                limit.as_secs()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -306,18 +322,20 @@ impl Daemon {
         body
     }
 
-    /// Sends `signal` and waits (at most 10 s) for the exit status.
+    /// Sends `signal` and waits (at most 10 s, times [`slowdown`]) for the exit status.
     pub fn stop(&mut self, signal: i32) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let limit = Duration::from_secs(10) * slowdown();
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "daemon still running 10 s after signal {signal}"
+                "daemon still running {} s after signal {signal}",
+                limit.as_secs()
             );
             thread::sleep(Duration::from_millis(20));
         }

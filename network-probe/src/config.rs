@@ -1,0 +1,1009 @@
+//! The configuration file (`--config.file`, YAML): named probe modules in the blackbox_exporter
+//! style, and the daemon settings that also have a flag (interfaces, datapath, flows, Jool
+//! instances, the probe allowlist).
+//!
+//! This module owns the file format and its validation, both pure ([`parse`] is what the
+//! `config_parse` fuzz target drives): every error names the field by its path
+//! (`modules.tftp_big.tftp.blksize`) and the bad value, and unknown fields are errors. It reuses
+//! the parsers that already exist instead of having its own:
+//! - a module's per-prober options are that prober's query parameters, checked by the prober's
+//!   own query validation ([`Probers::validate`]); at request time they are the defaults of the
+//!   query ([`Query::with_defaults`]), so a request's parameters override them;
+//! - a daemon setting is checked by parsing it as its flag with clap (the flag's own value
+//!   parser), so a file value and a flag value are always read alike.
+//!
+//! Precedence: a flag given on the command line wins over the file, the file wins over the
+//! flag's default ([`Config::apply`]). Reloading ([`reload`]) swaps the modules and the probe
+//! allowlist; the other settings need a restart and are reported as such.
+
+pub mod reload;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::Parser as _;
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::{
+    cli::{Cli, parse_duration},
+    probe::{Probers, Query},
+};
+
+/// Largest configuration file read (a bound on untrusted input; real files are a few KiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Target used to validate module options, which never carry one (a reserved name, RFC 2606).
+const PLACEHOLDER_TARGET: &str = "module-check.invalid";
+
+/// Query parameters a module may not set: the request's own.
+const REQUEST_ONLY: &[&str] = &["target", "module", "debug"];
+
+/// A problem with the file: the path of the field (empty for the whole file) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// The file as written. Leaves stay YAML values until they are checked, so that one error can
+// name the field's path and value.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    modules: Option<BTreeMap<String, RawModule>>,
+    interfaces: Option<Value>,
+    datapath: Option<RawDatapath>,
+    flows: Option<RawFlows>,
+    jool: Option<RawJool>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    ingress: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    max_entries: Option<Value>,
+    labels: Option<Value>,
+    max_series: Option<Value>,
+    idle_timeout: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJool {
+    instances: Option<Value>,
+    all_instances: Option<Value>,
+    disable: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    allow: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModule {
+    prober: String,
+    timeout: Option<Value>,
+    ping: Option<BTreeMap<String, Value>>,
+    tftp: Option<BTreeMap<String, Value>>,
+    iperf3: Option<BTreeMap<String, Value>>,
+}
+
+/// How a setting's YAML value becomes flag occurrences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// One value: `--flag=VALUE`.
+    One,
+    /// A list (or one value): `--flag=A --flag=B`; for `flows.labels` see `joined`.
+    List { joined: bool },
+    /// `true` or `false`: the bare `--flag` or nothing.
+    Switch,
+}
+
+/// A daemon setting that has both a file field and a flag.
+struct Setting {
+    /// Where it sits in the file.
+    path: &'static str,
+    /// Its flag.
+    flag: &'static str,
+    /// The clap id of the flag (the `Cli` field name).
+    id: &'static str,
+    shape: Shape,
+    /// Whether a reload applies it; if not, a change is reported as needing a restart.
+    reloadable: bool,
+    /// The field in the file.
+    get: fn(&RawFile) -> Option<&Value>,
+    /// Copies the setting from a `Cli` parsed from the file's value.
+    copy: fn(&mut Cli, &Cli),
+}
+
+/// Every daemon setting of the file, in the order of the file's documentation.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        path: "interfaces",
+        flag: "--interface",
+        id: "interfaces",
+        shape: Shape::List { joined: false },
+        reloadable: false,
+        get: |f| f.interfaces.as_ref(),
+        copy: |to, from| to.interfaces = from.interfaces.clone(),
+    },
+    Setting {
+        path: "datapath.ingress",
+        flag: "--datapath.ingress",
+        id: "ingress",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.datapath.as_ref()?.ingress.as_ref(),
+        copy: |to, from| to.ingress = from.ingress,
+    },
+    Setting {
+        path: "flows.max_entries",
+        flag: "--flows.max-entries",
+        id: "flow_map_entries",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.max_entries.as_ref(),
+        copy: |to, from| to.flow_map_entries = from.flow_map_entries,
+    },
+    Setting {
+        path: "flows.labels",
+        flag: "--flows.labels",
+        id: "flow_labels",
+        shape: Shape::List { joined: true },
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.labels.as_ref(),
+        copy: |to, from| to.flow_labels = from.flow_labels,
+    },
+    Setting {
+        path: "flows.max_series",
+        flag: "--flows.max-series",
+        id: "flow_max_series",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.max_series.as_ref(),
+        copy: |to, from| to.flow_max_series = from.flow_max_series,
+    },
+    Setting {
+        path: "flows.idle_timeout",
+        flag: "--flows.idle-timeout",
+        id: "flow_idle_timeout",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.idle_timeout.as_ref(),
+        copy: |to, from| to.flow_idle_timeout = from.flow_idle_timeout,
+    },
+    Setting {
+        path: "jool.instances",
+        flag: "--jool.instance",
+        id: "instances",
+        shape: Shape::List { joined: false },
+        reloadable: false,
+        get: |f| f.jool.as_ref()?.instances.as_ref(),
+        copy: |to, from| to.jool.instances = from.jool.instances.clone(),
+    },
+    Setting {
+        path: "jool.all_instances",
+        flag: "--jool.all-instances",
+        id: "all_instances",
+        shape: Shape::Switch,
+        reloadable: false,
+        get: |f| f.jool.as_ref()?.all_instances.as_ref(),
+        copy: |to, from| to.jool.all_instances = from.jool.all_instances,
+    },
+    Setting {
+        path: "jool.disable",
+        flag: "--jool.disable",
+        id: "disable",
+        shape: Shape::Switch,
+        reloadable: false,
+        get: |f| f.jool.as_ref()?.disable.as_ref(),
+        copy: |to, from| to.jool.disable = from.jool.disable,
+    },
+    Setting {
+        path: "probe.allow",
+        flag: "--probe.allow",
+        id: "probe_allow",
+        shape: Shape::List { joined: false },
+        reloadable: true,
+        get: |f| f.probe.as_ref()?.allow.as_ref(),
+        copy: |to, from| to.probe_allow = from.probe_allow.clone(),
+    },
+];
+
+/// One named probe module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    /// One of [`Probers::NAMES`].
+    pub prober: &'static str,
+    /// Longest a probe of this module runs (the scrape timeout and the prober's own limit
+    /// still apply).
+    pub timeout: Option<Duration>,
+    /// Query parameters the module sets, in the prober's names; a request's own override them.
+    pub options: Vec<(String, String)>,
+    /// The module as `/config` and `?debug=true` show it.
+    shown: Value,
+}
+
+impl Module {
+    /// The built-in module of `prober`: no options, no timeout of its own.
+    fn builtin(prober: &'static str) -> Module {
+        let mut shown = Mapping::new();
+        shown.insert("prober".into(), prober.into());
+        Module {
+            prober,
+            timeout: None,
+            options: Vec::new(),
+            shown: Value::Mapping(shown),
+        }
+    }
+
+    /// The module in the file's format.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.shown).unwrap_or_default()
+    }
+}
+
+/// A daemon setting the file gives, checked.
+#[derive(Clone, Debug)]
+struct FileSetting {
+    /// Index into [`SETTINGS`].
+    index: usize,
+    /// The value as written (for `/config` and change detection).
+    shown: Value,
+    /// A command line holding just this setting, parsed.
+    parsed: Box<Cli>,
+}
+
+/// A checked configuration: the file's modules plus the built-in ones, and the file's daemon
+/// settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub modules: BTreeMap<String, Arc<Module>>,
+    settings: Vec<FileSetting>,
+}
+
+impl Default for Config {
+    /// Without a file: the built-in modules only.
+    fn default() -> Self {
+        Config {
+            modules: builtin_modules(),
+            settings: Vec::new(),
+        }
+    }
+}
+
+fn builtin_modules() -> BTreeMap<String, Arc<Module>> {
+    Probers::NAMES
+        .iter()
+        .map(|&name| (name.to_string(), Arc::new(Module::builtin(name))))
+        .collect()
+}
+
+/// Reads and checks the file at `path` (at most [`MAX_FILE_BYTES`]).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    use std::io::Read as _;
+    let cannot_read = |err: std::io::Error| {
+        ConfigError::new("", format!("cannot read {:?}: {err}", path.display()))
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot_read)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot_read)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::new(
+            "",
+            format!("{:?} is larger than {MAX_FILE_BYTES} bytes", path.display()),
+        ));
+    }
+    parse(&text)
+}
+
+/// Parses and checks a configuration file's text. Pure except that iperf3 modules naming a
+/// `public_key_file` read that file (as the prober's query validation does).
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let document: Value = serde_yaml::from_str(text)
+        .map_err(|err| ConfigError::new("", format!("not valid YAML: {err}")))?;
+    let raw: RawFile = match document {
+        Value::Null => RawFile::default(),
+        Value::Mapping(_) => serde_yaml::from_str(text).map_err(|err| {
+            // serde_yaml puts the path first ("modules.x: unknown field ..."): keep it as is.
+            ConfigError::new("", err.to_string())
+        })?,
+        other => {
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "expected a mapping at the top level, found {}",
+                    kind(&other)
+                ),
+            ));
+        }
+    };
+    let mut modules = builtin_modules();
+    for (name, module) in raw.modules.iter().flatten() {
+        modules.insert(name.clone(), Arc::new(check_module(name, module)?));
+    }
+    let mut settings = Vec::new();
+    for (index, setting) in SETTINGS.iter().enumerate() {
+        let Some(value) = (setting.get)(&raw) else {
+            continue;
+        };
+        if value.is_null() {
+            continue;
+        }
+        let args = flag_arguments(setting, value)?;
+        let parsed = Cli::try_parse_from(std::iter::once("network-probe".to_string()).chain(args))
+            .map_err(|err| ConfigError::new(setting.path, clap_reason(&err, value)))?;
+        settings.push(FileSetting {
+            index,
+            shown: value.clone(),
+            parsed: Box::new(parsed),
+        });
+    }
+    Ok(Config { modules, settings })
+}
+
+/// The flag occurrences that say what `value` says for `setting`.
+fn flag_arguments(setting: &Setting, value: &Value) -> Result<Vec<String>, ConfigError> {
+    let path = setting.path;
+    Ok(match setting.shape {
+        Shape::One => vec![format!("{}={}", setting.flag, scalar(path, value)?)],
+        Shape::List { joined: true } => {
+            vec![format!("{}={}", setting.flag, list(path, value)?.join(","))]
+        }
+        Shape::List { joined: false } => list(path, value)?
+            .into_iter()
+            .map(|item| format!("{}={item}", setting.flag))
+            .collect(),
+        Shape::Switch => match value {
+            Value::Bool(true) => vec![setting.flag.to_string()],
+            Value::Bool(false) => Vec::new(),
+            other => {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{} is not true or false", shown_value(other)),
+                ));
+            }
+        },
+    })
+}
+
+/// clap's one-line complaint about a flag value, with the YAML value for context.
+fn clap_reason(err: &clap::Error, value: &Value) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // For a choice, clap lists the accepted values on a later line.
+    let choices = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("[possible values: "))
+        .and_then(|values| values.strip_suffix(']'))
+        .map_or(String::new(), |values| format!(" (use {values})"));
+    format!("{} is not accepted: {first}{choices}", shown_value(value))
+}
+
+/// Checks one module.
+fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
+    let path = format!("modules.{name}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(ConfigError::new(
+            &path,
+            format!(
+                "module name {name:?} must be 1 to 64 letters, digits, '_', '-' or '.' (it \
+                 goes into module= of a URL)"
+            ),
+        ));
+    }
+    let prober = Probers::NAMES
+        .iter()
+        .copied()
+        .find(|&prober| prober == raw.prober)
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.prober"),
+                format!(
+                    "{:?} is not a prober (known: {})",
+                    raw.prober,
+                    Probers::NAMES.join(", ")
+                ),
+            )
+        })?;
+    let timeout = match &raw.timeout {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let text = scalar(&format!("{path}.timeout"), value)?;
+            Some(
+                parse_duration(&text)
+                    .map_err(|reason| ConfigError::new(format!("{path}.timeout"), reason))?,
+            )
+        }
+    };
+    let sections = [
+        ("ping", &raw.ping),
+        ("tftp", &raw.tftp),
+        ("iperf3", &raw.iperf3),
+    ];
+    let mut options = Vec::new();
+    let mut shown_options = Mapping::new();
+    for (section, given) in sections {
+        let Some(given) = given else { continue };
+        let section_path = format!("{path}.{section}");
+        if section != prober {
+            return Err(ConfigError::new(
+                section_path,
+                format!("the module's prober is {prober}: only a {prober} section applies"),
+            ));
+        }
+        for (option, value) in given {
+            let option_path = format!("{section_path}.{option}");
+            if REQUEST_ONLY.contains(&option.as_str()) {
+                return Err(ConfigError::new(
+                    option_path,
+                    format!("{option} comes from each request, not from the module"),
+                ));
+            }
+            for item in list(&option_path, value)? {
+                options.push((option.clone(), item));
+            }
+            shown_options.insert(option.as_str().into(), value.clone());
+        }
+    }
+    check_options(&path, prober, &options)?;
+    let mut shown = Mapping::new();
+    shown.insert("prober".into(), prober.into());
+    if let Some(timeout) = &raw.timeout {
+        shown.insert("timeout".into(), timeout.clone());
+    }
+    if !shown_options.is_empty() {
+        shown.insert(prober.into(), Value::Mapping(shown_options));
+    }
+    Ok(Module {
+        prober,
+        timeout,
+        options,
+        shown: Value::Mapping(shown),
+    })
+}
+
+/// Checks a module's options with the prober's own query validation. An error is pinned on the
+/// option that causes it alone, else on the prober's section (options that only fail together,
+/// such as an incomplete iperf3 login).
+fn check_options(
+    module_path: &str,
+    prober: &'static str,
+    options: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let query = |options: &[(String, String)]| {
+        Query::from_pairs(
+            std::iter::once(("target".to_string(), PLACEHOLDER_TARGET.to_string()))
+                .chain(options.iter().cloned()),
+        )
+    };
+    let Err(whole) = Probers::validate(prober, &query(options)) else {
+        return Ok(());
+    };
+    let names: BTreeSet<&str> = options.iter().map(|(name, _)| name.as_str()).collect();
+    for name in names {
+        let alone: Vec<(String, String)> =
+            options.iter().filter(|(n, _)| n == name).cloned().collect();
+        if Probers::validate(prober, &query(&alone)).as_ref() == Err(&whole) {
+            return Err(ConfigError::new(
+                format!("{module_path}.{prober}.{name}"),
+                whole.0,
+            ));
+        }
+    }
+    Err(ConfigError::new(format!("{module_path}.{prober}"), whole.0))
+}
+
+/// A scalar as text.
+fn scalar(path: &str, value: &Value) -> Result<String, ConfigError> {
+    match value {
+        Value::String(text) => Ok(text.clone()),
+        Value::Number(number) => Ok(number.to_string()),
+        Value::Bool(flag) => Ok(flag.to_string()),
+        other => Err(ConfigError::new(
+            path,
+            format!("expected a single value, found {}", kind(other)),
+        )),
+    }
+}
+
+/// A list of scalars (or one scalar) as texts.
+fn list(path: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
+    match value {
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| scalar(&format!("{path}[{i}]"), item))
+            .collect(),
+        other => Ok(vec![scalar(path, other)?]),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A YAML value on one line, for messages.
+fn shown_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("{text:?}"),
+        other => serde_json::to_string(other).unwrap_or_else(|_| kind(other).to_string()),
+    }
+}
+
+impl Config {
+    /// The settings in force: `flags` (the command line) with every file setting whose flag was
+    /// not given on the command line. Flags win over the file; the file wins over defaults.
+    pub fn apply(&self, flags: &Cli) -> Cli {
+        let mut effective = flags.clone();
+        for setting in &self.settings {
+            let definition = &SETTINGS[setting.index];
+            if !flags.explicit.contains_key(definition.id) {
+                (definition.copy)(&mut effective, &setting.parsed);
+            }
+        }
+        effective
+    }
+
+    /// File settings that the command line overrides, as `path (flag)`, for the log.
+    pub fn overridden(&self, flags: &Cli) -> Vec<String> {
+        self.settings
+            .iter()
+            .map(|setting| &SETTINGS[setting.index])
+            .filter(|definition| flags.explicit.contains_key(definition.id))
+            .map(|definition| format!("{} ({})", definition.path, definition.flag))
+            .collect()
+    }
+
+    /// What changes from `self` to `next` that a reload cannot apply, given the command line
+    /// `flags` (a setting its flag fixes does not change), one line each.
+    pub fn needs_restart(&self, next: &Config, flags: &Cli) -> Vec<String> {
+        SETTINGS
+            .iter()
+            .enumerate()
+            .filter(|(_, definition)| {
+                !definition.reloadable && !flags.explicit.contains_key(definition.id)
+            })
+            .filter_map(|(index, definition)| {
+                let (before, after) = (self.file_value(index), next.file_value(index));
+                (before != after).then(|| {
+                    format!(
+                        "{}: {} -> {} needs a restart (the running value stays in force)",
+                        definition.path,
+                        before.map_or("(default)".to_string(), shown_value),
+                        after.map_or("(default)".to_string(), shown_value),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn file_value(&self, index: usize) -> Option<&Value> {
+        self.settings
+            .iter()
+            .find(|setting| setting.index == index)
+            .map(|setting| &setting.shown)
+    }
+
+    /// The configuration in force, in the file's format with comments saying where each
+    /// setting comes from: the modules, then every daemon setting (`flags` is the command
+    /// line, for the flags that override the file and the defaults). Settings a reload cannot
+    /// apply are shown as `running` (the configuration loaded at start) has them.
+    pub fn render(&self, flags: &Cli, running: &Config) -> String {
+        let mut root = Mapping::new();
+        let modules: Mapping = self
+            .modules
+            .iter()
+            .map(|(name, module)| (Value::from(name.as_str()), module.shown.clone()))
+            .collect();
+        root.insert("modules".into(), Value::Mapping(modules));
+        let mut from_flags = Vec::new();
+        let mut from_defaults = Vec::new();
+        let command = <Cli as clap::CommandFactory>::command();
+        for (index, definition) in SETTINGS.iter().enumerate() {
+            let value = if let Some(raw) = flags.explicit.get(definition.id) {
+                from_flags.push(format!("{} ({})", definition.path, definition.flag));
+                texts_as_value(definition.shape, raw)
+            } else if let Some(value) = if definition.reloadable {
+                self.file_value(index)
+            } else {
+                running.file_value(index)
+            } {
+                value.clone()
+            } else {
+                from_defaults.push(definition.path);
+                let defaults: Vec<String> = command
+                    .get_arguments()
+                    .find(|arg| arg.get_id() == definition.id)
+                    .map(|arg| {
+                        arg.get_default_values()
+                            .iter()
+                            .map(|v| v.to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                texts_as_value(definition.shape, &defaults)
+            };
+            insert_path(&mut root, definition.path, value);
+        }
+        let mut text = String::from(
+            "# The configuration in force. Flags given on the command line override the file.\n",
+        );
+        if !from_flags.is_empty() {
+            text.push_str(&format!("# From flags: {}\n", from_flags.join(", ")));
+        }
+        if !from_defaults.is_empty() {
+            text.push_str(&format!("# Defaults: {}\n", from_defaults.join(", ")));
+        }
+        for pending in running.needs_restart(self, flags) {
+            text.push_str(&format!("# Not in force: {pending}\n"));
+        }
+        text.push_str(&serde_yaml::to_string(&Value::Mapping(root)).unwrap_or_default());
+        text
+    }
+}
+
+/// Flag texts as the YAML value the file would hold.
+fn texts_as_value(shape: Shape, texts: &[String]) -> Value {
+    match shape {
+        Shape::Switch => Value::Bool(texts.iter().any(|t| t == "true")),
+        Shape::One => texts.first().map_or(Value::Null, |t| t.as_str().into()),
+        Shape::List { joined: true } => Value::Sequence(
+            texts
+                .iter()
+                .flat_map(|t| t.split(','))
+                .map(|t| t.trim().into())
+                .collect(),
+        ),
+        Shape::List { joined: false } => {
+            Value::Sequence(texts.iter().map(|t| t.as_str().into()).collect())
+        }
+    }
+}
+
+/// Sets `a.b` in `root` to `value`, creating `a`.
+fn insert_path(root: &mut Mapping, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            root.insert(path.into(), value);
+        }
+        Some((head, rest)) => {
+            let child = root
+                .entry(head.into())
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            if let Value::Mapping(child) = child {
+                insert_path(child, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Cli {
+        Cli::try_parse_args_from(std::iter::once("network-probe").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_builtin_modules() {
+        for text in ["", "# nothing\n", "modules:\n", "{}"] {
+            let config = parse(text).unwrap();
+            assert_eq!(
+                config.modules.keys().collect::<Vec<_>>(),
+                ["iperf3", "ping", "tftp"]
+            );
+            assert_eq!(config.modules["tftp"].prober, "tftp");
+        }
+    }
+
+    #[test]
+    fn modules_keep_their_options() {
+        let config = parse(
+            "modules:\n  tftp_big:\n    prober: tftp\n    timeout: 30s\n    tftp:\n      \
+             tftp_filename: big.bin\n      blksize: 1468\n      tsize: true\n  \
+             ping_ssh:\n    prober: ping\n    ping:\n      tcp_port: [22, 443]\n      \
+             ip_version: 4\n",
+        )
+        .unwrap();
+        let tftp = &config.modules["tftp_big"];
+        assert_eq!(tftp.prober, "tftp");
+        assert_eq!(tftp.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            tftp.options,
+            [
+                ("blksize".to_string(), "1468".to_string()),
+                ("tftp_filename".into(), "big.bin".into()),
+                ("tsize".into(), "true".into())
+            ]
+        );
+        let ping = &config.modules["ping_ssh"];
+        assert_eq!(
+            ping.options,
+            [
+                ("ip_version".to_string(), "4".to_string()),
+                ("tcp_port".into(), "22".into()),
+                ("tcp_port".into(), "443".into())
+            ]
+        );
+        assert!(
+            tftp.to_yaml().contains("blksize: 1468"),
+            "{}",
+            tftp.to_yaml()
+        );
+        // The built-in ones stay.
+        assert_eq!(config.modules.len(), 5);
+    }
+
+    #[test]
+    fn bad_module_options_name_the_field_and_value() {
+        let err =
+            error("modules:\n  tftp_big:\n    prober: tftp\n    tftp:\n      blksize: 99999\n");
+        assert!(
+            err.starts_with("modules.tftp_big.tftp.blksize: ") && err.contains("\"99999\""),
+            "{err}"
+        );
+        let err = error("modules:\n  p:\n    prober: ping\n    ping:\n      tcp_port: [22, 0]\n");
+        assert!(
+            err.starts_with("modules.p.ping.tcp_port: ") && err.contains("\"0\""),
+            "{err}"
+        );
+        let err = error("modules:\n  p:\n    prober: ping\n    ping:\n      ip_version: 5\n");
+        assert!(
+            err.starts_with("modules.p.ping.ip_version: ") && err.contains("\"5\""),
+            "{err}"
+        );
+        let err = error("modules:\n  i:\n    prober: iperf3\n    iperf3:\n      parallel: 1000\n");
+        assert!(
+            err.starts_with("modules.i.iperf3.parallel: ") && err.contains("1000"),
+            "{err}"
+        );
+        // Unknown options are refused by the prober's own check, named by path.
+        let err = error("modules:\n  t:\n    prober: tftp\n    tftp:\n      blksze: 512\n");
+        assert!(
+            err.starts_with("modules.t.tftp.blksze: ") && err.contains("blksze"),
+            "{err}"
+        );
+        // Options that fail only together are pinned on the section.
+        let err = error("modules:\n  i:\n    prober: iperf3\n    iperf3:\n      username: u\n");
+        assert!(
+            err.starts_with("modules.i.iperf3") && err.contains("authentication needs"),
+            "{err}"
+        );
+        let err = error("modules:\n  t:\n    prober: tftp\n    tftp:\n      target: x\n");
+        assert!(err.starts_with("modules.t.tftp.target: "), "{err}");
+        let err = error("modules:\n  t:\n    prober: tftp\n    tftp:\n      blksize: {a: 1}\n");
+        assert!(
+            err.starts_with("modules.t.tftp.blksize: expected a single value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_module_shapes_are_named() {
+        let err = error("modules:\n  t:\n    prober: icmp\n");
+        assert_eq!(
+            err,
+            "modules.t.prober: \"icmp\" is not a prober (known: tftp, iperf3, ping)"
+        );
+        let err = error("modules:\n  t:\n    prober: tftp\n    ping:\n      ip_version: 4\n");
+        assert!(
+            err.starts_with("modules.t.ping: the module's prober is tftp"),
+            "{err}"
+        );
+        let err = error("modules:\n  t:\n    prober: tftp\n    timeout: 5\n");
+        assert!(
+            err.starts_with("modules.t.timeout: \"5\" needs a unit"),
+            "{err}"
+        );
+        let err = error("modules:\n  \"a b\":\n    prober: tftp\n");
+        assert!(err.starts_with("modules.a b: module name \"a b\""), "{err}");
+        // Unknown fields: serde names the path and the field.
+        let err = error("modules:\n  t:\n    prober: tftp\n    timeuot: 5s\n");
+        assert!(
+            err.contains("modules.t") && err.contains("unknown field `timeuot`"),
+            "{err}"
+        );
+        let err = error("flows:\n  labelz: [src]\n");
+        assert!(
+            err.contains("flows") && err.contains("unknown field `labelz`"),
+            "{err}"
+        );
+        let err = error("modulez: {}\n");
+        assert!(err.contains("unknown field `modulez`"), "{err}");
+        let err = error("modules:\n  t:\n    timeout: 5s\n");
+        assert!(err.contains("missing field `prober`"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = error("modules:\n  t: [\n");
+        assert!(err.starts_with("not valid YAML: "), "{err}");
+        assert!(err.contains("line"), "{err}");
+        assert_eq!(
+            error("- a\n- b\n"),
+            "expected a mapping at the top level, found a list"
+        );
+    }
+
+    #[test]
+    fn daemon_settings_use_the_flag_parsers() {
+        let config = parse(
+            "interfaces: [eth0, eth1]\ndatapath:\n  ingress: xdp-generic\nflows:\n  \
+             max_entries: 4096\n  labels: [interface, dst_port]\n  max_series: 10\n  \
+             idle_timeout: 90s\njool:\n  instances: [siit:a]\n  all_instances: true\n\
+             probe:\n  allow: [10.0.0.0/8, '*.example.com']\n",
+        )
+        .unwrap();
+        let effective = config.apply(&flags(&[]));
+        assert_eq!(effective.interfaces, ["eth0", "eth1"]);
+        assert_eq!(effective.ingress, crate::datapath::IngressHook::XdpGeneric);
+        assert_eq!(effective.flow_map_entries, 4096);
+        assert_eq!(effective.flow_labels, "interface,dst_port".parse().unwrap());
+        assert_eq!(effective.flow_max_series, 10);
+        assert_eq!(effective.flow_idle_timeout, Duration::from_secs(90));
+        assert_eq!(effective.jool.instances.len(), 1);
+        assert!(effective.jool.all_instances);
+        assert_eq!(effective.probe_allow.len(), 2);
+
+        for (text, path, said) in [
+            (
+                "flows:\n  max_entries: 1\n",
+                "flows.max_entries: 1 is not accepted",
+                "'1'",
+            ),
+            (
+                "flows:\n  labels: [src, port]\n",
+                "flows.labels: ",
+                "\"port\"",
+            ),
+            (
+                "flows:\n  idle_timeout: 5\n",
+                "flows.idle_timeout: 5 is not",
+                "needs a unit",
+            ),
+            (
+                "datapath:\n  ingress: xdp\n",
+                "datapath.ingress: \"xdp\"",
+                "(use tc, xdp-generic, xdp-native)",
+            ),
+            (
+                "probe:\n  allow: [10.1.0.0/8]\n",
+                "probe.allow: ",
+                "did you mean 10.0.0.0/8?",
+            ),
+            (
+                "jool:\n  instances: [siit:0123456789abcdef]\n",
+                "jool.instances: ",
+                "0123456789abcdef",
+            ),
+            (
+                "jool:\n  disable: yes please\n",
+                "jool.disable: \"yes please\" is not true or false",
+                "",
+            ),
+            (
+                "interfaces: [[a]]\n",
+                "interfaces[0]: expected a single value",
+                "",
+            ),
+        ] {
+            let err = error(text);
+            assert!(err.starts_with(path) && err.contains(said), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let config = parse("interfaces: [eth0]\nflows:\n  max_series: 10\n").unwrap();
+        let command_line = flags(&["--interface", "lo", "--flows.max-entries", "1024"]);
+        let effective = config.apply(&command_line);
+        assert_eq!(effective.interfaces, ["lo"]);
+        assert_eq!(effective.flow_max_series, 10);
+        assert_eq!(effective.flow_map_entries, 1024);
+        assert_eq!(
+            config.overridden(&command_line),
+            ["interfaces (--interface)"]
+        );
+        let shown = config.render(&command_line, &config);
+        assert!(
+            shown.contains(
+                "# From flags: interfaces (--interface), flows.max_entries (--flows.max-entries)"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("interfaces:\n- lo\n"), "{shown}");
+        assert!(shown.contains("max_series: 10\n"), "{shown}");
+        assert!(shown.contains("idle_timeout: 5m\n"), "{shown}");
+        // What /config shows is itself a valid file.
+        parse(&shown).unwrap();
+    }
+
+    #[test]
+    fn changes_that_need_a_restart_are_listed() {
+        let before = parse("interfaces: [eth0]\nprobe:\n  allow: [10.0.0.0/8]\n").unwrap();
+        let after = parse("interfaces: [eth1]\nprobe:\n  allow: [192.0.2.0/24]\n").unwrap();
+        let changes = before.needs_restart(&after, &flags(&[]));
+        assert_eq!(
+            changes,
+            [
+                "interfaces: [\"eth0\"] -> [\"eth1\"] needs a restart (the running value stays in force)"
+            ]
+        );
+        // A flag fixes the interfaces: nothing to restart for.
+        assert!(
+            before
+                .needs_restart(&after, &flags(&["--interface", "x"]))
+                .is_empty()
+        );
+        assert!(before.needs_restart(&before, &flags(&[])).is_empty());
+        // /config shows the running interfaces, the reloaded allowlist, and what waits.
+        let shown = after.render(&flags(&[]), &before);
+        assert!(shown.contains("interfaces:\n- eth0\n"), "{shown}");
+        assert!(shown.contains("allow:\n  - 192.0.2.0/24\n"), "{shown}");
+        assert!(
+            shown.contains("# Not in force: interfaces: [\"eth0\"] -> [\"eth1\"] needs a restart"),
+            "{shown}"
+        );
+    }
+}
