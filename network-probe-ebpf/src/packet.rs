@@ -72,7 +72,11 @@ impl Packet for TcContext {
         if len == 0 || len > 40 {
             return false;
         }
-        // SAFETY: len <= 40 = buf.len().
+        // The check above is redundant to LLVM, which drops it; Linux 6.1's verifier then sees a
+        // length that may be zero or negative and rejects the call. Re-derive a range it can
+        // prove (1..=64, within `buf`) from an opaque copy. Changes no value: len is 1..=40 here.
+        let len = (core::hint::black_box(len).wrapping_sub(1) & 63) + 1;
+        // SAFETY: 1 <= len <= 64 = buf.len().
         unsafe {
             bpf_skb_load_bytes(
                 self.skb.skb as *const c_void,
@@ -114,7 +118,11 @@ impl Packet for XdpContext {
         if len == 0 || len > 40 {
             return false;
         }
-        // SAFETY: len <= 40 = buf.len().
+        // The check above is redundant to LLVM, which drops it; Linux 6.1's verifier then sees a
+        // length that may be zero or negative and rejects the call. Re-derive a range it can
+        // prove (1..=64, within `buf`) from an opaque copy. Changes no value: len is 1..=40 here.
+        let len = (core::hint::black_box(len).wrapping_sub(1) & 63) + 1;
+        // SAFETY: 1 <= len <= 64 = buf.len().
         unsafe {
             bpf_xdp_load_bytes(
                 self.ctx as *mut _,

@@ -329,7 +329,23 @@ fn window_scale_option<P: Packet>(packet: &P, offset: usize, options_len: usize)
         if length < 2 {
             break;
         }
-        next_option = position + length;
+        next_option = forget_bounds((position + length).min(63), &options);
     }
     0
+}
+
+/// `value` (at most 63) unchanged, but with its range hidden from the verifier: it sees
+/// `value + a - b` for two bytes it cannot prove equal, masked to 0..=63. Without this, Linux
+/// 6.1's verifier tracks every option start as its own range and cannot prune the walk's states
+/// (it gives up at a million instructions); with it every path carries the same 0..=63.
+#[inline(always)]
+fn forget_bounds(value: usize, scratch: &[u8; 64]) -> usize {
+    // SAFETY: two reads of the same initialised stack byte.
+    let (a, b) = unsafe {
+        (
+            core::ptr::read_volatile(&scratch[0]),
+            core::ptr::read_volatile(&scratch[0]),
+        )
+    };
+    value.wrapping_add(a as usize).wrapping_sub(b as usize) & 63
 }

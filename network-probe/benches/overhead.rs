@@ -7,7 +7,8 @@
 //!    capture (`tcpdump -w /dev/null`) on the same veth, in interleaved rounds; plus the CPU
 //!    time of our daemon against tcpdump's over the same traffic.
 //! 2. `/metrics` scrape latency and daemon memory with 0, 10k and 100k live flows, the flows
-//!    made by injecting TCP SYN frames from the peer namespace through an AF_PACKET socket.
+//!    made by injecting TCP SYN frames from the peer namespace through an AF_PACKET socket
+//!    (`common/injector.rs`, shared with the soak benchmark).
 //! 3. Start-up time (spawn to `/-/ready` answering 200) and idle memory, against a process
 //!    that does nothing (`sleep`) started the same way.
 //!
@@ -16,6 +17,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/injector.rs"]
+mod injector;
 
 use std::{
     io::{Read as _, Write as _},
@@ -27,6 +30,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use common::{DAEMON, Daemon, VethPair, dotted, in_netns, nstat, sample};
+use injector::FlowInjector;
 
 /// Rounds of the throughput comparison; each round runs the three configurations.
 const ROUNDS: usize = 3;
@@ -347,137 +351,24 @@ enum FlowVariety {
     Addresses,
 }
 
-/// Internet checksum (RFC 1071) of `bytes`.
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An Ethernet/IPv4/TCP SYN frame. The IPv4 header checksum is correct; the TCP checksum is
-/// the correct one with its lowest bit flipped (a fixed wrong value such as 0 would be right by
-/// chance for about one segment in 65536), so the receiving kernel drops every segment after our
-/// TC ingress program has counted it, and answers none (no RST, hence no egress flows).
-fn syn_frame(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    src_port: u16,
-    dst_port: u16,
-) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(54);
-    frame.extend_from_slice(&dst_mac);
-    frame.extend_from_slice(&src_mac);
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64; // TTL
-    ip[9] = 6; // TCP
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let checksum = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes()); // sequence number
-    tcp[12] = 5 << 4; // data offset: 20 bytes
-    tcp[13] = 0x02; // SYN
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let pseudo_header = [&src[..], &dst[..], &[0, 6, 0, 20]].concat();
-    let checksum = internet_checksum(&[&pseudo_header[..], &tcp[..]].concat()) ^ 1;
-    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&tcp);
-    frame
-}
-
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("6-byte MAC")
-}
-
 /// Sends SYN frames numbered `range` from namespace `b` out of `b_if` to `a`, each a new flow.
 fn inject_flows(pair: &VethPair, variety: FlowVariety, range: std::ops::Range<u32>) {
-    let dst_mac = parse_mac(&pair.mac(&pair.a, &pair.a_if));
-    let src_mac = parse_mac(&pair.mac(&pair.b, &pair.b_if));
-    let (a_addr, b_addr, b_if) = (pair.a_addr, pair.b_addr, pair.b_if.clone());
-    in_netns(&pair.b, move || {
-        let name = std::ffi::CString::new(b_if.clone()).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "no interface {b_if} in namespace b");
-        // Protocol 0: this socket only sends, it receives nothing.
-        // SAFETY: plain socket creation.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `fd` is a socket we own from here on.
-        let _socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        address.sll_ifindex = ifindex as i32;
-        address.sll_halen = 6;
-        address.sll_addr[..6].copy_from_slice(&dst_mac);
-        let address_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        let address_ptr = &address as *const libc::sockaddr_ll as *const libc::sockaddr;
-        // SAFETY: a valid sockaddr_ll of the given length.
-        let rc = unsafe { libc::bind(fd, address_ptr, address_len) };
-        assert_eq!(rc, 0, "bind to {b_if}: {}", std::io::Error::last_os_error());
-        for i in range {
-            let frame = match variety {
-                FlowVariety::Ports => syn_frame(
-                    dst_mac,
-                    src_mac,
-                    b_addr,
-                    a_addr,
-                    1024 + (i % 60_000) as u16,
-                    10_000 + (i / 60_000) as u16,
-                ),
-                FlowVariety::Addresses => syn_frame(
-                    dst_mac,
-                    src_mac,
-                    (u32::from_be_bytes([10, 232, 0, 0]) + i).to_be_bytes(),
-                    a_addr,
-                    40_000,
-                    80,
-                ),
-            };
-            // SAFETY: `frame` and `address` are valid for the lengths given.
-            let sent = unsafe {
-                libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    address_ptr,
-                    address_len,
-                )
-            };
-            assert_eq!(
-                sent,
-                frame.len() as isize,
-                "sending frame {i}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    });
+    let injector = FlowInjector::new(pair);
+    for i in range {
+        let sent = match variety {
+            FlowVariety::Ports => injector.syn(
+                injector.b_addr,
+                1024 + (i % 60_000) as u16,
+                10_000 + (i / 60_000) as u16,
+            ),
+            FlowVariety::Addresses => injector.syn(
+                (u32::from_be_bytes([10, 232, 0, 0]) + i).to_be_bytes(),
+                40_000,
+                80,
+            ),
+        };
+        sent.unwrap_or_else(|err| panic!("sending frame {i}: {err}"));
+    }
 }
 
 /// `count` timed GETs of `/metrics` from inside the daemon's namespace: (seconds, body bytes).

@@ -90,6 +90,9 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDatapath {
     ingress: Option<Value>,
+    tc_attach: Option<Value>,
+    pin_path: Option<Value>,
+    state_file: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +175,33 @@ const SETTINGS: &[Setting] = &[
         reloadable: false,
         get: |f| f.datapath.as_ref()?.ingress.as_ref(),
         copy: |to, from| to.ingress = from.ingress,
+    },
+    Setting {
+        path: "datapath.tc_attach",
+        flag: "--datapath.tc-attach",
+        id: "tc_attach",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.datapath.as_ref()?.tc_attach.as_ref(),
+        copy: |to, from| to.tc_attach = from.tc_attach,
+    },
+    Setting {
+        path: "datapath.pin_path",
+        flag: "--datapath.pin-path",
+        id: "pin_path",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.datapath.as_ref()?.pin_path.as_ref(),
+        copy: |to, from| to.pin_path = from.pin_path.clone(),
+    },
+    Setting {
+        path: "datapath.state_file",
+        flag: "--datapath.state-file",
+        id: "state_file",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.datapath.as_ref()?.state_file.as_ref(),
+        copy: |to, from| to.state_file = from.state_file.clone(),
     },
     Setting {
         path: "flows.max_entries",
@@ -905,6 +935,14 @@ mod tests {
         assert_eq!(effective.jool.instances.len(), 1);
         assert!(effective.jool.all_instances);
         assert_eq!(effective.probe_allow.len(), 2);
+        let datapath =
+            parse("datapath:\n  tc_attach: netlink\n  pin_path: ''\n  state_file: /run/np.json\n")
+                .unwrap()
+                .apply(&flags(&[]));
+        assert_eq!(datapath.tc_attach, crate::datapath::TcAttach::Netlink);
+        assert_eq!(datapath.pin_path, "");
+        assert_eq!(datapath.state_file, "/run/np.json");
+        assert_eq!(datapath.state_file(), None, "no state file without pinning");
 
         for (text, path, said) in [
             (

@@ -67,6 +67,7 @@ pub fn load_config(flags: &Cli) -> Result<config::Config> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(flags: Cli) -> Result<()> {
+    limit_malloc_arenas();
     let loaded = load_config(&flags)?;
     let config_state = Arc::new(ConfigState::new(&flags, loaded));
     // From here on: the settings in force (flags over file over defaults).
@@ -138,7 +139,12 @@ pub fn run(flags: Cli) -> Result<()> {
             let mut ticker = tokio::time::interval(sweep_every);
             loop {
                 ticker.tick().await;
-                drop(sweeper.refresh());
+                // Off the runtime thread: the sweep waits for the flow table behind scrapes and
+                // reads the whole map, and probes must not wait with it. (The first tick runs
+                // after the capability drop below, so the blocking thread inherits the reduced
+                // set.)
+                let sweeper = Arc::clone(&sweeper);
+                drop(tokio::task::spawn_blocking(move || drop(sweeper.refresh())).await);
             }
         });
         let probers = Probers::new(&cli);
@@ -151,6 +157,7 @@ pub fn run(flags: Cli) -> Result<()> {
             probers,
             config: Arc::clone(&config_state),
             web: http::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
+            scrapes: http::ScrapeCoalescer::default(),
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
         // need (see privileges.rs).
@@ -213,6 +220,16 @@ pub fn run(flags: Cli) -> Result<()> {
         info!("detached from all interfaces; bye");
         Ok(())
     })
+}
+
+/// Caps glibc's malloc arenas at two. Scrapes render on blocking threads and glibc gives each
+/// thread its own arena and keeps what it freed there: the soak (16 concurrent scrapers, 100k
+/// flows) held about 450 MB that way, and about 100 MB with one arena, at the same latencies.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
+        warn!("mallopt(M_ARENA_MAX) failed: memory may grow with concurrent scrapes");
+    }
 }
 
 /// The interfaces to attach to: the `--interface` flags (each must exist), or else those of the

@@ -15,13 +15,14 @@
 use std::{
     collections::BTreeMap,
     io,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::{Mutex, MutexGuard},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
@@ -37,6 +38,7 @@ use network_probe_common::{
 
 use crate::{
     error::{Error, Result},
+    map_batch,
     pinning::{self, MapOrigin, WantedMap},
     rtnetlink,
 };
@@ -421,14 +423,21 @@ impl Datapath {
             .collect()
     }
 
-    /// Every entry of the flow map.
+    /// Every entry of the flow map, read in batches (see [`crate::map_batch`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         let inner = self.lock();
-        inner
-            .flows
-            .iter()
-            .filter_map(|item| item.map_err(|err| warn!("reading {FLOWS_MAP}: {err}")).ok())
-            .collect()
+        let fd = inner.flows.map().fd().as_fd().as_raw_fd();
+        match map_batch::lookup_all(fd) {
+            Ok(flows) => flows,
+            Err(err) => {
+                warn!("reading {FLOWS_MAP} in batches: {err}; reading it entry by entry");
+                inner
+                    .flows
+                    .iter()
+                    .filter_map(|item| item.map_err(|err| warn!("reading {FLOWS_MAP}: {err}")).ok())
+                    .collect()
+            }
+        }
     }
 
     /// Deletes flow entries (idle ones, already folded into totals by the caller).

@@ -81,6 +81,44 @@ pub struct AppState {
     pub config: Arc<ConfigState>,
     /// Basic auth, response headers and the `/probe` concurrency limit.
     pub web: WebPolicy,
+    /// Renders of the telemetry path, shared by concurrent scrapes.
+    pub scrapes: ScrapeCoalescer,
+}
+
+/// Concurrent scrapes share renders. Rendering reads every kernel map (hundreds of milliseconds
+/// with 100k flows) under the flow table's lock, so 16 scrapers each rendering queued up for
+/// 10-30 s in the soak. Instead a scrape waits for the render in progress, then takes the
+/// newest render that *started* after the scrape arrived, or starts one: every scrape still
+/// sees the state as of its own request or later, and N waiting scrapes cost about two renders.
+#[derive(Debug, Default)]
+pub struct ScrapeCoalescer {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+}
+
+impl ScrapeCoalescer {
+    /// The OpenMetrics text for a scrape that arrived at `arrived`; `None` if encoding failed.
+    async fn render(
+        &self,
+        state: &Arc<AppState>,
+        arrived: std::time::Instant,
+    ) -> Option<Arc<String>> {
+        let mut last = self.last.lock().await;
+        if let Some((started, body)) = last.as_ref()
+            && *started >= arrived
+        {
+            return Some(Arc::clone(body));
+        }
+        let started = std::time::Instant::now();
+        // Off the runtime thread, so probes and other requests are not held up meanwhile.
+        let reader = Arc::clone(state);
+        let body = tokio::task::spawn_blocking(move || metrics::render(&reader.registry))
+            .await
+            .ok()?
+            .ok()?;
+        let body = Arc::new(body);
+        *last = Some((started, Arc::clone(&body)));
+        Some(body)
+    }
 }
 
 /// What `--web.config.file` and `--web.max-concurrent-probes` ask of every request.
@@ -501,13 +539,9 @@ async fn route(
     }
     let path = request.uri().path();
     if path == state.telemetry_path {
-        // Reading the kernel maps takes up to a few hundred milliseconds with many flows: do it
-        // off the runtime thread so probes and other requests are not held up meanwhile.
-        let reader = Arc::clone(state);
-        let rendered = tokio::task::spawn_blocking(move || metrics::render(&reader.registry)).await;
-        return match rendered {
-            Ok(Ok(body)) => exposition(&request, body),
-            _ => text(
+        return match state.scrapes.render(state, std::time::Instant::now()).await {
+            Some(body) => exposition(&request, &body),
+            None => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
             ),
@@ -678,7 +712,7 @@ async fn handle_probe(
         ));
         return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
     }
-    exposition(request, body)
+    exposition(request, &body)
 }
 
 /// Checks every `target=` of `query` against `allowlist`, resolving (before `deadline`) the
@@ -719,15 +753,19 @@ async fn check_targets(
 /// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at
 /// least as much as for plain text (Prometheus does), else in the Prometheus text format 0.0.4
 /// (curl, promtool and other clients that do not know OpenMetrics).
-fn exposition(request: &Request<Incoming>, openmetrics: String) -> Response<Full<Bytes>> {
+fn exposition(request: &Request<Incoming>, openmetrics: &str) -> Response<Full<Bytes>> {
     let accept = request
         .headers()
         .get(ACCEPT)
         .and_then(|value| value.to_str().ok());
     if wants_openmetrics(accept) {
-        with_type(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, openmetrics)
+        with_type(
+            StatusCode::OK,
+            OPENMETRICS_CONTENT_TYPE,
+            openmetrics.to_string(),
+        )
     } else {
-        let body = metrics::openmetrics_to_text_004(&openmetrics);
+        let body = metrics::openmetrics_to_text_004(openmetrics);
         with_type(StatusCode::OK, TEXT_004_CONTENT_TYPE, body)
     }
 }

@@ -32,6 +32,7 @@ pub mod flow_tracker;
 pub mod flows;
 pub mod http;
 pub mod jool;
+pub mod map_batch;
 pub mod metrics;
 pub mod oneshot;
 pub mod pinning;

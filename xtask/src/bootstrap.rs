@@ -72,6 +72,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "prometheus and promtool: the real scraper our exposition is checked against",
     ),
     (
+        "bpftool",
+        "bpftool map show: the key size of pinned maps in tests/restart.rs",
+    ),
+    (
         "python3-yaml",
         "python3 -c 'import yaml': parses deploy/kubernetes/*.yaml in tests/deploy.rs",
     ),
@@ -320,13 +324,32 @@ const JOOL_GUEST_PACKAGES: &[&str] = &[
     "jool-tools",
 ];
 
-/// Prepares, once, what tests/jool.rs boots under qemu into `~/.cache/network-probe/jool/`:
-/// `vmlinuz` of Debian's current stable kernel ABI (resolved from `linux-image-amd64`, downloaded,
-/// not installed), `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms and its
-/// netfilter dependencies, and `abi` naming the ABI. Fast when `abi` exists.
+/// Modules of the image the Jool modules need (jool: x_tables, nf_defrag_ipv4/6; jool_siit:
+/// x_tables). Jool itself is not in the image, so these are named rather than resolved.
+const JOOL_IMAGE_MODULES: &[&str] = &["x_tables", "nf_defrag_ipv4", "nf_defrag_ipv6"];
+
+/// Names the module set of a prepared guest; a cache whose stamp differs (prepared by an older
+/// bootstrap, or before a module was added to [`crate::kernel_vm::GUEST_MODULES`]) gets its
+/// module tree rebuilt from the image, without running dkms again.
+const GUEST_MODULES_STAMP: &str = "modules.stamp";
+
+fn guest_modules_stamp() -> String {
+    let mut names: Vec<&str> = JOOL_IMAGE_MODULES.to_vec();
+    names.extend(crate::kernel_vm::GUEST_MODULES);
+    names.join("\n") + "\n"
+}
+
+/// Prepares, once, the Debian stable kernel guest that tests/jool.rs and the kernel VM runner
+/// ([`crate::kernel_vm`]) boot under qemu, into `~/.cache/network-probe/jool/`: `vmlinuz` of
+/// Debian's current stable kernel ABI (resolved from `linux-image-amd64`, downloaded, not
+/// installed); `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms, the image's
+/// modules Jool and the guest tests need (with their dependencies) and depmod's index; `abi`
+/// naming the ABI and `modules.stamp` naming the module set. Fast when all of these are current.
 pub fn jool_guest() -> Result<()> {
     let dir = cache_dir().join("jool");
-    if dir.join("abi").is_file() && dir.join("vmlinuz").is_file() {
+    let stamp_current = fs::read_to_string(dir.join(GUEST_MODULES_STAMP))
+        .is_ok_and(|stamp| stamp == guest_modules_stamp());
+    if dir.join("abi").is_file() && dir.join("vmlinuz").is_file() && stamp_current {
         let missing = missing_packages(JOOL_GUEST_PACKAGES)?;
         if missing.is_empty() {
             return Ok(());
@@ -348,7 +371,10 @@ pub fn jool_guest() -> Result<()> {
                 .context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?
         }
     };
-    eprintln!("xtask: preparing the Jool test guest for kernel {abi} (about 2 minutes, once)");
+    eprintln!(
+        "xtask: preparing the test guest for kernel {abi} (about 2 minutes the first time, a few \
+         seconds to add modules)"
+    );
     let headers = format!("linux-headers-{abi}");
     let mut packages: Vec<&str> = JOOL_GUEST_PACKAGES.to_vec();
     packages.push(&headers);
@@ -426,14 +452,18 @@ pub fn jool_guest() -> Result<()> {
             )
         })
         .collect();
-    for relative in [
-        "kernel/net/netfilter/x_tables.ko",
-        "kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko",
-        "kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko",
-    ] {
+    // The image's .deb has no modules.dep: index the extracted tree, then copy the modules the
+    // guest needs with everything they depend on.
+    run("depmod", &["-b", &image.to_string_lossy(), &abi])?;
+    let image_dep_path = image.join(&kernel_modules).join("modules.dep");
+    let image_dep = fs::read_to_string(&image_dep_path)
+        .with_context(|| format!("reading {}", image_dep_path.display()))?;
+    let mut wanted: Vec<&str> = JOOL_IMAGE_MODULES.to_vec();
+    wanted.extend(crate::kernel_vm::GUEST_MODULES);
+    for relative in module_closure(&image_dep, &wanted)? {
         copies.push((
-            image.join(&kernel_modules).join(relative),
-            modules.join(&kernel_modules).join(relative),
+            image.join(&kernel_modules).join(&relative),
+            modules.join(&kernel_modules).join(&relative),
         ));
     }
     copies.push((
@@ -445,17 +475,88 @@ pub fn jool_guest() -> Result<()> {
         fs::copy(from, to)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
-    // depmod wants these index files even when they list nothing.
-    for index in [
-        "modules.order",
-        "modules.builtin",
-        "modules.builtin.modinfo",
-    ] {
-        fs::write(modules.join(&kernel_modules).join(index), "")?;
+    // depmod wants these index files; the built-in lists are the image's own.
+    fs::write(modules.join(&kernel_modules).join("modules.order"), "")?;
+    for index in ["modules.builtin", "modules.builtin.modinfo"] {
+        fs::copy(
+            image.join(&kernel_modules).join(index),
+            modules.join(&kernel_modules).join(index),
+        )
+        .with_context(|| format!("copying {index} of the image"))?;
     }
     run("depmod", &["-b", &modules.to_string_lossy(), &abi])?;
     fs::rename(work.join("vmlinuz"), dir.join("vmlinuz"))?;
     fs::remove_dir_all(&work)?;
     fs::write(dir.join("abi"), format!("{abi}\n"))?;
+    fs::write(dir.join(GUEST_MODULES_STAMP), guest_modules_stamp())?;
     Ok(())
+}
+
+/// The module files (paths relative to `lib/modules/<abi>/`) that loading `names` takes,
+/// dependencies included, from the text of a `modules.dep` (`path: dependency paths...`).
+/// Names match file stems with `-` read as `_`, as modprobe does.
+fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> {
+    let module_name = |path: &str| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let stem = file.split(".ko").next().unwrap_or(file);
+        stem.replace('-', "_")
+    };
+    let mut files = Vec::new();
+    for name in names {
+        let line = modules_dep
+            .lines()
+            .find(|line| {
+                line.split_once(':')
+                    .is_some_and(|(path, _)| module_name(path) == name.replace('-', "_"))
+            })
+            .with_context(|| format!("module {name} is not in the image's modules.dep"))?;
+        let (path, dependencies) = line.split_once(':').expect("found by its colon");
+        for file in std::iter::once(path).chain(dependencies.split_whitespace()) {
+            if !files.iter().any(|known| known == file) {
+                files.push(file.to_string());
+            }
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_closure;
+
+    const MODULES_DEP: &str = "kernel/drivers/net/veth.ko:
+kernel/net/netfilter/nft_numgen.ko: kernel/net/netfilter/nf_tables.ko kernel/net/netfilter/nfnetlink.ko kernel/lib/libcrc32c.ko
+kernel/net/netfilter/nf_tables.ko: kernel/net/netfilter/nfnetlink.ko kernel/lib/libcrc32c.ko
+kernel/net/netfilter/nfnetlink.ko:
+kernel/lib/libcrc32c.ko:
+kernel/net/sched/sch_ingress.ko.xz:
+";
+
+    #[test]
+    fn resolves_dependencies_once_each() {
+        assert_eq!(
+            module_closure(MODULES_DEP, &["veth", "nft_numgen", "nf_tables"]).unwrap(),
+            [
+                "kernel/drivers/net/veth.ko",
+                "kernel/net/netfilter/nft_numgen.ko",
+                "kernel/net/netfilter/nf_tables.ko",
+                "kernel/net/netfilter/nfnetlink.ko",
+                "kernel/lib/libcrc32c.ko",
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_compressed_files_and_dashes() {
+        assert_eq!(
+            module_closure(MODULES_DEP, &["sch-ingress"]).unwrap(),
+            ["kernel/net/sched/sch_ingress.ko.xz"]
+        );
+    }
+
+    #[test]
+    fn names_a_missing_module() {
+        let err = module_closure(MODULES_DEP, &["cls_bpf"]).unwrap_err();
+        assert!(err.to_string().contains("cls_bpf"), "{err}");
+    }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bootstrap;
 mod deb;
 mod fuzz;
+mod kernel_vm;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -39,10 +40,26 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run the datapath integration tests (see kernel_vm::GUEST_TESTS) inside a qemu guest
+    /// booting Debian's stable kernel (6.1, without TCX); `cargo xtask test` does it too, after
+    /// the host tests.
+    KernelTest {
+        /// Extra arguments for each test executable (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
     /// Bootstrap the toolchain and the Debian test peers, run every benchmark in
     /// network-probe/benches/ (as root: they load eBPF programs and create network namespaces)
     /// and write their reports, under a header naming the machine, to BENCHMARKS.md.
     Bench,
+    /// Run only the soak benchmark (network-probe/benches/soak.rs, as root): the daemon under
+    /// 100k live flows, flow churn, concurrent scrapers and probe bursts, then its memory, fds
+    /// and threads compared with the start; fails when they grow or a request fails.
+    Soak {
+        /// Duration of the load, warm-up included.
+        #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(60..))]
+        seconds: u64,
+    },
     /// Run the libFuzzer targets in fuzz/ (cargo-fuzz, nightly): every target, or the one named.
     Fuzz {
         /// A target name (see fuzz/fuzz_targets/); default: all of them in turn.
@@ -150,6 +167,29 @@ fn run(args: Args) -> Result<()> {
             cargo(&root, &toolchain)
                 .args(["test", "--workspace", "--exclude", "network-probe-ebpf"])
                 .args(cargo_test_args)
+                .status_ok()?;
+            // The datapath tests again on a kernel without TCX (qemu guest).
+            kernel_vm::run(cargo(&root, &toolchain), &root, &[])
+        }
+        Task::KernelTest { test_args } => {
+            require_root(
+                "kernel-test",
+                "the guest kernel's test files are prepared by the bootstrap as root",
+            )?;
+            let toolchain = timed_bootstrap(true)?;
+            kernel_vm::run(cargo(&root, &toolchain), &root, &test_args)
+        }
+        Task::Soak { seconds } => {
+            require_root(
+                "soak",
+                "the soak loads eBPF programs and creates network namespaces",
+            )?;
+            let toolchain = timed_bootstrap(true)?;
+            // The benchmark prints its markdown section on stdout; the duration goes through
+            // the environment (benches/soak.rs reads NETWORK_PROBE_SOAK_SECONDS).
+            cargo(&root, &toolchain)
+                .args(["bench", "-p", "network-probe", "--bench", "soak"])
+                .env("NETWORK_PROBE_SOAK_SECONDS", seconds.to_string())
                 .status_ok()
         }
         Task::Fuzz { target, seconds } => {
