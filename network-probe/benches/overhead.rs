@@ -554,6 +554,10 @@ fn wait_ready(ns: &str, to: SocketAddr, child: &mut Child) -> Instant {
 
 fn startup_section() {
     let pair = VethPair::new();
+    // Maps pinned as by default, on a private bpffs: the first start creates them, the others
+    // reuse them (a restart).
+    let bpffs = common::Bpffs::new();
+    let pin_path = format!("--datapath.pin-path={}", bpffs.pin_path().display());
     let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
     let listen_text = listen.to_string();
     let (mut ours, mut baseline, mut our_rss, mut baseline_rss) =
@@ -570,6 +574,7 @@ fn startup_section() {
                         &listen_text,
                         "--interface",
                         &pair.a_if,
+                        &pin_path,
                     ],
                     Stdio::inherit(),
                 );
@@ -595,7 +600,9 @@ fn startup_section() {
     let (our_rss, baseline_rss) = (median(&our_rss), median(&baseline_rss));
     println!(
         "### Start-up and idle memory\n\nFrom spawning `ip netns exec a network-probe --interface \
-         <veth>` to `/-/ready` answering 200 (datapath loaded and attached; polled every ms), \
+         <veth> --datapath.pin-path <bpffs>/network-probe` to `/-/ready` answering 200 (datapath \
+         loaded and attached; maps created by the first start, reused by the others; polled \
+         every ms), \
          against spawning `ip netns exec a sleep 0` to its exit; idle RSS one second after \
          ready, against `sleep`'s. {STARTS} interleaved runs each, medians.\n"
     );

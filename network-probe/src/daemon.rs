@@ -144,7 +144,16 @@ pub fn run(flags: Cli) -> Result<()> {
                 // after the capability drop below, so the blocking thread inherits the reduced
                 // set.)
                 let sweeper = Arc::clone(&sweeper);
-                drop(tokio::task::spawn_blocking(move || drop(sweeper.refresh())).await);
+                drop(
+                    tokio::task::spawn_blocking(move || {
+                        drop(sweeper.refresh());
+                        // A scrape of 100k series allocates and frees about 100 MB; glibc keeps
+                        // freed memory mapped until asked. Hand it back between scrapes.
+                        // SAFETY: malloc_trim only releases free heap memory.
+                        unsafe { libc::malloc_trim(0) };
+                    })
+                    .await,
+                );
             }
         });
         let probers = Probers::new(&cli);

@@ -90,9 +90,11 @@ pub struct AppState {
 /// 10-30 s in the soak. Instead a scrape waits for the render in progress, then takes the
 /// newest render that *started* after the scrape arrived, or starts one: every scrape still
 /// sees the state as of its own request or later, and N waiting scrapes cost about two renders.
+/// Only a weak reference is kept, so a body (100 MB with 100k series) lives no longer than the
+/// responses that use it.
 #[derive(Debug, Default)]
 pub struct ScrapeCoalescer {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Weak<String>)>>,
 }
 
 impl ScrapeCoalescer {
@@ -105,8 +107,9 @@ impl ScrapeCoalescer {
         let mut last = self.last.lock().await;
         if let Some((started, body)) = last.as_ref()
             && *started >= arrived
+            && let Some(body) = body.upgrade()
         {
-            return Some(Arc::clone(body));
+            return Some(body);
         }
         let started = std::time::Instant::now();
         // Off the runtime thread, so probes and other requests are not held up meanwhile.
@@ -116,7 +119,7 @@ impl ScrapeCoalescer {
             .ok()?
             .ok()?;
         let body = Arc::new(body);
-        *last = Some((started, Arc::clone(&body)));
+        *last = Some((started, Arc::downgrade(&body)));
         Some(body)
     }
 }

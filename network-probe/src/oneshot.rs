@@ -2,7 +2,9 @@
 //! the same code path as `/probe` ([`Probers::run`] with a [`Query`] built from the target and
 //! the pairs), for operators trying a target before writing a scrape config.
 //!
-//! The metrics go to stdout in the Prometheus text format 0.0.4, the probe log to stderr.
+//! MODULE is a module of `--config.file` (its options default the pairs, its timeout caps
+//! `--timeout`) or a built-in prober, exactly as `/probe?module=` resolves it. The metrics go to
+//! stdout in the Prometheus text format 0.0.4, the probe log to stderr.
 //! Exit codes: 0 the probe succeeded, 1 it failed, 2 bad parameters (the message names them).
 //!
 //! The `ping` prober probes in the background and answers with what it has seen so far, so a
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     cli::{Cli, parse_duration},
+    config::{self, Config},
     metrics,
     probe::{self, BadRequest, ProbeContext, ProbeReport, Probers, Query},
 };
@@ -27,7 +30,7 @@ pub const EXIT_BAD_PARAMETERS: u8 = crate::error::exit_code::USAGE;
 /// Arguments of `network-probe probe`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// The prober, as in `module=`: tftp, iperf3 or ping.
+    /// The module, as in `module=`: one of `--config.file`, or a prober (tftp, iperf3, ping).
     #[arg(value_name = "MODULE")]
     pub module: String,
 
@@ -80,6 +83,33 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
         Ok(query) => query,
         Err(err) => return bad_parameters(&err),
     };
+    let config = match &cli.config_file {
+        Some(path) => match config::load(path) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!(
+                    "network-probe: error: invalid --config.file {:?}: {err}",
+                    path.display().to_string()
+                );
+                return EXIT_BAD_PARAMETERS;
+            }
+        },
+        None => Config::default(),
+    };
+    let Some(module) = config.modules.get(&args.module).cloned() else {
+        return bad_parameters(&BadRequest(format!(
+            "unknown module {:?} (configured: {})",
+            args.module,
+            config
+                .modules
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let query = query.with_defaults(&module.options);
+    let prober = module.prober;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,19 +120,22 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
             return EXIT_PROBE_FAILED;
         }
     };
-    let probers = Probers::new(cli);
-    let deadline = Instant::now() + args.timeout.min(probers.timeout(&args.module));
+    let probers = Probers::new(&config.apply(cli));
+    let limit = module
+        .timeout
+        .map_or(args.timeout, |timeout| timeout.min(args.timeout));
+    let deadline = Instant::now() + limit.min(probers.timeout(prober));
     let outcome = runtime.block_on(async {
         let ctx = ProbeContext::new(deadline);
-        let report = probers.run(&args.module, &ctx, &query).await?;
-        if args.module != probe::ping::MODULE {
+        let report = probers.run(prober, &ctx, &query).await?;
+        if prober != probe::ping::MODULE {
             return Ok((ctx, report));
         }
         // Probing runs in the background now; give the first echo its timeout.
         let wait = cli.ping.timeout + Duration::from_millis(50);
         tokio::time::sleep(wait.min(ctx.remaining())).await;
         let again = ProbeContext::new(deadline.max(Instant::now() + Duration::from_secs(1)));
-        let report = probers.run(&args.module, &again, &query).await?;
+        let report = probers.run(prober, &again, &query).await?;
         Ok::<(ProbeContext, ProbeReport), BadRequest>((again, report))
     });
     let (ctx, report) = match outcome {

@@ -90,14 +90,12 @@ pub fn load(path: &Path) -> Result<Option<SavedState>, String> {
 }
 
 /// Writes `state` to `path` atomically: a reader (the next start) sees the old or the new file,
-/// never a torn one.
+/// never a torn one, even if the daemon is killed meanwhile. No fsync: what it protects against
+/// (a kernel crash, a power cut) also empties the pinned maps, and the file is then discarded.
 pub fn save(path: &Path, state: &SavedState) -> io::Result<()> {
     let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
     let temporary = temporary_path(path);
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_data()?;
-    drop(file);
+    fs::File::create(&temporary)?.write_all(&bytes)?;
     fs::rename(&temporary, path)
 }
 

@@ -519,3 +519,28 @@ fn kubernetes_manifests_parse_and_their_settings_run() {
         "{status_file}"
     );
 }
+
+/// Every metric family the daemon serves on `/metrics` (text format: counters as `name_total`)
+/// has a row in a README table.
+#[test]
+fn every_served_metric_is_documented_in_the_readme() {
+    let pair = VethPair::new();
+    let daemon = common::Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let scrape = daemon.scrape();
+    let served: BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(served.len() > 20, "{served:?}");
+    let documented = readme_metric_names();
+    let missing: Vec<&String> = served
+        .iter()
+        .filter(|name| !documented.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "served but not in README.md: {missing:?}"
+    );
+}

@@ -101,3 +101,47 @@ fn bad_parameters_exit_2_naming_them() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("unknown module \"nope\""), "{stderr}");
 }
+
+#[test]
+fn a_module_of_the_config_file_sets_the_probe_options() {
+    let pair = VethPair::new();
+    let peer = dotted(pair.b_addr);
+    let config = std::env::temp_dir().join(format!("np-oneshot-{}.yml", std::process::id()));
+    std::fs::write(
+        &config,
+        "modules:\n  peer_closed_port:\n    prober: ping\n    timeout: 5s\n    ping:\n      tcp_port: 9\n",
+    )
+    .unwrap();
+    let config_arg = format!("--config.file={}", config.display());
+    let rsts_before = nstat(&pair.b, "TcpOutRsts");
+    let (code, metrics, log) = run_in(
+        &pair.a,
+        &[
+            &config_arg,
+            "--ping.timeout",
+            "500ms",
+            "probe",
+            "peer_closed_port",
+            &peer,
+        ],
+    );
+    // The peer's kernel answers the SYN to its closed port 9 with a RST: a reply, so success.
+    assert_eq!(code, 0, "{metrics}{log}");
+    let rsts = nstat(&pair.b, "TcpOutRsts") - rsts_before;
+    let labels = format!("ip=\"{peer}\",port=\"9\"");
+    assert_eq!(
+        sample(&metrics, "tcp_probe_rst_total", &labels),
+        Some(rsts as f64),
+        "the peer sent {rsts} RSTs\n{metrics}"
+    );
+    assert_eq!(rsts, 1, "{metrics}");
+    // Unknown modules name the configured ones.
+    let (code, _, stderr) = run_in(&pair.a, &[&config_arg, "probe", "nope", &peer]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr
+            .contains("unknown module \"nope\" (configured: iperf3, peer_closed_port, ping, tftp)"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(config);
+}

@@ -4,13 +4,16 @@
 //!   namespace for ping, tftpd-hpa for tftp, `iperf3 -s` for iperf3);
 //! - a Prometheus server, started by the test inside the daemon's namespace on its own port,
 //!   config and data directory (never the system service), scrapes `/metrics` and the ping and
-//!   tftp probers through the blackbox-style relabelling of docs/prometheus.md; the test reads
-//!   back through Prometheus' query API what it stored and compares it with the daemon's own
-//!   figures, the file served and the peer kernel's counters.
+//!   tftp probers through the blackbox-style relabelling of docs/prometheus.md, and the iperf3
+//!   prober through the iperf3 seed's own relabelling (a `--web.probe-listen iperf3=` listener
+//!   in place of the seed's exporter); the test reads back through Prometheus' query API what
+//!   it stored and compares it with the daemon's own figures, the file served, the peer
+//!   kernel's counters and the iperf3 server's own per-test reports.
 
 mod common;
 
 use std::{
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt as _,
@@ -27,6 +30,8 @@ use serde_json::Value;
 const PROMETHEUS: &str = "127.0.0.1:9090";
 const TFTP_PORT: u16 = 6969;
 const IPERF3_PORT: u16 = 5201;
+/// The iperf3 listener of the daemon (`--web.probe-listen`), on the seed exporter's port.
+const IPERF3_LISTEN: &str = "127.0.0.1:9579";
 const TCP_PORT: u16 = 4000;
 /// How long Prometheus gets to scrape and store what a test waits for.
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(30);
@@ -108,11 +113,13 @@ fn tftpd_hpa(ns: &str, dir: &TempDir) -> Process {
     Process(child)
 }
 
-/// `iperf3 -s` in `ns` on IPERF3_PORT.
-fn iperf3_server(ns: &str) -> Process {
+/// `iperf3 -s` in `ns` on IPERF3_PORT; with `reports`, it writes one JSON report per test
+/// there (`-J --logfile`).
+fn iperf3_server(ns: &str, reports: Option<&str>) -> Process {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "iperf3", "-s", "-p"])
         .arg(IPERF3_PORT.to_string())
+        .args(reports.map_or(vec![], |log| vec!["-J", "--logfile", log]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -141,9 +148,10 @@ fn tcp_traffic(pair: &VethPair, bytes: usize) {
 /// The ping flags: probes every 50 ms so Prometheus' second scrape already sees replies.
 const PING_FLAGS: [&str; 4] = ["--ping.interval", "50ms", "--ping.timeout", "500ms"];
 
-fn start_daemon(pair: &VethPair) -> Daemon {
+fn start_daemon(pair: &VethPair, extra: &[&str]) -> Daemon {
     let mut args = vec!["--interface", pair.a_if.as_str()];
     args.extend_from_slice(&PING_FLAGS);
+    args.extend_from_slice(extra);
     Daemon::start(&pair.a, &args)
 }
 
@@ -184,7 +192,32 @@ fn get(ns: &str, to: SocketAddr, path: &str, accept: Option<&str>) -> (u16, Stri
                 .then(|| value.trim().to_string())
         })
         .unwrap_or_default();
-    (status, content_type, body.to_string())
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked"
+        })
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, content_type, body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (Prometheus sends larger API answers
+/// so).
+fn dechunk(mut chunks: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, rest) = chunks.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&rest[..size]);
+        chunks = rest[size..].strip_prefix("\r\n").expect("chunk end");
+    }
 }
 
 /// What `promtool check metrics` says about `body`, one complaint per line, minus
@@ -240,7 +273,7 @@ fn assert_clean(daemon: &Daemon, path: &str) -> String {
 #[test]
 fn promtool_finds_nothing_to_complain_about() {
     let pair = VethPair::new();
-    let daemon = start_daemon(&pair);
+    let daemon = start_daemon(&pair, &[]);
     tcp_traffic(&pair, 100_000);
 
     let metrics = assert_clean(&daemon, "/metrics");
@@ -299,7 +332,7 @@ fn promtool_finds_nothing_to_complain_about() {
     assert_eq!(sample(&body, "tftp_probe_success", ""), Some(0.0), "{body}");
 
     // iperf3: TCP (retransmits), UDP (loss, jitter), and a failure.
-    let _iperf3 = iperf3_server(&pair.b);
+    let _iperf3 = iperf3_server(&pair.b, None);
     for extra in ["", "&udp_mode=true&bitrate=10M", "&reverse_mode=true"] {
         let body = assert_clean(
             &daemon,
@@ -390,6 +423,56 @@ impl Prometheus {
             .collect()
     }
 
+    /// The values of the metrics `selector` matches (`count` series, by metric name) from
+    /// their latest scrape: the raw samples of the last 30 s with their own timestamps, at the
+    /// newest timestamp every series has (a scrape's samples share one). Polls until there is
+    /// one.
+    fn one_scrape(&self, selector: &str, count: usize) -> BTreeMap<String, f64> {
+        let deadline = Instant::now() + PROMETHEUS_DEADLINE;
+        loop {
+            let query = format!("{selector}[30s]");
+            let data = self.api(&format!("/api/v1/query?query={}", percent_encode(&query)));
+            assert_eq!(data["resultType"], "matrix", "{data}");
+            // Per series: its name and its samples as (timestamp in ms, value).
+            let series: Vec<(String, BTreeMap<i64, f64>)> = data["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|series| {
+                    let name = series["metric"]["__name__"].as_str().unwrap().to_string();
+                    let samples = series["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|sample| {
+                            let stamp = (sample[0].as_f64().unwrap() * 1000.0).round() as i64;
+                            (stamp, sample[1].as_str().unwrap().parse().unwrap())
+                        })
+                        .collect();
+                    (name, samples)
+                })
+                .collect();
+            let common = series.first().and_then(|(_, first)| {
+                first.keys().rev().find(|stamp| {
+                    series
+                        .iter()
+                        .all(|(_, samples)| samples.contains_key(stamp))
+                })
+            });
+            if let (true, Some(stamp)) = (series.len() == count, common) {
+                return series
+                    .iter()
+                    .map(|(name, samples)| (name.clone(), samples[stamp]))
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query}: last result {data:#} after {PROMETHEUS_DEADLINE:?}"
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Polls `query` until it returns exactly one series whose value satisfies `accept`, and
     /// returns that value; fails after [`PROMETHEUS_DEADLINE`] with the last result and the
     /// targets' scrape state.
@@ -414,6 +497,34 @@ impl Prometheus {
     }
 }
 
+/// The iperf3 server's report (from its `-J --logfile` at `log`) of the test in which it
+/// received exactly `received_bytes`; waits up to 5 s for the server to write it.
+fn iperf3_report_with(log: &str, received_bytes: f64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let reports: Vec<Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect();
+        if let Some(report) = reports
+            .iter()
+            .find(|report| report["end"]["sum_received"]["bytes"].as_f64() == Some(received_bytes))
+        {
+            return report.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no iperf3 server report received {received_bytes} bytes; received: {:?}",
+            reports
+                .iter()
+                .map(|report| report["end"]["sum_received"]["bytes"].clone())
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn percent_encode(text: &str) -> String {
     text.bytes()
@@ -426,7 +537,10 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// The scrape configuration of docs/prometheus.md, pointed at the test's daemon and peers.
+/// The scrape configuration of docs/prometheus.md, pointed at the test's daemon and peers, and
+/// the iperf3 seed's job: its relabelling (target = address + `:5201`, instance = the node's
+/// host name, a `hostname` label standing in for its Docker Swarm metadata), scraping the
+/// daemon's iperf3 listener; scrape interval and timeout shortened from the seed's 30m / 5m.
 fn prometheus_config(daemon: SocketAddr, ping_target: &str, tftp_target: &str) -> String {
     format!(
         "\
@@ -464,20 +578,44 @@ scrape_configs:
         target_label: instance
       - target_label: __address__
         replacement: '{daemon}'
+  - job_name: iperf3-bandwidth
+    metrics_path: /probe
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    static_configs:
+      - targets: ['{ping_target}']
+        labels:
+          __hostname: {IPERF3_INSTANCE}
+    relabel_configs:
+      - source_labels: [__address__]
+        target_label: __param_target
+        replacement: $1:{IPERF3_PORT}
+      - source_labels: [__hostname]
+        target_label: instance
+      - target_label: __address__
+        replacement: {IPERF3_LISTEN}
 "
     )
 }
 
+/// The `instance` of the iperf3 job (the seed relabels the node's host name into it).
+const IPERF3_INSTANCE: &str = "peer-b";
+
 #[test]
 fn a_real_prometheus_scrapes_metrics_and_probes() {
     let pair = VethPair::new();
-    let daemon = start_daemon(&pair);
+    let daemon = start_daemon(
+        &pair,
+        &["--web.probe-listen", &format!("iperf3={IPERF3_LISTEN}")],
+    );
     tcp_traffic(&pair, 50_000);
     let dir = TempDir::new("tftp");
     let size = 123_456;
     std::fs::write(dir.path("boot.bin"), vec![9u8; size]).unwrap();
     std::fs::set_permissions(dir.path("boot.bin"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let _tftpd = tftpd_hpa(&pair.a, &dir);
+    let iperf3_reports = dir.path("iperf3.json");
+    let _iperf3 = iperf3_server(&pair.b, Some(&iperf3_reports));
 
     let b4 = dotted(pair.b_addr);
     let tftp_target = format!("127.0.0.1:{TFTP_PORT}");
@@ -506,6 +644,7 @@ fn a_real_prometheus_scrapes_metrics_and_probes() {
         ("network-probe", daemon_instance.as_str()),
         ("ping", b4.as_str()),
         ("tftp", tftp_target.as_str()),
+        ("iperf3-bandwidth", IPERF3_INSTANCE),
     ] {
         let up = prometheus.wait_for(
             &format!("up{{job=\"{job}\",instance=\"{instance}\"}}"),
@@ -595,6 +734,49 @@ fn a_real_prometheus_scrapes_metrics_and_probes() {
         |_| true,
     );
     assert_eq!(success, 1.0);
+
+    // iperf3, through the seed's relabelling: the daemon was asked for the node's address with
+    // port 5201, and what Prometheus stored of one test equals the server's own report of it.
+    let targets = prometheus.api("/api/v1/targets");
+    let scrape_url = targets["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|target| target["labels"]["job"] == "iperf3-bandwidth")
+        .and_then(|target| target["scrapeUrl"].as_str())
+        .unwrap_or_else(|| panic!("no iperf3 target in {targets:#}"))
+        .to_string();
+    assert_eq!(
+        scrape_url,
+        format!("http://{IPERF3_LISTEN}/probe?target={b4}%3A{IPERF3_PORT}")
+    );
+    let up = prometheus.wait_for(
+        &format!("iperf3_up{{job=\"iperf3-bandwidth\",instance=\"{IPERF3_INSTANCE}\"}}"),
+        |_| true,
+    );
+    assert_eq!(up, 1.0);
+    let stored = prometheus.one_scrape(
+        &format!(
+            "{{job=\"iperf3-bandwidth\",instance=\"{IPERF3_INSTANCE}\",\
+             __name__=~\"iperf3_up|iperf3_(sent|received)_(bytes|seconds)\"}}"
+        ),
+        5,
+    );
+    assert_eq!(stored["iperf3_up"], 1.0, "{stored:?}");
+    let report = iperf3_report_with(&iperf3_reports, stored["iperf3_received_bytes"]);
+    // Forward test: the server is the receiver, its report is the reference for what arrived
+    // and for how long it received; we sent at least that.
+    let server_seconds = report["end"]["sum_received"]["seconds"].as_f64().unwrap();
+    assert!(
+        (stored["iperf3_received_seconds"] - server_seconds).abs() < 1e-3,
+        "stored {stored:?}, server {server_seconds} s"
+    );
+    assert!(
+        stored["iperf3_sent_bytes"] >= stored["iperf3_received_bytes"],
+        "{stored:?}"
+    );
+    assert!(stored["iperf3_received_bytes"] > 0.0, "{stored:?}");
+    assert_eq!(report["start"]["test_start"]["reverse"], 0, "{report}");
 
     // Every target's last scrape was clean.
     let targets = prometheus.api("/api/v1/targets");

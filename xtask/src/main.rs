@@ -60,13 +60,18 @@ enum Task {
         #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(60..))]
         seconds: u64,
     },
-    /// Run the libFuzzer targets in fuzz/ (cargo-fuzz, nightly): every target, or the one named.
+    /// Run the libFuzzer targets in fuzz/ (cargo-fuzz, nightly): every target, or the one named,
+    /// each for --seconds; new inputs join its corpus (fuzz/corpus/<target>/, minimized after
+    /// the run) and a summary table is printed. A crash fails it, naming the input.
     Fuzz {
         /// A target name (see fuzz/fuzz_targets/); default: all of them in turn.
         target: Option<String>,
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Only replay every target's corpus as `cargo xtask test` does (no long run).
+        #[arg(long, conflicts_with_all = ["target", "seconds"])]
+        replay: bool,
     },
     /// Bootstrap the toolchain and cargo-deb, build in release mode and package the daemon as
     /// target/debian/network-probe_<version>-1_<arch>.deb (see docs/deployment.md).
@@ -151,19 +156,16 @@ fn run(args: Args) -> Result<()> {
                     "warnings",
                 ])
                 .status_ok()?;
-            // A short libFuzzer run of every fuzz target: they build, and survive a few
-            // thousand inputs (`cargo xtask fuzz` runs them for longer). Before the tests, so
-            // the test runner's summary closes the output.
+            // Every fuzz target replays its committed corpus (past crash inputs included) and
+            // fuzzes a little beyond (`cargo xtask fuzz` runs them for longer). Before the
+            // tests, so the test runner's summary closes the output.
             let cargo_fuzz = fuzz::ensure_cargo_fuzz(&bootstrap::cache_dir())?;
-            for target in fuzz::targets(&root)? {
-                fuzz::run(
-                    cargo(&root, &toolchain),
-                    &root,
-                    &cargo_fuzz,
-                    &target,
-                    "-runs=5000",
-                )?;
+            fuzz::Fuzzer {
+                cargo: &|| cargo(&root, &toolchain),
+                root: &root,
+                cargo_fuzz_bin: &cargo_fuzz,
             }
+            .replay_all()?;
             cargo(&root, &toolchain)
                 .args(["test", "--workspace", "--exclude", "network-probe-ebpf"])
                 .args(cargo_test_args)
@@ -192,23 +194,26 @@ fn run(args: Args) -> Result<()> {
                 .env("NETWORK_PROBE_SOAK_SECONDS", seconds.to_string())
                 .status_ok()
         }
-        Task::Fuzz { target, seconds } => {
+        Task::Fuzz {
+            target,
+            seconds,
+            replay,
+        } => {
             let toolchain = timed_bootstrap(false)?;
             let cargo_fuzz = fuzz::ensure_cargo_fuzz(&bootstrap::cache_dir())?;
+            let fuzzer = fuzz::Fuzzer {
+                cargo: &|| cargo(&root, &toolchain),
+                root: &root,
+                cargo_fuzz_bin: &cargo_fuzz,
+            };
+            if replay {
+                return fuzzer.replay_all();
+            }
             let targets = match target {
                 Some(target) => vec![target],
                 None => fuzz::targets(&root)?,
             };
-            for target in targets {
-                fuzz::run(
-                    cargo(&root, &toolchain),
-                    &root,
-                    &cargo_fuzz,
-                    &target,
-                    &format!("-max_total_time={seconds}"),
-                )?;
-            }
-            Ok(())
+            fuzzer.fuzz_all(&targets, seconds)
         }
         Task::Bench => {
             require_root(

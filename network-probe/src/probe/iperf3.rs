@@ -337,8 +337,9 @@ fn auth_from_query(query: &Query) -> Result<Option<Auth>, BadRequest> {
 /// Largest `public_key_file` read; a PEM RSA public key of 16384 bits is about 3 KiB.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
-/// Reads the key file a query names, at most [`MAX_KEY_FILE_BYTES`]: the name comes from the
-/// request, and `/dev/zero` must not grow the daemon's memory without end.
+/// Reads the key file a query names: a regular file, at most [`MAX_KEY_FILE_BYTES`]. The name
+/// comes from the request: `/dev/zero` must not grow the daemon's memory without end, nor a
+/// FIFO block its runtime thread in `open`.
 fn read_key_file(path: &str) -> Result<String, BadRequest> {
     use std::io::Read as _;
     let cannot = |err: std::io::Error| {
@@ -346,6 +347,11 @@ fn read_key_file(path: &str) -> Result<String, BadRequest> {
             "parameter \"public_key_file\": cannot read {path:?}: {err}"
         ))
     };
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(BadRequest(format!(
+            "parameter \"public_key_file\": {path:?} is not a regular file"
+        )));
+    }
     let mut pem = String::new();
     std::fs::File::open(path)
         .map_err(cannot)?
@@ -1141,19 +1147,25 @@ mod tests {
 
     #[test]
     fn key_files_are_read_with_a_cap() {
-        // An endless file (the name comes from the request) is refused after the cap.
-        let err = config(&[
-            ("target", "server.example"),
-            ("username", "alice"),
-            ("password", "secret"),
-            ("public_key_file", "/dev/zero"),
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("\"/dev/zero\" is larger than 65536 bytes"),
-            "{err}"
-        );
+        // The name comes from the request: endless devices and FIFOs are refused unread, and
+        // a regular file is read up to the cap only.
+        let with_key = |file: &str| {
+            config(&[
+                ("target", "server.example"),
+                ("username", "alice"),
+                ("password", "secret"),
+                ("public_key_file", file),
+            ])
+            .unwrap_err()
+            .to_string()
+        };
+        let err = with_key("/dev/zero");
+        assert!(err.contains("\"/dev/zero\" is not a regular file"), "{err}");
+        let large = std::env::temp_dir().join(format!("np-key-{}.pem", std::process::id()));
+        std::fs::write(&large, vec![b'A'; 100_000]).unwrap();
+        let err = with_key(large.to_str().unwrap());
+        std::fs::remove_file(&large).unwrap();
+        assert!(err.contains("is larger than 65536 bytes"), "{err}");
     }
 
     #[test]
