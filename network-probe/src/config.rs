@@ -32,7 +32,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::{
     cli::{Cli, parse_duration},
-    probe::{Probers, Query},
+    probe::{BadRequest, Probers, Query},
 };
 
 /// Largest configuration file read (a bound on untrusted input; real files are a few KiB).
@@ -616,6 +616,21 @@ fn shown_value(value: &Value) -> String {
 }
 
 impl Config {
+    /// The module named `name` (`/probe?module=`, `network-probe probe NAME`); the error names it
+    /// and lists the configured ones.
+    pub fn module(&self, name: &str) -> Result<Arc<Module>, BadRequest> {
+        self.modules.get(name).cloned().ok_or_else(|| {
+            BadRequest(format!(
+                "unknown module {name:?} (configured: {})",
+                self.modules
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
     /// The settings in force: `flags` (the command line) with every file setting whose flag was
     /// not given on the command line. Flags win over the file; the file wins over defaults.
     pub fn apply(&self, flags: &Cli) -> Cli {

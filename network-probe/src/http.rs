@@ -654,16 +654,9 @@ async fn handle_probe(
         (Err(err), _) | (_, Err(err)) => return bad(err),
     };
     let live = state.config.current();
-    let Some(module) = live.config.modules.get(&module_name).cloned() else {
-        return bad(probe::BadRequest(format!(
-            "unknown module {module_name:?} (configured: {})",
-            live.config
-                .modules
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+    let module = match live.config.module(&module_name) {
+        Ok(module) => module,
+        Err(err) => return bad(err),
     };
     let query = query.with_defaults(&module.options);
     let module_timeout = module

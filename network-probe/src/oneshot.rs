@@ -96,17 +96,9 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
         },
         None => Config::default(),
     };
-    let Some(module) = config.modules.get(&args.module).cloned() else {
-        return bad_parameters(&BadRequest(format!(
-            "unknown module {:?} (configured: {})",
-            args.module,
-            config
-                .modules
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+    let module = match config.module(&args.module) {
+        Ok(module) => module,
+        Err(err) => return bad_parameters(&err),
     };
     let query = query.with_defaults(&module.options);
     let prober = module.prober;

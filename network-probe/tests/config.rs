@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    io::Write as _,
     net::UdpSocket,
     os::unix::fs::PermissionsExt as _,
     path::PathBuf,
@@ -416,25 +415,10 @@ fn reloads_apply_good_files_and_keep_the_old_configuration_on_bad_ones() {
         .filter(|line| line.contains("network_probe_config_"))
         .map(|line| format!("{line}\n"))
         .collect();
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting promtool (apt-get install prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ours.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
+    let (clean, said) = common::promtool_check_metrics(&ours);
     assert!(
-        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
-        "promtool on\n{ours}\nsaid: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        clean && said.is_empty(),
+        "promtool on\n{ours}\nsaid: {said}"
     );
     assert_eq!(ours.matches("# HELP").count(), 3, "{ours}");
 }

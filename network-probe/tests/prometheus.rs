@@ -223,29 +223,14 @@ fn dechunk(mut chunks: &str) -> String {
 /// What `promtool check metrics` says about `body`, one complaint per line, minus
 /// [`ACCEPTED_COMPLAINTS`]. Empty means clean (and then promtool must have exited 0).
 fn promtool_complaints(body: &str) -> Vec<String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting promtool (apt-get install prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let (success, text) = common::promtool_check_metrics(body);
     let all: Vec<String> = text
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(str::to_string)
         .collect();
     if all.is_empty() {
-        assert!(output.status.success(), "promtool failed silently");
+        assert!(success, "promtool failed silently");
     }
     all.into_iter()
         .filter(|line| !ACCEPTED_COMPLAINTS.contains(&line.as_str()))

@@ -633,3 +633,25 @@ impl Drop for Bpffs {
         let _ = std::fs::remove_dir(&self.mount);
     }
 }
+
+/// Runs `promtool check metrics` on `body`: (exit status success, what it printed on stdout and
+/// stderr).
+pub fn promtool_check_metrics(body: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
