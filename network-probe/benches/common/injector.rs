@@ -16,16 +16,10 @@ use std::{
 
 use crate::common::{VethPair, in_netns};
 
-/// Internet checksum (RFC 1071) of `bytes`.
+/// Internet checksum (RFC 1071) of `bytes`, by the daemon's own implementation (unit-tested
+/// against kernel-made packets in probe/ping/packet.rs).
 fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    network_probe::probe::ping::packet::checksum(&[bytes])
 }
 
 /// An Ethernet/IPv4/TCP SYN frame. The IPv4 header checksum is correct; the TCP checksum is

@@ -137,16 +137,10 @@ impl Ipv4 {
     }
 }
 
-/// RFC 1071 checksum of `bytes`.
+/// Internet checksum (RFC 1071) of `bytes`, by the daemon's own implementation (unit-tested
+/// against kernel-made packets in probe/ping/packet.rs).
 fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    network_probe::probe::ping::packet::checksum(&[bytes])
 }
 
 /// An IPv6 packet: the fixed header with `next_header`, then `payload` (extension headers and
