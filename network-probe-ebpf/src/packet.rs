@@ -69,13 +69,9 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool {
-        if len == 0 || len > 40 {
+        let Some(len) = span_len(len) else {
             return false;
-        }
-        // The check above is redundant to LLVM, which drops it; Linux 6.1's verifier then sees a
-        // length that may be zero or negative and rejects the call. Re-derive a range it can
-        // prove (1..=64, within `buf`) from an opaque copy. Changes no value: len is 1..=40 here.
-        let len = (core::hint::black_box(len).wrapping_sub(1) & 63) + 1;
+        };
         // SAFETY: 1 <= len <= 64 = buf.len().
         unsafe {
             bpf_skb_load_bytes(
@@ -115,13 +111,9 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool {
-        if len == 0 || len > 40 {
+        let Some(len) = span_len(len) else {
             return false;
-        }
-        // The check above is redundant to LLVM, which drops it; Linux 6.1's verifier then sees a
-        // length that may be zero or negative and rejects the call. Re-derive a range it can
-        // prove (1..=64, within `buf`) from an opaque copy. Changes no value: len is 1..=40 here.
-        let len = (core::hint::black_box(len).wrapping_sub(1) & 63) + 1;
+        };
         // SAFETY: 1 <= len <= 64 = buf.len().
         unsafe {
             bpf_xdp_load_bytes(
@@ -132,4 +124,17 @@ impl Packet for XdpContext {
             ) == 0
         }
     }
+}
+
+/// `len` when it is 1..=40 (a span [`Packet::load_span`] may copy), in a form the verifier can
+/// bound. The range check alone is redundant to LLVM, which drops it; Linux 6.1's verifier then
+/// sees a length that may be zero or negative and rejects the load helper. So the length is
+/// re-derived from an opaque copy into 1..=64 (within the 64-byte buffer), which changes no
+/// value.
+#[inline(always)]
+fn span_len(len: u32) -> Option<u32> {
+    if len == 0 || len > 40 {
+        return None;
+    }
+    Some((core::hint::black_box(len).wrapping_sub(1) & 63) + 1)
 }
