@@ -4,23 +4,37 @@
 //! layout byte for byte. The `user` feature adds `aya::Pod` impls so the daemon can read the maps.
 #![no_std]
 
-/// Per-CPU hash map of [`DeviceStats`] keyed by [`DeviceKey`]. User space creates the entries of
-/// an interface before attaching to it; the programs only update existing entries.
+/// Per-CPU array of [`DeviceStats`]: interface slot `s` (see [`IFINDEX_SLOTS_MAP`]) keeps its
+/// ingress statistics at index `2 * s` and its egress statistics at `2 * s + 1`.
 pub const DEVICE_STATS_MAP: &str = "DEVICE_STATS";
-/// Capacity of [`DEVICE_STATS_MAP`]: one entry per (interface, direction) pair.
-pub const DEVICE_STATS_MAX_ENTRIES: u32 = 1024;
+/// Interfaces that can be watched at once (slots of [`DEVICE_STATS_MAP`]).
+pub const DEVICE_SLOTS: u32 = 512;
+/// Capacity of [`DEVICE_STATS_MAP`]: one entry per (slot, direction) pair.
+pub const DEVICE_STATS_MAX_ENTRIES: u32 = DEVICE_SLOTS * 2;
 
-/// LRU hash map of [`FlowStats`] keyed by [`FlowKey`], one entry per flow and direction.
-pub const FLOWS_MAP: &str = "FLOWS";
-/// Default capacity of [`FLOWS_MAP`]; the daemon resizes it at load time (`--flows.max-entries`).
+/// Array of `u32` indexed by interface index: the interface's slot in [`DEVICE_STATS_MAP`] plus
+/// one, or 0 for an interface that is not watched. User space fills it in (zeroing the slot's
+/// statistics first) before it attaches to an interface, so the programs never write here and
+/// find their statistics with two array lookups, no hashing.
+pub const IFINDEX_SLOTS_MAP: &str = "IFINDEX_SLOTS";
+/// Capacity of [`IFINDEX_SLOTS_MAP`]: interfaces with a higher index cannot be watched.
+pub const IFINDEX_LIMIT: u32 = 65_536;
+
+/// LRU hash maps of [`FlowStats`], one entry per flow and direction: IPv4 flows keyed by
+/// [`FlowKey4`] (16 bytes), IPv6 flows by [`FlowKey6`] (40 bytes). Separate maps keep the IPv4
+/// key small, and hashing the key is most of what a lookup costs.
+pub const FLOWS4_MAP: &str = "FLOWS4";
+pub const FLOWS6_MAP: &str = "FLOWS6";
+/// Default capacity of each flow map; the daemon resizes both at load time
+/// (`--flows.max-entries`).
 pub const FLOWS_DEFAULT_MAX_ENTRIES: u32 = 65_536;
 
 /// Version of the layout of every map's keys and values (and of what their fields mean). The
 /// daemon pins its maps under a directory named after it, so a daemon that finds maps of another
 /// version pinned discards them instead of misreading them. Bump it with any change to
-/// [`DeviceKey`], [`DeviceStats`], [`FlowKey`] or [`FlowStats`]; the `layout_matches_version`
+/// [`DeviceStats`], [`FlowKey4`], [`FlowKey6`], [`FlowStats`] or the maps' indexing; the `layout_matches_version`
 /// test lists every field's offset and fails until the table and this number are updated.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
@@ -125,16 +139,6 @@ impl Direction {
     }
 }
 
-/// Key of [`DEVICE_STATS_MAP`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceKey {
-    /// Kernel interface index the packet was seen on.
-    pub ifindex: u32,
-    /// A [`Direction`] as `u32`.
-    pub direction: u32,
-}
-
 /// Value of [`DEVICE_STATS_MAP`], one copy per CPU; user space sums the copies.
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
@@ -157,7 +161,7 @@ pub struct DeviceStats {
     pub tcp_zero_window: u64,
     /// IPv4 packets (any protocol) with the Don't Fragment bit set, whatever other flags.
     pub ipv4_df: u64,
-    /// Flow entries this interface and direction created in [`FLOWS_MAP`].
+    /// Flow entries this interface and direction created in the flow maps.
     pub flows_created: u64,
     /// Flow entries that could not be created (map update failed).
     pub flow_create_failures: u64,
@@ -241,7 +245,8 @@ impl Default for DeviceStats {
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
-/// Key of [`FLOWS_MAP`]: one direction of a TCP connection as seen on one interface.
+/// One direction of a TCP connection as seen on one interface, either family: how user space
+/// names flows (the maps use the compact [`FlowKey4`] / [`FlowKey6`]; see [`FlowKey::kernel`]).
 /// IPv4 addresses occupy the first 4 bytes of `src`/`dst`, the rest is zero.
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
@@ -279,7 +284,139 @@ impl FlowKey {
     }
 }
 
-/// Value of [`FLOWS_MAP`]. Counters are updated with atomic adds; the sequence tracking fields
+/// Interface index and [`Direction`] in one word, as the flow map keys hold them: `ifindex`
+/// shifted left by one, the direction in the low bit (Linux interface indexes are below 2^31).
+#[inline(always)]
+pub const fn ifindex_direction(ifindex: u32, direction: Direction) -> u32 {
+    (ifindex << 1) | direction as u32
+}
+
+/// Key of [`FLOWS4_MAP`]: one direction of an IPv4 TCP connection on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// See [`ifindex_direction`].
+    pub ifindex_direction: u32,
+}
+
+/// Key of [`FLOWS6_MAP`]: one direction of an IPv6 TCP connection on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// See [`ifindex_direction`].
+    pub ifindex_direction: u32,
+}
+
+impl FlowKey4 {
+    /// The key of the opposite direction of the same connection on the same interface.
+    #[inline(always)]
+    pub const fn reversed(&self) -> FlowKey4 {
+        FlowKey4 {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ifindex_direction: self.ifindex_direction ^ 1,
+        }
+    }
+}
+
+impl FlowKey6 {
+    /// The key of the opposite direction of the same connection on the same interface.
+    #[inline(always)]
+    pub const fn reversed(&self) -> FlowKey6 {
+        FlowKey6 {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ifindex_direction: self.ifindex_direction ^ 1,
+        }
+    }
+}
+
+/// A flow key as one of the flow maps holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFlowKey {
+    V4(FlowKey4),
+    V6(FlowKey6),
+}
+
+impl FlowKey {
+    /// The key the flow maps hold this flow under; `None` for a family or direction no program
+    /// writes.
+    pub fn kernel(&self) -> Option<KernelFlowKey> {
+        let direction = Direction::from_raw(self.direction as u32)?;
+        let ifindex_direction = ifindex_direction(self.ifindex, direction);
+        match self.family {
+            FAMILY_IPV4 => {
+                let mut src = [0; 4];
+                let mut dst = [0; 4];
+                src.copy_from_slice(&self.src[..4]);
+                dst.copy_from_slice(&self.dst[..4]);
+                Some(KernelFlowKey::V4(FlowKey4 {
+                    src,
+                    dst,
+                    src_port: self.src_port,
+                    dst_port: self.dst_port,
+                    ifindex_direction,
+                }))
+            }
+            FAMILY_IPV6 => Some(KernelFlowKey::V6(FlowKey6 {
+                src: self.src,
+                dst: self.dst,
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+                ifindex_direction,
+            })),
+            _ => None,
+        }
+    }
+}
+
+impl From<FlowKey4> for FlowKey {
+    fn from(key: FlowKey4) -> FlowKey {
+        let mut src = [0; 16];
+        let mut dst = [0; 16];
+        src[..4].copy_from_slice(&key.src);
+        dst[..4].copy_from_slice(&key.dst);
+        FlowKey {
+            src,
+            dst,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            ifindex: key.ifindex_direction >> 1,
+            family: FAMILY_IPV4,
+            direction: (key.ifindex_direction & 1) as u8,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl From<FlowKey6> for FlowKey {
+    fn from(key: FlowKey6) -> FlowKey {
+        FlowKey {
+            src: key.src,
+            dst: key.dst,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            ifindex: key.ifindex_direction >> 1,
+            family: FAMILY_IPV6,
+            direction: (key.ifindex_direction & 1) as u8,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of [`FLOWS4_MAP`] and [`FLOWS6_MAP`]. Counters are updated with atomic adds; the sequence tracking fields
 /// are owned by whichever CPU processes the flow (one flow direction is processed serially in
 /// practice; a race can only misjudge one segment).
 #[repr(C)]
@@ -318,12 +455,14 @@ pub struct FlowStats {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)] integers and byte arrays without padding holes.
-    unsafe impl aya::Pod for super::DeviceKey {}
     // SAFETY: #[repr(C)] u64 fields and arrays, no padding.
     unsafe impl aya::Pod for super::DeviceStats {}
     // SAFETY: #[repr(C)], explicit padding field, 44 bytes, alignment 4.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: #[repr(C)], 16 bytes without padding (4 + 4 + 2 + 2 + 4), alignment 4.
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    // SAFETY: #[repr(C)], 40 bytes without padding (16 + 16 + 2 + 2 + 4), alignment 4.
+    unsafe impl aya::Pod for super::FlowKey6 {}
     // SAFETY: #[repr(C)], explicit padding field, size a multiple of 8.
     unsafe impl aya::Pod for super::FlowStats {}
 }
@@ -338,6 +477,8 @@ mod tests {
             core::mem::size_of::<FlowKey>(),
             16 + 16 + 2 + 2 + 4 + 1 + 1 + 2
         );
+        assert_eq!(core::mem::size_of::<FlowKey4>(), 4 + 4 + 2 + 2 + 4);
+        assert_eq!(core::mem::size_of::<FlowKey6>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(core::mem::size_of::<FlowStats>(), 11 * 8 + 4 + 4);
         assert_eq!(
             core::mem::size_of::<DeviceStats>(),
@@ -345,21 +486,16 @@ mod tests {
         );
     }
 
-    /// Every field's offset in layout version 1. A failure here means a map layout changed:
+    /// Every field's offset in layout version 2. A failure here means a map layout changed:
     /// bump [`MAP_LAYOUT_VERSION`], then update this table (and its version).
     #[test]
     fn layout_matches_version() {
         use core::mem::{offset_of, size_of};
         assert_eq!(
-            MAP_LAYOUT_VERSION, 1,
+            MAP_LAYOUT_VERSION, 2,
             "update the offsets below for the new version"
         );
-        let device_key = [
-            offset_of!(DeviceKey, ifindex),
-            offset_of!(DeviceKey, direction),
-            size_of::<DeviceKey>(),
-        ];
-        assert_eq!(device_key, [0, 4, 8]);
+        assert_eq!((DEVICE_SLOTS, DEVICE_STATS_MAX_ENTRIES), (512, 1024));
         let device_stats = [
             offset_of!(DeviceStats, packets),
             offset_of!(DeviceStats, bytes),
@@ -387,17 +523,25 @@ mod tests {
                 0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 288, 424, 432, 568, 576, 656
             ]
         );
-        let flow_key = [
-            offset_of!(FlowKey, src),
-            offset_of!(FlowKey, dst),
-            offset_of!(FlowKey, src_port),
-            offset_of!(FlowKey, dst_port),
-            offset_of!(FlowKey, ifindex),
-            offset_of!(FlowKey, family),
-            offset_of!(FlowKey, direction),
-            size_of::<FlowKey>(),
+        let flow_key4 = [
+            offset_of!(FlowKey4, src),
+            offset_of!(FlowKey4, dst),
+            offset_of!(FlowKey4, src_port),
+            offset_of!(FlowKey4, dst_port),
+            offset_of!(FlowKey4, ifindex_direction),
+            size_of::<FlowKey4>(),
         ];
-        assert_eq!(flow_key, [0, 16, 32, 34, 36, 40, 41, 44]);
+        assert_eq!(flow_key4, [0, 4, 8, 10, 12, 16]);
+        let flow_key6 = [
+            offset_of!(FlowKey6, src),
+            offset_of!(FlowKey6, dst),
+            offset_of!(FlowKey6, src_port),
+            offset_of!(FlowKey6, dst_port),
+            offset_of!(FlowKey6, ifindex_direction),
+            size_of::<FlowKey6>(),
+        ];
+        assert_eq!(flow_key6, [0, 16, 32, 34, 36, 40]);
+        assert_eq!(ifindex_direction(7, Direction::Egress), 15);
         let flow_stats = [
             offset_of!(FlowStats, packets),
             offset_of!(FlowStats, bytes),
@@ -439,5 +583,46 @@ mod tests {
         assert_eq!((back.src_port, back.dst_port), (20, 10));
         assert_eq!(back.direction, Direction::Ingress as u8);
         assert_eq!(back.reversed(), key);
+    }
+
+    #[test]
+    fn kernel_keys_round_trip_and_reverse_like_flow_keys() {
+        for (family, src, dst) in [
+            (FAMILY_IPV4, [10, 0, 0, 1], [10, 0, 0, 2]),
+            (FAMILY_IPV6, [0xfd, 0, 0, 1], [0xfd, 0, 0, 2]),
+        ] {
+            let mut key = FlowKey {
+                src: [0; 16],
+                dst: [0; 16],
+                src_port: 40000,
+                dst_port: 443,
+                ifindex: 70_000,
+                family,
+                direction: Direction::Egress as u8,
+                _pad: [0; 2],
+            };
+            key.src[..4].copy_from_slice(&src);
+            key.dst[..4].copy_from_slice(&dst);
+            if family == FAMILY_IPV6 {
+                key.src[15] = 9;
+            }
+            let (back, reversed) = match key.kernel().unwrap() {
+                KernelFlowKey::V4(k) => (FlowKey::from(k), FlowKey::from(k.reversed())),
+                KernelFlowKey::V6(k) => (FlowKey::from(k), FlowKey::from(k.reversed())),
+            };
+            assert_eq!(back, key);
+            assert_eq!(reversed, key.reversed());
+        }
+        let unknown = FlowKey {
+            family: 0,
+            ..FlowKey::from(FlowKey4 {
+                src: [0; 4],
+                dst: [0; 4],
+                src_port: 0,
+                dst_port: 0,
+                ifindex_direction: 2,
+            })
+        };
+        assert_eq!(unknown.kernel(), None);
     }
 }

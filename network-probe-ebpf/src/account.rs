@@ -1,5 +1,10 @@
 //! Accounting: one parsed packet updates its interface's per-CPU statistics and, for TCP, its
-//! flow's entry in the LRU flow map.
+//! flow's entry in the LRU flow map of its address family.
+//!
+//! The cost per packet is mostly map lookups, so they are kept cheap: the interface's statistics
+//! are found by two array lookups (interface index -> slot, slot -> per-CPU statistics), which
+//! the kernel inlines, and the flow by hashing the smallest key its family allows (16 bytes for
+//! IPv4, 40 for IPv6).
 //!
 //! Retransmissions are judged per flow direction from sequence numbers alone, so forwarded and
 //! local traffic are treated alike: a segment that occupies sequence space (payload, SYN or FIN)
@@ -7,12 +12,14 @@
 //! A SYN that does not repeat the previous SYN's sequence number starts a new connection.
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
-    DeviceKey, DeviceStats, Direction, FlowKey, FlowStats, RTT_BUCKETS, SIZE_BUCKETS,
+    DeviceStats, Direction, FAMILY_IPV4, FlowKey4, FlowKey6, FlowStats, RTT_BUCKETS, SIZE_BUCKETS,
+    ifindex_direction,
 };
 
 use crate::{
-    maps::{DEVICE_STATS, FLOWS},
+    maps::{DEVICE_STATS, FLOWS4, FLOWS6, IFINDEX_SLOTS},
     packet::Packet,
     parse::{Ip, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, parse},
 };
@@ -23,12 +30,12 @@ const BPF_NOEXIST: u64 = 1;
 /// Accounts one packet (`segments` wire packets) seen on `ifindex` in `direction`.
 #[inline(always)]
 pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segments: u64) {
-    let key = DeviceKey {
-        ifindex,
-        direction: direction as u32,
+    // User space assigns the slot before attaching; without one this interface is not ours.
+    let slot = match IFINDEX_SLOTS.get(ifindex) {
+        Some(&slot) if slot != 0 => slot - 1,
+        _ => return,
     };
-    // User space creates the entry before attaching; without it this interface is not ours.
-    let Some(device) = DEVICE_STATS.get_ptr_mut(key) else {
+    let Some(device) = DEVICE_STATS.get_ptr_mut(slot * 2 + direction as u32) else {
         return;
     };
     // SAFETY: a per-CPU value: only this CPU writes this copy, and the program is not
@@ -45,7 +52,27 @@ pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segmen
         }
         Parsed::Tcp(ip, tcp) => {
             observe_ip(device, &ip, segments);
-            observe_tcp(device, ifindex, direction, &ip, &tcp, segments, len);
+            observe_tcp_device(device, &tcp, segments);
+            let ifindex_direction = ifindex_direction(ifindex, direction);
+            if ip.family == FAMILY_IPV4 {
+                let key = FlowKey4 {
+                    src: [ip.src[0], ip.src[1], ip.src[2], ip.src[3]],
+                    dst: [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]],
+                    src_port: tcp.src_port,
+                    dst_port: tcp.dst_port,
+                    ifindex_direction,
+                };
+                observe_flow(device, key, direction, &ip, &tcp, segments, len);
+            } else {
+                let key = FlowKey6 {
+                    src: ip.src,
+                    dst: ip.dst,
+                    src_port: tcp.src_port,
+                    dst_port: tcp.dst_port,
+                    ifindex_direction,
+                };
+                observe_flow(device, key, direction, &ip, &tcp, segments, len);
+            }
         }
     }
 }
@@ -63,10 +90,60 @@ fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
     device.ip_size_sum += ip.len as u64;
 }
 
+/// The interface's TCP counters and histograms.
 #[inline(always)]
-fn observe_tcp(
+fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
+    let rst = tcp.flags & TCP_RST != 0;
+    device.tcp_packets += segments;
+    device.tcp_rst += rst as u64;
+    device.tcp_syn += (tcp.flags & TCP_SYN != 0) as u64;
+    device.tcp_fin += (tcp.flags & TCP_FIN != 0) as u64;
+    if tcp.window == 0 && !rst {
+        device.tcp_zero_window += segments;
+    }
+    add_at(
+        &mut device.tcp_payload_size,
+        log2_bucket(tcp.payload_len as u64, SIZE_BUCKETS),
+        1,
+    );
+    device.tcp_payload_sum += tcp.payload_len as u64;
+}
+
+/// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
+trait FlowMapKey: Copy + 'static {
+    /// The map holding flows with this key.
+    fn map() -> &'static LruHashMap<Self, FlowStats>;
+    /// The key of the opposite direction of the same connection on the same interface.
+    fn reversed(&self) -> Self;
+}
+
+impl FlowMapKey for FlowKey4 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, FlowStats> {
+        &FLOWS4
+    }
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        FlowKey4::reversed(self)
+    }
+}
+
+impl FlowMapKey for FlowKey6 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, FlowStats> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        FlowKey6::reversed(self)
+    }
+}
+
+/// The flow's entry: created on its first packet, counters, sequence tracking, handshake RTT.
+#[inline(always)]
+fn observe_flow<K: FlowMapKey>(
     device: &mut DeviceStats,
-    ifindex: u32,
+    key: K,
     direction: Direction,
     ip: &Ip,
     tcp: &Tcp,
@@ -83,34 +160,10 @@ fn observe_tcp(
     // the handshake legs below read the precise one, inside branches that exist anyway (a
     // branch of its own here would double the states the verifier walks).
     let now = coarse_now();
-
-    device.tcp_packets += segments;
-    device.tcp_rst += rst as u64;
-    device.tcp_syn += syn as u64;
-    device.tcp_fin += fin as u64;
-    if zero_window {
-        device.tcp_zero_window += segments;
-    }
-    add_at(
-        &mut device.tcp_payload_size,
-        log2_bucket(tcp.payload_len as u64, SIZE_BUCKETS),
-        1,
-    );
-    device.tcp_payload_sum += tcp.payload_len as u64;
-
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: tcp.src_port,
-        dst_port: tcp.dst_port,
-        ifindex,
-        family: ip.family,
-        direction: direction as u8,
-        _pad: [0; 2],
-    };
     let egress = direction == Direction::Egress;
 
-    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+    let flows = K::map();
+    let Some(flow) = flows.get_ptr_mut(key) else {
         let flow = FlowStats {
             packets: segments,
             bytes: len,
@@ -128,7 +181,7 @@ fn observe_tcp(
             awaiting_ack: (!egress && syn && !ack) as u8,
             ..FlowStats::default()
         };
-        if FLOWS.insert(key, flow, BPF_NOEXIST).is_ok() {
+        if flows.insert(key, flow, BPF_NOEXIST).is_ok() {
             device.flows_created += 1;
         } else {
             device.flow_create_failures += 1;
@@ -216,9 +269,8 @@ fn coarse_now() -> u64 {
 /// Takes the handshake start recorded on the opposite (egress) direction of `key` and records
 /// the RTT up to now in the interface's histogram.
 #[inline(always)]
-fn complete_handshake(device: &mut DeviceStats, key: &FlowKey) {
-    let reverse = key.reversed();
-    let Some(sent) = FLOWS.get_ptr_mut(reverse) else {
+fn complete_handshake<K: FlowMapKey>(device: &mut DeviceStats, key: &K) {
+    let Some(sent) = K::map().get_ptr_mut(key.reversed()) else {
         return;
     };
     // SAFETY: a pointer into the map value, valid for this program run.

@@ -436,9 +436,9 @@ fn scrape_levels(variety: FlowVariety) -> Vec<ScrapeLevel> {
         let map_entries = sample(
             &scrape,
             "network_probe_datapath_map_entries",
-            "map=\"FLOWS\"",
+            "map=\"FLOWS4\"",
         )
-        .expect("network_probe_datapath_map_entries{map=\"FLOWS\"}");
+        .expect("network_probe_datapath_map_entries{map=\"FLOWS4\"}");
         assert_eq!(
             map_entries,
             f64::from(flows),

@@ -367,7 +367,7 @@ fn scrape_loop(to: SocketAddr, shared: &Shared) {
                     sample(
                         &response.body,
                         "network_probe_datapath_map_entries",
-                        "map=\"FLOWS\"",
+                        "map=\"FLOWS4\"",
                     )
                 })
                 .flatten()
@@ -460,7 +460,7 @@ impl FlowFigures {
         let scrape = daemon.scrape();
         let value = |name: &str, labels: &str| sample(&scrape, name, labels).unwrap_or(0.0);
         FlowFigures {
-            map_entries: value("network_probe_datapath_map_entries", "map=\"FLOWS\""),
+            map_entries: value("network_probe_datapath_map_entries", "map=\"FLOWS4\""),
             series: value("network_probe_flow_series", ""),
             evicted: value("network_probe_flows_evicted_total", ""),
             idle_removed: value("network_probe_flows_idle_removed_total", ""),

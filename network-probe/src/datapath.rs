@@ -8,9 +8,13 @@
 //! interface the filters of ours an earlier run left there (it was killed) are removed: the
 //! programs are never attached twice.
 //!
+//! Each watched interface owns a slot of the per-CPU statistics array (assigned here, recorded
+//! in the interface-index -> slot array the programs read; see `network-probe-common`). Flows
+//! live in one LRU map per address family; [`Datapath::flows`] returns both as [`FlowKey`]s.
+//!
 //! Per-interface counters never go backwards: when an interface is forgotten its statistics are
-//! folded into a user-space total kept under its name before its map entries are deleted, and
-//! every sample is that retired total plus what the map holds for the name's current index.
+//! folded into a user-space total kept under its name before its slot is released, and every
+//! sample is that retired total plus what the slot of the name's current index holds.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +26,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, IterableMap as _, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, IterableMap as _, MapData, MapType, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
@@ -32,8 +36,9 @@ use aya::{
 };
 use log::{debug, info, warn};
 use network_probe_common::{
-    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceKey, DeviceStats, Direction, FLOWS_MAP,
-    FlowKey, FlowStats, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
+    DEVICE_SLOTS, DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceStats, Direction, FLOWS4_MAP,
+    FLOWS6_MAP, FlowKey, FlowKey4, FlowKey6, FlowStats, IFINDEX_LIMIT, IFINDEX_SLOTS_MAP,
+    KernelFlowKey, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
 };
 
 use crate::{
@@ -152,8 +157,12 @@ pub struct DeviceSample {
 struct Inner {
     ebpf: Ebpf,
     config: DatapathConfig,
-    device_stats: PerCpuHashMap<MapData, DeviceKey, DeviceStats>,
-    flows: HashMap<MapData, FlowKey, FlowStats>,
+    device_stats: PerCpuArray<MapData, DeviceStats>,
+    ifindex_slots: Array<MapData, u32>,
+    /// What `ifindex_slots` holds, by interface index: the slot of every interface that has one.
+    slots: BTreeMap<u32, u32>,
+    flows4: HashMap<MapData, FlowKey4, FlowStats>,
+    flows6: HashMap<MapData, FlowKey6, FlowStats>,
     attachments: Vec<Attachment>,
     /// Statistics of interfaces forgotten since start, by name and direction.
     retired: BTreeMap<(String, Direction), DeviceStats>,
@@ -205,7 +214,8 @@ impl Datapath {
             .map(|root| pinning::prepare(root, &wanted))
             .transpose()?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(FLOWS_MAP, config.flow_map_entries);
+        loader.map_max_entries(FLOWS4_MAP, config.flow_map_entries);
+        loader.map_max_entries(FLOWS6_MAP, config.flow_map_entries);
         let map_origins = match &plan {
             Some(plan) => {
                 for map in &wanted {
@@ -246,14 +256,21 @@ impl Datapath {
                 _ => tc_mut(&mut ebpf, hook)?.load().map_err(|e| verify(&e))?,
             }
         }
-        let device_stats = take_map(&mut ebpf, DEVICE_STATS_MAP, PerCpuHashMap::try_from)?;
-        let flows = take_map(&mut ebpf, FLOWS_MAP, HashMap::try_from)?;
+        let device_stats = take_map(&mut ebpf, DEVICE_STATS_MAP, PerCpuArray::try_from)?;
+        let ifindex_slots = take_map(&mut ebpf, IFINDEX_SLOTS_MAP, Array::try_from)?;
+        let flows4 = take_map(&mut ebpf, FLOWS4_MAP, HashMap::try_from)?;
+        let flows6 = take_map(&mut ebpf, FLOWS6_MAP, HashMap::try_from)?;
+        // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
+        let slots = assigned_slots(&ifindex_slots)?;
         Ok(Datapath {
             inner: Mutex::new(Inner {
                 ebpf,
                 config,
                 device_stats,
-                flows,
+                ifindex_slots,
+                slots,
+                flows4,
+                flows6,
                 attachments: Vec::new(),
                 retired: BTreeMap::new(),
                 seen_names: BTreeMap::new(),
@@ -289,37 +306,11 @@ impl Datapath {
                  counters are kept"
             );
         }
-        let cpus =
-            nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
-        let mut created = Vec::new();
-        for direction in [Direction::Ingress, Direction::Egress] {
-            let key = DeviceKey {
-                ifindex,
-                direction: direction as u32,
-            };
-            // Keep counts of an interface we attached to before (same index): no counter
-            // goes backwards.
-            if inner.device_stats.get(&key, 0).is_ok() {
-                continue;
-            }
-            let inserted = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
-                .map_err(|err| Error::Other(format!("per-CPU values: {err}")))
-                .and_then(|zero| {
-                    inner.device_stats.insert(key, zero, 0).map_err(|err| {
-                        Error::datapath(
-                            format!(
-                                "creating {DEVICE_STATS_MAP} entries for {interface} (map holds \
-                                 {DEVICE_STATS_MAX_ENTRIES})"
-                            ),
-                            &err,
-                        )
-                    })
-                });
-            if let Err(err) = inserted {
-                inner.remove_device_entries(&created);
-                return Err(err);
-            }
-            created.push(key);
+        // Keep counts of an interface we attached to before (same index, same slot): no
+        // counter goes backwards.
+        let new_slot = !inner.slots.contains_key(&ifindex);
+        if new_slot {
+            inner.assign_slot(interface, ifindex)?;
         }
 
         let hooks = match inner.config.ingress {
@@ -343,7 +334,9 @@ impl Datapath {
                             warn!("{err}");
                         }
                     }
-                    inner.remove_device_entries(&created);
+                    if new_slot {
+                        inner.release_slot(ifindex);
+                    }
                     return Err(err);
                 }
             }
@@ -395,23 +388,19 @@ impl Datapath {
         let inner = self.lock();
         let names = inner.names();
         let mut totals = inner.retired.clone();
-        for item in inner.device_stats.iter() {
-            let (key, per_cpu) = match item {
-                Ok(item) => item,
-                Err(err) => {
-                    warn!("reading {DEVICE_STATS_MAP}: {err}");
-                    continue;
-                }
-            };
-            let (Some(direction), Some(interface)) =
-                (Direction::from_raw(key.direction), names.get(&key.ifindex))
-            else {
+        for (&ifindex, &slot) in &inner.slots {
+            let Some(interface) = names.get(&ifindex) else {
                 continue;
             };
-            totals
-                .entry((interface.to_string(), direction))
-                .or_insert(DeviceStats::ZERO)
-                .accumulate(&sum_over_cpus(&per_cpu));
+            for direction in [Direction::Ingress, Direction::Egress] {
+                match inner.device_stats.get(&stats_index(slot, direction), 0) {
+                    Ok(per_cpu) => totals
+                        .entry((interface.to_string(), direction))
+                        .or_insert(DeviceStats::ZERO)
+                        .accumulate(&sum_over_cpus(&per_cpu)),
+                    Err(err) => warn!("reading {DEVICE_STATS_MAP} slot {slot}: {err}"),
+                }
+            }
         }
         totals
             .into_iter()
@@ -423,21 +412,12 @@ impl Datapath {
             .collect()
     }
 
-    /// Every entry of the flow map, read in batches (see [`crate::map_batch`]).
+    /// Every entry of both flow maps, read in batches (see [`crate::map_batch`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         let inner = self.lock();
-        let fd = inner.flows.map().fd().as_fd().as_raw_fd();
-        match map_batch::lookup_all(fd) {
-            Ok(flows) => flows,
-            Err(err) => {
-                warn!("reading {FLOWS_MAP} in batches: {err}; reading it entry by entry");
-                inner
-                    .flows
-                    .iter()
-                    .filter_map(|item| item.map_err(|err| warn!("reading {FLOWS_MAP}: {err}")).ok())
-                    .collect()
-            }
-        }
+        let mut flows = read_flow_map(&inner.flows4, FLOWS4_MAP);
+        flows.extend(read_flow_map(&inner.flows6, FLOWS6_MAP));
+        flows
     }
 
     /// Deletes flow entries (idle ones, already folded into totals by the caller).
@@ -445,7 +425,11 @@ impl Datapath {
         let mut inner = self.lock();
         for key in keys {
             // Already gone (evicted meanwhile) is fine.
-            let _ = inner.flows.remove(key);
+            let _ = match key.kernel() {
+                Some(KernelFlowKey::V4(key)) => inner.flows4.remove(&key),
+                Some(KernelFlowKey::V6(key)) => inner.flows6.remove(&key),
+                None => continue,
+            };
         }
     }
 
@@ -464,7 +448,7 @@ impl Datapath {
         self.lock().seen_names.clone()
     }
 
-    /// Capacity of the flow map.
+    /// Capacity of each flow map (one per address family).
     pub fn flow_map_capacity(&self) -> u32 {
         self.lock().config.flow_map_entries
     }
@@ -552,43 +536,134 @@ impl Inner {
                 debug!("{err} (expected when the device is gone)");
             }
         }
-        for direction in [Direction::Ingress, Direction::Egress] {
-            let key = DeviceKey {
-                ifindex,
-                direction: direction as u32,
-            };
-            // Fold first, delete after: a failed read keeps the entry (and its counts).
-            match self.device_stats.get(&key, 0) {
-                Ok(per_cpu) => {
-                    self.generation += 1;
-                    self.retired
-                        .entry((name.clone(), direction))
-                        .or_insert(DeviceStats::ZERO)
-                        .accumulate(&sum_over_cpus(&per_cpu));
-                    self.remove_device_entries(&[key]);
+        if let Some(&slot) = self.slots.get(&ifindex) {
+            // Fold first, release after: a failed read keeps the slot (and its counts).
+            let mut folded = Vec::new();
+            for direction in [Direction::Ingress, Direction::Egress] {
+                match self.device_stats.get(&stats_index(slot, direction), 0) {
+                    Ok(per_cpu) => folded.push((direction, sum_over_cpus(&per_cpu))),
+                    Err(err) => {
+                        warn!(
+                            "reading {DEVICE_STATS_MAP} for {name} (ifindex {ifindex}) before \
+                             forgetting it: {err}; its slot stays"
+                        );
+                        return Some(name);
+                    }
                 }
-                Err(MapError::KeyNotFound) => {}
-                Err(err) => warn!(
-                    "reading {DEVICE_STATS_MAP} for {name} (ifindex {ifindex}) before \
-                     forgetting it: {err}; its entry stays"
-                ),
             }
+            self.generation += 1;
+            for (direction, stats) in folded {
+                self.retired
+                    .entry((name.clone(), direction))
+                    .or_insert(DeviceStats::ZERO)
+                    .accumulate(&stats);
+            }
+            self.release_slot(ifindex);
         }
         Some(name)
     }
 
-    /// Deletes statistics entries; one already gone is fine.
-    fn remove_device_entries(&mut self, keys: &[DeviceKey]) {
-        for key in keys {
-            match self.device_stats.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => warn!(
-                    "deleting {DEVICE_STATS_MAP} entry of ifindex {}: {err}",
-                    key.ifindex
-                ),
+    /// Gives `interface` (index `ifindex`) a free statistics slot, zeroed, and records it where
+    /// the programs look it up.
+    fn assign_slot(&mut self, interface: &str, ifindex: u32) -> Result<()> {
+        if ifindex >= IFINDEX_LIMIT {
+            return Err(Error::Other(format!(
+                "cannot watch {interface}: its interface index {ifindex} is beyond what the \
+                 datapath's {IFINDEX_SLOTS_MAP} map covers (indexes below {IFINDEX_LIMIT})"
+            )));
+        }
+        let taken: std::collections::BTreeSet<u32> = self.slots.values().copied().collect();
+        let slot = (0..DEVICE_SLOTS)
+            .find(|slot| !taken.contains(slot))
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "cannot watch {interface}: all {DEVICE_SLOTS} interface slots of \
+                     {DEVICE_STATS_MAP} are in use"
+                ))
+            })?;
+        let cpus =
+            nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let zero = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
+                .map_err(|err| Error::Other(format!("per-CPU values: {err}")))?;
+            self.device_stats
+                .set(stats_index(slot, direction), zero, 0)
+                .map_err(|err| {
+                    Error::datapath(
+                        format!("zeroing {DEVICE_STATS_MAP} slot {slot} for {interface}"),
+                        &err,
+                    )
+                })?;
+        }
+        self.ifindex_slots
+            .set(ifindex, slot + 1, 0)
+            .map_err(|err| {
+                Error::datapath(
+                    format!("recording {interface}'s slot in {IFINDEX_SLOTS_MAP}"),
+                    &err,
+                )
+            })?;
+        self.slots.insert(ifindex, slot);
+        Ok(())
+    }
+
+    /// Stops the programs counting `ifindex` and frees its slot.
+    fn release_slot(&mut self, ifindex: u32) {
+        match self.ifindex_slots.set(ifindex, 0, 0) {
+            Ok(()) => {
+                self.slots.remove(&ifindex);
             }
+            Err(err) => warn!("clearing the {IFINDEX_SLOTS_MAP} entry of ifindex {ifindex}: {err}"),
         }
     }
+}
+
+/// Index of a slot's statistics for `direction` in [`DEVICE_STATS_MAP`].
+fn stats_index(slot: u32, direction: Direction) -> u32 {
+    slot * 2 + direction as u32
+}
+
+/// The slots recorded in [`IFINDEX_SLOTS_MAP`] (by a previous run, when the map is pinned).
+fn assigned_slots(ifindex_slots: &Array<MapData, u32>) -> Result<BTreeMap<u32, u32>> {
+    let fd = ifindex_slots.map().fd().as_fd().as_raw_fd();
+    let entries: Vec<(u32, u32)> = match map_batch::lookup_all(fd) {
+        Ok(entries) => entries,
+        Err(err) => {
+            debug!("reading {IFINDEX_SLOTS_MAP} in batches: {err}; reading it entry by entry");
+            ifindex_slots
+                .iter()
+                .enumerate()
+                .map(|(index, value)| value.map(|value| (index as u32, value)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|err| Error::datapath(format!("reading {IFINDEX_SLOTS_MAP}"), &err))?
+        }
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|&(_, value)| value != 0 && value <= DEVICE_SLOTS)
+        .map(|(ifindex, value)| (ifindex, value - 1))
+        .collect())
+}
+
+/// Every entry of one flow map, read in batches, with the keys in their family-neutral form.
+fn read_flow_map<K: aya::Pod + Into<FlowKey>>(
+    map: &HashMap<MapData, K, FlowStats>,
+    name: &str,
+) -> Vec<(FlowKey, FlowStats)> {
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let entries: Vec<(K, FlowStats)> = match map_batch::lookup_all(fd) {
+        Ok(entries) => entries,
+        Err(err) => {
+            warn!("reading {name} in batches: {err}; reading it entry by entry");
+            map.iter()
+                .filter_map(|item| item.map_err(|err| warn!("reading {name}: {err}")).ok())
+                .collect()
+        }
+    };
+    entries
+        .into_iter()
+        .map(|(key, stats)| (key.into(), stats))
+        .collect()
 }
 
 /// One interface and direction's statistics: the per-CPU copies added up.
@@ -632,22 +707,31 @@ fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 /// The maps of the object as this run wants them (what a pinned map must match to be reused).
-fn wanted_maps(flow_map_entries: u32) -> [WantedMap; 2] {
+fn wanted_maps(flow_map_entries: u32) -> [WantedMap; 4] {
+    let flows = |name, key_size| WantedMap {
+        name,
+        map_type: MapType::LruHash,
+        key_size,
+        value_size: size_of::<FlowStats>() as u32,
+        max_entries: flow_map_entries,
+    };
     [
         WantedMap {
+            name: IFINDEX_SLOTS_MAP,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u32>() as u32,
+            max_entries: IFINDEX_LIMIT,
+        },
+        WantedMap {
             name: DEVICE_STATS_MAP,
-            map_type: MapType::PerCpuHash,
-            key_size: size_of::<DeviceKey>() as u32,
+            map_type: MapType::PerCpuArray,
+            key_size: size_of::<u32>() as u32,
             value_size: size_of::<DeviceStats>() as u32,
             max_entries: DEVICE_STATS_MAX_ENTRIES,
         },
-        WantedMap {
-            name: FLOWS_MAP,
-            map_type: MapType::LruHash,
-            key_size: size_of::<FlowKey>() as u32,
-            value_size: size_of::<FlowStats>() as u32,
-            max_entries: flow_map_entries,
-        },
+        flows(FLOWS4_MAP, size_of::<FlowKey4>() as u32),
+        flows(FLOWS6_MAP, size_of::<FlowKey6>() as u32),
     ]
 }
 

@@ -197,9 +197,9 @@ pub struct FlowTableStats {
     pub idle_removed: u64,
     /// Series folded into their interface's `other` row after going idle.
     pub series_expired: u64,
-    /// Flows in the map at the last refresh.
+    /// IPv4 and IPv6 flows in the maps at the last refresh.
     #[serde(skip)]
-    pub live_flows: usize,
+    pub live_flows: [usize; 2],
 }
 
 /// The part of a series that only user space knows: what its departed flows counted.
@@ -275,7 +275,7 @@ impl FlowTable {
             labels: self.options.labels.to_string(),
             series,
             stats: FlowTableStats {
-                live_flows: 0,
+                live_flows: [0; 2],
                 ..self.stats
             },
         }
@@ -353,7 +353,11 @@ impl FlowTable {
             series.note_times(stats);
         }
         self.expire_series(now_ns, idle_ns);
-        self.stats.live_flows = current.len();
+        let ipv4 = current
+            .keys()
+            .filter(|key| key.family == network_probe_common::FAMILY_IPV4)
+            .count();
+        self.stats.live_flows = [ipv4, current.len() - ipv4];
         self.last_read = current;
         idle
     }

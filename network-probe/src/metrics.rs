@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use network_probe_common::{
-    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOWS_MAP, RTT_BUCKETS, SIZE_BUCKETS, Unclassified,
+    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOWS4_MAP, FLOWS6_MAP, IFINDEX_LIMIT,
+    IFINDEX_SLOTS_MAP, RTT_BUCKETS, SIZE_BUCKETS, Unclassified,
 };
 use prometheus_client::{
     collector::Collector,
@@ -493,18 +494,23 @@ impl DatapathCollector {
             encoder,
             "network_probe_datapath_map_entries",
             "Entries currently in an eBPF map of the datapath.",
-            [([("map", FLOWS_MAP)], stats.live_flows as f64)],
+            [
+                ([("map", FLOWS4_MAP)], stats.live_flows[0] as f64),
+                ([("map", FLOWS6_MAP)], stats.live_flows[1] as f64),
+            ],
         )?;
         gauge_family(
             encoder,
             "network_probe_datapath_map_capacity",
             "Maximum number of entries an eBPF map of the datapath can hold.",
             [
-                ([("map", FLOWS_MAP)], f64::from(capacity)),
+                ([("map", FLOWS4_MAP)], f64::from(capacity)),
+                ([("map", FLOWS6_MAP)], f64::from(capacity)),
                 (
                     [("map", DEVICE_STATS_MAP)],
                     f64::from(DEVICE_STATS_MAX_ENTRIES),
                 ),
+                ([("map", IFINDEX_SLOTS_MAP)], f64::from(IFINDEX_LIMIT)),
             ],
         )?;
         Ok(())

@@ -100,7 +100,7 @@ fn counts_exact_packets_and_bytes_per_direction_and_detaches_on_sigterm() {
         sample(
             &after,
             "network_probe_datapath_map_entries",
-            "map=\"FLOWS\""
+            "map=\"FLOWS4\""
         ),
         Some(0.0)
     );

@@ -365,7 +365,7 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
     );
     // Pinned by the service user: a restart would carry on from these counters.
     assert!(
-        body.contains("network_probe_datapath_map_origin{map=\"FLOWS\",origin=\"created\"} 1"),
+        body.contains("network_probe_datapath_map_origin{map=\"FLOWS4\",origin=\"created\"} 1"),
         "{body}"
     );
     assert!(
@@ -373,7 +373,7 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         "{body}"
     );
     let layout = format!("maps-v{}", network_probe_common::MAP_LAYOUT_VERSION);
-    assert!(pin_path.join(layout).join("FLOWS").exists());
+    assert!(pin_path.join(layout).join("FLOWS4").exists());
     let status_file = fs::read_to_string(format!("/proc/{}/status", service.0.id())).unwrap();
     let ids = |key: &str| {
         status_file

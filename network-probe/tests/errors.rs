@@ -128,6 +128,40 @@ fn missing_interface_is_named() {
 }
 
 #[test]
+fn interface_index_beyond_the_datapath_limit_is_named() {
+    let pair = VethPair::new();
+    // Interface indexes keep growing on hosts that create many (container veths); the
+    // datapath's index -> slot array covers indexes below 65536.
+    common::sh(
+        "ip",
+        &[
+            "-n", &pair.a, "link", "add", "np-high0", "index", "70000", "type", "veth", "peer",
+            "name", "np-high1",
+        ],
+    );
+    let (code, stderr) = run_in(
+        &pair.a,
+        &[],
+        &[
+            "--interface",
+            "np-high0",
+            "--datapath.pin-path=",
+            "--log.level=error",
+        ],
+    );
+    // Attaching failed: exit code 1 (see README).
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line(&stderr);
+    assert!(
+        stderr.contains(
+            "cannot watch np-high0: its interface index 70000 is beyond what the datapath's \
+             IFINDEX_SLOTS map covers (indexes below 65536)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn no_default_route_asks_for_interface() {
     let pair = VethPair::new();
     let (code, stderr) = run_in(&pair.a, &[], &[]);

@@ -87,7 +87,7 @@ fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
         sample(
             &before,
             "network_probe_datapath_map_capacity",
-            "map=\"FLOWS\""
+            "map=\"FLOWS4\""
         ),
         Some(f64::from(MAP_ENTRIES))
     );
@@ -105,7 +105,7 @@ fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
         let entries = value(
             &scrape,
             "network_probe_datapath_map_entries",
-            "map=\"FLOWS\"",
+            "map=\"FLOWS4\"",
         );
         assert!(
             entries <= u64::from(MAP_ENTRIES),

@@ -80,7 +80,7 @@ fn crash_and_restart(mode: &str) {
     let mut first = Daemon::start(&pair.a, &args);
     assert_eq!(attachments(&pair), once, "{mode}: first start");
     let start = first.scrape();
-    assert_eq!(origin(&start, "FLOWS"), "created");
+    assert_eq!(origin(&start, "FLOWS4"), "created");
     assert_eq!(origin(&start, "DEVICE_STATS"), "created");
     assert_eq!(
         sample(
@@ -120,7 +120,7 @@ fn crash_and_restart(mode: &str) {
         "{mode}: exactly one attachment after the crash"
     );
     let restarted = second.scrape();
-    assert_eq!(origin(&restarted, "FLOWS"), "reused");
+    assert_eq!(origin(&restarted, "FLOWS4"), "reused");
     assert_eq!(origin(&restarted, "DEVICE_STATS"), "reused");
     let after_restart = packets(&restarted, &pair.a_if, "ingress");
     assert_eq!(
@@ -183,7 +183,7 @@ fn maps_of_another_layout_or_size_are_discarded_and_reported() {
     let pair = VethPair::new();
     let bpffs = Bpffs::new();
     let pin_path = bpffs.pin_path();
-    // What an older build with another layout left, and a FLOWS map of the current version's
+    // What an older build with another layout left, and a FLOWS4 map of the current version's
     // directory whose key has the wrong size.
     let old_layout = pin_path.join("maps-v0");
     let current = pin_path.join(format!(
@@ -192,7 +192,7 @@ fn maps_of_another_layout_or_size_are_discarded_and_reported() {
     ));
     fs::create_dir_all(&old_layout).unwrap();
     fs::create_dir_all(&current).unwrap();
-    for path in [old_layout.join("FLOWS"), current.join("FLOWS")] {
+    for path in [old_layout.join("FLOWS"), current.join("FLOWS4")] {
         sh(
             "bpftool",
             &[
@@ -223,13 +223,13 @@ fn maps_of_another_layout_or_size_are_discarded_and_reported() {
         ],
     );
     let scrape = daemon.scrape();
-    assert_eq!(origin(&scrape, "FLOWS"), "recreated");
+    assert_eq!(origin(&scrape, "FLOWS4"), "recreated");
     assert_eq!(origin(&scrape, "DEVICE_STATS"), "recreated");
     assert!(
         !old_layout.exists(),
         "the old layout's directory is removed"
     );
-    assert_eq!(pinned_key_size(&current.join("FLOWS")), 44);
+    assert_eq!(pinned_key_size(&current.join("FLOWS4")), 16);
     send_in(&pair, 10);
     let counted = packets(&daemon.scrape(), &pair.a_if, "ingress");
     assert!(counted >= 10);
@@ -246,7 +246,7 @@ fn maps_of_another_layout_or_size_are_discarded_and_reported() {
         ],
     );
     let scrape = daemon.scrape();
-    assert_eq!(origin(&scrape, "FLOWS"), "recreated");
+    assert_eq!(origin(&scrape, "FLOWS4"), "recreated");
     assert_eq!(origin(&scrape, "DEVICE_STATS"), "reused");
     assert_eq!(packets(&scrape, &pair.a_if, "ingress"), counted);
 }
@@ -280,7 +280,7 @@ fn scrape_when_folded(daemon: &Daemon) -> String {
         if sample(
             &scrape,
             "network_probe_datapath_map_entries",
-            "map=\"FLOWS\"",
+            "map=\"FLOWS4\"",
         ) == Some(0.0)
         {
             return scrape;

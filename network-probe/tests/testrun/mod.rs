@@ -13,13 +13,12 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Program, ProgramError, TestRun, TestRunOptions},
-    util::nr_cpus,
 };
 use network_probe_common::{
-    DEVICE_STATS_MAP, DeviceKey, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP,
-    FlowKey, FlowStats,
+    DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOWS4_MAP, FLOWS6_MAP,
+    FlowKey, FlowKey4, FlowKey6, FlowStats, IFINDEX_SLOTS_MAP, KernelFlowKey,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -277,8 +276,9 @@ pub struct Run {
 /// (both directions) created, as `Datapath::attach` creates them for an interface.
 pub struct TestRunDatapath {
     ebpf: Ebpf,
-    device_stats: PerCpuHashMap<MapData, DeviceKey, DeviceStats>,
-    flows: HashMap<MapData, FlowKey, FlowStats>,
+    device_stats: PerCpuArray<MapData, DeviceStats>,
+    flows4: HashMap<MapData, FlowKey4, FlowStats>,
+    flows6: HashMap<MapData, FlowKey6, FlowStats>,
     /// Interface index test-run packets are accounted to: the loopback device's.
     pub ifindex: u32,
 }
@@ -306,27 +306,24 @@ impl TestRunDatapath {
             };
             loaded.unwrap_or_else(|err| panic!("verifying {name}: {err:?}"));
         }
-        let mut device_stats: PerCpuHashMap<_, DeviceKey, DeviceStats> =
-            PerCpuHashMap::try_from(ebpf.take_map(DEVICE_STATS_MAP).expect("DEVICE_STATS map"))
+        let device_stats =
+            PerCpuArray::try_from(ebpf.take_map(DEVICE_STATS_MAP).expect("DEVICE_STATS map"))
                 .expect("opening DEVICE_STATS");
-        let flows =
-            HashMap::try_from(ebpf.take_map(FLOWS_MAP).expect("FLOWS map")).expect("opening FLOWS");
+        let flows4 = HashMap::try_from(ebpf.take_map(FLOWS4_MAP).expect("FLOWS4 map"))
+            .expect("opening FLOWS4");
+        let flows6 = HashMap::try_from(ebpf.take_map(FLOWS6_MAP).expect("FLOWS6 map"))
+            .expect("opening FLOWS6");
         let ifindex = network_probe::rtnetlink::interface_index("lo").expect("ifindex of lo");
-        let cpus = nr_cpus().expect("number of possible CPUs");
-        for direction in [Direction::Ingress, Direction::Egress] {
-            let key = DeviceKey {
-                ifindex,
-                direction: direction as u32,
-            };
-            let zero = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus]).unwrap();
-            device_stats
-                .insert(key, zero, 0)
-                .expect("creating DEVICE_STATS entries");
-        }
+        // Slot 0 (a fresh map's statistics are zero), stored plus one.
+        let mut slots: Array<_, u32> =
+            Array::try_from(ebpf.take_map(IFINDEX_SLOTS_MAP).expect("IFINDEX_SLOTS map"))
+                .expect("opening IFINDEX_SLOTS");
+        slots.set(ifindex, 1, 0).expect("assigning lo a slot");
         TestRunDatapath {
             ebpf,
             device_stats,
-            flows,
+            flows4,
+            flows6,
             ifindex,
         }
     }
@@ -361,13 +358,10 @@ impl TestRunDatapath {
 
     /// Statistics of `lo` at ingress, summed over CPUs.
     pub fn ingress_stats(&self) -> DeviceStats {
-        let key = DeviceKey {
-            ifindex: self.ifindex,
-            direction: Direction::Ingress as u32,
-        };
+        // lo has slot 0: ingress at index 0.
         let per_cpu = self
             .device_stats
-            .get(&key, 0)
+            .get(&(Direction::Ingress as u32), 0)
             .expect("reading DEVICE_STATS");
         let mut stats = DeviceStats::ZERO;
         for cpu in per_cpu.iter() {
@@ -378,19 +372,27 @@ impl TestRunDatapath {
 
     /// Every key of the flow map.
     pub fn flow_keys(&self) -> Vec<FlowKey> {
-        self.flows
-            .keys()
+        let v4 = self.flows4.keys().map(|key| key.map(FlowKey::from));
+        let v6 = self.flows6.keys().map(|key| key.map(FlowKey::from));
+        v4.chain(v6)
             .collect::<Result<_, _>>()
-            .expect("reading FLOWS keys")
+            .expect("reading the flow maps' keys")
     }
 
     /// The flow entry of `key`, if any.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowStats> {
-        self.flows.get(key, 0).ok()
+        match key.kernel().expect("a key of a known family") {
+            KernelFlowKey::V4(key) => self.flows4.get(&key, 0).ok(),
+            KernelFlowKey::V6(key) => self.flows6.get(&key, 0).ok(),
+        }
     }
 
     /// Deletes the flow entry of `key`.
     pub fn remove_flow(&mut self, key: &FlowKey) {
-        self.flows.remove(key).expect("deleting a FLOWS entry");
+        match key.kernel().expect("a key of a known family") {
+            KernelFlowKey::V4(key) => self.flows4.remove(&key),
+            KernelFlowKey::V6(key) => self.flows6.remove(&key),
+        }
+        .expect("deleting a flow entry");
     }
 }
