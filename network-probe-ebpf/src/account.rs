@@ -14,8 +14,8 @@
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
-    DeviceStats, Direction, FAMILY_IPV4, FlowKey4, FlowKey6, FlowStats, RTT_BUCKETS, SIZE_BUCKETS,
-    ifindex_direction,
+    DeviceStats, Direction, FAMILY_IPV4, FlowKey4, FlowKey6, FlowStats, RTT_BUCKETS,
+    ifindex_direction, size_bucket,
 };
 
 use crate::{
@@ -82,11 +82,7 @@ fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
     if ip.df {
         device.ipv4_df += segments;
     }
-    add_at(
-        &mut device.ip_size,
-        log2_bucket(ip.len as u64, SIZE_BUCKETS),
-        1,
-    );
+    add_at(&mut device.ip_size, size_bucket(ip.len), 1);
     device.ip_size_sum += ip.len as u64;
 }
 
@@ -103,7 +99,7 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
     }
     add_at(
         &mut device.tcp_payload_size,
-        log2_bucket(tcp.payload_len as u64, SIZE_BUCKETS),
+        size_bucket(tcp.payload_len),
         1,
     );
     device.tcp_payload_sum += tcp.payload_len as u64;

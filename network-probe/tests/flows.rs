@@ -133,6 +133,29 @@ fn flow_labels(ifname: &str, src: IpAddr, dst: IpAddr) -> String {
     format!("interface=\"{ifname}\",src=\"{src}\",dst=\"{dst}\"")
 }
 
+/// (upper bound, cumulative count) of every bucket of histogram `name` with `labels` (after
+/// `le`, which the exposition puts first).
+fn histogram_buckets(scrape: &str, name: &str, labels: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let suffix = format!("\",{labels}}}");
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (bound, value) = rest.split_once(&suffix)?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().expect("numeric bound")
+            };
+            Some((
+                bound,
+                value.trim().parse::<f64>().expect("numeric count") as u64,
+            ))
+        })
+        .collect()
+}
+
 fn counter(scrape: &str, name: &str, labels: &str) -> u64 {
     sample(scrape, name, labels).unwrap_or(0.0) as u64
 }
@@ -335,6 +358,21 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
             payload_sum,
             "payload bytes vs the capture"
         );
+        // Every bucket: the kernel's bucketing against the captured lengths (cumulative).
+        let payloads: Vec<u64> = captured.iter().map(payload).collect();
+        let buckets = histogram_buckets(
+            &scrape,
+            "network_probe_interface_tcp_payload_size_bytes",
+            &labels,
+        );
+        assert_eq!(buckets.len(), 17, "16 bounds and +Inf: {buckets:?}");
+        for (bound, count) in buckets {
+            let expected = payloads.iter().filter(|&&p| p as f64 <= bound).count() as u64;
+            assert_eq!(
+                count, expected,
+                "{direction} payloads <= {bound}: {payloads:?}"
+            );
+        }
     }
 
     // Handshake RTT: one sample per SYN answered by a SYN-ACK (the refused one got a RST).
