@@ -624,9 +624,22 @@ fn startup_section() {
     );
 }
 
+/// Runs every section, or only those named in `NETWORK_PROBE_BENCH_SECTIONS` (comma-separated:
+/// throughput, scrape, startup), for working on one of them.
 fn main() {
+    let only = std::env::var("NETWORK_PROBE_BENCH_SECTIONS").ok();
+    let wanted = |section: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|name| name.trim() == section))
+    };
     println!("## Overhead on the host: throughput, CPU, scrapes, memory, start-up\n");
-    throughput_section();
-    scrape_section();
-    startup_section();
+    if wanted("throughput") {
+        throughput_section();
+    }
+    if wanted("scrape") {
+        scrape_section();
+    }
+    if wanted("startup") {
+        startup_section();
+    }
 }

@@ -157,10 +157,11 @@ pub fn run(flags: Cli) -> Result<()> {
             }
         });
         let probers = Probers::new(&cli);
-        let mut registry = metrics::registry(flows, &cli.jool, &probers);
+        let mut registry = metrics::registry(Arc::clone(&flows), &cli.jool, &probers);
         registry.register_collector(config_state.collector());
         let state = Arc::new(AppState {
             registry,
+            flows,
             telemetry_path: cli.telemetry_path.clone(),
             ready: true.into(),
             probers,

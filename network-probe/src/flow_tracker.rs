@@ -121,6 +121,11 @@ impl FlowTracker {
         table
     }
 
+    /// The table as the last refresh left it (no map read).
+    pub fn table(&self) -> MutexGuard<'_, FlowTable> {
+        self.lock_table()
+    }
+
     /// Writes the state file now (at shutdown), if there is one and anything changed.
     pub fn save(&self) {
         let table = self.lock_table();

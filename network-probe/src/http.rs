@@ -44,6 +44,7 @@ use tokio_rustls::{
 use crate::{
     config::reload::{ConfigState, ReloadError},
     error::{Error, Result},
+    flow_exposition::{self, FlowCursor, FlowSeries},
     metrics,
     probe::{
         self, ProbeContext, Probers, Query,
@@ -73,6 +74,8 @@ const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug)]
 pub struct AppState {
     pub registry: Registry,
+    /// The flow table, whose series [`crate::flow_exposition`] writes next to the registry.
+    pub flows: Arc<crate::flow_tracker::FlowTracker>,
     pub telemetry_path: String,
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
@@ -90,20 +93,116 @@ pub struct AppState {
 /// 10-30 s in the soak. Instead a scrape waits for the render in progress, then takes the
 /// newest render that *started* after the scrape arrived, or starts one: every scrape still
 /// sees the state as of its own request or later, and N waiting scrapes cost about two renders.
-/// Only a weak reference is kept, so a body (100 MB with 100k series) lives no longer than the
-/// responses that use it.
+/// Only a weak reference is kept, so a render lives no longer than the responses that use it.
 #[derive(Debug, Default)]
 pub struct ScrapeCoalescer {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Weak<String>)>>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Weak<Scrape>)>>,
 }
 
+/// One render of the telemetry path: the registry's OpenMetrics text and a snapshot of the flow
+/// series, written out as the response is sent (see [`ScrapeBody`]).
+#[derive(Debug)]
+pub struct Scrape {
+    registry: String,
+    flows: FlowSeries,
+}
+
+/// Renders of at least this many flow series hand their memory back to the system when the
+/// last response using them is done (glibc keeps freed memory mapped until asked).
+const TRIM_AFTER_SERIES: usize = 10_000;
+
+impl Drop for Scrape {
+    fn drop(&mut self) {
+        if self.flows.len() >= TRIM_AFTER_SERIES {
+            // Free the snapshot first, then trim, off the runtime thread when there is one (a
+            // trim walks the whole heap).
+            drop(std::mem::take(&mut self.flows));
+            // SAFETY: malloc_trim only releases free heap memory.
+            let trim = || unsafe {
+                libc::malloc_trim(0);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(trim)),
+                Err(_) => trim(),
+            }
+        }
+    }
+}
+
+/// The body of a telemetry response, produced chunk by chunk: the registry's families, then
+/// the flow series (about [`flow_exposition::CHUNK_BYTES`] at a time), then `# EOF` for
+/// OpenMetrics. A 100k-series body (100 MB) thus never sits in memory whole.
+#[derive(Debug)]
+pub struct ScrapeBody {
+    scrape: Arc<Scrape>,
+    openmetrics: bool,
+    cursor: FlowCursor,
+    /// 0: registry part next, 1: flow series, 2: `# EOF`, 3: done.
+    stage: u8,
+}
+
+impl hyper::body::Body for ScrapeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let body = self.get_mut();
+        let chunk = loop {
+            match body.stage {
+                0 => {
+                    body.stage = 1;
+                    let registry = body.scrape.registry.as_str();
+                    let registry = registry.strip_suffix("# EOF\n").unwrap_or(registry);
+                    break if body.openmetrics {
+                        registry.to_string()
+                    } else {
+                        metrics::openmetrics_to_text_004(registry)
+                    };
+                }
+                1 => {
+                    let mut chunk = String::with_capacity(flow_exposition::CHUNK_BYTES + 512);
+                    if body.scrape.flows.write(
+                        &mut body.cursor,
+                        body.openmetrics,
+                        &mut chunk,
+                        flow_exposition::CHUNK_BYTES,
+                    ) {
+                        body.stage = 2;
+                    }
+                    if !chunk.is_empty() {
+                        break chunk;
+                    }
+                }
+                2 => {
+                    body.stage = 3;
+                    if body.openmetrics {
+                        break "# EOF\n".to_string();
+                    }
+                }
+                _ => return std::task::Poll::Ready(None),
+            }
+        };
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stage >= 3
+    }
+}
+
+/// A response's body: a whole text, or a telemetry body written as it is sent.
+pub type Body = http_body_util::Either<Full<Bytes>, ScrapeBody>;
+
 impl ScrapeCoalescer {
-    /// The OpenMetrics text for a scrape that arrived at `arrived`; `None` if encoding failed.
+    /// The render for a scrape that arrived at `arrived`; `None` if encoding failed.
     async fn render(
         &self,
         state: &Arc<AppState>,
         arrived: std::time::Instant,
-    ) -> Option<Arc<String>> {
+    ) -> Option<Arc<Scrape>> {
         let mut last = self.last.lock().await;
         if let Some((started, body)) = last.as_ref()
             && *started >= arrived
@@ -114,10 +213,14 @@ impl ScrapeCoalescer {
         let started = std::time::Instant::now();
         // Off the runtime thread, so probes and other requests are not held up meanwhile.
         let reader = Arc::clone(state);
-        let body = tokio::task::spawn_blocking(move || metrics::render(&reader.registry))
-            .await
-            .ok()?
-            .ok()?;
+        let body = tokio::task::spawn_blocking(move || {
+            // The series first: the registry's flow-table metrics describe the same refresh.
+            let flows = FlowSeries::read(&reader.flows);
+            metrics::render(&reader.registry).map(|registry| Scrape { registry, flows })
+        })
+        .await
+        .ok()?
+        .ok()?;
         let body = Arc::new(body);
         *last = Some((started, Arc::downgrade(&body)));
         Some(body)
@@ -464,6 +567,9 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_header_size(MAX_HEAD_BYTES)
+        // Body chunks go to the socket as they are (vectored writes), not copied into one
+        // buffer first: a 100k-series scrape is 100 MB of chunks.
+        .writev(true)
         .serve_connection(io, service);
     if let Err(err) = connection.await {
         debug!("connection from {peer}: {err}");
@@ -476,16 +582,16 @@ pub async fn handle(
     state: &Arc<AppState>,
     default_module: Option<&'static str>,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let mut response = match refusal(&request) {
-        Some(refused) => refused,
+        Some(refused) => refused.map(Body::Left),
         None if !state.web.authorized(&request).await => {
             let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
             response.headers_mut().insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"network-probe\", charset=\"UTF-8\""),
             );
-            response
+            response.map(Body::Left)
         }
         None => route(state, default_module, request).await,
     };
@@ -529,6 +635,28 @@ async fn route(
     state: &Arc<AppState>,
     default_module: Option<&'static str>,
     request: Request<Incoming>,
+) -> Response<Body> {
+    let readable = request.method() == Method::GET || request.method() == Method::HEAD;
+    if readable && request.uri().path() == state.telemetry_path {
+        return match state.scrapes.render(state, std::time::Instant::now()).await {
+            Some(scrape) => telemetry(&request, scrape),
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+            .map(Body::Left),
+        };
+    }
+    route_text(state, default_module, request)
+        .await
+        .map(Body::Left)
+}
+
+/// Routes a request for anything but the telemetry path.
+async fn route_text(
+    state: &Arc<AppState>,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() == "/-/reload" {
         return handle_reload(state, &request).await;
@@ -541,15 +669,6 @@ async fn route(
         return response;
     }
     let path = request.uri().path();
-    if path == state.telemetry_path {
-        return match state.scrapes.render(state, std::time::Instant::now()).await {
-            Some(body) => exposition(&request, &body),
-            None => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed\n",
-            ),
-        };
-    }
     if path == "/probe" {
         return handle_probe(state, default_module, &request).await;
     }
@@ -744,6 +863,32 @@ async fn check_targets(
         allowlist.check_addresses(target, &addresses)?;
     }
     Ok(())
+}
+
+/// The 200 of the telemetry path: `scrape` in the format the client asks for (see
+/// [`exposition`]), written as it is sent.
+fn telemetry(request: &Request<Incoming>, scrape: Arc<Scrape>) -> Response<Body> {
+    let openmetrics = wants_openmetrics(
+        request
+            .headers()
+            .get(ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        TEXT_004_CONTENT_TYPE
+    };
+    let mut response = Response::new(Body::Right(ScrapeBody {
+        scrape,
+        openmetrics,
+        cursor: FlowCursor::default(),
+        stage: 0,
+    }));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at

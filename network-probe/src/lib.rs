@@ -11,6 +11,7 @@
 //! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
 //! - [`flows`]: turns the kernel flow map into bounded, monotonic flow series (pure).
 //! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
+//! - [`flow_exposition`]: writes the flow series of a scrape, chunk by chunk.
 //! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
 //! - [`jool`]: Jool NAT64/SIIT statistics over generic netlink, read at scrape time.
 //! - [`probe`]: active probes behind `/probe` (query parsing, deadlines, one module per prober).
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod error;
+pub mod flow_exposition;
 pub mod flow_tracker;
 pub mod flows;
 pub mod http;

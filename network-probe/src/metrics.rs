@@ -15,11 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    datapath::DeviceSample,
-    flow_tracker::{FlowTracker, monotonic_ns, realtime_ns},
-    flows::{FlowCounters, FlowLabels, Series, SeriesKey},
-};
+use crate::{datapath::DeviceSample, flow_tracker::FlowTracker};
 
 /// Builds the registry served on the telemetry path.
 pub fn registry(
@@ -377,92 +373,10 @@ impl DatapathCollector {
         Ok(())
     }
 
+    /// The flow table's own metrics. The per-series families are written by
+    /// [`crate::flow_exposition`], from the snapshot the same scrape took just before.
     fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let names = self.flows.datapath().interface_names();
-        let table = self.flows.refresh();
-        let enabled = table.options().labels;
-        let series = table.series();
-        let labels: Vec<(Vec<(&'static str, String)>, &Series)> = series
-            .iter()
-            .map(|(key, series)| (series_labels(key, &enabled, &names), *series))
-            .collect();
-
-        type Field = fn(&FlowCounters) -> u64;
-        let counters: [(&str, &str, Field); 8] = [
-            (
-                "network_probe_flow_packets",
-                "Packets of the TCP flows with these labels (GSO segments counted).",
-                |c| c.packets,
-            ),
-            (
-                "network_probe_flow_bytes",
-                "Bytes of the TCP flows with these labels, link-layer headers included.",
-                |c| c.bytes,
-            ),
-            (
-                "network_probe_flow_retransmits",
-                "Retransmitted TCP segments, judged from sequence numbers per flow direction.",
-                |c| c.retransmits,
-            ),
-            ("network_probe_flow_rst", "TCP segments with RST.", |c| {
-                c.rst
-            }),
-            ("network_probe_flow_syn", "TCP segments with SYN.", |c| {
-                c.syn
-            }),
-            ("network_probe_flow_fin", "TCP segments with FIN.", |c| {
-                c.fin
-            }),
-            (
-                "network_probe_flow_zero_window",
-                "TCP segments, other than RSTs, advertising a zero receive window.",
-                |c| c.zero_window,
-            ),
-            (
-                "network_probe_flow_df_packets",
-                "IPv4 packets with the Don't Fragment bit set, whatever other flags are set \
-                 (IPv6 has no DF bit).",
-                |c| c.df,
-            ),
-        ];
-        for (name, help, field) in counters {
-            counter_family(
-                encoder,
-                name,
-                help,
-                labels.iter().map(|(l, s)| (l.clone(), field(&s.total()))),
-            )?;
-        }
-        gauge_family(
-            encoder,
-            "network_probe_flow_window_scale",
-            "Window scale shift (RFC 7323) offered in the SYN or SYN-ACK of the most recently \
-             active flow with these labels; absent when no SYN with the option was seen.",
-            labels
-                .iter()
-                .filter_map(|(l, s)| s.window_scale.map(|scale| (l.clone(), f64::from(scale)))),
-        )?;
-        let offset_ns = realtime_ns() as f64 - monotonic_ns() as f64;
-        let unix = |mono: u64| (mono as f64 + offset_ns) / 1e9;
-        gauge_family(
-            encoder,
-            "network_probe_flow_first_seen_timestamp_seconds",
-            "Unix time of the first packet of the flows with these labels.",
-            labels
-                .iter()
-                .filter(|(_, s)| s.first_seen_ns != 0)
-                .map(|(l, s)| (l.clone(), unix(s.first_seen_ns))),
-        )?;
-        gauge_family(
-            encoder,
-            "network_probe_flow_last_seen_timestamp_seconds",
-            "Unix time of the last packet of the flows with these labels.",
-            labels
-                .iter()
-                .filter(|(_, s)| s.last_seen_ns != 0)
-                .map(|(l, s)| (l.clone(), unix(s.last_seen_ns))),
-        )?;
-
+        let table = self.flows.table();
         let stats = table.stats();
         single_counter(
             encoder,
@@ -487,7 +401,7 @@ impl DatapathCollector {
             encoder,
             "network_probe_flow_series",
             "Flow series currently exported (the other rows included).",
-            series.len() as f64,
+            table.series_count() as f64,
         )?;
         let capacity = self.flows.datapath().flow_map_capacity();
         gauge_family(
@@ -515,53 +429,6 @@ impl DatapathCollector {
         )?;
         Ok(())
     }
-}
-
-/// Label pairs of a flow series in a fixed order: the configured labels, where `other` rows say
-/// "other" in every label but the interface.
-fn series_labels(
-    key: &SeriesKey,
-    enabled: &FlowLabels,
-    names: &std::collections::BTreeMap<u32, String>,
-) -> Vec<(&'static str, String)> {
-    let value = |v: Option<String>| {
-        if key.other {
-            "other".to_string()
-        } else {
-            v.unwrap_or_default()
-        }
-    };
-    let mut labels = Vec::with_capacity(6);
-    if enabled.interface {
-        let name = key.ifindex.map(|index| {
-            names
-                .get(&index)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex{index}"))
-        });
-        labels.push(("interface", name.unwrap_or_default()));
-    }
-    if enabled.direction {
-        let direction = key.direction.map(|d| {
-            network_probe_common::Direction::from_raw(u32::from(d))
-                .map_or("unknown", |d| d.as_str())
-                .to_string()
-        });
-        labels.push(("direction", value(direction)));
-    }
-    if enabled.src {
-        labels.push(("src", value(key.src.map(|a| a.to_string()))));
-    }
-    if enabled.dst {
-        labels.push(("dst", value(key.dst.map(|a| a.to_string()))));
-    }
-    if enabled.src_port {
-        labels.push(("src_port", value(key.src_port.map(|p| p.to_string()))));
-    }
-    if enabled.dst_port {
-        labels.push(("dst_port", value(key.dst_port.map(|p| p.to_string()))));
-    }
-    labels
 }
 
 impl Collector for DatapathCollector {

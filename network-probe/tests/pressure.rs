@@ -162,3 +162,87 @@ fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
         "VmRSS reached {most_rss} KiB (limit {RSS_LIMIT_KIB} KiB)"
     );
 }
+
+/// Thousands of flow series make a telemetry body of many chunks (it is written out as it is
+/// sent): both formats arrive whole and valid, with one packets sample per series, and the flow
+/// rows add up to the interface's TCP packets.
+#[test]
+fn a_scrape_of_thousands_of_series_arrives_whole_in_both_formats() {
+    const CONNECTS: usize = 1500;
+    let pair = VethPair::new();
+    let daemon = Daemon::start(
+        &pair.a,
+        &[
+            "--interface",
+            &pair.a_if,
+            "--flows.labels",
+            "interface,direction,src,dst,src_port",
+            "--flows.max-series",
+            "5000",
+            "--flows.idle-timeout",
+            "10m",
+        ],
+    );
+    let to: SocketAddr = format!("{}:{CLOSED_PORT}", dotted(pair.a_addr))
+        .parse()
+        .unwrap();
+    // Each refused connection: a SYN in (its own source port: its own series) and a RST out.
+    refused_connects(&pair.b, to, CONNECTS);
+
+    let text = daemon.scrape();
+    let rows = |body: &str| -> Vec<u64> {
+        body.lines()
+            .filter(|line| line.starts_with("network_probe_flow_packets_total{"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let packets = rows(&text);
+    let series = sample(&text, "network_probe_flow_series", "").expect("series count");
+    assert_eq!(packets.len() as f64, series);
+    assert!(packets.len() > CONNECTS, "{} series", packets.len());
+    assert!(
+        text.len() > 16 * 64 * 1024,
+        "{} bytes: fewer chunks than the test wants",
+        text.len()
+    );
+    let tcp: u64 = ["ingress", "egress"]
+        .iter()
+        .map(|direction| {
+            let labels = format!("interface=\"{}\",direction=\"{direction}\"", pair.a_if);
+            value(&text, "network_probe_interface_tcp_packets_total", &labels)
+        })
+        .sum();
+    assert_eq!(tcp, 2 * CONNECTS as u64);
+    assert_eq!(packets.iter().sum::<u64>(), tcp);
+    let (clean, complaints) = common::promtool_check_metrics(&text);
+    assert!(clean, "{complaints}");
+
+    // OpenMetrics, as Prometheus asks for it: the same samples, one # EOF, at the very end.
+    let listen = daemon.listen;
+    let response = in_netns(&daemon.ns, move || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nAccept: \
+             application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let openmetrics = common::response_body(head, body);
+    assert!(openmetrics.ends_with("\n# EOF\n"));
+    assert_eq!(openmetrics.matches("# EOF").count(), 1);
+    assert!(openmetrics.contains("# TYPE network_probe_flow_packets counter\n"));
+    assert_eq!(rows(&openmetrics), packets, "no packets in between");
+}

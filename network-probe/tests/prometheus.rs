@@ -192,32 +192,7 @@ fn get(ns: &str, to: SocketAddr, path: &str, accept: Option<&str>) -> (u16, Stri
                 .then(|| value.trim().to_string())
         })
         .unwrap_or_default();
-    let chunked = head.lines().any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked"
-        })
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, content_type, body)
-}
-
-/// The body of a `Transfer-Encoding: chunked` response (Prometheus sends larger API answers
-/// so).
-fn dechunk(mut chunks: &str) -> String {
-    let mut body = String::new();
-    loop {
-        let (size, rest) = chunks.split_once("\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return body;
-        }
-        body.push_str(&rest[..size]);
-        chunks = rest[size..].strip_prefix("\r\n").expect("chunk end");
-    }
+    (status, content_type, common::response_body(head, body))
 }
 
 /// What `promtool check metrics` says about `body`, one complaint per line, minus

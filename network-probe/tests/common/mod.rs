@@ -365,10 +365,35 @@ pub fn http(ns: &str, to: SocketAddr, method: &str, path: &str) -> std::io::Resu
             .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
         let body = response
             .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
+            .map(|(head, body)| response_body(head, body))
             .unwrap_or_default();
         Ok((status, body))
     })
+}
+
+/// The body of an HTTP/1.1 response with head `head`, de-chunked if it was sent with
+/// `Transfer-Encoding: chunked` (the telemetry path streams its body so; Prometheus sends its
+/// larger API answers so).
+pub fn response_body(head: &str, body: &str) -> String {
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked"
+        })
+    });
+    if !chunked {
+        return body.to_string();
+    }
+    let mut chunks = body;
+    let mut whole = String::new();
+    loop {
+        let (size, rest) = chunks.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return whole;
+        }
+        whole.push_str(&rest[..size]);
+        chunks = rest[size..].strip_prefix("\r\n").expect("chunk end");
+    }
 }
 
 /// Value of the sample `name{labels}` in a scrape, where `labels` is the exact label text.

@@ -1,0 +1,377 @@
+//! The per-flow-series metric families of a scrape (`network_probe_flow_*`), written outside
+//! the prometheus-client registry because of their size: with 100k series they are most of a
+//! 100 MB body. A scrape takes a compact snapshot of the series ([`FlowSeries::read`]: label
+//! text escaped once per series, then numbers), and the response writes it out in chunks of
+//! about [`CHUNK_BYTES`] as it is sent ([`FlowSeries::write`]), in OpenMetrics or in the
+//! Prometheus text format 0.0.4. The whole text never exists in memory at once, and one
+//! snapshot serves every concurrent scrape that shares the render.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::{
+    flow_tracker::{FlowTracker, monotonic_ns, realtime_ns},
+    flows::{FlowCounters, FlowLabels, SeriesKey},
+};
+
+/// Size a chunk of flow series text grows to before it is sent.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// One flow series as a scrape writes it.
+#[derive(Debug)]
+struct FlowRow {
+    /// The label pairs, escaped and joined: `interface="eth0",src="10.0.0.1",dst="10.0.0.2"`.
+    labels: String,
+    counters: FlowCounters,
+    window_scale: Option<u8>,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
+}
+
+/// How a family's value is taken from a row.
+enum Value {
+    /// A counter (`_total` samples).
+    Counter(fn(&FlowCounters) -> u64),
+    /// A gauge, absent from the rows for which it is `None`.
+    Gauge(fn(&FlowRow, f64) -> Option<f64>),
+}
+
+/// A metric family of the flow series: name (without `_total`), help, value.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    value: Value,
+}
+
+/// Unix time in seconds of a CLOCK_MONOTONIC nanosecond timestamp, 0 meaning "never".
+fn unix_seconds(monotonic: u64, offset_ns: f64) -> Option<f64> {
+    (monotonic != 0).then(|| (monotonic as f64 + offset_ns) / 1e9)
+}
+
+/// Every family, in the order they are written.
+const FAMILIES: [Family; 11] = [
+    Family {
+        name: "network_probe_flow_packets",
+        help: "Packets of the TCP flows with these labels (GSO segments counted).",
+        value: Value::Counter(|c| c.packets),
+    },
+    Family {
+        name: "network_probe_flow_bytes",
+        help: "Bytes of the TCP flows with these labels, link-layer headers included.",
+        value: Value::Counter(|c| c.bytes),
+    },
+    Family {
+        name: "network_probe_flow_retransmits",
+        help: "Retransmitted TCP segments, judged from sequence numbers per flow direction.",
+        value: Value::Counter(|c| c.retransmits),
+    },
+    Family {
+        name: "network_probe_flow_rst",
+        help: "TCP segments with RST.",
+        value: Value::Counter(|c| c.rst),
+    },
+    Family {
+        name: "network_probe_flow_syn",
+        help: "TCP segments with SYN.",
+        value: Value::Counter(|c| c.syn),
+    },
+    Family {
+        name: "network_probe_flow_fin",
+        help: "TCP segments with FIN.",
+        value: Value::Counter(|c| c.fin),
+    },
+    Family {
+        name: "network_probe_flow_zero_window",
+        help: "TCP segments, other than RSTs, advertising a zero receive window.",
+        value: Value::Counter(|c| c.zero_window),
+    },
+    Family {
+        name: "network_probe_flow_df_packets",
+        help: "IPv4 packets with the Don't Fragment bit set, whatever other flags are set (IPv6 \
+               has no DF bit).",
+        value: Value::Counter(|c| c.df),
+    },
+    Family {
+        name: "network_probe_flow_window_scale",
+        help: "Window scale shift (RFC 7323) offered in the SYN or SYN-ACK of the most recently \
+               active flow with these labels; absent when no SYN with the option was seen.",
+        value: Value::Gauge(|row, _| row.window_scale.map(f64::from)),
+    },
+    Family {
+        name: "network_probe_flow_first_seen_timestamp_seconds",
+        help: "Unix time of the first packet of the flows with these labels.",
+        value: Value::Gauge(|row, offset| unix_seconds(row.first_seen_ns, offset)),
+    },
+    Family {
+        name: "network_probe_flow_last_seen_timestamp_seconds",
+        help: "Unix time of the last packet of the flows with these labels.",
+        value: Value::Gauge(|row, offset| unix_seconds(row.last_seen_ns, offset)),
+    },
+];
+
+/// The flow series of one scrape.
+#[derive(Debug, Default)]
+pub struct FlowSeries {
+    rows: Vec<FlowRow>,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC at the snapshot, nanoseconds.
+    unix_offset_ns: f64,
+}
+
+/// Where writing stands: the family, and the next row of it (`None`: its header is next).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCursor {
+    family: usize,
+    row: Option<usize>,
+}
+
+impl FlowSeries {
+    /// Reads the flow maps into the table (see [`FlowTracker::refresh`]) and snapshots its
+    /// series.
+    pub fn read(flows: &FlowTracker) -> FlowSeries {
+        let names = flows.datapath().interface_names();
+        let table = flows.refresh();
+        let enabled = table.options().labels;
+        let rows = table
+            .series()
+            .into_iter()
+            .map(|(key, series)| FlowRow {
+                labels: label_text(&series_labels(key, &enabled, &names)),
+                counters: series.total(),
+                window_scale: series.window_scale,
+                first_seen_ns: series.first_seen_ns,
+                last_seen_ns: series.last_seen_ns,
+            })
+            .collect();
+        FlowSeries {
+            rows,
+            unix_offset_ns: realtime_ns() as f64 - monotonic_ns() as f64,
+        }
+    }
+
+    /// Appends text from `cursor` on to `out` until `out` holds at least `budget` bytes or
+    /// everything is written; returns whether everything is. OpenMetrics names a counter family
+    /// without `_total`, format 0.0.4 with it; the samples are the same.
+    pub fn write(
+        &self,
+        cursor: &mut FlowCursor,
+        openmetrics: bool,
+        out: &mut String,
+        budget: usize,
+    ) -> bool {
+        let mut number = itoa::Buffer::new();
+        while let Some(family) = FAMILIES.get(cursor.family) {
+            let counter = matches!(family.value, Value::Counter(_));
+            let Some(start) = cursor.row else {
+                let (name, kind) = match (counter, openmetrics) {
+                    (true, true) => (family.name.to_string(), "counter"),
+                    (true, false) => (format!("{}_total", family.name), "counter"),
+                    (false, _) => (family.name.to_string(), "gauge"),
+                };
+                let _ = writeln!(out, "# HELP {name} {}", family.help);
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                cursor.row = Some(0);
+                continue;
+            };
+            for (index, row) in self.rows.iter().enumerate().skip(start) {
+                if out.len() >= budget {
+                    cursor.row = Some(index);
+                    return false;
+                }
+                match family.value {
+                    Value::Counter(field) => {
+                        out.push_str(family.name);
+                        out.push_str("_total{");
+                        out.push_str(&row.labels);
+                        out.push_str("} ");
+                        out.push_str(number.format(field(&row.counters)));
+                    }
+                    Value::Gauge(value) => {
+                        let Some(value) = value(row, self.unix_offset_ns) else {
+                            continue;
+                        };
+                        out.push_str(family.name);
+                        out.push('{');
+                        out.push_str(&row.labels);
+                        out.push_str("} ");
+                        let _ = write!(out, "{value}");
+                    }
+                }
+                out.push('\n');
+            }
+            cursor.family += 1;
+            cursor.row = None;
+        }
+        true
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// `name="value"` pairs joined by commas, values escaped as the text formats require.
+fn label_text(labels: &[(&'static str, String)]) -> String {
+    let mut text = String::with_capacity(labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
+    for (index, (name, value)) in labels.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(name);
+        text.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => text.push_str("\\\\"),
+                '"' => text.push_str("\\\""),
+                '\n' => text.push_str("\\n"),
+                c => text.push(c),
+            }
+        }
+        text.push('"');
+    }
+    text
+}
+
+/// Label pairs of a flow series in a fixed order: the configured labels, where `other` rows say
+/// "other" in every label but the interface.
+fn series_labels(
+    key: &SeriesKey,
+    enabled: &FlowLabels,
+    names: &BTreeMap<u32, String>,
+) -> Vec<(&'static str, String)> {
+    let value = |v: Option<String>| {
+        if key.other {
+            "other".to_string()
+        } else {
+            v.unwrap_or_default()
+        }
+    };
+    let mut labels = Vec::with_capacity(6);
+    if enabled.interface {
+        let name = key.ifindex.map(|index| {
+            names
+                .get(&index)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{index}"))
+        });
+        labels.push(("interface", name.unwrap_or_default()));
+    }
+    if enabled.direction {
+        let direction = key.direction.map(|d| {
+            network_probe_common::Direction::from_raw(u32::from(d))
+                .map_or("unknown", |d| d.as_str())
+                .to_string()
+        });
+        labels.push(("direction", value(direction)));
+    }
+    if enabled.src {
+        labels.push(("src", value(key.src.map(|a| a.to_string()))));
+    }
+    if enabled.dst {
+        labels.push(("dst", value(key.dst.map(|a| a.to_string()))));
+    }
+    if enabled.src_port {
+        labels.push(("src_port", value(key.src_port.map(|p| p.to_string()))));
+    }
+    if enabled.dst_port {
+        labels.push(("dst_port", value(key.dst_port.map(|p| p.to_string()))));
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(labels: &str, packets: u64, window_scale: Option<u8>) -> FlowRow {
+        FlowRow {
+            labels: labels.to_string(),
+            counters: FlowCounters {
+                packets,
+                ..FlowCounters::default()
+            },
+            window_scale,
+            first_seen_ns: 0,
+            last_seen_ns: 2_000_000_000,
+        }
+    }
+
+    fn series() -> FlowSeries {
+        FlowSeries {
+            rows: vec![row("a=\"1\"", 5, Some(7)), row("a=\"2\"", 6, None)],
+            unix_offset_ns: 1e18,
+        }
+    }
+
+    fn write_all(series: &FlowSeries, openmetrics: bool, budget: usize) -> (String, usize) {
+        let mut cursor = FlowCursor::default();
+        let mut text = String::new();
+        let mut chunks = 0;
+        loop {
+            let mut chunk = String::new();
+            let done = series.write(&mut cursor, openmetrics, &mut chunk, budget);
+            text.push_str(&chunk);
+            chunks += 1;
+            if done {
+                return (text, chunks);
+            }
+        }
+    }
+
+    #[test]
+    fn families_in_both_formats() {
+        let (openmetrics, _) = write_all(&series(), true, usize::MAX);
+        assert!(openmetrics.starts_with(
+            "# HELP network_probe_flow_packets Packets of the TCP flows with these labels (GSO \
+             segments counted).\n# TYPE network_probe_flow_packets counter\n\
+             network_probe_flow_packets_total{a=\"1\"} 5\n\
+             network_probe_flow_packets_total{a=\"2\"} 6\n"
+        ));
+        assert!(openmetrics.contains(
+            "# TYPE network_probe_flow_window_scale gauge\nnetwork_probe_flow_window_scale{a=\"1\"} \
+             7\n# HELP network_probe_flow_first_seen_timestamp_seconds"
+        ));
+        // first_seen 0 means never: no sample; last_seen 2 s after the monotonic epoch.
+        assert!(!openmetrics.contains("network_probe_flow_first_seen_timestamp_seconds{"));
+        assert!(
+            openmetrics
+                .contains("network_probe_flow_last_seen_timestamp_seconds{a=\"2\"} 1000000002\n")
+        );
+        let (text_004, _) = write_all(&series(), false, usize::MAX);
+        assert!(text_004.contains("# HELP network_probe_flow_packets_total Packets "));
+        assert!(text_004.contains("# TYPE network_probe_flow_packets_total counter\n"));
+        assert!(text_004.contains("# TYPE network_probe_flow_window_scale gauge\n"));
+        let samples = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&text_004), samples(&openmetrics));
+    }
+
+    #[test]
+    fn chunks_join_to_the_whole_text() {
+        let (whole, one) = write_all(&series(), true, usize::MAX);
+        assert_eq!(one, 1);
+        let (chunked, many) = write_all(&series(), true, 1);
+        assert_eq!(chunked, whole);
+        assert!(many > 11, "{many} chunks");
+        let (empty, _) = write_all(&FlowSeries::default(), true, 1);
+        assert_eq!(empty.matches("# TYPE").count(), 11);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            label_text(&[
+                ("interface", "a\"b\\c\nd".into()),
+                ("src", "10.0.0.1".into())
+            ]),
+            "interface=\"a\\\"b\\\\c\\nd\",src=\"10.0.0.1\""
+        );
+    }
+}
