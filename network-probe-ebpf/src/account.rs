@@ -27,9 +27,28 @@ use crate::{
 /// `BPF_NOEXIST`: create only if absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// Accounts one packet (`segments` wire packets) seen on `ifindex` in `direction`.
+/// How far [`observe`] goes. The daemon's programs do [`upto::ALL`]; benchmark programs stop
+/// earlier, so `cargo xtask bench` can show what each step of the per-packet path costs.
+pub mod upto {
+    /// The interface's slot and per-CPU statistics found, packets and bytes counted.
+    pub const DEVICE: u8 = 0;
+    /// Also the headers parsed and the interface's IP and TCP statistics updated.
+    pub const PARSE: u8 = 1;
+    /// Also the flow's map entry looked up (the key built and hashed).
+    pub const LOOKUP: u8 = 2;
+    /// Everything: the flow entry updated (atomic counters, sequence tracking, clock).
+    pub const ALL: u8 = 3;
+}
+
+/// Accounts one packet (`segments` wire packets) seen on `ifindex` in `direction`, as far as
+/// `UPTO` (see [`upto`]).
 #[inline(always)]
-pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segments: u64) {
+pub fn observe<P: Packet, const UPTO: u8>(
+    packet: &P,
+    ifindex: u32,
+    direction: Direction,
+    segments: u64,
+) {
     // User space assigns the slot before attaching; without one this interface is not ours.
     let slot = match IFINDEX_SLOTS.get(ifindex) {
         Some(&slot) if slot != 0 => slot - 1,
@@ -44,6 +63,9 @@ pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segmen
     let len = packet.len() as u64;
     device.packets += segments;
     device.bytes += len;
+    if UPTO == upto::DEVICE {
+        return;
+    }
     match parse(packet) {
         Parsed::NotIp(reason) => add_at(&mut device.unclassified, reason as usize, segments),
         Parsed::OtherIp(ip, reason) => {
@@ -53,6 +75,9 @@ pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segmen
         Parsed::Tcp(ip, tcp) => {
             observe_ip(device, &ip, segments);
             observe_tcp_device(device, &tcp, segments);
+            if UPTO == upto::PARSE {
+                return;
+            }
             let ifindex_direction = ifindex_direction(ifindex, direction);
             if ip.family == FAMILY_IPV4 {
                 let key = FlowKey4 {
@@ -62,7 +87,7 @@ pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segmen
                     dst_port: tcp.dst_port,
                     ifindex_direction,
                 };
-                observe_flow(device, key, direction, &ip, &tcp, segments, len);
+                observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
             } else {
                 let key = FlowKey6 {
                     src: ip.src,
@@ -71,7 +96,7 @@ pub fn observe<P: Packet>(packet: &P, ifindex: u32, direction: Direction, segmen
                     dst_port: tcp.dst_port,
                     ifindex_direction,
                 };
-                observe_flow(device, key, direction, &ip, &tcp, segments, len);
+                observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
             }
         }
     }
@@ -137,7 +162,7 @@ impl FlowMapKey for FlowKey6 {
 
 /// The flow's entry: created on its first packet, counters, sequence tracking, handshake RTT.
 #[inline(always)]
-fn observe_flow<K: FlowMapKey>(
+fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     device: &mut DeviceStats,
     key: K,
     direction: Direction,
@@ -190,6 +215,9 @@ fn observe_flow<K: FlowMapKey>(
     // SAFETY: a pointer into the map value, valid for this program run; counters are updated
     // with atomic adds, the rest is owned by the CPU processing this flow direction.
     let flow = unsafe { &mut *flow };
+    if UPTO == upto::LOOKUP {
+        return;
+    }
 
     let mut retransmit = false;
     if sequence_len > 0 && !rst {

@@ -10,21 +10,23 @@ use crate::account;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Ingress);
+    observe::<{ account::upto::ALL }>(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Egress);
+    observe::<{ account::upto::ALL }>(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
 }
 
+/// Reads the skb's metadata and accounts the packet as far as `UPTO` (see
+/// [`account::upto`]; the benchmark programs in `baseline` stop early).
 #[inline(always)]
-fn observe(ctx: &TcContext, direction: Direction) {
+pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
     // SAFETY: the kernel hands the program a valid __sk_buff for its whole run.
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     // A non-GSO skb reports gso_segs 0: it is one packet on the wire.
     let segments = if gso_segs == 0 { 1 } else { gso_segs as u64 };
-    account::observe(ctx, ifindex, direction, segments);
+    account::observe::<_, UPTO>(ctx, ifindex, direction, segments);
 }

@@ -11,6 +11,6 @@ use crate::account;
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     // SAFETY: the kernel hands the program a valid xdp_md for its whole run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    account::observe(&ctx, ifindex, Direction::Ingress, 1);
+    account::observe::<_, { account::upto::ALL }>(&ctx, ifindex, Direction::Ingress, 1);
     XDP_PASS
 }

@@ -127,11 +127,87 @@ struct Series {
     ours: Vec<Sample>,
 }
 
+/// The per-packet path of `tc_ingress`, step by step: benchmark programs that stop after each
+/// step (see network-probe-ebpf's `baseline`), cumulative, with what each step adds.
+const STEPS: [(&str, &str); 5] = [
+    ("tc_baseline", "empty program (the test-run loop itself)"),
+    (
+        "tc_upto_device",
+        "the interface's slot and per-CPU statistics found (two array lookups); packets, bytes",
+    ),
+    (
+        "tc_upto_parse",
+        "headers parsed; the interface's IP and TCP counters and size histograms",
+    ),
+    (
+        "tc_upto_lookup",
+        "the flow's key built and looked up in its family's LRU hash map",
+    ),
+    (
+        "tc_ingress",
+        "the flow entry updated: atomic counters, sequence tracking, coarse clock",
+    ),
+];
+
+/// Medians of each step's time per packet on `frame`, over [`ROUNDS`] rounds in which every
+/// step program runs once, in an order rotated from round to round.
+fn step_medians(datapath: &TestRunDatapath, frame: &[u8]) -> Vec<f64> {
+    let tc = &HOOKS[0];
+    let mut samples = vec![Vec::new(); STEPS.len()];
+    for round in 0..ROUNDS {
+        for offset in 0..STEPS.len() {
+            let step = (round + offset) % STEPS.len();
+            samples[step].push(measure(datapath, tc, STEPS[step].0, frame).cpu_ns);
+        }
+    }
+    samples.iter_mut().map(|values| median(values)).collect()
+}
+
+/// Where the time of `tc_ingress` goes, per step, for an IPv4 and an IPv6 ACK.
+fn print_steps(datapath: &TestRunDatapath) {
+    let frames = frames();
+    let ipv4 = step_medians(datapath, &frames[0].1);
+    let ipv6 = step_medians(datapath, &frames[1].1);
+    println!(
+        "\nWhere the time of `tc_ingress` goes: the same program stopped after each step of its \
+         per-packet path (benchmark programs built from the same code with the later steps \
+         compiled out), each step's time per packet (median of {ROUNDS} rounds, order rotated \
+         per round) and what it adds to the step before, on the established-flow ACKs above.\n"
+    );
+    println!(
+        "| step | program | IPv4 ACK (ns/packet) | IPv4: added by the step | IPv6 ACK (ns/packet) | \
+         IPv6: added by the step |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (index, (program, what)) in STEPS.iter().enumerate() {
+        let added = |medians: &[f64]| {
+            if index == 0 {
+                "".to_string()
+            } else {
+                format!("{:+.1}", medians[index] - medians[index - 1])
+            }
+        };
+        println!(
+            "| {what} | `{program}` | {:.1} | {} | {:.1} | {} |",
+            ipv4[index],
+            added(&ipv4),
+            ipv6[index],
+            added(&ipv6)
+        );
+    }
+}
+
 fn main() {
     let programs: Vec<&str> = HOOKS
         .iter()
         .flat_map(|hook| [hook.program, hook.baseline])
-        .collect();
+        .chain(STEPS.iter().map(|(program, _)| *program))
+        .fold(Vec::new(), |mut unique, program| {
+            if !unique.contains(&program) {
+                unique.push(program);
+            }
+            unique
+        });
     let datapath = TestRunDatapath::load(&programs);
     let mut series: Vec<Series> = HOOKS
         .iter()
@@ -221,4 +297,5 @@ fn main() {
          sequence range was already seen), an ACK occupies no sequence space. All \
          {measured} measured repetitions were accounted as TCP packets."
     );
+    print_steps(&datapath);
 }
