@@ -367,12 +367,12 @@ impl FlowTable {
         idle
     }
 
-    /// The exported series, sorted by labels.
     /// Number of series (the `other` rows included).
     pub fn series_count(&self) -> usize {
         self.series.len()
     }
 
+    /// The exported series, sorted by labels.
     pub fn series(&self) -> Vec<(&SeriesKey, &Series)> {
         let mut all: Vec<_> = self.series.iter().collect();
         // Keys are unique: an unstable sort gives the same order, faster.

@@ -11,7 +11,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -93,10 +93,34 @@ pub struct AppState {
 /// 10-30 s in the soak. Instead a scrape waits for the render in progress, then takes the
 /// newest render that *started* after the scrape arrived, or starts one: every scrape still
 /// sees the state as of its own request or later, and N waiting scrapes cost about two renders.
-/// Only a weak reference is kept, so a render lives no longer than the responses that use it.
-#[derive(Debug, Default)]
-pub struct ScrapeCoalescer {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Weak<Scrape>)>>,
+/// The newest render is kept alive while scrapes are queued behind the one that took it (a
+/// response can be sent in full before the next scrape in line looks, and then nothing else
+/// would hold it: in the soak every scrape rendered anew, 130 ms each, 2 s per scrape); once
+/// nobody waits, only a weak reference is kept, so a render lives no longer than the responses
+/// that use it.
+#[derive(Debug)]
+pub struct ScrapeCoalescer<T = Scrape> {
+    last: tokio::sync::Mutex<Option<LastRender<T>>>,
+    /// Scrapes waiting for `last`.
+    waiting: AtomicUsize,
+}
+
+impl<T> Default for ScrapeCoalescer<T> {
+    fn default() -> Self {
+        ScrapeCoalescer {
+            last: tokio::sync::Mutex::new(None),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The newest render: when it started, and the render itself (held strongly only while scrapes
+/// are waiting).
+#[derive(Debug)]
+struct LastRender<T> {
+    started: std::time::Instant,
+    weak: std::sync::Weak<T>,
+    kept: Option<Arc<T>>,
 }
 
 /// One render of the telemetry path: the registry's OpenMetrics text and a snapshot of the flow
@@ -196,35 +220,66 @@ impl hyper::body::Body for ScrapeBody {
 /// A response's body: a whole text, or a telemetry body written as it is sent.
 pub type Body = http_body_util::Either<Full<Bytes>, ScrapeBody>;
 
-impl ScrapeCoalescer {
+impl ScrapeCoalescer<Scrape> {
     /// The render for a scrape that arrived at `arrived`; `None` if encoding failed.
     async fn render(
         &self,
         state: &Arc<AppState>,
         arrived: std::time::Instant,
     ) -> Option<Arc<Scrape>> {
-        let mut last = self.last.lock().await;
-        if let Some((started, body)) = last.as_ref()
-            && *started >= arrived
-            && let Some(body) = body.upgrade()
-        {
-            return Some(body);
-        }
-        let started = std::time::Instant::now();
-        // Off the runtime thread, so probes and other requests are not held up meanwhile.
-        let reader = Arc::clone(state);
-        let body = tokio::task::spawn_blocking(move || {
-            // The series first: the registry's flow-table metrics describe the same refresh.
-            let flows = FlowSeries::read(&reader.flows);
-            metrics::render(&reader.registry).map(|registry| Scrape { registry, flows })
-        })
-        .await
-        .ok()?
-        .ok()?;
-        let body = Arc::new(body);
-        *last = Some((started, Arc::downgrade(&body)));
-        Some(body)
+        self.share(arrived, || render_scrape(state)).await
     }
+}
+
+impl<T> ScrapeCoalescer<T> {
+    /// A render for a request that arrived at `arrived`: the newest one if it started since,
+    /// else a new one made by `render` (see [`ScrapeCoalescer`]).
+    async fn share<F, R>(&self, arrived: std::time::Instant, render: F) -> Option<Arc<T>>
+    where
+        F: FnOnce() -> R,
+        R: std::future::Future<Output = Option<Arc<T>>>,
+    {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut last = self.last.lock().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let reusable = last
+            .as_ref()
+            .filter(|newest| newest.started >= arrived)
+            .and_then(|newest| newest.weak.upgrade());
+        let scrape = match reusable {
+            Some(scrape) => scrape,
+            None => {
+                let started = std::time::Instant::now();
+                let scrape = render().await?;
+                *last = Some(LastRender {
+                    started,
+                    weak: Arc::downgrade(&scrape),
+                    kept: None,
+                });
+                scrape
+            }
+        };
+        if let Some(newest) = last.as_mut() {
+            let queued = self.waiting.load(Ordering::SeqCst) > 0;
+            newest.kept = queued.then(|| Arc::clone(&scrape));
+        }
+        Some(scrape)
+    }
+}
+
+/// Reads the flow series and encodes the registry, off the runtime thread.
+async fn render_scrape(state: &Arc<AppState>) -> Option<Arc<Scrape>> {
+    // Off the runtime thread, so probes and other requests are not held up meanwhile.
+    let reader = Arc::clone(state);
+    let scrape = tokio::task::spawn_blocking(move || {
+        // The series first: the registry's flow-table metrics describe the same refresh.
+        let flows = FlowSeries::read(&reader.flows);
+        metrics::render(&reader.registry).map(|registry| Scrape { registry, flows })
+    })
+    .await
+    .ok()?
+    .ok()?;
+    Some(Arc::new(scrape))
 }
 
 /// What `--web.config.file` and `--web.max-concurrent-probes` ask of every request.
@@ -966,6 +1021,46 @@ fn with_type(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 16 scrapes queued behind a render, each done with its render at once (as a response
+    /// sent in full before the next scrape looks): the first render serves the first scrape,
+    /// one more serves all the others, and a later scrape gets a fresh one.
+    #[tokio::test]
+    async fn queued_scrapes_share_one_render() {
+        let coalescer = Arc::new(ScrapeCoalescer::<u32>::default());
+        let renders = Arc::new(AtomicUsize::new(0));
+        let scrape = |coalescer: Arc<ScrapeCoalescer<u32>>, renders: Arc<AtomicUsize>| async move {
+            let arrived = std::time::Instant::now();
+            let render = coalescer
+                .share(arrived, || async {
+                    let number = renders.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some(Arc::new(number))
+                })
+                .await
+                .expect("a render");
+            *render
+        };
+        let tasks: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(scrape(Arc::clone(&coalescer), Arc::clone(&renders))))
+            .collect();
+        let mut seen = Vec::new();
+        for task in tasks {
+            seen.push(task.await.unwrap());
+        }
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            2,
+            "renders for 16 scrapes: {seen:?}"
+        );
+        assert_eq!(seen.iter().filter(|&&number| number == 2).count(), 15);
+        // Nobody waits any more: the render is not kept, and a new scrape renders anew.
+        assert!(coalescer.last.lock().await.as_ref().unwrap().kept.is_none());
+        assert_eq!(
+            scrape(Arc::clone(&coalescer), Arc::clone(&renders)).await,
+            3
+        );
+    }
 
     #[test]
     fn openmetrics_only_when_asked_for() {

@@ -9,7 +9,7 @@
 //! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
 //! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
 //! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
-//! - [`flows`]: turns the kernel flow map into bounded, monotonic flow series (pure).
+//! - [`flows`]: turns the kernel flow maps into bounded, monotonic flow series (pure).
 //! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
 //! - [`flow_exposition`]: writes the flow series of a scrape, chunk by chunk.
 //! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.

@@ -1,6 +1,7 @@
 //! The Prometheus registry: collectors that read live state (the datapath's maps, the flow
-//! table) at scrape time, plus build information. Names follow Prometheus conventions: base
-//! units, `_total` on counters; README.md documents each one.
+//! table's own counters) at scrape time, plus build information; the per-flow-series families
+//! are written next to it by [`crate::flow_exposition`]. Names follow Prometheus conventions:
+//! base units, `_total` on counters; README.md documents each one.
 
 use std::sync::Arc;
 

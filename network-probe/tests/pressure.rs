@@ -218,29 +218,14 @@ fn a_scrape_of_thousands_of_series_arrives_whole_in_both_formats() {
     assert!(clean, "{complaints}");
 
     // OpenMetrics, as Prometheus asks for it: the same samples, one # EOF, at the very end.
-    let listen = daemon.listen;
-    let response = in_netns(&daemon.ns, move || {
-        use std::io::{Read as _, Write as _};
-        let mut stream = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nAccept: \
-             application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    });
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
+    let (status, content_type, openmetrics) = common::get(
+        &daemon.ns,
+        daemon.listen,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0"),
     );
-    let openmetrics = common::response_body(head, body);
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"));
     assert!(openmetrics.ends_with("\n# EOF\n"));
     assert_eq!(openmetrics.matches("# EOF").count(), 1);
     assert!(openmetrics.contains("# TYPE network_probe_flow_packets counter\n"));

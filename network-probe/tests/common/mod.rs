@@ -371,6 +371,36 @@ pub fn http(ns: &str, to: SocketAddr, method: &str, path: &str) -> std::io::Resu
     })
 }
 
+/// GET `path` from `to` inside `ns` with an optional Accept header: (status, content type,
+/// body).
+pub fn get(ns: &str, to: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    let accept = accept
+        .map(|accept| format!("Accept: {accept}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n{accept}Connection: close\r\n\r\n");
+    let response = in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, response_body(head, body))
+}
+
 /// The body of an HTTP/1.1 response with head `head`, de-chunked if it was sent with
 /// `Transfer-Encoding: chunked` (the telemetry path streams its body so; Prometheus sends its
 /// larger API answers so).
