@@ -79,8 +79,9 @@ pub struct Cli {
     #[arg(long = "datapath.state-file", value_name = "PATH", default_value = crate::state::DEFAULT_STATE_FILE, global = true)]
     pub state_file: String,
 
-    /// Capacity of the kernel flow map (one entry per TCP connection direction); least recently
-    /// used flows are evicted when it is full (counted in network_probe_flows_evicted_total).
+    /// Capacity of each kernel flow map, IPv4 and IPv6 (one entry per TCP connection direction);
+    /// least recently used flows are evicted when one is full (counted in
+    /// network_probe_flows_evicted_total).
     #[arg(long = "flows.max-entries", value_name = "N", default_value_t = network_probe_common::FLOWS_DEFAULT_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub flow_map_entries: u32,

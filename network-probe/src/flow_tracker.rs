@@ -1,4 +1,4 @@
-//! Drives the [`FlowTable`]: reads the kernel flow map, refreshes the table, deletes the flows
+//! Drives the [`FlowTable`]: reads the kernel flow maps, refreshes the table, deletes the flows
 //! it folded. Called on every scrape and by a periodic sweep, so evictions are noticed and idle
 //! flows leave the map even when nobody scrapes.
 //!

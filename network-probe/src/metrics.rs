@@ -264,7 +264,7 @@ impl DatapathCollector {
             ),
             (
                 "network_probe_interface_flows_created",
-                "Flow entries (one per TCP connection direction) created in the kernel flow map.",
+                "Flow entries (one per TCP connection direction) created in the kernel flow maps.",
                 |s| s.flows_created,
             ),
         ];
