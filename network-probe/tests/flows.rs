@@ -247,6 +247,31 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
         ),
         Some(1.0)
     );
+    // One flow map entry per direction of every connection in the capture, in the map of the
+    // family; none in the other family's map.
+    let directions: std::collections::BTreeSet<(&str, &str)> = packets
+        .iter()
+        .map(|p| (p.src.as_str(), p.dst.as_str()))
+        .collect();
+    let (family_map, other_map) = if ipv6 {
+        ("FLOWS6", "FLOWS4")
+    } else {
+        ("FLOWS4", "FLOWS6")
+    };
+    let entries = |map: &str| {
+        sample(
+            &scrape,
+            "network_probe_datapath_map_entries",
+            &format!("map=\"{map}\""),
+        )
+    };
+    assert_eq!(
+        entries(family_map),
+        Some(directions.len() as f64),
+        "{directions:?}"
+    );
+    assert_eq!(entries(other_map), Some(0.0));
+
     let out = flow_labels(&pair.a_if, a, b);
     let back = flow_labels(&pair.a_if, b, a);
     let sent = from(&packets, a);
