@@ -362,15 +362,11 @@ pub fn jool_guest() -> Result<()> {
             .find_map(|line| line.trim().strip_prefix("Depends: linux-image-"))
             .map(str::to_string)
     };
-    // On a fresh machine the package lists may be empty: update once and ask again.
-    let abi = match current_abi() {
-        Some(abi) => abi,
-        None => {
-            run("apt-get", &["update", "-qq"])?;
-            current_abi()
-                .context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?
-        }
-    };
+    // The package lists decide the ABI, so they are refreshed first: a machine's lists may be
+    // empty, or old enough to name a kernel whose headers the archive no longer has.
+    run("apt-get", &["update", "-qq"])?;
+    let abi =
+        current_abi().context("apt-cache depends linux-image-amd64 names no linux-image-<abi>")?;
     eprintln!(
         "xtask: preparing the test guest for kernel {abi} (about 2 minutes the first time, a few \
          seconds to add modules)"
@@ -381,7 +377,6 @@ pub fn jool_guest() -> Result<()> {
     packages.push("jool-dkms");
     let missing = missing_packages(&packages)?;
     if !missing.is_empty() {
-        run("apt-get", &["update", "-qq"])?;
         // The headers first: jool-dkms builds for every kernel with headers when installed.
         for group in [
             missing
