@@ -29,12 +29,129 @@ pub const FLOWS6_MAP: &str = "FLOWS6";
 /// (`--flows.max-entries`).
 pub const FLOWS_DEFAULT_MAX_ENTRIES: u32 = 65_536;
 
+/// The flow slot table, the first home of new flows: an array of [`FlowSlot`] (the key and the
+/// state shared by every CPU) and, at the same index, a per-CPU array of [`FlowCounts`].
+/// A flow's slot is [`flow_slot_index`] of its key; a flow whose slot is taken by another flow
+/// lives in its family's LRU map instead. An established flow's packet then costs two array
+/// lookups the kernel inlines and a comparison, where a hash map would hash the key and call
+/// out of line; its counters are per-CPU, so no atomic instruction either.
+pub const FLOW_SLOTS_MAP: &str = "FLOW_SLOTS";
+pub const FLOW_SLOT_COUNTERS_MAP: &str = "FLOW_SLOT_COUNTERS";
+/// Name of the eBPF object's read-only global holding the number of slots (0: no slot table),
+/// which the daemon sets before loading.
+pub const FLOW_SLOT_COUNT_GLOBAL: &str = "FLOW_SLOT_COUNT";
+/// Default number of slots (`--flows.slots`; a power of two, or 0 for none).
+pub const FLOW_SLOTS_DEFAULT: u32 = 8192;
+/// Most slots `--flows.slots` accepts.
+pub const FLOW_SLOTS_LIMIT: u32 = 1 << 20;
+
+/// [`FlowSlot::owner`]: nobody; a program may claim the slot (compare-and-exchange to
+/// [`SLOT_CLAIMING`]). Every CPU's [`FlowCounts`] of a free slot are zero.
+pub const SLOT_FREE: u64 = 0;
+/// A program is writing the key of the flow it claimed the slot for.
+pub const SLOT_CLAIMING: u64 = 1;
+/// User space is retiring the flow (idle): programs no longer count into this slot, and once
+/// every program that might still do so has finished, user space reads the counters, zeroes
+/// them and frees the slot.
+pub const SLOT_DRAINING: u64 = 2;
+// Otherwise the owner is the flow's family: FAMILY_IPV4 or FAMILY_IPV6.
+
+/// Value of [`FLOW_SLOTS_MAP`]: a flow's key and the per-flow state that every CPU must see
+/// (sequence tracking, handshake), 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// [`FlowKey4::words`] (then zeros) or [`FlowKey6::words`].
+    pub key: [u64; 5],
+    /// [`SLOT_FREE`], [`SLOT_CLAIMING`], [`SLOT_DRAINING`], or the family of the flow counted
+    /// here.
+    pub owner: u64,
+    pub tracking: FlowTracking,
+}
+
+/// Per-flow state besides counters, as the programs keep it for one flow direction (in a
+/// [`FlowSlot`] or, for flows in the LRU maps, in [`FlowStats`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTracking {
+    /// CLOCK_MONOTONIC of the handshake leg this direction sent (SYN on egress-initiated
+    /// connections, SYN-ACK on ingress-initiated ones) awaiting its answer; 0 when none.
+    pub handshake_start_ns: u64,
+    /// One past the highest sequence number sent in this direction (`seq + len`, SYN and FIN
+    /// counting one), valid once `seq_valid` is 1.
+    pub next_seq: u32,
+    /// Window scale shift this direction offered in its SYN, plus one; 0 when no SYN with the
+    /// option was seen.
+    pub window_scale_plus_one: u8,
+    pub seq_valid: u8,
+    /// 1 while an ingress SYN awaits the ACK that completes the handshake (ingress-initiated).
+    pub awaiting_ack: u8,
+    pub _pad: u8,
+}
+
+/// The counters of one flow direction: in [`FlowStats`] for flows in the LRU maps (updated
+/// with atomic adds), and at a slot's index of [`FLOW_SLOT_COUNTERS_MAP`], one copy per CPU,
+/// for flows in the slot table (user space adds the copies up; the first seen time is the
+/// smallest non-zero copy, the last seen the largest).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// Wire packets (GSO segments counted).
+    pub packets: u64,
+    /// Bytes at the hook (see [`DeviceStats::bytes`]).
+    pub bytes: u64,
+    /// Retransmitted segments (wire segments).
+    pub retransmits: u64,
+    pub rst: u64,
+    pub syn: u64,
+    pub fin: u64,
+    /// Segments (not RST) advertising a zero window.
+    pub zero_window: u64,
+    /// IPv4 packets with DF set (always 0 for IPv6, which has no DF bit).
+    pub df: u64,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and last packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Odd multipliers of [`flow_slot_index`], one per key word.
+const SLOT_HASH_MULTIPLIERS: [u64; 5] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xc2b2_ae3d_27d4_eb4f,
+    0x1656_67b1_9e37_79f9,
+    0xd6e8_feb8_6659_fd93,
+    0xff51_afd7_ed55_8ccd,
+];
+
+/// Slot of a flow key (its words, see [`FlowKey4::words`]) in a table of `mask + 1` slots:
+/// multiply-add hashing, the words multiplied independently (so the CPU overlaps them), then
+/// folded and multiplied once more. Fixed,
+/// so a restarted daemon finds the flows its predecessor left in pinned slots. Not keyed: a
+/// slot belongs to whichever flow came first, so a flood of new flows takes slots whatever the
+/// hash, and aiming flows at one slot gains nothing more. A flow that finds its slot taken is
+/// counted in the LRU map, exactly; only its cost per packet is higher.
+#[inline(always)]
+pub fn flow_slot_index(words: &[u64], mask: u32) -> u32 {
+    let mut hash = 0u64;
+    let mut index = 0;
+    while index < words.len() && index < SLOT_HASH_MULTIPLIERS.len() {
+        hash = hash.wrapping_add(words[index].wrapping_mul(SLOT_HASH_MULTIPLIERS[index]));
+        index += 1;
+    }
+    // A product only carries a bit upwards: fold the high half down, multiply, fold again, so
+    // that every input bit reaches the low bits the mask keeps.
+    hash ^= hash >> 32;
+    hash = hash.wrapping_mul(SLOT_HASH_MULTIPLIERS[0]);
+    hash ^= hash >> 32;
+    hash as u32 & mask
+}
+
 /// Version of the layout of every map's keys and values (and of what their fields mean). The
 /// daemon pins its maps under a directory named after it, so a daemon that finds maps of another
 /// version pinned discards them instead of misreading them. Bump it with any change to
 /// [`DeviceStats`], [`FlowKey4`], [`FlowKey6`], [`FlowStats`] or the maps' indexing; the `layout_matches_version`
 /// test lists every field's offset and fails until the table and this number are updated.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
@@ -319,8 +436,9 @@ pub const fn ifindex_direction(ifindex: u32, direction: Direction) -> u32 {
     (ifindex << 1) | direction as u32
 }
 
-/// Key of [`FLOWS4_MAP`]: one direction of an IPv4 TCP connection on one interface.
-#[repr(C)]
+/// Key of [`FLOWS4_MAP`]: one direction of an IPv4 TCP connection on one interface. Aligned
+/// to 8 bytes so that the slot table can read it as words in place ([`FlowKey4::words`]).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey4 {
     pub src: [u8; 4],
@@ -331,8 +449,9 @@ pub struct FlowKey4 {
     pub ifindex_direction: u32,
 }
 
-/// Key of [`FLOWS6_MAP`]: one direction of an IPv6 TCP connection on one interface.
-#[repr(C)]
+/// Key of [`FLOWS6_MAP`]: one direction of an IPv6 TCP connection on one interface. Aligned
+/// to 8 bytes like [`FlowKey4`].
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey6 {
     pub src: [u8; 16],
@@ -343,7 +462,34 @@ pub struct FlowKey6 {
     pub ifindex_direction: u32,
 }
 
+/// The words of a key back as bytes in memory order (the inverse of the `words` functions).
+const fn word_bytes(word: u64) -> [u8; 8] {
+    word.to_ne_bytes()
+}
+
 impl FlowKey4 {
+    /// The key whose [`FlowKey4::words`] these are.
+    pub const fn from_words(words: [u64; 2]) -> FlowKey4 {
+        let a = word_bytes(words[0]);
+        let b = word_bytes(words[1]);
+        FlowKey4 {
+            src: [a[0], a[1], a[2], a[3]],
+            dst: [a[4], a[5], a[6], a[7]],
+            src_port: u16::from_ne_bytes([b[0], b[1]]),
+            dst_port: u16::from_ne_bytes([b[2], b[3]]),
+            ifindex_direction: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
+    /// The key as the slot table compares and hashes it: its 16 bytes as two words, read in
+    /// place (memory order).
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; 2] {
+        // SAFETY: #[repr(C, align(8))], 16 bytes without padding: two initialised, aligned
+        // words.
+        unsafe { &*(self as *const FlowKey4 as *const [u64; 2]) }
+    }
+
     /// The key of the opposite direction of the same connection on the same interface.
     #[inline(always)]
     pub const fn reversed(&self) -> FlowKey4 {
@@ -358,6 +504,37 @@ impl FlowKey4 {
 }
 
 impl FlowKey6 {
+    /// The key whose [`FlowKey6::words`] these are.
+    pub const fn from_words(words: [u64; 5]) -> FlowKey6 {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        let mut index = 0;
+        while index < 8 {
+            src[index] = word_bytes(words[0])[index];
+            src[index + 8] = word_bytes(words[1])[index];
+            dst[index] = word_bytes(words[2])[index];
+            dst[index + 8] = word_bytes(words[3])[index];
+            index += 1;
+        }
+        let b = word_bytes(words[4]);
+        FlowKey6 {
+            src,
+            dst,
+            src_port: u16::from_ne_bytes([b[0], b[1]]),
+            dst_port: u16::from_ne_bytes([b[2], b[3]]),
+            ifindex_direction: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
+    /// The key as the slot table compares and hashes it: its 40 bytes as five words, read in
+    /// place (memory order).
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; 5] {
+        // SAFETY: #[repr(C, align(8))], 40 bytes without padding: five initialised, aligned
+        // words.
+        unsafe { &*(self as *const FlowKey6 as *const [u64; 5]) }
+    }
+
     /// The key of the opposite direction of the same connection on the same interface.
     #[inline(always)]
     pub const fn reversed(&self) -> FlowKey6 {
@@ -444,41 +621,14 @@ impl From<FlowKey6> for FlowKey {
     }
 }
 
-/// Value of [`FLOWS4_MAP`] and [`FLOWS6_MAP`]. Counters are updated with atomic adds; the sequence tracking fields
-/// are owned by whichever CPU processes the flow (one flow direction is processed serially in
-/// practice; a race can only misjudge one segment).
+/// Value of [`FLOWS4_MAP`] and [`FLOWS6_MAP`]. Counters are updated with atomic adds; the
+/// tracking fields are owned by whichever CPU processes the flow (one flow direction is
+/// processed serially in practice; a race can only misjudge one segment).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    /// Wire packets (GSO segments counted).
-    pub packets: u64,
-    /// Bytes at the hook (see [`DeviceStats::bytes`]).
-    pub bytes: u64,
-    /// Retransmitted segments (wire segments).
-    pub retransmits: u64,
-    pub rst: u64,
-    pub syn: u64,
-    pub fin: u64,
-    /// Segments (not RST) advertising a zero window.
-    pub zero_window: u64,
-    /// IPv4 packets with DF set (always 0 for IPv6, which has no DF bit).
-    pub df: u64,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and last packet.
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
-    /// CLOCK_MONOTONIC of the handshake leg this direction sent (SYN on egress-initiated
-    /// connections, SYN-ACK on ingress-initiated ones) awaiting its answer; 0 when none.
-    pub handshake_start_ns: u64,
-    /// One past the highest sequence number sent in this direction (`seq + len`, SYN and FIN
-    /// counting one), valid once `seq_valid` is 1.
-    pub next_seq: u32,
-    /// Window scale shift this direction offered in its SYN, plus one; 0 when no SYN with the
-    /// option was seen.
-    pub window_scale_plus_one: u8,
-    pub seq_valid: u8,
-    /// 1 while an ingress SYN awaits the ACK that completes the handshake (ingress-initiated).
-    pub awaiting_ack: u8,
-    pub _pad: u8,
+    pub counts: FlowCounts,
+    pub tracking: FlowTracking,
 }
 
 #[cfg(feature = "user")]
@@ -493,6 +643,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey6 {}
     // SAFETY: #[repr(C)], explicit padding field, size a multiple of 8.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: #[repr(C)], explicit padding fields, 64 bytes.
+    unsafe impl aya::Pod for super::FlowSlot {}
+    // SAFETY: #[repr(C)], u64 fields only.
+    unsafe impl aya::Pod for super::FlowCounts {}
 }
 
 #[cfg(test)]
@@ -508,19 +662,22 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey4>(), 4 + 4 + 2 + 2 + 4);
         assert_eq!(core::mem::size_of::<FlowKey6>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(core::mem::size_of::<FlowStats>(), 11 * 8 + 4 + 4);
+        assert_eq!(core::mem::size_of::<FlowTracking>(), 8 + 4 + 4);
+        assert_eq!(core::mem::size_of::<FlowCounts>(), 10 * 8);
+        assert_eq!(core::mem::size_of::<FlowSlot>(), 5 * 8 + 8 + 16);
         assert_eq!(
             core::mem::size_of::<DeviceStats>(),
             8 * (12 + RTT_BUCKETS + 2 * SIZE_BUCKETS + 2 + UNCLASSIFIED_REASONS)
         );
     }
 
-    /// Every field's offset in layout version 2. A failure here means a map layout changed:
+    /// Every field's offset in layout version 3. A failure here means a map layout changed:
     /// bump [`MAP_LAYOUT_VERSION`], then update this table (and its version).
     #[test]
     fn layout_matches_version() {
         use core::mem::{offset_of, size_of};
         assert_eq!(
-            MAP_LAYOUT_VERSION, 2,
+            MAP_LAYOUT_VERSION, 3,
             "update the offsets below for the new version"
         );
         assert_eq!((DEVICE_SLOTS, DEVICE_STATS_MAX_ENTRIES), (512, 1024));
@@ -570,28 +727,139 @@ mod tests {
         ];
         assert_eq!(flow_key6, [0, 16, 32, 34, 36, 40]);
         assert_eq!(ifindex_direction(7, Direction::Egress), 15);
+        let flow_counts = [
+            offset_of!(FlowCounts, packets),
+            offset_of!(FlowCounts, bytes),
+            offset_of!(FlowCounts, retransmits),
+            offset_of!(FlowCounts, rst),
+            offset_of!(FlowCounts, syn),
+            offset_of!(FlowCounts, fin),
+            offset_of!(FlowCounts, zero_window),
+            offset_of!(FlowCounts, df),
+            offset_of!(FlowCounts, first_seen_ns),
+            offset_of!(FlowCounts, last_seen_ns),
+            size_of::<FlowCounts>(),
+        ];
+        assert_eq!(flow_counts, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
+        let flow_tracking = [
+            offset_of!(FlowTracking, handshake_start_ns),
+            offset_of!(FlowTracking, next_seq),
+            offset_of!(FlowTracking, window_scale_plus_one),
+            offset_of!(FlowTracking, seq_valid),
+            offset_of!(FlowTracking, awaiting_ack),
+            size_of::<FlowTracking>(),
+        ];
+        assert_eq!(flow_tracking, [0, 8, 12, 13, 14, 16]);
         let flow_stats = [
-            offset_of!(FlowStats, packets),
-            offset_of!(FlowStats, bytes),
-            offset_of!(FlowStats, retransmits),
-            offset_of!(FlowStats, rst),
-            offset_of!(FlowStats, syn),
-            offset_of!(FlowStats, fin),
-            offset_of!(FlowStats, zero_window),
-            offset_of!(FlowStats, df),
-            offset_of!(FlowStats, first_seen_ns),
-            offset_of!(FlowStats, last_seen_ns),
-            offset_of!(FlowStats, handshake_start_ns),
-            offset_of!(FlowStats, next_seq),
-            offset_of!(FlowStats, window_scale_plus_one),
-            offset_of!(FlowStats, seq_valid),
-            offset_of!(FlowStats, awaiting_ack),
+            offset_of!(FlowStats, counts),
+            offset_of!(FlowStats, tracking),
             size_of::<FlowStats>(),
         ];
+        assert_eq!(flow_stats, [0, 80, 96]);
+        let flow_slot = [
+            offset_of!(FlowSlot, key),
+            offset_of!(FlowSlot, owner),
+            offset_of!(FlowSlot, tracking),
+            size_of::<FlowSlot>(),
+        ];
+        assert_eq!(flow_slot, [0, 40, 48, 64]);
         assert_eq!(
-            flow_stats,
-            [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 92, 93, 94, 96]
+            (SLOT_FREE, SLOT_CLAIMING, SLOT_DRAINING),
+            (0, 1, 2),
+            "owner values"
         );
+    }
+
+    #[test]
+    fn slot_index_uses_every_word_and_spreads() {
+        let key = |src_port: u16, ifindex: u32| FlowKey4 {
+            src: [10, 0, 0, 1],
+            dst: [10, 0, 0, 2],
+            src_port,
+            dst_port: 443,
+            ifindex_direction: ifindex << 1,
+        };
+        let mask = 1023;
+        // Consecutive ports (the usual way flows differ) fill the table about as uniformly
+        // random keys would: 1024 flows into 1024 slots leave about 1024/e empty.
+        let mut used = [false; 1024];
+        for port in 40_000..41_024 {
+            used[flow_slot_index(key(port, 2).words(), mask) as usize] = true;
+        }
+        let empty = used.iter().filter(|used| !**used).count();
+        assert!((300..=460).contains(&empty), "{empty} of 1024 slots empty");
+        // Every field moves the slot: the high half of a word (destination address,
+        // interface) as well as the low one.
+        let base = flow_slot_index(key(40_000, 2).words(), mask);
+        assert_ne!(flow_slot_index(key(40_000, 3).words(), mask), base);
+        let mut other_dst = key(40_000, 2);
+        other_dst.dst[3] = 3;
+        assert_ne!(flow_slot_index(other_dst.words(), mask), base);
+        let v6 = FlowKey6 {
+            src: [0xfd; 16],
+            dst: [0xfe; 16],
+            src_port: 1,
+            dst_port: 2,
+            ifindex_direction: 4,
+        };
+        let mut other = v6;
+        other.dst[15] = 0;
+        assert_ne!(
+            flow_slot_index(v6.words(), mask),
+            flow_slot_index(other.words(), mask)
+        );
+    }
+
+    /// Keys that differ in one byte, anywhere, land in the same slot about as often as random
+    /// keys would (1 in 1024 for 1024 slots).
+    #[test]
+    fn slot_index_collides_like_a_random_function() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let trials = 100_000;
+        let mut same = 0;
+        for _ in 0..trials {
+            let words: [u64; 5] = core::array::from_fn(|_| next());
+            let mut changed = words;
+            let byte = next() % 40;
+            let flip = (next() % 255 + 1) << (8 * (byte % 8));
+            changed[(byte / 8) as usize] ^= flip;
+            same += (flow_slot_index(&words, 1023) == flow_slot_index(&changed, 1023)) as u32;
+        }
+        // Expected about 98; a hash that lets some bytes miss the index bits gives hundreds.
+        assert!(
+            same < 150,
+            "{same} of {trials} one-byte changes kept the slot"
+        );
+    }
+
+    #[test]
+    fn words_round_trip() {
+        let v4 = FlowKey4 {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            src_port: 0x0a0b,
+            dst_port: 0x0c0d,
+            ifindex_direction: 0x0e0f_1011,
+        };
+        assert_eq!(FlowKey4::from_words(*v4.words()), v4);
+        let mut v6 = FlowKey6 {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 7,
+            dst_port: 8,
+            ifindex_direction: 9,
+        };
+        for i in 0..16 {
+            v6.src[i] = i as u8;
+            v6.dst[i] = 100 + i as u8;
+        }
+        assert_eq!(FlowKey6::from_words(*v6.words()), v6);
     }
 
     #[test]

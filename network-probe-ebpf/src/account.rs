@@ -11,15 +11,19 @@
 //! and starts before the highest sequence already sent in that direction is a retransmission.
 //! A SYN that does not repeat the previous SYN's sequence number starts a new connection.
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
-    DeviceStats, Direction, FAMILY_IPV4, FlowKey4, FlowKey6, FlowStats, RTT_BUCKETS,
+    DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FlowCounts, FlowKey4, FlowKey6, FlowSlot,
+    FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, flow_slot_index,
     ifindex_direction, size_bucket,
 };
 
 use crate::{
-    maps::{DEVICE_STATS, FLOWS4, FLOWS6, IFINDEX_SLOTS},
+    maps::{
+        CLOCK_CACHE, DEVICE_STATS, FLOW_SLOT_COUNTERS, FLOW_SLOTS, FLOWS4, FLOWS6, IFINDEX_SLOTS,
+        flow_slot_count,
+    },
     packet::Packet,
     parse::{Ip, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, parse},
 };
@@ -34,7 +38,7 @@ pub mod upto {
     pub const DEVICE: u8 = 0;
     /// Also the headers parsed and the interface's IP and TCP statistics updated.
     pub const PARSE: u8 = 1;
-    /// Also the flow's map entry looked up (the key built and hashed).
+    /// Also the flow found: its slot (the key hashed, compared) or else its LRU map entry.
     pub const LOOKUP: u8 = 2;
     /// Everything: the flow entry updated (atomic counters, sequence tracking, clock).
     pub const ALL: u8 = 3;
@@ -132,13 +136,20 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
 trait FlowMapKey: Copy + 'static {
-    /// The map holding flows with this key.
+    /// The key's words, as the slot table stores and hashes them.
+    type Words: AsRef<[u64]>;
+    /// The family, as [`FlowSlot::owner`] holds it for flows of this kind.
+    const FAMILY: u64;
+    /// The map holding flows with this key whose slot was taken.
     fn map() -> &'static LruHashMap<Self, FlowStats>;
     /// The key of the opposite direction of the same connection on the same interface.
     fn reversed(&self) -> Self;
+    fn words(&self) -> &Self::Words;
 }
 
 impl FlowMapKey for FlowKey4 {
+    type Words = [u64; 2];
+    const FAMILY: u64 = FAMILY_IPV4 as u64;
     #[inline(always)]
     fn map() -> &'static LruHashMap<Self, FlowStats> {
         &FLOWS4
@@ -147,9 +158,15 @@ impl FlowMapKey for FlowKey4 {
     fn reversed(&self) -> Self {
         FlowKey4::reversed(self)
     }
+    #[inline(always)]
+    fn words(&self) -> &[u64; 2] {
+        FlowKey4::words(self)
+    }
 }
 
 impl FlowMapKey for FlowKey6 {
+    type Words = [u64; 5];
+    const FAMILY: u64 = FAMILY_IPV6 as u64;
     #[inline(always)]
     fn map() -> &'static LruHashMap<Self, FlowStats> {
         &FLOWS6
@@ -158,9 +175,81 @@ impl FlowMapKey for FlowKey6 {
     fn reversed(&self) -> Self {
         FlowKey6::reversed(self)
     }
+    #[inline(always)]
+    fn words(&self) -> &[u64; 5] {
+        FlowKey6::words(self)
+    }
 }
 
-/// The flow's entry: created on its first packet, counters, sequence tracking, handshake RTT.
+/// What one TCP segment contributes to its flow, decoded once.
+struct Segment {
+    syn: bool,
+    ack: bool,
+    rst: bool,
+    fin: bool,
+    df: bool,
+    zero_window: bool,
+    egress: bool,
+    seq: u32,
+    /// Sequence space the segment occupies (payload, SYN and FIN count one each).
+    sequence_len: u32,
+    window_scale_plus_one: u8,
+    segments: u64,
+    len: u64,
+}
+
+/// How a flow's counters are added to: atomically where CPUs share them (the LRU maps), plainly
+/// in a CPU's own copy (the slot table).
+trait Add {
+    fn add(target: &mut u64, value: u64);
+}
+
+struct Atomic;
+impl Add for Atomic {
+    #[inline(always)]
+    fn add(target: &mut u64, value: u64) {
+        atomic_add(target, value);
+    }
+}
+
+struct PerCpu;
+impl Add for PerCpu {
+    #[inline(always)]
+    fn add(target: &mut u64, value: u64) {
+        *target += value;
+    }
+}
+
+/// The flow slot of `key`, if the daemon runs with a slot table.
+#[inline(always)]
+fn slot_of<K: FlowMapKey>(words: &K::Words) -> Option<(u32, *mut FlowSlot)> {
+    let count = flow_slot_count();
+    if count == 0 {
+        return None;
+    }
+    let index = flow_slot_index(words.as_ref(), count - 1);
+    Some((index, FLOW_SLOTS.get_ptr_mut(index)?))
+}
+
+/// Whether `slot` holds the flow whose key has `words`.
+#[inline(always)]
+fn slot_holds<K: FlowMapKey>(slot: &FlowSlot, words: &K::Words) -> bool {
+    if slot.owner != K::FAMILY {
+        return false;
+    }
+    let words = words.as_ref();
+    let mut index = 0;
+    while index < words.len() && index < slot.key.len() {
+        if slot.key[index] != words[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
+/// The flow's entry: found in its slot (the fast path) or its family's LRU map, else created
+/// in its slot when free, else in the LRU map. Counters, sequence tracking, handshake RTT.
 #[inline(always)]
 fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     device: &mut DeviceStats,
@@ -172,107 +261,245 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     len: u64,
 ) {
     let syn = tcp.flags & TCP_SYN != 0;
-    let ack = tcp.flags & TCP_ACK != 0;
-    let rst = tcp.flags & TCP_RST != 0;
     let fin = tcp.flags & TCP_FIN != 0;
-    let zero_window = tcp.window == 0 && !rst;
-    let sequence_len = tcp.payload_len + syn as u32 + fin as u32;
+    let rst = tcp.flags & TCP_RST != 0;
+    let segment = Segment {
+        syn,
+        ack: tcp.flags & TCP_ACK != 0,
+        rst,
+        fin,
+        df: ip.df,
+        zero_window: tcp.window == 0 && !rst,
+        egress: direction == Direction::Egress,
+        seq: tcp.seq,
+        sequence_len: tcp.payload_len + syn as u32 + fin as u32,
+        window_scale_plus_one: tcp.window_scale_plus_one,
+        segments,
+        len,
+    };
     // First/last seen only need the coarse clock (one tick, a few ms behind), which is cheaper;
-    // the handshake legs below read the precise one, inside branches that exist anyway (a
-    // branch of its own here would double the states the verifier walks).
+    // the handshake legs read the precise one.
     let now = coarse_now();
-    let egress = direction == Direction::Egress;
 
-    let flows = K::map();
-    let Some(flow) = flows.get_ptr_mut(key) else {
-        let flow = FlowStats {
-            packets: segments,
-            bytes: len,
-            rst: rst as u64,
-            syn: syn as u64,
-            fin: fin as u64,
-            zero_window: if zero_window { segments } else { 0 },
-            df: if ip.df { segments } else { 0 },
-            first_seen_ns: now,
-            last_seen_ns: now,
-            handshake_start_ns: if egress && syn { precise_now() } else { 0 },
-            next_seq: tcp.seq.wrapping_add(sequence_len),
-            window_scale_plus_one: if syn { tcp.window_scale_plus_one } else { 0 },
-            seq_valid: (sequence_len > 0 && !rst) as u8,
-            awaiting_ack: (!egress && syn && !ack) as u8,
-            ..FlowStats::default()
-        };
-        if flows.insert(key, flow, BPF_NOEXIST).is_ok() {
-            device.flows_created += 1;
-        } else {
-            device.flow_create_failures += 1;
+    let words = key.words();
+    // SAFETY (every dereference of `slot` below): a pointer into the array's value, valid for
+    // this program run. The key and owner change only while the slot is not owned by a flow
+    // (claiming, draining), which readers check first.
+    let slot = slot_of::<K>(words);
+    if let Some((index, slot)) = slot
+        && slot_holds::<K>(unsafe { &*slot }, words)
+    {
+        let slot = unsafe { &mut *slot };
+        if UPTO == upto::LOOKUP {
+            return;
         }
-        if !egress && syn && ack {
+        let Some(counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index) else {
+            return;
+        };
+        // SAFETY: this CPU's copy: only this CPU writes it, and the program is not re-entered
+        // on this CPU while it runs.
+        let counts = unsafe { &mut *counts };
+        if update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now) {
             complete_handshake(device, &key);
         }
         return;
-    };
-    // SAFETY: a pointer into the map value, valid for this program run; counters are updated
-    // with atomic adds, the rest is owned by the CPU processing this flow direction.
-    let flow = unsafe { &mut *flow };
-    if UPTO == upto::LOOKUP {
+    }
+
+    let flows = K::map();
+    if let Some(flow) = flows.get_ptr_mut(key) {
+        if UPTO == upto::LOOKUP {
+            return;
+        }
+        // SAFETY: a pointer into the map value, valid for this program run; counters are
+        // updated with atomic adds, the rest is owned by the CPU processing this flow direction.
+        let flow = unsafe { &mut *flow };
+        if update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now) {
+            complete_handshake(device, &key);
+        }
         return;
     }
 
+    // A new flow (or one first seen now): its slot if free, else the LRU map.
+    let mut created = false;
+    if let Some((index, slot)) = slot
+        && let slot = unsafe { &mut *slot }
+        && slot.owner == SLOT_FREE
+        && claim(&mut slot.owner)
+        && let Some(slot_counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index)
+    {
+        let words = words.as_ref();
+        let mut word = 0;
+        while word < slot.key.len() {
+            slot.key[word] = if word < words.len() { words[word] } else { 0 };
+            word += 1;
+        }
+        slot.tracking = first_tracking(&segment);
+        // SAFETY: this CPU's copy (see above); the other CPUs' copies of a free slot are zero.
+        unsafe { *slot_counts = first_counts(&segment, now) };
+        publish(&mut slot.owner, K::FAMILY);
+        created = true;
+    } else if flows
+        .insert(
+            key,
+            FlowStats {
+                counts: first_counts(&segment, now),
+                tracking: first_tracking(&segment),
+            },
+            BPF_NOEXIST,
+        )
+        .is_ok()
+    {
+        created = true;
+    }
+    if created {
+        device.flows_created += 1;
+    } else {
+        device.flow_create_failures += 1;
+    }
+    if !segment.egress && segment.syn && segment.ack {
+        complete_handshake(device, &key);
+    }
+}
+
+/// The counters of a flow's first segment.
+#[inline(always)]
+fn first_counts(segment: &Segment, now: u64) -> FlowCounts {
+    let segments = segment.segments;
+    FlowCounts {
+        packets: segments,
+        bytes: segment.len,
+        retransmits: 0,
+        rst: segment.rst as u64,
+        syn: segment.syn as u64,
+        fin: segment.fin as u64,
+        zero_window: if segment.zero_window { segments } else { 0 },
+        df: if segment.df { segments } else { 0 },
+        first_seen_ns: now,
+        last_seen_ns: now,
+    }
+}
+
+/// The tracking state after a flow's first segment.
+#[inline(always)]
+fn first_tracking(segment: &Segment) -> FlowTracking {
+    FlowTracking {
+        handshake_start_ns: if segment.egress && segment.syn {
+            precise_now()
+        } else {
+            0
+        },
+        next_seq: segment.seq.wrapping_add(segment.sequence_len),
+        window_scale_plus_one: if segment.syn {
+            segment.window_scale_plus_one
+        } else {
+            0
+        },
+        seq_valid: (segment.sequence_len > 0 && !segment.rst) as u8,
+        awaiting_ack: (!segment.egress && segment.syn && !segment.ack) as u8,
+        _pad: 0,
+    }
+}
+
+/// Updates an existing flow: sequence tracking, counters, handshake RTT. True when this
+/// segment completes a handshake whose start the opposite direction recorded (the caller then
+/// calls [`complete_handshake`], once for every path).
+#[inline(always)]
+fn update<A: Add>(
+    device: &mut DeviceStats,
+    counts: &mut FlowCounts,
+    tracking: &mut FlowTracking,
+    segment: &Segment,
+    now: u64,
+) -> bool {
+    let segments = segment.segments;
     let mut retransmit = false;
-    if sequence_len > 0 && !rst {
-        let end = tcp.seq.wrapping_add(sequence_len);
-        if syn && (flow.seq_valid == 0 || end != flow.next_seq) {
+    if segment.sequence_len > 0 && !segment.rst {
+        let end = segment.seq.wrapping_add(segment.sequence_len);
+        if segment.syn && (tracking.seq_valid == 0 || end != tracking.next_seq) {
             // A SYN with a new initial sequence number: a new connection on this 4-tuple.
-            flow.next_seq = end;
-            flow.seq_valid = 1;
-        } else if flow.seq_valid != 0 && before(tcp.seq, flow.next_seq) {
+            tracking.next_seq = end;
+            tracking.seq_valid = 1;
+        } else if tracking.seq_valid != 0 && before(segment.seq, tracking.next_seq) {
             retransmit = true;
-            if after(end, flow.next_seq) {
-                flow.next_seq = end;
+            if after(end, tracking.next_seq) {
+                tracking.next_seq = end;
             }
         } else {
-            flow.next_seq = end;
-            flow.seq_valid = 1;
+            tracking.next_seq = end;
+            tracking.seq_valid = 1;
         }
     }
 
-    atomic_add(&mut flow.packets, segments);
-    atomic_add(&mut flow.bytes, len);
+    A::add(&mut counts.packets, segments);
+    A::add(&mut counts.bytes, segment.len);
     if retransmit {
-        atomic_add(&mut flow.retransmits, segments);
+        A::add(&mut counts.retransmits, segments);
         device.tcp_retransmits += segments;
     }
-    if rst {
-        atomic_add(&mut flow.rst, 1);
+    if segment.rst {
+        A::add(&mut counts.rst, 1);
     }
-    if syn {
-        atomic_add(&mut flow.syn, 1);
-        if tcp.window_scale_plus_one != 0 {
-            flow.window_scale_plus_one = tcp.window_scale_plus_one;
+    if segment.syn {
+        A::add(&mut counts.syn, 1);
+        if segment.window_scale_plus_one != 0 {
+            tracking.window_scale_plus_one = segment.window_scale_plus_one;
         }
     }
-    if fin {
-        atomic_add(&mut flow.fin, 1);
+    if segment.fin {
+        A::add(&mut counts.fin, 1);
     }
-    if zero_window {
-        atomic_add(&mut flow.zero_window, segments);
+    if segment.zero_window {
+        A::add(&mut counts.zero_window, segments);
     }
-    if ip.df {
-        atomic_add(&mut flow.df, segments);
+    if segment.df {
+        A::add(&mut counts.df, segments);
     }
-    flow.last_seen_ns = now;
+    counts.last_seen_ns = now;
 
     // Handshake RTT. Karn's rule: a retransmitted SYN or SYN-ACK makes the sample ambiguous.
-    if egress && syn {
-        flow.handshake_start_ns = if retransmit { 0 } else { precise_now() };
-    } else if !egress && syn && ack {
-        complete_handshake(device, &key);
-    } else if !egress && syn {
-        flow.awaiting_ack = 1;
-    } else if !egress && ack && !rst && flow.awaiting_ack != 0 {
-        flow.awaiting_ack = 0;
-        complete_handshake(device, &key);
+    let egress = segment.egress;
+    if egress && segment.syn {
+        tracking.handshake_start_ns = if retransmit { 0 } else { precise_now() };
+    } else if !egress && segment.syn && segment.ack {
+        return true;
+    } else if !egress && segment.syn {
+        tracking.awaiting_ack = 1;
+    } else if !egress && segment.ack && !segment.rst && tracking.awaiting_ack != 0 {
+        tracking.awaiting_ack = 0;
+        return true;
+    }
+    false
+}
+
+/// Takes a free slot's owner word from [`SLOT_FREE`] to [`SLOT_CLAIMING`] atomically (BPF
+/// compare-and-exchange, Linux 5.12+); false when another CPU or user space got there first.
+#[inline(always)]
+fn claim(owner: &mut u64) -> bool {
+    let mut previous = SLOT_FREE;
+    // SAFETY: `owner` is a valid, 8-byte aligned u64 in a map value; r0 holds the expected
+    // value in and the previous value out, as the instruction defines.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({0} + 0, r0, {1})",
+            in(reg) owner as *mut u64,
+            in(reg) SLOT_CLAIMING,
+            inout("r0") previous,
+        );
+    }
+    previous == SLOT_FREE
+}
+
+/// Stores a claimed slot's owner (the flow's family) with an atomic exchange, whose full
+/// barrier orders it after the key written before: a program that sees the owner sees the key.
+#[inline(always)]
+fn publish(owner: &mut u64, family: u64) {
+    // SAFETY: as in `claim`; the register receives the previous value, which is unused.
+    unsafe {
+        core::arch::asm!(
+            "{1} = xchg_64({0} + 0, {1})",
+            in(reg) owner as *mut u64,
+            inout(reg) family => _,
+        );
     }
 }
 
@@ -283,22 +510,47 @@ fn precise_now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// CLOCK_MONOTONIC as of the last tick (Linux 5.11+), nanoseconds.
+/// CLOCK_MONOTONIC as of the last tick (Linux 5.11+), nanoseconds. The coarse clock changes
+/// once per jiffy, and reading the jiffies counter costs one load (the verifier inlines
+/// `bpf_jiffies64`) where the clock's helper is a call: so the clock is read once per jiffy on
+/// each CPU and kept in [`CLOCK_CACHE`]. Same value, same precision.
 #[inline(always)]
 fn coarse_now() -> u64 {
     // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(cache) = CLOCK_CACHE.get_ptr_mut(0) else {
+        // SAFETY: no preconditions.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's copy; the program is not re-entered on this CPU while it runs.
+    let cache = unsafe { &mut *cache };
+    if cache.jiffies != jiffies {
+        // SAFETY: no preconditions.
+        cache.coarse_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        cache.jiffies = jiffies;
+    }
+    cache.coarse_ns
 }
 
-/// Takes the handshake start recorded on the opposite (egress) direction of `key` and records
-/// the RTT up to now in the interface's histogram.
+/// Takes the handshake start recorded on the opposite (egress) direction of `key` (in its slot
+/// or its LRU map) and records the RTT up to now in the interface's histogram.
 #[inline(always)]
 fn complete_handshake<K: FlowMapKey>(device: &mut DeviceStats, key: &K) {
-    let Some(sent) = K::map().get_ptr_mut(key.reversed()) else {
-        return;
+    let reversed = key.reversed();
+    let words = reversed.words();
+    let sent = match slot_of::<K>(words) {
+        // SAFETY: a pointer into the array's value, valid for this program run.
+        Some((_, slot)) if slot_holds::<K>(unsafe { &*slot }, words) => unsafe {
+            &mut (*slot).tracking
+        },
+        _ => {
+            let Some(flow) = K::map().get_ptr_mut(reversed) else {
+                return;
+            };
+            // SAFETY: a pointer into the map value, valid for this program run.
+            unsafe { &mut (*flow).tracking }
+        }
     };
-    // SAFETY: a pointer into the map value, valid for this program run.
-    let sent = unsafe { &mut *sent };
     let start = sent.handshake_start_ns;
     let now = precise_now();
     if start == 0 || now < start {

@@ -1,14 +1,17 @@
-//! Every map of the eBPF object. Sizes are defaults: user space resizes the flow maps at load
-//! time.
+//! Every map of the eBPF object, and the constants user space sets at load time. Sizes are
+//! defaults: user space resizes the flow maps and the slot table at load time.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use network_probe_common::{
-    DEVICE_STATS_MAX_ENTRIES, DeviceStats, FLOWS_DEFAULT_MAX_ENTRIES, FlowKey4, FlowKey6,
-    FlowStats, IFINDEX_LIMIT,
+    DEVICE_STATS_MAX_ENTRIES, DeviceStats, FLOW_SLOTS_DEFAULT, FLOWS_DEFAULT_MAX_ENTRIES,
+    FlowCounts, FlowKey4, FlowKey6, FlowSlot, FlowStats, IFINDEX_LIMIT,
 };
+
+/// `BPF_F_MMAPABLE` from linux/bpf.h.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Interface index -> slot in [`DEVICE_STATS`] plus one (0: not watched). Written by user space
 /// before it attaches to an interface; the programs only read it.
@@ -20,8 +23,20 @@ pub static IFINDEX_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_LIMIT, 0)
 pub static DEVICE_STATS: PerCpuArray<DeviceStats> =
     PerCpuArray::with_max_entries(DEVICE_STATS_MAX_ENTRIES, 0);
 
-/// Per-flow, per-direction TCP statistics of IPv4 flows; least recently used entries are
-/// evicted when full.
+/// The flow slot table's keys and shared per-flow state (see `FLOW_SLOTS_MAP` in
+/// network-probe-common). User space maps it into its memory (`BPF_F_MMAPABLE`) to retire
+/// slots with atomic stores of the owner word.
+#[map(name = "FLOW_SLOTS")]
+pub static FLOW_SLOTS: Array<FlowSlot> =
+    Array::with_max_entries(FLOW_SLOTS_DEFAULT, BPF_F_MMAPABLE);
+
+/// The counters of the flow in the slot of the same index, one copy per CPU.
+#[map(name = "FLOW_SLOT_COUNTERS")]
+pub static FLOW_SLOT_COUNTERS: PerCpuArray<FlowCounts> =
+    PerCpuArray::with_max_entries(FLOW_SLOTS_DEFAULT, 0);
+
+/// Per-flow, per-direction TCP statistics of IPv4 flows whose slot was taken; least recently
+/// used entries are evicted when full.
 #[map(name = "FLOWS4")]
 pub static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
@@ -30,3 +45,29 @@ pub static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
 #[map(name = "FLOWS6")]
 pub static FLOWS6: LruHashMap<FlowKey6, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
+
+/// What the coarse clock read at the last jiffy on this CPU (see `account::coarse_now`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ClockCache {
+    pub jiffies: u64,
+    pub coarse_ns: u64,
+}
+
+/// One [`ClockCache`] per CPU. Not pinned: it only saves work.
+#[map(name = "CLOCK_CACHE")]
+pub static CLOCK_CACHE: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots in [`FLOW_SLOTS`] (a power of two), or 0 when the daemon runs without the slot table
+/// (every flow in the LRU maps). Read-only data that user space sets before loading, so the
+/// verifier knows the value and drops the paths it rules out.
+#[unsafe(no_mangle)]
+static FLOW_SLOT_COUNT: u32 = 0;
+
+/// See [`FLOW_SLOT_COUNT`].
+#[inline(always)]
+pub fn flow_slot_count() -> u32 {
+    // SAFETY: a read of an initialised static; volatile so the compiler does not fold the
+    // placeholder value in.
+    unsafe { core::ptr::read_volatile(&FLOW_SLOT_COUNT) }
+}

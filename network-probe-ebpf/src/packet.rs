@@ -23,12 +23,76 @@ fn load_direct<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T
         return None;
     }
     let start = data + offset;
-    if start + core::mem::size_of::<T>() > data_end {
+    let size = core::mem::size_of::<T>();
+    if start + size > data_end {
         return None;
     }
-    // SAFETY: `[start, start + size_of::<T>())` lies inside the packet's linear data, checked
-    // just above (the verifier checks the same); `T` is plain bytes, read without alignment.
-    Some(unsafe { (start as *const T).read_unaligned() })
+    let mut value = MaybeUninit::<T>::uninit();
+    let out = value.as_mut_ptr() as *mut u8;
+    // Whole words, then the tail. A plain unaligned read would be split into one load per byte
+    // (the BPF target assumes no unaligned access); packet data may be read unaligned on the
+    // architectures whose kernels do not enforce strict alignment (x86-64, arm64), so the loads
+    // are written out. The values land in registers, where the parser's field extraction works
+    // on them directly.
+    let mut done = 0;
+    while done + 8 <= size {
+        // SAFETY: `[start + done, start + done + 8)` is inside the linear data (checked above,
+        // as the verifier checks); the destination is inside `value`.
+        unsafe {
+            out.add(done)
+                .cast::<u64>()
+                .write_unaligned(load_u64(start + done))
+        };
+        done += 8;
+    }
+    while done + 4 <= size {
+        // SAFETY: as above, 4 bytes.
+        unsafe {
+            out.add(done)
+                .cast::<u32>()
+                .write_unaligned(load_u32(start + done))
+        };
+        done += 4;
+    }
+    while done < size {
+        // SAFETY: as above, 1 byte.
+        unsafe { *out.add(done) = *((start + done) as *const u8) };
+        done += 1;
+    }
+    // SAFETY: every byte of `value` was written; `T` is plain bytes.
+    Some(unsafe { value.assume_init() })
+}
+
+/// An 8-byte load from packet data, whatever its alignment (see [`load_direct`]).
+#[inline(always)]
+fn load_u64(address: usize) -> u64 {
+    let value: u64;
+    // SAFETY: the caller checked that 8 bytes at `address` are packet data.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u64 *)({1} + 0)",
+            out(reg) value,
+            in(reg) address,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    value
+}
+
+/// A 4-byte load from packet data, whatever its alignment (see [`load_direct`]).
+#[inline(always)]
+fn load_u32(address: usize) -> u32 {
+    let value: u64;
+    // SAFETY: the caller checked that 4 bytes at `address` are packet data.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u32 *)({1} + 0)",
+            out(reg) value,
+            in(reg) address,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    value as u32
 }
 
 /// A packet the parser can read from.

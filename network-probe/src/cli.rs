@@ -86,6 +86,14 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub flow_map_entries: u32,
 
+    /// Slots of the kernel flow slot table, where new TCP flow directions are counted first
+    /// (cheaper per packet than the LRU maps; a flow whose slot is taken goes to them): a power
+    /// of two up to 1048576, or 0 for none. Kernel memory: 64 bytes per slot plus 80 bytes per
+    /// slot and CPU.
+    #[arg(long = "flows.slots", value_name = "N", default_value_t = network_probe_common::FLOW_SLOTS_DEFAULT,
+          value_parser = parse_flow_slots)]
+    pub flow_slots: u32,
+
     /// Labels of the flow series, comma-separated, from: interface, direction, src, dst,
     /// src_port, dst_port.
     #[arg(long = "flows.labels", value_name = "LIST", default_value = FlowLabels::DEFAULT)]
@@ -208,6 +216,22 @@ fn parse_probe_listen(value: &str) -> Result<ProbeListen, String> {
     }
 }
 
+/// `--flows.slots`: 0 or a power of two up to [`network_probe_common::FLOW_SLOTS_LIMIT`].
+pub fn parse_flow_slots(value: &str) -> Result<u32, String> {
+    let limit = network_probe_common::FLOW_SLOTS_LIMIT;
+    let slots: u32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of slots"))?;
+    if slots == 0 || (slots.is_power_of_two() && slots <= limit) {
+        Ok(slots)
+    } else {
+        Err(format!(
+            "{value:?} slots: must be 0 (no slot table) or a power of two up to {limit}"
+        ))
+    }
+}
+
 impl Cli {
     /// The datapath's load-time choices from the flags, for a kernel with or without TCX.
     pub fn datapath_config(&self, kernel_has_tcx: bool) -> crate::datapath::DatapathConfig {
@@ -215,6 +239,7 @@ impl Cli {
             ingress: self.ingress,
             tc_attach: self.tc_attach.resolve(kernel_has_tcx),
             flow_map_entries: self.flow_map_entries,
+            flow_slots: self.flow_slots,
             pin_path: (!self.pin_path.is_empty()).then(|| self.pin_path.clone().into()),
         }
     }

@@ -99,6 +99,7 @@ struct RawDatapath {
 #[serde(deny_unknown_fields)]
 struct RawFlows {
     max_entries: Option<Value>,
+    slots: Option<Value>,
     labels: Option<Value>,
     max_series: Option<Value>,
     idle_timeout: Option<Value>,
@@ -211,6 +212,15 @@ const SETTINGS: &[Setting] = &[
         reloadable: false,
         get: |f| f.flows.as_ref()?.max_entries.as_ref(),
         copy: |to, from| to.flow_map_entries = from.flow_map_entries,
+    },
+    Setting {
+        path: "flows.slots",
+        flag: "--flows.slots",
+        id: "flow_slots",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.slots.as_ref(),
+        copy: |to, from| to.flow_slots = from.flow_slots,
     },
     Setting {
         path: "flows.labels",

@@ -10,7 +10,8 @@
 //!
 //! Each watched interface owns a slot of the per-CPU statistics array (assigned here, recorded
 //! in the interface-index -> slot array the programs read; see `network-probe-common`). Flows
-//! live in one LRU map per address family; [`Datapath::flows`] returns both as [`FlowKey`]s.
+//! live in the flow slot table or, when their slot is taken, in one LRU map per address family;
+//! [`Datapath::flows`] returns them all as [`FlowKey`]s (see [`crate::flow_maps`]).
 //!
 //! Per-interface counters never go backwards: when an interface is forgotten its statistics are
 //! folded into a user-space total kept under its name before its slot is released, and every
@@ -36,13 +37,15 @@ use aya::{
 };
 use log::{debug, info, warn};
 use network_probe_common::{
-    DEVICE_SLOTS, DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceStats, Direction, FLOWS4_MAP,
-    FLOWS6_MAP, FlowKey, FlowKey4, FlowKey6, FlowStats, IFINDEX_LIMIT, IFINDEX_SLOTS_MAP,
-    KernelFlowKey, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
+    DEVICE_SLOTS, DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceStats, Direction,
+    FLOW_SLOT_COUNT_GLOBAL, FLOW_SLOT_COUNTERS_MAP, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP,
+    FlowCounts, FlowKey, FlowKey4, FlowKey6, FlowSlot, FlowStats, IFINDEX_LIMIT, IFINDEX_SLOTS_MAP,
+    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
 };
 
 use crate::{
     error::{Error, Result},
+    flow_maps::{FlowMapEntries, FlowMaps},
     map_batch,
     pinning::{self, MapOrigin, WantedMap},
     rtnetlink,
@@ -106,8 +109,10 @@ pub struct DatapathConfig {
     pub ingress: IngressHook,
     /// How TC programs are attached; `Auto` is resolved by the caller (see [`TcAttach::resolve`]).
     pub tc_attach: TcAttach,
-    /// Capacity of the flow map (entries).
+    /// Capacity of each LRU flow map (entries).
     pub flow_map_entries: u32,
+    /// Slots of the flow slot table (a power of two), or 0 for none.
+    pub flow_slots: u32,
     /// bpffs directory to pin the maps in (`None`: maps live as long as the process).
     pub pin_path: Option<PathBuf>,
 }
@@ -161,8 +166,7 @@ struct Inner {
     ifindex_slots: Array<MapData, u32>,
     /// What `ifindex_slots` holds, by interface index: the slot of every interface that has one.
     slots: BTreeMap<u32, u32>,
-    flows4: HashMap<MapData, FlowKey4, FlowStats>,
-    flows6: HashMap<MapData, FlowKey6, FlowStats>,
+    flows: FlowMaps,
     attachments: Vec<Attachment>,
     /// Statistics of interfaces forgotten since start, by name and direction.
     retired: BTreeMap<(String, Direction), DeviceStats>,
@@ -207,7 +211,7 @@ impl Datapath {
                     .into(),
             ));
         }
-        let wanted = wanted_maps(config.flow_map_entries);
+        let wanted = wanted_maps(config.flow_map_entries, config.flow_slots);
         let plan = config
             .pin_path
             .as_deref()
@@ -216,6 +220,11 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(FLOWS4_MAP, config.flow_map_entries);
         loader.map_max_entries(FLOWS6_MAP, config.flow_map_entries);
+        // Without a slot table the slot maps keep one (unused) entry: arrays cannot be empty.
+        let slot_entries = config.flow_slots.max(1);
+        loader.map_max_entries(FLOW_SLOTS_MAP, slot_entries);
+        loader.map_max_entries(FLOW_SLOT_COUNTERS_MAP, slot_entries);
+        loader.override_global(FLOW_SLOT_COUNT_GLOBAL, &config.flow_slots, true);
         let map_origins = match &plan {
             Some(plan) => {
                 for map in &wanted {
@@ -260,6 +269,12 @@ impl Datapath {
         let ifindex_slots = take_map(&mut ebpf, IFINDEX_SLOTS_MAP, Array::try_from)?;
         let flows4 = take_map(&mut ebpf, FLOWS4_MAP, HashMap::try_from)?;
         let flows6 = take_map(&mut ebpf, FLOWS6_MAP, HashMap::try_from)?;
+        let slot_maps = (
+            take_map(&mut ebpf, FLOW_SLOTS_MAP, Array::try_from)?,
+            take_map(&mut ebpf, FLOW_SLOT_COUNTERS_MAP, PerCpuArray::try_from)?,
+        );
+        let flows = FlowMaps::new(flows4, flows6, (config.flow_slots > 0).then_some(slot_maps))
+            .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         Ok(Datapath {
@@ -269,8 +284,7 @@ impl Datapath {
                 device_stats,
                 ifindex_slots,
                 slots,
-                flows4,
-                flows6,
+                flows,
                 attachments: Vec::new(),
                 retired: BTreeMap::new(),
                 seen_names: BTreeMap::new(),
@@ -412,25 +426,19 @@ impl Datapath {
             .collect()
     }
 
-    /// Every entry of both flow maps, read in batches (see [`crate::map_batch`]).
+    /// Every flow in the slot table and the LRU maps, once (see [`crate::flow_maps`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
-        let inner = self.lock();
-        let mut flows = read_flow_map(&inner.flows4, FLOWS4_MAP);
-        flows.extend(read_flow_map(&inner.flows6, FLOWS6_MAP));
-        flows
+        self.lock().flows.read()
     }
 
-    /// Deletes flow entries (idle ones, already folded into totals by the caller).
+    /// Deletes flows (idle ones, already folded into totals by the caller).
     pub fn remove_flows(&self, keys: &[FlowKey]) {
-        let mut inner = self.lock();
-        for key in keys {
-            // Already gone (evicted meanwhile) is fine.
-            let _ = match key.kernel() {
-                Some(KernelFlowKey::V4(key)) => inner.flows4.remove(&key),
-                Some(KernelFlowKey::V6(key)) => inner.flows6.remove(&key),
-                None => continue,
-            };
-        }
+        self.lock().flows.remove(keys);
+    }
+
+    /// Entries the last [`Datapath::flows`] found in each flow map.
+    pub fn flow_map_entries(&self) -> FlowMapEntries {
+        self.lock().flows.entries()
     }
 
     /// (interface, program) for every attached program.
@@ -448,9 +456,14 @@ impl Datapath {
         self.lock().seen_names.clone()
     }
 
-    /// Capacity of each flow map (one per address family).
+    /// Capacity of each LRU flow map (one per address family).
     pub fn flow_map_capacity(&self) -> u32 {
         self.lock().config.flow_map_entries
+    }
+
+    /// Slots of the flow slot table (0: none).
+    pub fn flow_slots(&self) -> u32 {
+        self.lock().config.flow_slots
     }
 
     /// Where each map's contents came from at load (pinned by an earlier run or fresh).
@@ -645,27 +658,6 @@ fn assigned_slots(ifindex_slots: &Array<MapData, u32>) -> Result<BTreeMap<u32, u
         .collect())
 }
 
-/// Every entry of one flow map, read in batches, with the keys in their family-neutral form.
-fn read_flow_map<K: aya::Pod + Into<FlowKey>>(
-    map: &HashMap<MapData, K, FlowStats>,
-    name: &str,
-) -> Vec<(FlowKey, FlowStats)> {
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    let entries: Vec<(K, FlowStats)> = match map_batch::lookup_all(fd) {
-        Ok(entries) => entries,
-        Err(err) => {
-            warn!("reading {name} in batches: {err}; reading it entry by entry");
-            map.iter()
-                .filter_map(|item| item.map_err(|err| warn!("reading {name}: {err}")).ok())
-                .collect()
-        }
-    };
-    entries
-        .into_iter()
-        .map(|(key, stats)| (key.into(), stats))
-        .collect()
-}
-
 /// One interface and direction's statistics: the per-CPU copies added up.
 fn sum_over_cpus(per_cpu: &PerCpuValues<DeviceStats>) -> DeviceStats {
     let mut stats = DeviceStats::ZERO;
@@ -707,13 +699,20 @@ fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 /// The maps of the object as this run wants them (what a pinned map must match to be reused).
-fn wanted_maps(flow_map_entries: u32) -> [WantedMap; 4] {
+fn wanted_maps(flow_map_entries: u32, flow_slots: u32) -> [WantedMap; 6] {
     let flows = |name, key_size| WantedMap {
         name,
         map_type: MapType::LruHash,
         key_size,
         value_size: size_of::<FlowStats>() as u32,
         max_entries: flow_map_entries,
+    };
+    let slots = |name, map_type, value_size| WantedMap {
+        name,
+        map_type,
+        key_size: size_of::<u32>() as u32,
+        value_size,
+        max_entries: flow_slots.max(1),
     };
     [
         WantedMap {
@@ -732,6 +731,12 @@ fn wanted_maps(flow_map_entries: u32) -> [WantedMap; 4] {
         },
         flows(FLOWS4_MAP, size_of::<FlowKey4>() as u32),
         flows(FLOWS6_MAP, size_of::<FlowKey6>() as u32),
+        slots(FLOW_SLOTS_MAP, MapType::Array, size_of::<FlowSlot>() as u32),
+        slots(
+            FLOW_SLOT_COUNTERS_MAP,
+            MapType::PerCpuArray,
+            size_of::<FlowCounts>() as u32,
+        ),
     ]
 }
 

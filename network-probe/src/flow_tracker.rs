@@ -96,7 +96,8 @@ impl FlowTracker {
             .flows()
             .into_iter()
             .filter(|(key, stats)| {
-                stats.first_seen_ns <= saved.saved_at_ns && saved.pending_deletes.contains(key)
+                stats.counts.first_seen_ns <= saved.saved_at_ns
+                    && saved.pending_deletes.contains(key)
             })
             .map(|(key, _)| key)
             .collect();

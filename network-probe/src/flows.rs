@@ -144,14 +144,14 @@ impl FlowCounters {
 impl From<&FlowStats> for FlowCounters {
     fn from(stats: &FlowStats) -> Self {
         FlowCounters {
-            packets: stats.packets,
-            bytes: stats.bytes,
-            retransmits: stats.retransmits,
-            rst: stats.rst,
-            syn: stats.syn,
-            fin: stats.fin,
-            zero_window: stats.zero_window,
-            df: stats.df,
+            packets: stats.counts.packets,
+            bytes: stats.counts.bytes,
+            retransmits: stats.counts.retransmits,
+            rst: stats.counts.rst,
+            syn: stats.counts.syn,
+            fin: stats.counts.fin,
+            zero_window: stats.counts.zero_window,
+            df: stats.counts.df,
         }
     }
 }
@@ -336,7 +336,7 @@ impl FlowTable {
 
         let idle: Vec<FlowKey> = current
             .iter()
-            .filter(|(_, stats)| now_ns.saturating_sub(stats.last_seen_ns) >= idle_ns)
+            .filter(|(_, stats)| now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns)
             .map(|(key, _)| *key)
             .collect();
         for key in &idle {
@@ -449,11 +449,12 @@ impl FlowTable {
 
 impl Series {
     fn note_times(&mut self, stats: &FlowStats) {
-        self.first_seen_ns = min_nonzero(self.first_seen_ns, stats.first_seen_ns);
-        self.last_seen_ns = self.last_seen_ns.max(stats.last_seen_ns);
-        if stats.window_scale_plus_one != 0 && stats.last_seen_ns >= self.window_scale_seen_ns {
-            self.window_scale = Some(stats.window_scale_plus_one - 1);
-            self.window_scale_seen_ns = stats.last_seen_ns;
+        let (counts, tracking) = (&stats.counts, &stats.tracking);
+        self.first_seen_ns = min_nonzero(self.first_seen_ns, counts.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(counts.last_seen_ns);
+        if tracking.window_scale_plus_one != 0 && counts.last_seen_ns >= self.window_scale_seen_ns {
+            self.window_scale = Some(tracking.window_scale_plus_one - 1);
+            self.window_scale_seen_ns = counts.last_seen_ns;
         }
     }
 }
@@ -489,7 +490,7 @@ pub fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use network_probe_common::{Direction, FAMILY_IPV6};
+    use network_probe_common::{Direction, FAMILY_IPV6, FlowCounts};
 
     use super::*;
 
@@ -518,11 +519,14 @@ mod tests {
 
     fn stats(packets: u64, last_seen_s: u64) -> FlowStats {
         FlowStats {
-            packets,
-            bytes: packets * 100,
-            retransmits: packets / 10,
-            first_seen_ns: SECOND,
-            last_seen_ns: last_seen_s * SECOND,
+            counts: FlowCounts {
+                packets,
+                bytes: packets * 100,
+                retransmits: packets / 10,
+                first_seen_ns: SECOND,
+                last_seen_ns: last_seen_s * SECOND,
+                ..FlowCounts::default()
+            },
             ..FlowStats::default()
         }
     }
@@ -689,9 +693,9 @@ mod tests {
     fn window_scale_comes_from_the_latest_flow() {
         let mut table = FlowTable::new(options(10));
         let mut old = stats(1, 2);
-        old.window_scale_plus_one = 8;
+        old.tracking.window_scale_plus_one = 8;
         let mut new = stats(1, 3);
-        new.window_scale_plus_one = 10;
+        new.tracking.window_scale_plus_one = 10;
         table.refresh(3 * SECOND, vec![(key(1, 2, 1), old), (key(1, 2, 2), new)]);
         let (_, series) = table.series()[0];
         assert_eq!(series.window_scale, Some(9));

@@ -9,6 +9,9 @@
 //! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
 //! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
 //! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
+//! - [`flow_maps`]: the kernel's flow maps (slot table and LRU maps) read and pruned as one.
+//! - [`program_barrier`]: waits until every running eBPF program has finished.
+//! - [`map_batch`]: reads whole maps in a few batch system calls.
 //! - [`flows`]: turns the kernel flow maps into bounded, monotonic flow series (pure).
 //! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
 //! - [`flow_exposition`]: writes the flow series of a scrape, chunk by chunk.
@@ -30,6 +33,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod error;
 pub mod flow_exposition;
+pub mod flow_maps;
 pub mod flow_tracker;
 pub mod flows;
 pub mod http;
@@ -41,6 +45,7 @@ pub mod pinning;
 pub mod preflight;
 pub mod privileges;
 pub mod probe;
+pub mod program_barrier;
 pub mod rtnetlink;
 pub mod state;
 pub mod web_config;

@@ -1,6 +1,6 @@
-//! Reading a whole BPF hash map in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+)
-//! instead of two per entry (get-next-key, lookup) as aya's iterator does. At 100k flows that is
-//! a few dozen calls instead of 200k.
+//! Reading a whole BPF hash map or array in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux
+//! 5.6+) instead of two per entry (get-next-key, lookup) as aya's iterator does. At 100k flows
+//! that is a few dozen calls instead of 200k.
 //!
 //! aya does not wrap the batch commands, so this module issues the `bpf(2)` call itself with the
 //! kernel's `union bpf_attr` batch layout; everything unsafe is here.
@@ -33,9 +33,23 @@ struct BatchAttr {
 /// Every entry of the hash map (or LRU hash map) behind `map_fd`. Not a snapshot: entries the
 /// programs add or the kernel evicts meanwhile may or may not be included, as with iteration.
 pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
-    let mut entries = Vec::new();
+    let (keys, values) = lookup_all_per_cpu(map_fd, 1)?;
+    Ok(keys.into_iter().zip(values).collect())
+}
+
+/// Every entry of the map behind `map_fd` whose values are `values_per_entry` consecutive `V`s:
+/// 1 for a hash map or array, the number of possible CPUs for a per-CPU map (whose `V` must
+/// then be a multiple of 8 bytes, as the kernel pads each CPU's copy to 8). Returns the keys
+/// and the values, `values_per_entry` per key in key order.
+pub fn lookup_all_per_cpu<K: Pod, V: Pod>(
+    map_fd: RawFd,
+    values_per_entry: usize,
+) -> io::Result<(Vec<K>, Vec<V>)> {
+    assert!(values_per_entry > 0);
+    let mut all_keys = Vec::new();
+    let mut all_values = Vec::new();
     let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
-    let mut values: Vec<V> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<V> = Vec::with_capacity(CHUNK * values_per_entry);
     // The hash map's batch token is a bucket index (u32).
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
@@ -54,9 +68,9 @@ pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
             map_fd: map_fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` describes buffers of CHUNK keys and values that outlive the call and
-        // two token slots of 8 bytes (the kernel writes 4); the kernel writes at most `count`
-        // entries and reports how many in `count`.
+        // SAFETY: `attr` describes buffers of CHUNK keys and CHUNK entries' values that outlive
+        // the call and two token slots of 8 bytes (the kernel writes 4); the kernel writes at
+        // most `count` entries and reports how many in `count`.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -77,14 +91,15 @@ pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
             }
             _ => {}
         }
-        // SAFETY: the kernel initialised the first `filled` keys and values.
+        // SAFETY: the kernel initialised the first `filled` keys and entries' values.
         unsafe {
             keys.set_len(filled);
-            values.set_len(filled);
+            values.set_len(filled * values_per_entry);
         }
-        entries.extend(keys.drain(..).zip(values.drain(..)));
+        all_keys.append(&mut keys);
+        all_values.append(&mut values);
         if error.is_some() {
-            return Ok(entries);
+            return Ok((all_keys, all_values));
         }
         token_in = token_out;
         first = false;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use network_probe_common::{
-    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOWS4_MAP, FLOWS6_MAP, IFINDEX_LIMIT,
-    IFINDEX_SLOTS_MAP, RTT_BUCKETS, SIZE_BUCKETS, Unclassified,
+    DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP,
+    IFINDEX_LIMIT, IFINDEX_SLOTS_MAP, RTT_BUCKETS, SIZE_BUCKETS, Unclassified,
 };
 use prometheus_client::{
     collector::Collector,
@@ -404,14 +404,18 @@ impl DatapathCollector {
             "Flow series currently exported (the other rows included).",
             table.series_count() as f64,
         )?;
-        let capacity = self.flows.datapath().flow_map_capacity();
+        let datapath = self.flows.datapath();
+        let capacity = datapath.flow_map_capacity();
+        let slots = datapath.flow_slots();
+        let entries = datapath.flow_map_entries();
         gauge_family(
             encoder,
             "network_probe_datapath_map_entries",
-            "Entries currently in an eBPF map of the datapath.",
+            "Entries currently in an eBPF map of the datapath (FLOW_SLOTS: slots holding a flow).",
             [
-                ([("map", FLOWS4_MAP)], stats.live_flows[0] as f64),
-                ([("map", FLOWS6_MAP)], stats.live_flows[1] as f64),
+                ([("map", FLOWS4_MAP)], entries.flows4 as f64),
+                ([("map", FLOWS6_MAP)], entries.flows6 as f64),
+                ([("map", FLOW_SLOTS_MAP)], entries.slots as f64),
             ],
         )?;
         gauge_family(
@@ -421,6 +425,7 @@ impl DatapathCollector {
             [
                 ([("map", FLOWS4_MAP)], f64::from(capacity)),
                 ([("map", FLOWS6_MAP)], f64::from(capacity)),
+                ([("map", FLOW_SLOTS_MAP)], f64::from(slots)),
                 (
                     [("map", DEVICE_STATS_MAP)],
                     f64::from(DEVICE_STATS_MAX_ENTRIES),

@@ -159,7 +159,11 @@ fn check(datapath: &mut TestRunDatapath, case: &str, frame: &[u8], expect: &Expe
                 assert_eq!(flows, [key], "{context}: flow entries");
                 let flow = datapath.flow(&key).expect("flow entry");
                 assert_eq!(
-                    (flow.packets, flow.bytes, flow.window_scale_plus_one),
+                    (
+                        flow.counts.packets,
+                        flow.counts.bytes,
+                        flow.tracking.window_scale_plus_one,
+                    ),
                     (1, frame.len() as u64, tcp.window_scale_plus_one),
                     "{context}: flow (packets, bytes, window scale + 1)"
                 );

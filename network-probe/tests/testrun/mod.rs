@@ -16,9 +16,11 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Program, ProgramError, TestRun, TestRunOptions},
 };
+use network_probe::flow_maps::{FlowMapEntries, FlowMaps};
 use network_probe_common::{
-    DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOWS4_MAP, FLOWS6_MAP,
-    FlowKey, FlowKey4, FlowKey6, FlowStats, IFINDEX_SLOTS_MAP, KernelFlowKey,
+    DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOW_SLOT_COUNT_GLOBAL,
+    FLOW_SLOT_COUNTERS_MAP, FLOW_SLOTS_DEFAULT, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP, FlowKey,
+    FlowStats, IFINDEX_SLOTS_MAP,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -277,22 +279,29 @@ pub struct Run {
 pub struct TestRunDatapath {
     ebpf: Ebpf,
     device_stats: PerCpuArray<MapData, DeviceStats>,
-    flows4: HashMap<MapData, FlowKey4, FlowStats>,
-    flows6: HashMap<MapData, FlowKey6, FlowStats>,
+    flows: FlowMaps,
     /// Interface index test-run packets are accounted to: the loopback device's.
     pub ifindex: u32,
 }
 
 impl TestRunDatapath {
-    /// Loads the embedded object and verifies `programs` (TC classifiers or XDP programs, by
-    /// name). Attaches nothing.
+    /// Loads the embedded object with the daemon's default flow slot table and verifies
+    /// `programs` (TC classifiers or XDP programs, by name). Attaches nothing.
     pub fn load(programs: &[&str]) -> Self {
+        Self::load_with_slots(programs, FLOW_SLOTS_DEFAULT)
+    }
+
+    /// [`TestRunDatapath::load`] with `slots` flow slots (0: every flow in the LRU maps).
+    pub fn load_with_slots(programs: &[&str], slots: u32) -> Self {
         let object = network_probe::datapath::ebpf_object();
         assert!(
             !object.is_empty(),
             "built with AYA_BUILD_SKIP: no eBPF object to test"
         );
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOW_SLOTS_MAP, slots.max(1))
+            .map_max_entries(FLOW_SLOT_COUNTERS_MAP, slots.max(1))
+            .override_global(FLOW_SLOT_COUNT_GLOBAL, &slots, true)
             .load(object)
             .expect("loading the eBPF object");
         for &name in programs {
@@ -313,6 +322,17 @@ impl TestRunDatapath {
             .expect("opening FLOWS4");
         let flows6 = HashMap::try_from(ebpf.take_map(FLOWS6_MAP).expect("FLOWS6 map"))
             .expect("opening FLOWS6");
+        let slot_maps = (
+            Array::try_from(ebpf.take_map(FLOW_SLOTS_MAP).expect("FLOW_SLOTS map"))
+                .expect("opening FLOW_SLOTS"),
+            PerCpuArray::try_from(
+                ebpf.take_map(FLOW_SLOT_COUNTERS_MAP)
+                    .expect("FLOW_SLOT_COUNTERS map"),
+            )
+            .expect("opening FLOW_SLOT_COUNTERS"),
+        );
+        let flows = FlowMaps::new(flows4, flows6, (slots > 0).then_some(slot_maps))
+            .expect("preparing the flow slot table");
         let ifindex = network_probe::rtnetlink::interface_index("lo").expect("ifindex of lo");
         // Slot 0 (a fresh map's statistics are zero), stored plus one.
         let mut slots: Array<_, u32> =
@@ -322,8 +342,7 @@ impl TestRunDatapath {
         TestRunDatapath {
             ebpf,
             device_stats,
-            flows4,
-            flows6,
+            flows,
             ifindex,
         }
     }
@@ -370,29 +389,32 @@ impl TestRunDatapath {
         stats
     }
 
-    /// Every key of the flow map.
-    pub fn flow_keys(&self) -> Vec<FlowKey> {
-        let v4 = self.flows4.keys().map(|key| key.map(FlowKey::from));
-        let v6 = self.flows6.keys().map(|key| key.map(FlowKey::from));
-        v4.chain(v6)
-            .collect::<Result<_, _>>()
-            .expect("reading the flow maps' keys")
+    /// Every flow in the flow maps (slots and LRU maps), once.
+    pub fn flows(&mut self) -> Vec<(FlowKey, FlowStats)> {
+        self.flows.read()
+    }
+
+    /// Every key of the flow maps.
+    pub fn flow_keys(&mut self) -> Vec<FlowKey> {
+        self.flows().into_iter().map(|(key, _)| key).collect()
     }
 
     /// The flow entry of `key`, if any.
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowStats> {
-        match key.kernel().expect("a key of a known family") {
-            KernelFlowKey::V4(key) => self.flows4.get(&key, 0).ok(),
-            KernelFlowKey::V6(key) => self.flows6.get(&key, 0).ok(),
-        }
+    pub fn flow(&mut self, key: &FlowKey) -> Option<FlowStats> {
+        self.flows()
+            .into_iter()
+            .find(|(found, _)| found == key)
+            .map(|(_, stats)| stats)
     }
 
-    /// Deletes the flow entry of `key`.
+    /// Where the last read found flows (slots, LRU maps).
+    pub fn flow_map_entries(&self) -> FlowMapEntries {
+        self.flows.entries()
+    }
+
+    /// Deletes the flow entry of `key` (wherever it is).
     pub fn remove_flow(&mut self, key: &FlowKey) {
-        match key.kernel().expect("a key of a known family") {
-            KernelFlowKey::V4(key) => self.flows4.remove(&key),
-            KernelFlowKey::V6(key) => self.flows6.remove(&key),
-        }
-        .expect("deleting a flow entry");
+        self.flows.read();
+        self.flows.remove(std::slice::from_ref(key));
     }
 }
