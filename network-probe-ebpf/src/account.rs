@@ -286,7 +286,9 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     // this program run. The key and owner change only while the slot is not owned by a flow
     // (claiming, draining), which readers check first.
     let slot = slot_of::<K>(words);
-    if let Some((index, slot)) = slot
+    // Whether this segment completes a handshake; checked once, at the end, whichever way the
+    // flow was found (one copy of that code keeps the verifier's work down).
+    let completes_handshake = if let Some((index, slot)) = slot
         && slot_holds::<K>(unsafe { &*slot }, words)
     {
         let slot = unsafe { &mut *slot };
@@ -299,65 +301,62 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // SAFETY: this CPU's copy: only this CPU writes it, and the program is not re-entered
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
-        if update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now) {
-            complete_handshake(device, &key);
-        }
-        return;
-    }
-
-    let flows = K::map();
-    if let Some(flow) = flows.get_ptr_mut(key) {
+        update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now)
+    } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
             return;
         }
         // SAFETY: a pointer into the map value, valid for this program run; counters are
         // updated with atomic adds, the rest is owned by the CPU processing this flow direction.
         let flow = unsafe { &mut *flow };
-        if update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now) {
-            complete_handshake(device, &key);
-        }
-        return;
+        update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now)
+    } else {
+        create(device, slot, key, &segment, now);
+        !segment.egress && segment.syn && segment.ack
+    };
+    if completes_handshake {
+        complete_handshake(device, &key);
     }
+}
 
-    // A new flow (or one first seen now): its slot if free, else the LRU map.
-    let mut created = false;
+/// A new flow (or one first seen now): in its slot if free, else in the LRU map.
+#[inline(always)]
+fn create<K: FlowMapKey>(
+    device: &mut DeviceStats,
+    slot: Option<(u32, *mut FlowSlot)>,
+    key: K,
+    segment: &Segment,
+    now: u64,
+) {
     if let Some((index, slot)) = slot
+        // SAFETY: see `observe_flow`.
         && let slot = unsafe { &mut *slot }
         && slot.owner == SLOT_FREE
         && claim(&mut slot.owner)
         && let Some(slot_counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index)
     {
-        let words = words.as_ref();
+        let words = key.words().as_ref();
         let mut word = 0;
         while word < slot.key.len() {
             slot.key[word] = if word < words.len() { words[word] } else { 0 };
             word += 1;
         }
-        slot.tracking = first_tracking(&segment);
-        // SAFETY: this CPU's copy (see above); the other CPUs' copies of a free slot are zero.
-        unsafe { *slot_counts = first_counts(&segment, now) };
+        slot.tracking = first_tracking(segment);
+        // SAFETY: this CPU's copy (see `observe_flow`); the other CPUs' copies of a free slot
+        // are zero.
+        unsafe { *slot_counts = first_counts(segment, now) };
         publish(&mut slot.owner, K::FAMILY);
-        created = true;
-    } else if flows
-        .insert(
-            key,
-            FlowStats {
-                counts: first_counts(&segment, now),
-                tracking: first_tracking(&segment),
-            },
-            BPF_NOEXIST,
-        )
-        .is_ok()
-    {
-        created = true;
+        device.flows_created += 1;
+        return;
     }
-    if created {
+    let flow = FlowStats {
+        counts: first_counts(segment, now),
+        tracking: first_tracking(segment),
+    };
+    if K::map().insert(key, flow, BPF_NOEXIST).is_ok() {
         device.flows_created += 1;
     } else {
         device.flow_create_failures += 1;
-    }
-    if !segment.egress && segment.syn && segment.ack {
-        complete_handshake(device, &key);
     }
 }
 

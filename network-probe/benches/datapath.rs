@@ -9,6 +9,7 @@
 #[path = "../tests/testrun/mod.rs"]
 mod testrun;
 
+use network_probe_common::FLOW_SLOTS_DEFAULT;
 use testrun::*;
 
 /// Repetitions of one frame per test run; the kernel runs the program this many times in a row.
@@ -122,6 +123,9 @@ fn median(values: &mut [f64]) -> f64 {
 struct Series {
     hook: &'static Hook,
     packet: &'static str,
+    /// Measured on the datapath without a slot table: the flow lives in its LRU map, as a flow
+    /// whose slot another flow holds does.
+    lru: bool,
     frame: Vec<u8>,
     baseline: Vec<Sample>,
     ours: Vec<Sample>,
@@ -141,11 +145,11 @@ const STEPS: [(&str, &str); 5] = [
     ),
     (
         "tc_upto_lookup",
-        "the flow's key built and looked up in its family's LRU hash map",
+        "the flow found: its key hashed and compared with its slot's; the coarse clock",
     ),
     (
         "tc_ingress",
-        "the flow entry updated: atomic counters, sequence tracking, coarse clock",
+        "the flow updated: per-CPU counters, sequence tracking",
     ),
 ];
 
@@ -208,37 +212,57 @@ fn main() {
             }
             unique
         });
-    let datapath = TestRunDatapath::load(&programs);
+    let mut datapath = TestRunDatapath::load(&programs);
+    let mut lru_datapath =
+        TestRunDatapath::load_with_slots(&[HOOKS[0].program, HOOKS[0].baseline], 0);
     let mut series: Vec<Series> = HOOKS
         .iter()
         .flat_map(|hook| {
             frames().into_iter().map(move |(packet, frame)| Series {
                 hook,
                 packet,
+                lru: false,
                 frame,
                 baseline: Vec::new(),
                 ours: Vec::new(),
             })
         })
         .collect();
+    // The TC ACKs once more, on flows in the LRU map.
+    series.extend(
+        frames()
+            .into_iter()
+            .filter(|(packet, _)| packet.ends_with("ACK"))
+            .map(|(packet, frame)| Series {
+                hook: &HOOKS[0],
+                packet,
+                lru: true,
+                frame,
+                baseline: Vec::new(),
+                ours: Vec::new(),
+            }),
+    );
+    let on = |s: &Series| if s.lru { &lru_datapath } else { &datapath };
 
     // Warm-up, which also creates the flow entries: every measured repetition then updates
     // an established flow.
     for s in &series {
         for program in [s.hook.program, s.hook.baseline] {
-            measure(&datapath, s.hook, program, &s.frame);
+            measure(on(s), s.hook, program, &s.frame);
         }
     }
-    let tcp_before = datapath.ingress_stats().tcp_packets;
+    let tcp_before =
+        datapath.ingress_stats().tcp_packets + lru_datapath.ingress_stats().tcp_packets;
     for round in 0..ROUNDS {
         for s in &mut series {
             let ours_first = round % 2 == 0;
+            let datapath = if s.lru { &lru_datapath } else { &datapath };
             for measure_ours in [ours_first, !ours_first] {
                 if measure_ours {
-                    let sample = measure(&datapath, s.hook, s.hook.program, &s.frame);
+                    let sample = measure(datapath, s.hook, s.hook.program, &s.frame);
                     s.ours.push(sample);
                 } else {
-                    let sample = measure(&datapath, s.hook, s.hook.baseline, &s.frame);
+                    let sample = measure(datapath, s.hook, s.hook.baseline, &s.frame);
                     s.baseline.push(sample);
                 }
             }
@@ -247,11 +271,23 @@ fn main() {
     // The programs really accounted every repetition (not an early return): both hooks share
     // lo's ingress statistics.
     let measured = (ROUNDS * series.len()) as u64 * u64::from(REPEAT);
-    let tcp_counted = datapath.ingress_stats().tcp_packets - tcp_before;
+    let tcp_counted = datapath.ingress_stats().tcp_packets
+        + lru_datapath.ingress_stats().tcp_packets
+        - tcp_before;
     assert_eq!(
         tcp_counted, measured,
         "the programs did not classify every repetition as TCP"
     );
+    // Each datapath holds the flows of its frames where the table says.
+    datapath.flows();
+    lru_datapath.flows();
+    let (slots, lru) = (datapath.flow_map_entries(), lru_datapath.flow_map_entries());
+    assert_eq!(
+        (lru.slots, lru.flows4, lru.flows6),
+        (0, 2, 2),
+        "LRU-only datapath"
+    );
+    assert!(slots.slots >= 3, "flows in slots: {slots:?}");
 
     println!(
         "CPU time per packet of the ingress programs, run by the kernel with BPF_PROG_TEST_RUN \
@@ -266,6 +302,11 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for s in &series {
+        let hook = if s.lru {
+            format!("{} (flow in the LRU map)", s.hook.name)
+        } else {
+            s.hook.name.to_string()
+        };
         let column = |samples: &[Sample], value: fn(&Sample) -> f64| {
             median(&mut samples.iter().map(value).collect::<Vec<_>>())
         };
@@ -280,7 +321,7 @@ fn main() {
         };
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} / {:.0} |",
-            s.hook.name,
+            hook,
             s.packet,
             s.frame.len(),
             column(&s.baseline, |sample| sample.cpu_ns),
@@ -294,7 +335,10 @@ fn main() {
     println!(
         "\nEvery run repeats one frame on one flow, so after the warm-up each repetition updates \
          an existing flow entry; a repeated data segment is judged a retransmission (its \
-         sequence range was already seen), an ACK occupies no sequence space. All \
+         sequence range was already seen), an ACK occupies no sequence space. New flows are \
+         counted in the flow slot table (the daemon's default, {FLOW_SLOTS_DEFAULT} slots); the \
+         rows \"flow in the LRU map\" measure the other path, that of a flow whose slot another \
+         flow holds (or of `--flows.slots 0`), on a datapath loaded without slots. All \
          {measured} measured repetitions were accounted as TCP packets."
     );
     print_steps(&datapath);

@@ -1,5 +1,5 @@
-//! Flow-map pressure: the daemon runs with a 256-entry flow map while the peer namespace opens
-//! far more TCP flows than that (connection attempts to a closed port, each a SYN in and a RST
+//! Flow-map pressure: the daemon runs with a 256-entry flow map (and 16 flow slots) while the
+//! peer namespace opens far more TCP flows than that (connection attempts to a closed port, each a SYN in and a RST
 //! out, from a new source port every time). The map must never report more entries than its
 //! capacity, evictions must be counted, every packet must still be counted per interface
 //! (exactly the kernel's own interface statistics) and the daemon's memory must stay bounded.
@@ -60,6 +60,10 @@ fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
             &pair.a_if,
             "--flows.max-entries",
             &entries,
+            // A slot table far smaller than the flows, so the LRU map fills and evicts while
+            // slots are taken, retired and taken again.
+            "--flows.slots",
+            "16",
             // Sweeps every 250 ms: evictions are noticed between scrapes too.
             "--flows.idle-timeout",
             "1s",

@@ -272,17 +272,20 @@ fn tcp_conversation(pair: &VethPair, port: u16, bytes: usize) {
     assert_eq!(reader.join().unwrap(), bytes);
 }
 
-/// Scrapes until every flow left the map (folded as idle), at most 10 s.
+/// Scrapes until every flow left the maps (folded as idle: the slot table and the LRU map), at
+/// most 10 s.
 fn scrape_when_folded(daemon: &Daemon) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let scrape = daemon.scrape();
-        if sample(
-            &scrape,
-            "network_probe_datapath_map_entries",
-            "map=\"FLOWS4\"",
-        ) == Some(0.0)
-        {
+        let entries = |map: &str| {
+            sample(
+                &scrape,
+                "network_probe_datapath_map_entries",
+                &format!("map=\"{map}\""),
+            )
+        };
+        if entries("FLOWS4") == Some(0.0) && entries("FLOW_SLOTS") == Some(0.0) {
             return scrape;
         }
         assert!(
