@@ -29,7 +29,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{DAEMON, Daemon, VethPair, dotted, in_netns, nstat, sample};
+use common::{DAEMON, Daemon, VethPair, dotted, flow_entries, in_netns, nstat, sample};
 use injector::FlowInjector;
 
 /// Rounds of the throughput comparison; each round runs the three configurations.
@@ -433,16 +433,11 @@ fn scrape_levels(variety: FlowVariety) -> Vec<ScrapeLevel> {
         injected = flows;
         // This scrape also reads the new flows into their series; the timed ones follow.
         let scrape = daemon.scrape();
-        let map_entries = sample(
-            &scrape,
-            "network_probe_datapath_map_entries",
-            "map=\"FLOWS4\"",
-        )
-        .expect("network_probe_datapath_map_entries{map=\"FLOWS4\"}");
+        let map_entries = flow_entries(&scrape).expect("network_probe_datapath_map_entries");
         assert_eq!(
             map_entries,
             f64::from(flows),
-            "the flow map does not hold one entry per injected SYN"
+            "the flow slots and map do not hold one entry per injected SYN"
         );
         // a's kernel received every frame as a well-formed IPv4 packet and dropped it for its
         // TCP checksum alone (so the IPv4 header checksum was right and nothing was answered).

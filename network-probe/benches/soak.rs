@@ -39,7 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, VethPair, dotted, nstat, sample};
+use common::{Daemon, VethPair, dotted, flow_entries, nstat, sample};
 use injector::FlowInjector;
 
 /// Environment variable with the soak's duration in seconds (warm-up included).
@@ -363,13 +363,7 @@ fn scrape_loop(to: SocketAddr, shared: &Shared) {
         let measuring = shared.measuring.load(Ordering::SeqCst);
         let entries = outcome.as_ref().ok().and_then(|response| {
             (response.status == 200)
-                .then(|| {
-                    sample(
-                        &response.body,
-                        "network_probe_datapath_map_entries",
-                        "map=\"FLOWS4\"",
-                    )
-                })
+                .then(|| flow_entries(&response.body))
                 .flatten()
         });
         let mut record = shared.record();
@@ -460,7 +454,7 @@ impl FlowFigures {
         let scrape = daemon.scrape();
         let value = |name: &str, labels: &str| sample(&scrape, name, labels).unwrap_or(0.0);
         FlowFigures {
-            map_entries: value("network_probe_datapath_map_entries", "map=\"FLOWS4\""),
+            map_entries: flow_entries(&scrape).unwrap_or(0.0),
             series: value("network_probe_flow_series", ""),
             evicted: value("network_probe_flows_evicted_total", ""),
             idle_removed: value("network_probe_flows_idle_removed_total", ""),

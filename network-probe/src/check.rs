@@ -238,7 +238,7 @@ pub fn kernel_findings(release: &str, has_btf: bool) -> Vec<Finding> {
             Status::Fail,
             "kernel",
             err.to_string(),
-            "boot a kernel 5.11 or newer (6.6 or newer for TCX)",
+            "boot a kernel 5.12 or newer (6.6 or newer for TCX)",
         ),
     };
     vec![btf, tcx]
@@ -613,7 +613,7 @@ mod tests {
         );
         let ancient = kernel_findings("5.4.0", false);
         assert_eq!(statuses(&ancient), [Status::Fail, Status::Fail]);
-        assert!(ancient[1].detail.contains("5.11"), "{}", ancient[1].detail);
+        assert!(ancient[1].detail.contains("5.12"), "{}", ancient[1].detail);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Checks run before the daemon touches anything: does this process hold the capabilities the
-//! datapath needs, is the kernel recent enough (5.11) and does it offer BTF? Each failure is one
+//! datapath needs, is the kernel recent enough (5.12) and does it offer BTF? Each failure is one
 //! actionable line. Also says whether the kernel has TCX (6.6), which decides how TC programs
 //! are attached.
 
@@ -66,12 +66,13 @@ pub struct KernelSupport {
 }
 
 /// Oldest kernel the datapath supports: CAP_BPF and CAP_PERFMON exist from Linux 5.8, the
-/// coarse clock helper (`bpf_ktime_get_coarse_ns`) the programs read per packet from 5.11.
-pub const MINIMUM_KERNEL: (u32, u32) = (5, 11);
+/// coarse clock helper (`bpf_ktime_get_coarse_ns`) the programs read from 5.11, the atomic
+/// compare-and-exchange with which they claim a flow slot from 5.12.
+pub const MINIMUM_KERNEL: (u32, u32) = (5, 12);
 /// First kernel with TCX.
 pub const TCX_KERNEL: (u32, u32) = (6, 6);
 
-/// Verifies the kernel publishes BTF and is recent enough (Linux 5.11), and says whether it
+/// Verifies the kernel publishes BTF and is recent enough (Linux 5.12), and says whether it
 /// has TCX.
 pub fn check_kernel() -> Result<KernelSupport> {
     let release = kernel_release();
@@ -93,8 +94,8 @@ pub fn check_kernel_features(release: &str, has_btf: bool) -> Result<KernelSuppo
         }),
         Some(_) => Err(Error::KernelFeature {
             release: release.to_string(),
-            feature: "the BPF features the programs use (Linux 5.11 or newer)",
-            hint: "upgrade the kernel to 5.11 or newer",
+            feature: "the BPF features the programs use (Linux 5.12 or newer)",
+            hint: "upgrade the kernel to 5.12 or newer",
         }),
         None => Err(Error::KernelFeature {
             release: release.to_string(),
@@ -158,11 +159,11 @@ mod tests {
         let err = check_kernel_features("6.18.0", false).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit_code::KERNEL);
         assert!(err.to_string().contains("lacks BTF"), "{err}");
-        let err = check_kernel_features("5.10.0-33-amd64", true).unwrap_err();
+        let err = check_kernel_features("5.11.0-33-amd64", true).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernel 5.10.0-33-amd64 lacks the BPF features the programs use (Linux 5.11 or \
-             newer): upgrade the kernel to 5.11 or newer"
+            "kernel 5.11.0-33-amd64 lacks the BPF features the programs use (Linux 5.12 or \
+             newer): upgrade the kernel to 5.12 or newer"
         );
         let no_tcx = KernelSupport { tcx: false };
         let tcx = KernelSupport { tcx: true };

@@ -235,6 +235,59 @@ fn alert_rules_pass_promtool_and_fire_as_described() {
     }
 }
 
+/// The `map` label values an expression selects (`map="X"` or `map=~"X|Y"`), each of which
+/// must be a map the daemon reports on.
+fn unknown_maps(expr: &str) -> Vec<String> {
+    use network_probe_common::{
+        DEVICE_STATS_MAP, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP, IFINDEX_SLOTS_MAP,
+    };
+    let known = [
+        FLOWS4_MAP,
+        FLOWS6_MAP,
+        FLOW_SLOTS_MAP,
+        DEVICE_STATS_MAP,
+        IFINDEX_SLOTS_MAP,
+    ];
+    let mut unknown = Vec::new();
+    for part in expr.split("map=").skip(1) {
+        let part = part.trim_start_matches('~');
+        let Some(quoted) = part
+            .strip_prefix('"')
+            .and_then(|rest| rest.split('"').next())
+        else {
+            continue;
+        };
+        for name in quoted.split('|') {
+            if !known.contains(&name) {
+                unknown.push(name.to_string());
+            }
+        }
+    }
+    unknown
+}
+
+#[test]
+fn map_selectors_are_checked_against_the_daemons_maps() {
+    assert_eq!(
+        unknown_maps(r#"a{map=~"FLOWS4|FLOWS6"} / b{map="FLOWS"}"#),
+        ["FLOWS"]
+    );
+    assert_eq!(unknown_maps(r#"a{map="FLOW_SLOTS"}"#), Vec::<String>::new());
+    for (path, text) in [
+        ("alerts.yml", read("deploy/prometheus/alerts.yml")),
+        (
+            "network-probe.json",
+            read("deploy/grafana/network-probe.json").replace("\\\"", "\""),
+        ),
+    ] {
+        assert_eq!(
+            unknown_maps(&text),
+            Vec::<String>::new(),
+            "{path} selects maps the daemon does not report"
+        );
+    }
+}
+
 /// Every `expr` of every panel (rows' nested panels included) with its panel.
 fn dashboard_queries(dashboard: &Value) -> Vec<(Value, String)> {
     fn walk(panels: &Value, out: &mut Vec<(Value, String)>) {

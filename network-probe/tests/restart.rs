@@ -278,14 +278,7 @@ fn scrape_when_folded(daemon: &Daemon) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let scrape = daemon.scrape();
-        let entries = |map: &str| {
-            sample(
-                &scrape,
-                "network_probe_datapath_map_entries",
-                &format!("map=\"{map}\""),
-            )
-        };
-        if entries("FLOWS4") == Some(0.0) && entries("FLOW_SLOTS") == Some(0.0) {
+        if common::flow_entries(&scrape) == Some(0.0) {
             return scrape;
         }
         assert!(

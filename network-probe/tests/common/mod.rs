@@ -439,6 +439,19 @@ pub fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
         .map(|value| value.trim().parse().expect("numeric sample"))
 }
 
+/// Flows the daemon holds in the kernel, wherever they are: the IPv4 LRU map plus the slot
+/// table (every caller's flows are IPv4); `None` when the scrape lacks either sample.
+pub fn flow_entries(scrape: &str) -> Option<f64> {
+    let entries = |map: &str| {
+        sample(
+            scrape,
+            "network_probe_datapath_map_entries",
+            &format!("map=\"{map}\""),
+        )
+    };
+    Some(entries("FLOWS4")? + entries("FLOW_SLOTS")?)
+}
+
 /// A tcpdump capture on an interface inside a namespace, read back as tcpdump's own decoding.
 pub struct Capture {
     child: Child,
