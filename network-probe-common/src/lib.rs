@@ -114,6 +114,27 @@ pub struct FlowCounts {
     pub last_seen_ns: u64,
 }
 
+impl FlowCounts {
+    /// Adds what another CPU or place counted for the same flow: counters summed, the first
+    /// seen time the earliest non-zero one, the last seen time the latest.
+    pub fn accumulate(&mut self, other: &FlowCounts) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.retransmits += other.retransmits;
+        self.rst += other.rst;
+        self.syn += other.syn;
+        self.fin += other.fin;
+        self.zero_window += other.zero_window;
+        self.df += other.df;
+        self.first_seen_ns = match (self.first_seen_ns, other.first_seen_ns) {
+            (0, theirs) => theirs,
+            (ours, 0) => ours,
+            (ours, theirs) => ours.min(theirs),
+        };
+        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
+    }
+}
+
 /// Odd multipliers of [`flow_slot_index`], one per key word.
 const SLOT_HASH_MULTIPLIERS: [u64; 5] = [
     0x9e37_79b9_7f4a_7c15,

@@ -124,30 +124,13 @@ impl FlowMaps {
     }
 }
 
-/// Adds what a second place counted for the same flow to `total`.
+/// Adds what a second place counted for the same flow to `total`; the tracking state is that of
+/// the place that saw the flow last.
 fn add_flow(total: &mut FlowStats, other: &FlowStats) {
-    let (a, b) = (&mut total.counts, &other.counts);
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.retransmits += b.retransmits;
-    a.rst += b.rst;
-    a.syn += b.syn;
-    a.fin += b.fin;
-    a.zero_window += b.zero_window;
-    a.df += b.df;
-    a.first_seen_ns = min_nonzero(a.first_seen_ns, b.first_seen_ns);
-    if b.last_seen_ns > a.last_seen_ns {
-        a.last_seen_ns = b.last_seen_ns;
+    if other.counts.last_seen_ns > total.counts.last_seen_ns {
         total.tracking = other.tracking;
     }
-}
-
-fn min_nonzero(a: u64, b: u64) -> u64 {
-    match (a, b) {
-        (0, b) => b,
-        (a, 0) => a,
-        (a, b) => a.min(b),
-    }
+    total.counts.accumulate(&other.counts);
 }
 
 /// Every entry of one LRU flow map, read in batches, with the keys in their family-neutral
@@ -287,7 +270,7 @@ impl SlotTable {
                 let start = index as usize * self.cpus;
                 let mut counts = FlowCounts::default();
                 for cpu in &counters[start..start + self.cpus] {
-                    add_counts(&mut counts, cpu);
+                    counts.accumulate(cpu);
                 }
                 let key = slot_key(family, &slot.key);
                 let stats = FlowStats {
@@ -362,19 +345,6 @@ impl Drop for SlotTable {
             libc::munmap(self.mapping.as_ptr() as *mut libc::c_void, self.mapping_len);
         }
     }
-}
-
-fn add_counts(total: &mut FlowCounts, cpu: &FlowCounts) {
-    total.packets += cpu.packets;
-    total.bytes += cpu.bytes;
-    total.retransmits += cpu.retransmits;
-    total.rst += cpu.rst;
-    total.syn += cpu.syn;
-    total.fin += cpu.fin;
-    total.zero_window += cpu.zero_window;
-    total.df += cpu.df;
-    total.first_seen_ns = min_nonzero(total.first_seen_ns, cpu.first_seen_ns);
-    total.last_seen_ns = total.last_seen_ns.max(cpu.last_seen_ns);
 }
 
 /// The flow key a slot of `family` holds.
