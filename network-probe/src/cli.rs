@@ -353,6 +353,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("'1'"), "{err}");
+        assert_eq!(cli.flow_slots, network_probe_common::FLOW_SLOTS_DEFAULT);
+        for (given, slots) in [("0", 0), ("16", 16), ("1048576", 1 << 20)] {
+            let cli = Cli::try_parse_from(["network-probe", "--flows.slots", given]).unwrap();
+            assert_eq!(cli.flow_slots, slots);
+        }
+        for bad in ["1000", "2097152", "lots"] {
+            let err = Cli::try_parse_from(["network-probe", "--flows.slots", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        assert_eq!(
+            parse_flow_slots("1000").unwrap_err(),
+            "\"1000\" slots: must be 0 (no slot table) or a power of two up to 1048576"
+        );
     }
 
     #[test]

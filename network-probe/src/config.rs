@@ -981,6 +981,11 @@ mod tests {
                 "\"port\"",
             ),
             (
+                "flows:\n  slots: 1000\n",
+                "flows.slots: 1000 is not accepted",
+                "power of two",
+            ),
+            (
                 "flows:\n  idle_timeout: 5\n",
                 "flows.idle_timeout: 5 is not",
                 "needs a unit",

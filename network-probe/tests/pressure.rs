@@ -95,6 +95,14 @@ fn a_full_flow_map_evicts_flows_but_loses_no_interface_count() {
         ),
         Some(f64::from(MAP_ENTRIES))
     );
+    assert_eq!(
+        sample(
+            &before,
+            "network_probe_datapath_map_capacity",
+            "map=\"FLOW_SLOTS\""
+        ),
+        Some(16.0)
+    );
     let ours_before = packets(&before);
     let kernel_before = kernel();
 
