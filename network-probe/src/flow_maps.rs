@@ -31,6 +31,10 @@ use crate::{map_batch, program_barrier::ProgramBarrier};
 
 type FastMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
+/// Bytes of per-CPU slot counters read per system call (a few hundred slots on a large machine,
+/// the whole default table on a small one).
+const PER_CPU_BATCH_BYTES: usize = 4 << 20;
+
 /// Entries found by the last [`FlowMaps::read`], per map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMapEntries {
@@ -247,15 +251,31 @@ impl SlotTable {
         if held.is_empty() {
             return Vec::new();
         }
-        let counters = match map_batch::lookup_all_per_cpu::<u32, FlowCounts>(
+        // Every slot's copies added up, a bounded batch of slots at a time: the per-CPU values
+        // are 80 bytes per slot and possible CPU, which on a large machine is tens of MB.
+        let mut totals = vec![FlowCounts::default(); self.slot_count];
+        let mut seen = 0;
+        let cpus = self.cpus;
+        let read = map_batch::lookup_batches::<u32, FlowCounts>(
             self.counters.map().fd().as_fd().as_raw_fd(),
-            self.cpus,
-        ) {
-            Ok((indexes, values)) if indexes.len() == self.slot_count => values,
-            Ok((indexes, _)) => {
+            cpus,
+            (PER_CPU_BATCH_BYTES / (cpus * size_of::<FlowCounts>())).max(1),
+            |indexes, values| {
+                for (index, copies) in indexes.iter().zip(values.chunks_exact(cpus)) {
+                    if let Some(total) = totals.get_mut(*index as usize) {
+                        for copy in copies {
+                            total.accumulate(copy);
+                        }
+                        seen += 1;
+                    }
+                }
+            },
+        );
+        match read {
+            Ok(()) if seen == self.slot_count => {}
+            Ok(()) => {
                 warn!(
-                    "reading {FLOW_SLOT_COUNTERS_MAP}: {} of {} slots returned",
-                    indexes.len(),
+                    "reading {FLOW_SLOT_COUNTERS_MAP}: {seen} of {} slots returned",
                     self.slot_count
                 );
                 return Vec::new();
@@ -264,20 +284,14 @@ impl SlotTable {
                 warn!("reading {FLOW_SLOT_COUNTERS_MAP}: {err}");
                 return Vec::new();
             }
-        };
+        }
         held.into_iter()
             .map(|(index, family, slot)| {
-                let start = index as usize * self.cpus;
-                let mut counts = FlowCounts::default();
-                for cpu in &counters[start..start + self.cpus] {
-                    counts.accumulate(cpu);
-                }
-                let key = slot_key(family, &slot.key);
                 let stats = FlowStats {
-                    counts,
+                    counts: totals[index as usize],
                     tracking: slot.tracking,
                 };
-                (key, stats, index)
+                (slot_key(family, &slot.key), stats, index)
             })
             .collect()
     }

@@ -33,24 +33,29 @@ struct BatchAttr {
 /// Every entry of the hash map (or LRU hash map) behind `map_fd`. Not a snapshot: entries the
 /// programs add or the kernel evicts meanwhile may or may not be included, as with iteration.
 pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
-    let (keys, values) = lookup_all_per_cpu(map_fd, 1)?;
-    Ok(keys.into_iter().zip(values).collect())
+    let mut entries = Vec::new();
+    lookup_batches(map_fd, 1, CHUNK, |keys: &[K], values: &[V]| {
+        entries.extend(keys.iter().copied().zip(values.iter().copied()));
+    })?;
+    Ok(entries)
 }
 
-/// Every entry of the map behind `map_fd` whose values are `values_per_entry` consecutive `V`s:
-/// 1 for a hash map or array, the number of possible CPUs for a per-CPU map (whose `V` must
-/// then be a multiple of 8 bytes, as the kernel pads each CPU's copy to 8). Returns the keys
-/// and the values, `values_per_entry` per key in key order.
-pub fn lookup_all_per_cpu<K: Pod, V: Pod>(
+/// Reads every entry of the map behind `map_fd`, at most `chunk` entries per system call, and
+/// hands each batch to `visit` (keys, then `values_per_entry` consecutive values per key), so
+/// only one batch is in memory at a time. `values_per_entry` is 1 for a hash map or array and
+/// the number of possible CPUs for a per-CPU map (whose `V` must then be a multiple of 8 bytes,
+/// as the kernel pads each CPU's copy to 8). A hash map's batch ends at a bucket boundary, so
+/// `chunk` must hold its largest bucket ([`CHUNK`] does).
+pub fn lookup_batches<K: Pod, V: Pod>(
     map_fd: RawFd,
     values_per_entry: usize,
-) -> io::Result<(Vec<K>, Vec<V>)> {
-    assert!(values_per_entry > 0);
-    let mut all_keys = Vec::new();
-    let mut all_values = Vec::new();
-    let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
-    let mut values: Vec<V> = Vec::with_capacity(CHUNK * values_per_entry);
-    // The hash map's batch token is a bucket index (u32).
+    chunk: usize,
+    mut visit: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    assert!(values_per_entry > 0 && chunk > 0);
+    let mut keys: Vec<K> = Vec::with_capacity(chunk);
+    let mut values: Vec<V> = Vec::with_capacity(chunk * values_per_entry);
+    // The batch token is a bucket index (hash maps) or an index (arrays), a u32 either way.
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
     let mut first = true;
@@ -64,13 +69,13 @@ pub fn lookup_all_per_cpu<K: Pod, V: Pod>(
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
+            count: chunk as u32,
             map_fd: map_fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` describes buffers of CHUNK keys and CHUNK entries' values that outlive
-        // the call and two token slots of 8 bytes (the kernel writes 4); the kernel writes at
-        // most `count` entries and reports how many in `count`.
+        // SAFETY: `attr` describes buffers of `chunk` keys and `chunk` entries' values that
+        // outlive the call and two token slots of 8 bytes (the kernel writes 4); the kernel
+        // writes at most `count` entries and reports how many in `count`.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -80,7 +85,7 @@ pub fn lookup_all_per_cpu<K: Pod, V: Pod>(
             )
         };
         let error = (result < 0).then(io::Error::last_os_error);
-        let filled = (attr.count as usize).min(CHUNK);
+        let filled = (attr.count as usize).min(chunk);
         match &error {
             // ENOENT: the end of the map (entries may still have been filled).
             Some(err) if err.raw_os_error() != Some(libc::ENOENT) => {
@@ -96,10 +101,9 @@ pub fn lookup_all_per_cpu<K: Pod, V: Pod>(
             keys.set_len(filled);
             values.set_len(filled * values_per_entry);
         }
-        all_keys.append(&mut keys);
-        all_values.append(&mut values);
+        visit(&keys, &values);
         if error.is_some() {
-            return Ok((all_keys, all_values));
+            return Ok(());
         }
         token_in = token_out;
         first = false;
