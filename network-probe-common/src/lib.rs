@@ -483,23 +483,12 @@ pub struct FlowKey6 {
     pub ifindex_direction: u32,
 }
 
-/// The words of a key back as bytes in memory order (the inverse of the `words` functions).
-const fn word_bytes(word: u64) -> [u8; 8] {
-    word.to_ne_bytes()
-}
-
 impl FlowKey4 {
     /// The key whose [`FlowKey4::words`] these are.
+    #[inline(always)]
     pub const fn from_words(words: [u64; 2]) -> FlowKey4 {
-        let a = word_bytes(words[0]);
-        let b = word_bytes(words[1]);
-        FlowKey4 {
-            src: [a[0], a[1], a[2], a[3]],
-            dst: [a[4], a[5], a[6], a[7]],
-            src_port: u16::from_ne_bytes([b[0], b[1]]),
-            dst_port: u16::from_ne_bytes([b[2], b[3]]),
-            ifindex_direction: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        }
+        // SAFETY: #[repr(C, align(8))], 16 bytes without padding, every bit pattern valid.
+        unsafe { core::mem::transmute::<[u64; 2], FlowKey4>(words) }
     }
 
     /// The key as the slot table compares and hashes it: its 16 bytes as two words, read in
@@ -526,25 +515,10 @@ impl FlowKey4 {
 
 impl FlowKey6 {
     /// The key whose [`FlowKey6::words`] these are.
+    #[inline(always)]
     pub const fn from_words(words: [u64; 5]) -> FlowKey6 {
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        let mut index = 0;
-        while index < 8 {
-            src[index] = word_bytes(words[0])[index];
-            src[index + 8] = word_bytes(words[1])[index];
-            dst[index] = word_bytes(words[2])[index];
-            dst[index + 8] = word_bytes(words[3])[index];
-            index += 1;
-        }
-        let b = word_bytes(words[4]);
-        FlowKey6 {
-            src,
-            dst,
-            src_port: u16::from_ne_bytes([b[0], b[1]]),
-            dst_port: u16::from_ne_bytes([b[2], b[3]]),
-            ifindex_direction: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        }
+        // SAFETY: #[repr(C, align(8))], 40 bytes without padding, every bit pattern valid.
+        unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
     }
 
     /// The key as the slot table compares and hashes it: its 40 bytes as five words, read in

@@ -76,34 +76,35 @@ pub fn observe<P: Packet, const UPTO: u8>(
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
         }
-        Parsed::Tcp(ip, tcp) => {
+        Parsed::Tcp(ip, tcp, addresses) => {
             observe_ip(device, &ip, segments);
             observe_tcp_device(device, &tcp, segments);
             if UPTO == upto::PARSE {
                 return;
             }
             let ifindex_direction = ifindex_direction(ifindex, direction);
+            let ports = ports_word(tcp.src_port, tcp.dst_port, ifindex_direction);
             if ip.family == FAMILY_IPV4 {
-                let key = FlowKey4 {
-                    src: [ip.src[0], ip.src[1], ip.src[2], ip.src[3]],
-                    dst: [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]],
-                    src_port: tcp.src_port,
-                    dst_port: tcp.dst_port,
-                    ifindex_direction,
-                };
+                let key = FlowKey4::from_words([addresses[0], ports]);
                 observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
             } else {
-                let key = FlowKey6 {
-                    src: ip.src,
-                    dst: ip.dst,
-                    src_port: tcp.src_port,
-                    dst_port: tcp.dst_port,
-                    ifindex_direction,
-                };
+                let [src0, src1, dst0, dst1] = addresses;
+                let key = FlowKey6::from_words([src0, src1, dst0, dst1, ports]);
                 observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
             }
         }
     }
+}
+
+/// The last word of a kernel flow key: ports, then interface and direction, in memory order.
+#[inline(always)]
+fn ports_word(src_port: u16, dst_port: u16, ifindex_direction: u32) -> u64 {
+    let (a, b, c) = (
+        src_port.to_ne_bytes(),
+        dst_port.to_ne_bytes(),
+        ifindex_direction.to_ne_bytes(),
+    );
+    u64::from_ne_bytes([a[0], a[1], b[0], b[1], c[0], c[1], c[2], c[3]])
 }
 
 #[inline(always)]

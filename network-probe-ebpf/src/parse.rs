@@ -36,14 +36,19 @@ pub const TCP_ACK: u8 = 0x10;
 #[derive(Clone, Copy)]
 pub struct Ip {
     pub family: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Where the IP header starts.
+    pub offset: usize,
     /// IP packet length (header included), from the header's length field; for GSO super-packets
     /// that is the super-packet's length. Falls back to the bytes present when the field is 0.
     pub len: u32,
     /// IPv4 Don't Fragment bit.
     pub df: bool,
 }
+
+/// The source and destination addresses of a TCP packet as the IP header holds them, as words in
+/// memory order: IPv4 source and destination in `[0]`; IPv6 source in `[0..2]`, destination in
+/// `[2..4]` (see `FlowKey4::words` / `FlowKey6::words`).
+pub type Addresses = [u64; 4];
 
 /// The TCP layer of a classified packet.
 #[derive(Clone, Copy)]
@@ -60,7 +65,7 @@ pub struct Tcp {
 
 /// What the parser made of a packet.
 pub enum Parsed {
-    Tcp(Ip, Tcp),
+    Tcp(Ip, Tcp, Addresses),
     /// An IP packet that is not (first-fragment) TCP, with the reason.
     OtherIp(Ip, Unclassified),
     /// Not even an IP header could be read.
@@ -84,11 +89,34 @@ pub fn parse<P: Packet>(packet: &P) -> Parsed {
         ethertype = u16::from_be_bytes(inner);
         offset += 4;
     }
-    match ethertype {
+    let parsed = match ethertype {
         ETH_P_IP => parse_ipv4(packet, offset),
         ETH_P_IPV6 => parse_ipv6(packet, offset),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::NotIp(Unclassified::VlanTooDeep),
         _ => Parsed::NotIp(Unclassified::NotIp),
+    };
+    with_addresses(packet, parsed)
+}
+
+/// Reads a TCP packet's addresses, once everything else is parsed. Read as words rather than
+/// bytes (byte arrays make the compiler take every byte apart), and only now: held through the
+/// TCP option walk, these words keep the verifier from pruning its states.
+#[inline(always)]
+fn with_addresses<P: Packet>(packet: &P, parsed: Parsed) -> Parsed {
+    let Parsed::Tcp(ip, tcp, _) = parsed else {
+        return parsed;
+    };
+    let addresses = if ip.family == FAMILY_IPV4 {
+        packet
+            .load::<u64>(ip.offset + 12)
+            .map(|both| [both, 0, 0, 0])
+    } else {
+        packet.load::<[u64; 4]>(ip.offset + 8)
+    };
+    match addresses {
+        Some(addresses) => Parsed::Tcp(ip, tcp, addresses),
+        // Inside the IP header, which was read whole before: cannot happen.
+        None => Parsed::OtherIp(ip, Unclassified::TruncatedIp),
     }
 }
 
@@ -110,15 +138,12 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
     }
     let total_len = u16::from_be_bytes([header[2], header[3]]) as u32;
     let flags_fragment = u16::from_be_bytes([header[6], header[7]]);
-    let mut ip = Ip {
+    let ip = Ip {
         family: FAMILY_IPV4,
-        src: [0; 16],
-        dst: [0; 16],
+        offset,
         len: ip_len(total_len, remaining(packet, offset)),
         df: flags_fragment & 0x4000 != 0,
     };
-    ip.src[..4].copy_from_slice(&header[12..16]);
-    ip.dst[..4].copy_from_slice(&header[16..20]);
     let declared = declared_len(total_len);
     if header_len as u32 > ip.len {
         // Past the length the header declares: inconsistent. Only past the frame: cut short.
@@ -155,15 +180,12 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
     } else {
         payload_len + 40
     };
-    let mut ip = Ip {
+    let ip = Ip {
         family: FAMILY_IPV6,
-        src: [0; 16],
-        dst: [0; 16],
+        offset,
         len: ip_len(total_len, remaining(packet, offset)),
         df: false,
     };
-    ip.src.copy_from_slice(&header[8..24]);
-    ip.dst.copy_from_slice(&header[24..40]);
     if ip.len < 40 {
         return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
     }
@@ -285,7 +307,7 @@ fn parse_tcp<P: Packet>(
         tcp.window_scale_plus_one =
             window_scale_option(packet, offset + 20, (data_offset - 20) as usize);
     }
-    Parsed::Tcp(ip, tcp)
+    Parsed::Tcp(ip, tcp, [0; 4])
 }
 
 /// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0.
