@@ -76,20 +76,16 @@ impl FlowMaps {
     /// Every flow, once (see the module documentation).
     pub fn read(&mut self) -> Vec<(FlowKey, FlowStats)> {
         let mut flows = Vec::new();
-        let mut in_slots: FastMap<FlowKey, usize> = FastMap::default();
+        let empty = FastMap::default();
+        let mut located = &empty;
         if let Some(table) = &mut self.slots {
-            flows = table.read();
-            in_slots.reserve(flows.len());
             table.located.clear();
-            for (position, (key, _, index)) in flows.iter().enumerate() {
-                in_slots.insert(*key, position);
-                table.located.insert(*key, *index);
+            for (position, (key, stats, index)) in table.read().into_iter().enumerate() {
+                table.located.insert(key, (position, index));
+                flows.push((key, stats));
             }
+            located = &table.located;
         }
-        let mut flows: Vec<(FlowKey, FlowStats)> = flows
-            .into_iter()
-            .map(|(key, stats, _)| (key, stats))
-            .collect();
         let slots = flows.len();
         let lru4 = read_lru_map(&self.flows4, FLOWS4_MAP);
         let lru6 = read_lru_map(&self.flows6, FLOWS6_MAP);
@@ -99,8 +95,8 @@ impl FlowMaps {
             slots,
         };
         for (key, stats) in lru4.into_iter().chain(lru6) {
-            match in_slots.get(&key) {
-                Some(&position) => add_flow(&mut flows[position].1, &stats),
+            match located.get(&key) {
+                Some(&(position, _)) => add_flow(&mut flows[position].1, &stats),
                 None => flows.push((key, stats)),
             }
         }
@@ -170,8 +166,9 @@ struct SlotTable {
     slot_count: usize,
     cpus: usize,
     barrier: ProgramBarrier,
-    /// Slot of each flow the last read found in one.
-    located: FastMap<FlowKey, u32>,
+    /// Each flow the last read found in a slot: its position in what the read returned, and
+    /// its slot.
+    located: FastMap<FlowKey, (usize, u32)>,
     /// Slots set draining whose barrier failed: retried on the next removal.
     draining: Vec<u32>,
 }
@@ -211,7 +208,7 @@ impl SlotTable {
                 format!("mapping {FLOW_SLOTS_MAP} into memory: {err}"),
             ));
         }
-        Ok(SlotTable {
+        let mut table = SlotTable {
             _slots_map: slots_map,
             counters,
             mapping: NonNull::new(address as *mut FlowSlot).expect("mmap returned a mapping"),
@@ -221,7 +218,14 @@ impl SlotTable {
             barrier: ProgramBarrier::new()?,
             located: FastMap::default(),
             draining: Vec::new(),
-        })
+        };
+        // A previous run that died while retiring slots (pinned maps) left them draining: their
+        // counts were folded into its saved totals before, so they are freed now.
+        table.draining = (0..table.slot_count as u32)
+            .filter(|&index| table.owner(index as usize).load(Ordering::Acquire) == SLOT_DRAINING)
+            .collect();
+        table.retire(&[]);
+        Ok(table)
     }
 
     fn slot(&self, index: usize) -> *mut FlowSlot {
@@ -299,7 +303,7 @@ impl SlotTable {
     /// Retires the slots of `keys` that the last read found (see the module documentation).
     fn retire(&mut self, keys: &[FlowKey]) {
         for key in keys {
-            let Some(index) = self.located.remove(key) else {
+            let Some((_, index)) = self.located.remove(key) else {
                 continue;
             };
             let family = u64::from(key.family);

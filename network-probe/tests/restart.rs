@@ -370,3 +370,106 @@ fn totals_of_folded_flows_survive_a_crash_through_the_state_file() {
     drop(second);
     let _ = fs::remove_dir_all(state_dir);
 }
+
+/// The owner word of every slot of the pinned `FLOW_SLOTS` (bytes 40..48 of each 64-byte value),
+/// by index, as bpftool reads them.
+fn slot_owners(path: &Path) -> Vec<(u32, u64)> {
+    let json = sh(
+        "bpftool",
+        &["-j", "map", "dump", "pinned", path.to_str().unwrap()],
+    );
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let bytes = |value: &serde_json::Value| -> Vec<u8> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|byte| u8::from_str_radix(byte.as_str().unwrap().trim_start_matches("0x"), 16))
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let key = bytes(&entry["key"]);
+            let value = bytes(&entry["value"]);
+            (
+                u32::from_le_bytes(key[..4].try_into().unwrap()),
+                u64::from_le_bytes(value[40..48].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// A run killed while retiring a slot leaves it draining (its counts already folded into the
+/// saved totals): the next start frees it, and until then nobody counts there.
+#[test]
+fn a_slot_left_draining_by_a_killed_run_is_freed_at_start() {
+    let pair = VethPair::new();
+    let bpffs = Bpffs::new();
+    let pin_arg = format!("--datapath.pin-path={}", bpffs.pin_path().display());
+    let args = [
+        "--interface",
+        &pair.a_if,
+        &pin_arg,
+        "--flows.idle-timeout=10m",
+    ];
+    let slots = bpffs
+        .pin_path()
+        .join(format!(
+            "maps-v{}",
+            network_probe_common::MAP_LAYOUT_VERSION
+        ))
+        .join("FLOW_SLOTS");
+
+    let mut first = Daemon::start(&pair.a, &args);
+    tcp_conversation(&pair, 7003, 10_000);
+    let in_slots = |scrape: &str| {
+        sample(
+            scrape,
+            "network_probe_datapath_map_entries",
+            "map=\"FLOW_SLOTS\"",
+        )
+        .unwrap()
+    };
+    let held = in_slots(&first.scrape());
+    assert!(held >= 1.0, "the conversation's flows are in slots");
+    assert_eq!(first.stop(libc::SIGKILL).code(), None);
+
+    // What a run killed between marking a slot draining and freeing it leaves.
+    let owners = slot_owners(&slots);
+    let (index, _) = *owners
+        .iter()
+        .find(|(_, owner)| *owner == u64::from(network_probe_common::FAMILY_IPV4))
+        .expect("a slot held by an IPv4 flow");
+    let mut value = vec!["0".to_string(); 64];
+    value[40] = network_probe_common::SLOT_DRAINING.to_string();
+    let mut update = vec![
+        "map".to_string(),
+        "update".to_string(),
+        "pinned".to_string(),
+        slots.to_str().unwrap().to_string(),
+        "key".to_string(),
+    ];
+    update.extend(index.to_le_bytes().iter().map(|byte| byte.to_string()));
+    update.push("value".to_string());
+    update.extend(value);
+    sh(
+        "bpftool",
+        &update.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(slot_owners(&slots).contains(&(index, network_probe_common::SLOT_DRAINING)));
+
+    let second = Daemon::start(&pair.a, &args);
+    let restarted = second.scrape();
+    assert_eq!(
+        in_slots(&restarted),
+        held - 1.0,
+        "the draining slot holds no flow"
+    );
+    assert!(
+        slot_owners(&slots).contains(&(index, network_probe_common::SLOT_FREE)),
+        "slot {index} freed"
+    );
+    drop(second);
+}
