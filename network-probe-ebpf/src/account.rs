@@ -329,12 +329,13 @@ fn create<K: FlowMapKey>(
     segment: &Segment,
     now: u64,
 ) {
+    // The counters are found before the slot is claimed: a claimed slot must be published.
     if let Some((index, slot)) = slot
+        && let Some(slot_counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index)
         // SAFETY: see `observe_flow`.
         && let slot = unsafe { &mut *slot }
         && slot.owner == SLOT_FREE
         && claim(&mut slot.owner)
-        && let Some(slot_counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index)
     {
         let words = key.words().as_ref();
         let mut word = 0;
