@@ -449,6 +449,9 @@ fn scrape_levels(variety: FlowVariety) -> Vec<ScrapeLevel> {
         let series = sample(&scrape, "network_probe_flow_series", "").unwrap_or(0.0);
         let scrapes = timed_scrapes(&daemon, SCRAPES);
         let latencies: Vec<f64> = scrapes.iter().map(|(seconds, _)| *seconds).collect();
+        // The daemon hands a large render's memory back once the response is sent, off the
+        // request path: RSS is read when that is done, not while it is under way.
+        thread::sleep(Duration::from_secs(1));
         levels.push(ScrapeLevel {
             flows,
             map_entries,
@@ -471,7 +474,7 @@ fn scrape_section() {
          checked equal to the frames sent, and a's `TcpInCsumErrors` too: the kernel took each \
          as a valid IPv4 packet and dropped it for its TCP checksum, answering nothing). Latency: median of {SCRAPES} GETs of /metrics over \
          HTTP inside the namespace (connect to last byte), as a ratio to the same with no flow. \
-         RSS after those scrapes (VmRSS; peak VmHWM). Two kinds of flows: distinct ports \
+         RSS one second after those scrapes (VmRSS; peak VmHWM). Two kinds of flows: distinct ports \
          between the same two addresses (one flow series), and distinct source addresses (one \
          series per flow, the worst case for the exposition).\n"
     );

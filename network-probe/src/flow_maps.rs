@@ -75,7 +75,9 @@ impl FlowMaps {
 
     /// Every flow, once (see the module documentation).
     pub fn read(&mut self) -> Vec<(FlowKey, FlowStats)> {
-        let mut flows = Vec::new();
+        // Room for what the last read found and then some: the vector grows at most once.
+        let last = self.entries.flows4 + self.entries.flows6 + self.entries.slots;
+        let mut flows = Vec::with_capacity(last + last / 8);
         let empty = FastMap::default();
         let mut located = &empty;
         if let Some(table) = &mut self.slots {
@@ -87,19 +89,13 @@ impl FlowMaps {
             located = &table.located;
         }
         let slots = flows.len();
-        let lru4 = read_lru_map(&self.flows4, FLOWS4_MAP);
-        let lru6 = read_lru_map(&self.flows6, FLOWS6_MAP);
+        let flows4 = read_lru_map(&self.flows4, FLOWS4_MAP, located, &mut flows);
+        let flows6 = read_lru_map(&self.flows6, FLOWS6_MAP, located, &mut flows);
         self.entries = FlowMapEntries {
-            flows4: lru4.len(),
-            flows6: lru6.len(),
+            flows4,
+            flows6,
             slots,
         };
-        for (key, stats) in lru4.into_iter().chain(lru6) {
-            match located.get(&key) {
-                Some(&(position, _)) => add_flow(&mut flows[position].1, &stats),
-                None => flows.push((key, stats)),
-            }
-        }
         flows
     }
 
@@ -133,26 +129,46 @@ fn add_flow(total: &mut FlowStats, other: &FlowStats) {
     total.counts.accumulate(&other.counts);
 }
 
-/// Every entry of one LRU flow map, read in batches, with the keys in their family-neutral
-/// form.
+/// Appends every entry of one LRU flow map to `flows`, read in batches straight into it, with
+/// the keys in their family-neutral form; a flow already there from a slot (`located`: its
+/// position) has the entry's counts added instead. Returns the number of entries read.
 fn read_lru_map<K: aya::Pod + Into<FlowKey>>(
     map: &HashMap<MapData, K, FlowStats>,
     name: &str,
-) -> Vec<(FlowKey, FlowStats)> {
+    located: &FastMap<FlowKey, (usize, u32)>,
+    flows: &mut Vec<(FlowKey, FlowStats)>,
+) -> usize {
+    let start = flows.len();
+    // Entries of flows also in a slot, added once the whole map is read (a failed batch read
+    // is then undone by truncating `flows`).
+    let mut in_slots: Vec<(usize, FlowStats)> = Vec::new();
+    let take =
+        |flows: &mut Vec<_>, in_slots: &mut Vec<_>, key: FlowKey, stats| match located.get(&key) {
+            Some(&(position, _)) => in_slots.push((position, stats)),
+            None => flows.push((key, stats)),
+        };
     let fd = map.map().fd().as_fd().as_raw_fd();
-    let entries: Vec<(K, FlowStats)> = match map_batch::lookup_all(fd) {
-        Ok(entries) => entries,
-        Err(err) => {
-            warn!("reading {name} in batches: {err}; reading it entry by entry");
-            map.iter()
-                .filter_map(|item| item.map_err(|err| warn!("reading {name}: {err}")).ok())
-                .collect()
+    let batched = map_batch::visit_all(fd, |keys: &[K], values: &[FlowStats]| {
+        for (key, stats) in keys.iter().zip(values) {
+            take(flows, &mut in_slots, (*key).into(), *stats);
         }
-    };
-    entries
-        .into_iter()
-        .map(|(key, stats)| (key.into(), stats))
-        .collect()
+    });
+    if let Err(err) = batched {
+        warn!("reading {name} in batches: {err}; reading it entry by entry");
+        in_slots.clear();
+        flows.truncate(start);
+        for item in map.iter() {
+            match item {
+                Ok((key, stats)) => take(flows, &mut in_slots, key.into(), stats),
+                Err(err) => warn!("reading {name}: {err}"),
+            }
+        }
+    }
+    let read = flows.len() - start + in_slots.len();
+    for (position, stats) in in_slots {
+        add_flow(&mut flows[position].1, &stats);
+    }
+    read
 }
 
 /// `FLOW_SLOTS` mapped into this process (`BPF_F_MMAPABLE`): the owner words are read and

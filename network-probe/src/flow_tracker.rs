@@ -82,7 +82,7 @@ impl FlowTracker {
         match table.restore(saved.flows) {
             Ok(()) => info!(
                 "restored the totals of {} flow series from {}",
-                table.series().len(),
+                table.series_count(),
                 path.display()
             ),
             Err(err) => warn!(

@@ -17,7 +17,7 @@
 //! the pinned kernel map.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
@@ -182,6 +182,9 @@ pub struct Series {
     /// Window scale shift of the most recently active flow that offered one.
     pub window_scale: Option<u8>,
     window_scale_seen_ns: u64,
+    /// The exposition's text of this series' labels, kept by `flow_exposition` so that a scrape
+    /// does not format 100k addresses again: a series' key never changes.
+    pub label_text: Option<std::sync::Arc<str>>,
 }
 
 impl Series {
@@ -227,13 +230,32 @@ pub struct FlowTableState {
     pub stats: FlowTableStats,
 }
 
+/// A flow as the last refresh read it.
+#[derive(Debug)]
+struct LastRead {
+    stats: FlowStats,
+    /// The number of the refresh that read it.
+    refresh: u64,
+}
+
+/// The series and their admission under the cap.
+#[derive(Debug)]
+struct SeriesSet {
+    labels: FlowLabels,
+    max_series: usize,
+    map: FastMap<SeriesKey, Series>,
+    /// Series with their own label set (not `other` rows).
+    admitted: usize,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct FlowTable {
     options: FlowOptions,
-    last_read: FastMap<FlowKey, FlowStats>,
-    series: FastMap<SeriesKey, Series>,
-    admitted: usize,
+    last_read: FastMap<FlowKey, LastRead>,
+    /// Refreshes so far, numbering [`LastRead::refresh`].
+    refreshes: u64,
+    series: SeriesSet,
     stats: FlowTableStats,
     /// Bumped whenever something only user space knows changes (a retired total, a series
     /// folded into `other`): the caller saves the state when it moved.
@@ -245,8 +267,13 @@ impl FlowTable {
         FlowTable {
             options,
             last_read: FastMap::default(),
-            series: FastMap::default(),
-            admitted: 0,
+            refreshes: 0,
+            series: SeriesSet {
+                labels: options.labels,
+                max_series: options.max_series,
+                map: FastMap::default(),
+                admitted: 0,
+            },
             stats: FlowTableStats::default(),
             generation: 0,
         }
@@ -261,6 +288,7 @@ impl FlowTable {
     pub fn saved(&self) -> FlowTableState {
         let mut series: Vec<(SeriesKey, SavedSeries)> = self
             .series
+            .map
             .iter()
             .map(|(key, series)| {
                 (
@@ -296,7 +324,7 @@ impl FlowTable {
                 state.labels
             ));
         }
-        self.series = state
+        self.series.map = state
             .series
             .into_iter()
             .map(|(key, saved)| {
@@ -314,7 +342,7 @@ impl FlowTable {
             })
             .collect();
         // Admission stays sticky across the restart, even beyond a lowered cap.
-        self.admitted = self.series.keys().filter(|key| !key.other).count();
+        self.series.admitted = self.series.map.keys().filter(|key| !key.other).count();
         self.stats = state.stats;
         self.generation += 1;
         Ok(())
@@ -322,59 +350,72 @@ impl FlowTable {
 
     /// Takes a fresh read of the whole flow map at `now_ns` (CLOCK_MONOTONIC, the clock of the
     /// kernel's timestamps) and returns the idle flows the caller must delete from the map.
+    ///
+    /// One pass over the read, updating the last read in place (no new map per refresh): each
+    /// flow is stamped with this refresh's number, so a flow of the last read left unstamped is
+    /// one the kernel evicted.
     pub fn refresh(&mut self, now_ns: u64, flows: Vec<(FlowKey, FlowStats)>) -> Vec<FlowKey> {
         let idle_ns = self.options.idle_timeout.as_nanos() as u64;
-        let mut current: FastMap<FlowKey, FlowStats> = flows.into_iter().collect();
-
-        let previous = std::mem::take(&mut self.last_read);
-        for (key, stats) in previous {
-            if !current.contains_key(&key) {
-                self.retire(&key, &stats);
-                self.stats.evicted += 1;
-            }
-        }
-
-        let idle: Vec<FlowKey> = current
-            .iter()
-            .filter(|(_, stats)| now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in &idle {
-            if let Some(stats) = current.remove(key) {
-                self.retire(key, &stats);
-            }
-        }
-        self.stats.idle_removed += idle.len() as u64;
-
-        for series in self.series.values_mut() {
+        self.refreshes += 1;
+        let this_refresh = self.refreshes;
+        for series in self.series.map.values_mut() {
             series.live = FlowCounters::default();
             series.live_flows = 0;
         }
-        for (key, stats) in &current {
-            let series_key = self.series_key(key);
-            let series = self.series.entry(series_key).or_default();
-            series.live.add(&FlowCounters::from(stats));
+        let mut idle = Vec::new();
+        let mut live_flows = [0; 2];
+        for (key, stats) in flows {
+            if now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns {
+                self.last_read.remove(&key);
+                self.series.retire(&key, &stats);
+                self.generation += 1;
+                idle.push(key);
+                continue;
+            }
+            let series = self.series.series_of(&key);
+            series.live.add(&FlowCounters::from(&stats));
             series.live_flows += 1;
-            series.note_times(stats);
+            series.note_times(&stats);
+            live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
+            self.last_read.insert(
+                key,
+                LastRead {
+                    stats,
+                    refresh: this_refresh,
+                },
+            );
         }
+        let (series, stats, generation) = (&mut self.series, &mut self.stats, &mut self.generation);
+        self.last_read.retain(|key, last| {
+            let evicted = last.refresh != this_refresh;
+            if evicted {
+                series.retire(key, &last.stats);
+                stats.evicted += 1;
+                *generation += 1;
+            }
+            !evicted
+        });
+        self.stats.idle_removed += idle.len() as u64;
         self.expire_series(now_ns, idle_ns);
-        let ipv4 = current
-            .keys()
-            .filter(|key| key.family == network_probe_common::FAMILY_IPV4)
-            .count();
-        self.stats.live_flows = [ipv4, current.len() - ipv4];
-        self.last_read = current;
+        self.stats.live_flows = live_flows;
         idle
     }
 
     /// Number of series (the `other` rows included).
     pub fn series_count(&self) -> usize {
-        self.series.len()
+        self.series.map.len()
     }
 
-    /// The exported series, sorted by labels.
+    /// The exported series in no particular order, for a scrape (which may cache label text
+    /// in them).
+    pub fn series_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut Series)> {
+        self.series.map.iter_mut()
+    }
+
+    /// The exported series, sorted by labels (for tests).
+    #[cfg(test)]
     pub fn series(&self) -> Vec<(&SeriesKey, &Series)> {
-        let mut all: Vec<_> = self.series.iter().collect();
+        let mut all: Vec<_> = self.series.map.iter().collect();
         // Keys are unique: an unstable sort gives the same order, faster.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
@@ -388,42 +429,11 @@ impl FlowTable {
         &self.options
     }
 
-    /// Adds a flow that left the map to its series' retired total.
-    fn retire(&mut self, key: &FlowKey, stats: &FlowStats) {
-        self.generation += 1;
-        let series_key = self.series_key(key);
-        let series = self.series.entry(series_key).or_default();
-        series.retired.add(&FlowCounters::from(stats));
-        series.note_times(stats);
-    }
-
-    /// The series `key` counts in: its own label set if admitted (admitting it while under the
-    /// cap), else its interface's `other` row.
-    fn series_key(&mut self, key: &FlowKey) -> SeriesKey {
-        let labels = self.options.labels;
-        let full = SeriesKey {
-            other: false,
-            ifindex: labels.interface.then_some(key.ifindex),
-            direction: labels.direction.then_some(key.direction),
-            src: labels.src.then(|| address(key.family, &key.src)),
-            dst: labels.dst.then(|| address(key.family, &key.dst)),
-            src_port: labels.src_port.then_some(key.src_port),
-            dst_port: labels.dst_port.then_some(key.dst_port),
-        };
-        if self.series.contains_key(&full) {
-            return full;
-        }
-        if self.admitted < self.options.max_series {
-            self.admitted += 1;
-            return full;
-        }
-        other_row(full.ifindex)
-    }
-
     /// Folds series without live flows, idle for `idle_ns`, into their `other` row.
     fn expire_series(&mut self, now_ns: u64, idle_ns: u64) {
         let expired: Vec<SeriesKey> = self
             .series
+            .map
             .iter()
             .filter(|(key, series)| {
                 !key.other
@@ -433,16 +443,56 @@ impl FlowTable {
             .map(|(key, _)| key.clone())
             .collect();
         for key in expired {
-            let Some(series) = self.series.remove(&key) else {
+            let Some(series) = self.series.map.remove(&key) else {
                 continue;
             };
-            self.admitted -= 1;
+            self.series.admitted -= 1;
             self.stats.series_expired += 1;
             self.generation += 1;
-            let other = self.series.entry(other_row(key.ifindex)).or_default();
+            let other = self.series.map.entry(other_row(key.ifindex)).or_default();
             other.retired.add(&series.total());
             other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
             other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
+        }
+    }
+}
+
+impl SeriesSet {
+    /// Adds a flow that left the map to its series' retired total.
+    fn retire(&mut self, key: &FlowKey, stats: &FlowStats) {
+        let series = self.series_of(key);
+        series.retired.add(&FlowCounters::from(stats));
+        series.note_times(stats);
+    }
+
+    /// The series `key` counts in: its own label set if admitted (admitting it while under the
+    /// cap), else its interface's `other` row. One hash lookup for a series that exists.
+    fn series_of(&mut self, key: &FlowKey) -> &mut Series {
+        let labels = self.labels;
+        let full = SeriesKey {
+            other: false,
+            ifindex: labels.interface.then_some(key.ifindex),
+            direction: labels.direction.then_some(key.direction),
+            src: labels.src.then(|| address(key.family, &key.src)),
+            dst: labels.dst.then(|| address(key.family, &key.dst)),
+            src_port: labels.src_port.then_some(key.src_port),
+            dst_port: labels.dst_port.then_some(key.dst_port),
+        };
+        // At the cap, a label set not already admitted goes to `other` (a second lookup, only
+        // then).
+        let series_key = if self.admitted >= self.max_series && !self.map.contains_key(&full) {
+            other_row(full.ifindex)
+        } else {
+            full
+        };
+        match self.map.entry(series_key) {
+            Entry::Occupied(series) => series.into_mut(),
+            Entry::Vacant(slot) => {
+                if !slot.key().other {
+                    self.admitted += 1;
+                }
+                slot.insert(Series::default())
+            }
         }
     }
 }

@@ -40,6 +40,13 @@ pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
     Ok(entries)
 }
 
+/// Every entry of the hash map (or LRU hash map) behind `map_fd`, handed to `visit` a batch of
+/// keys and values at a time (see [`lookup_batches`]), for callers that keep entries in their
+/// own form.
+pub fn visit_all<K: Pod, V: Pod>(map_fd: RawFd, visit: impl FnMut(&[K], &[V])) -> io::Result<()> {
+    lookup_batches(map_fd, 1, CHUNK, visit)
+}
+
 /// Reads every entry of the map behind `map_fd`, at most `chunk` entries per system call, and
 /// hands each batch to `visit` (keys, then `values_per_entry` consecutive values per key), so
 /// only one batch is in memory at a time. `values_per_entry` is 1 for a hash map or array and
