@@ -2,18 +2,20 @@
 //! counters never go backwards.
 //!
 //! - Flows are projected onto the configured label set (default: interface, source, destination)
-//!   and summed per series.
-//! - At most `max_series` series are exported individually; a label set that arrives when the
-//!   cap is reached is counted in its interface's `other` row for as long as it lives. Admission
-//!   is sticky, so no count ever moves out of a series.
-//! - A flow idle for `idle_timeout` is folded into its series' retired total and deleted from the
-//!   kernel map; a flow the kernel evicted (map full) is folded the same way from the last values
-//!   read and counted as an eviction. A series with no live flow left, idle for `idle_timeout`,
-//!   is folded into its interface's `other` row and stops being exported.
+//!   and summed per series: every refresh adds to a series what each of its flows gained since
+//!   the last read (the whole count of a flow not seen before, or of a new flow that took the
+//!   key of one that left between two reads).
+//! - At most `max_series` series are exported individually; flows whose label set arrives when
+//!   the cap is reached count in their interface's `other` row until an expired series makes
+//!   room. Admission is sticky, and what a series counted stays in it.
+//! - A flow idle for `idle_timeout` is deleted from the kernel map (its counts stay in its
+//!   series); a flow the kernel evicted (map full) keeps in its series what the last read found
+//!   and is counted as an eviction. A series with no live flow left, idle for `idle_timeout`, is
+//!   folded into its interface's `other` row and stops being exported.
 //!
 //! This module is pure: the caller reads the map and deletes what [`FlowTable::refresh`] returns.
-//! What lives only here (the retired totals and the table's own counters) can be saved and
-//! restored across restarts ([`FlowTable::saved`], [`FlowTable::restore`]); the live part is in
+//! What lives only here (the totals less what the flows still in the map hold, and the table's
+//! own counters) can be saved and restored across restarts ([`FlowTable::saved`], [`FlowTable::restore`]); the live part is in
 //! the pinned kernel map.
 
 use std::{
@@ -129,6 +131,20 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
+    /// What each counter gained since `earlier` (none for a counter that is lower now).
+    fn since(&self, earlier: &FlowCounters) -> FlowCounters {
+        FlowCounters {
+            packets: self.packets.saturating_sub(earlier.packets),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            retransmits: self.retransmits.saturating_sub(earlier.retransmits),
+            rst: self.rst.saturating_sub(earlier.rst),
+            syn: self.syn.saturating_sub(earlier.syn),
+            fin: self.fin.saturating_sub(earlier.fin),
+            zero_window: self.zero_window.saturating_sub(earlier.zero_window),
+            df: self.df.saturating_sub(earlier.df),
+        }
+    }
+
     fn add(&mut self, other: &FlowCounters) {
         self.packets += other.packets;
         self.bytes += other.bytes;
@@ -172,11 +188,11 @@ pub struct SeriesKey {
 /// One exported series.
 #[derive(Clone, Debug, Default)]
 pub struct Series {
-    /// Counts of flows that have left the map.
-    retired: FlowCounters,
-    /// Counts of the flows currently in the map (recomputed on every refresh).
-    live: FlowCounters,
-    live_flows: usize,
+    /// Everything its flows counted up to the last read, departed flows included: each read
+    /// adds what a flow gained since the one before, so a count never moves between series.
+    counted: FlowCounters,
+    /// Flows of the last read counted here.
+    live_flows: u32,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Window scale shift of the most recently active flow that offered one.
@@ -190,9 +206,7 @@ pub struct Series {
 impl Series {
     /// Everything counted for this series so far.
     pub fn total(&self) -> FlowCounters {
-        let mut total = self.retired;
-        total.add(&self.live);
-        total
+        self.counted
     }
 }
 
@@ -233,7 +247,10 @@ pub struct FlowTableState {
 /// A flow as the last refresh read it.
 #[derive(Debug)]
 struct LastRead {
-    stats: FlowStats,
+    counts: FlowCounters,
+    /// Tells this flow from a later one under the same key (the kernel evicted it and a new
+    /// packet created another between two reads).
+    first_seen_ns: u64,
     /// The number of the refresh that read it.
     refresh: u64,
 }
@@ -284,17 +301,27 @@ impl FlowTable {
         self.generation
     }
 
-    /// The retired totals and counters, for a state file.
+    /// The retired totals and counters, for a state file: what each series counted, less what
+    /// its flows still in the maps had counted at the last read (the next run's first read
+    /// counts those again).
     pub fn saved(&self) -> FlowTableState {
+        let mut in_maps: FastMap<SeriesKey, FlowCounters> = FastMap::default();
+        for (key, last) in &self.last_read {
+            in_maps
+                .entry(self.series.key_of(key))
+                .or_default()
+                .add(&last.counts);
+        }
         let mut series: Vec<(SeriesKey, SavedSeries)> = self
             .series
             .map
             .iter()
             .map(|(key, series)| {
+                let live = in_maps.get(key).copied().unwrap_or_default();
                 (
                     key.clone(),
                     SavedSeries {
-                        retired: series.retired,
+                        retired: series.counted.since(&live),
                         first_seen_ns: series.first_seen_ns,
                         last_seen_ns: series.last_seen_ns,
                         window_scale: series.window_scale,
@@ -331,7 +358,7 @@ impl FlowTable {
                 (
                     key,
                     Series {
-                        retired: saved.retired,
+                        counted: saved.retired,
                         first_seen_ns: saved.first_seen_ns,
                         last_seen_ns: saved.last_seen_ns,
                         window_scale: saved.window_scale,
@@ -352,49 +379,52 @@ impl FlowTable {
     /// kernel's timestamps) and returns the idle flows the caller must delete from the map.
     ///
     /// One pass over the read, updating the last read in place (no new map per refresh): each
-    /// flow is stamped with this refresh's number, so a flow of the last read left unstamped is
-    /// one the kernel evicted.
+    /// flow adds to its series what it gained since the last read (all of it if new), and is
+    /// stamped with this refresh's number; a flow of the last read left unstamped is one the
+    /// kernel evicted, whose counts up to the last read are already in its series.
     pub fn refresh(&mut self, now_ns: u64, flows: Vec<(FlowKey, FlowStats)>) -> Vec<FlowKey> {
         let idle_ns = self.options.idle_timeout.as_nanos() as u64;
         self.refreshes += 1;
         let this_refresh = self.refreshes;
         for series in self.series.map.values_mut() {
-            series.live = FlowCounters::default();
             series.live_flows = 0;
         }
         let mut idle = Vec::new();
         let mut live_flows = [0; 2];
         for (key, stats) in flows {
-            if now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns {
+            let counts = FlowCounters::from(&stats);
+            let first_seen_ns = stats.counts.first_seen_ns;
+            let gained = match self.last_read.get(&key) {
+                Some(last) if last.first_seen_ns == first_seen_ns => counts.since(&last.counts),
+                _ => counts,
+            };
+            let is_idle = now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns;
+            let series = self.series.series_of(&key);
+            series.counted.add(&gained);
+            series.note_times(&stats);
+            if is_idle {
                 self.last_read.remove(&key);
-                self.series.retire(&key, &stats);
                 self.generation += 1;
                 idle.push(key);
                 continue;
             }
-            let series = self.series.series_of(&key);
-            series.live.add(&FlowCounters::from(&stats));
             series.live_flows += 1;
-            series.note_times(&stats);
             live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
             self.last_read.insert(
                 key,
                 LastRead {
-                    stats,
+                    counts,
+                    first_seen_ns,
                     refresh: this_refresh,
                 },
             );
         }
-        let (series, stats, generation) = (&mut self.series, &mut self.stats, &mut self.generation);
-        self.last_read.retain(|key, last| {
-            let evicted = last.refresh != this_refresh;
-            if evicted {
-                series.retire(key, &last.stats);
-                stats.evicted += 1;
-                *generation += 1;
-            }
-            !evicted
-        });
+        let evicted_before = self.last_read.len();
+        self.last_read
+            .retain(|_, last| last.refresh == this_refresh);
+        let evicted = (evicted_before - self.last_read.len()) as u64;
+        self.stats.evicted += evicted;
+        self.generation += evicted;
         self.stats.idle_removed += idle.len() as u64;
         self.expire_series(now_ns, idle_ns);
         self.stats.live_flows = live_flows;
@@ -450,7 +480,7 @@ impl FlowTable {
             self.stats.series_expired += 1;
             self.generation += 1;
             let other = self.series.map.entry(other_row(key.ifindex)).or_default();
-            other.retired.add(&series.total());
+            other.counted.add(&series.total());
             other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
             other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
         }
@@ -458,18 +488,10 @@ impl FlowTable {
 }
 
 impl SeriesSet {
-    /// Adds a flow that left the map to its series' retired total.
-    fn retire(&mut self, key: &FlowKey, stats: &FlowStats) {
-        let series = self.series_of(key);
-        series.retired.add(&FlowCounters::from(stats));
-        series.note_times(stats);
-    }
-
-    /// The series `key` counts in: its own label set if admitted (admitting it while under the
-    /// cap), else its interface's `other` row. One hash lookup for a series that exists.
-    fn series_of(&mut self, key: &FlowKey) -> &mut Series {
+    /// The label set of flow `key` (an admitted series or not).
+    fn labels_of(&self, key: &FlowKey) -> SeriesKey {
         let labels = self.labels;
-        let full = SeriesKey {
+        SeriesKey {
             other: false,
             ifindex: labels.interface.then_some(key.ifindex),
             direction: labels.direction.then_some(key.direction),
@@ -477,7 +499,23 @@ impl SeriesSet {
             dst: labels.dst.then(|| address(key.family, &key.dst)),
             src_port: labels.src_port.then_some(key.src_port),
             dst_port: labels.dst_port.then_some(key.dst_port),
-        };
+        }
+    }
+
+    /// The series flow `key` counts in now, without admitting anything.
+    fn key_of(&self, key: &FlowKey) -> SeriesKey {
+        let full = self.labels_of(key);
+        if self.map.contains_key(&full) {
+            full
+        } else {
+            other_row(full.ifindex)
+        }
+    }
+
+    /// The series `key` counts in: its own label set if admitted (admitting it while under the
+    /// cap), else its interface's `other` row. One hash lookup for a series that exists.
+    fn series_of(&mut self, key: &FlowKey) -> &mut Series {
+        let full = self.labels_of(key);
         // At the cap, a label set not already admitted goes to `other` (a second lookup, only
         // then).
         let series_key = if self.admitted >= self.max_series && !self.map.contains_key(&full) {
@@ -737,6 +775,50 @@ mod tests {
             .map(|(k, s)| ((*k).clone(), s.total().packets))
             .collect();
         assert_eq!(before, after);
+    }
+
+    #[test]
+    fn a_new_flow_under_the_key_of_an_evicted_one_adds_its_whole_count() {
+        let mut table = FlowTable::new(options(10));
+        table.refresh(2 * SECOND, vec![(key(1, 2, 1000), stats(50, 2))]);
+        // Between two reads the kernel evicted the flow and a new packet created another under
+        // the same key: fewer packets, a later first packet.
+        let mut again = stats(3, 3);
+        again.counts.first_seen_ns = 3 * SECOND;
+        table.refresh(3 * SECOND, vec![(key(1, 2, 1000), again)]);
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), Some(53));
+        // The same flow read again adds only what it gained.
+        let mut later = again;
+        later.counts.packets = 10;
+        table.refresh(4 * SECOND, vec![(key(1, 2, 1000), later)]);
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), Some(60));
+    }
+
+    #[test]
+    fn a_flow_counted_in_other_keeps_its_count_there_when_its_labels_are_admitted() {
+        let mut table = FlowTable::new(FlowOptions {
+            idle_timeout: Duration::from_secs(5),
+            ..options(1)
+        });
+        // 10.0.0.1 takes the only place; 10.0.0.2 goes to other.
+        table.refresh(
+            2 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(4, 2))],
+        );
+        assert_eq!(packets_of(&table, true, None), Some(4));
+        // 10.0.0.1 goes idle and its series expires, freeing the place; 10.0.0.2 lives on,
+        // and a second flow of 10.0.0.2 gets its labels admitted.
+        table.refresh(
+            8 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(6, 8))],
+        );
+        table.refresh(
+            9 * SECOND,
+            vec![(key(2, 9, 1), stats(7, 9)), (key(2, 9, 2), stats(2, 9))],
+        );
+        // other: 10.0.0.1's 1 (folded) + 10.0.0.2's first 6; never less than it was.
+        assert_eq!(packets_of(&table, true, None), Some(7));
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(1 + 2));
     }
 
     #[test]
