@@ -121,18 +121,26 @@ fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
 fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
     let rst = tcp.flags & TCP_RST != 0;
     device.tcp_packets += segments;
-    device.tcp_rst += rst as u64;
-    device.tcp_syn += (tcp.flags & TCP_SYN != 0) as u64;
-    device.tcp_fin += (tcp.flags & TCP_FIN != 0) as u64;
+    // Most segments carry none of these flags: one test skips three counter updates.
+    if tcp.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 {
+        device.tcp_rst += rst as u64;
+        device.tcp_syn += (tcp.flags & TCP_SYN != 0) as u64;
+        device.tcp_fin += (tcp.flags & TCP_FIN != 0) as u64;
+    }
     if tcp.window == 0 && !rst {
         device.tcp_zero_window += segments;
     }
-    add_at(
-        &mut device.tcp_payload_size,
-        size_bucket(tcp.payload_len),
-        1,
-    );
-    device.tcp_payload_sum += tcp.payload_len as u64;
+    // A pure ACK (no payload) is bucket 0 without computing it.
+    if tcp.payload_len == 0 {
+        device.tcp_payload_size[0] += 1;
+    } else {
+        add_at(
+            &mut device.tcp_payload_size,
+            size_bucket(tcp.payload_len),
+            1,
+        );
+        device.tcp_payload_sum += tcp.payload_len as u64;
+    }
 }
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
@@ -513,24 +521,29 @@ fn precise_now() -> u64 {
 
 /// CLOCK_MONOTONIC as of the last tick (Linux 5.11+), nanoseconds. The coarse clock changes
 /// once per jiffy, and reading the jiffies counter costs one load (the verifier inlines
-/// `bpf_jiffies64`) where the clock's helper is a call: so the clock is read once per jiffy on
-/// each CPU and kept in [`CLOCK_CACHE`]. Same value, same precision.
+/// `bpf_jiffies64`) where the clock's helper is a call: so the clock is read about once per
+/// jiffy and kept in [`CLOCK_CACHE`] for every CPU. Same precision.
 #[inline(always)]
 fn coarse_now() -> u64 {
     // SAFETY: no preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
-    let Some(cache) = CLOCK_CACHE.get_ptr_mut(0) else {
-        // SAFETY: no preconditions.
-        return unsafe { bpf_ktime_get_coarse_ns() };
-    };
-    // SAFETY: this CPU's copy; the program is not re-entered on this CPU while it runs.
-    let cache = unsafe { &mut *cache };
-    if cache.jiffies != jiffies {
-        // SAFETY: no preconditions.
-        cache.coarse_ns = unsafe { bpf_ktime_get_coarse_ns() };
-        cache.jiffies = jiffies;
+    let cache = &raw mut CLOCK_CACHE;
+    // SAFETY: reads and writes of plain words of global data, which every CPU may be writing
+    // too: a reader may see the jiffy one CPU stored before the time it stored with it (on
+    // CPUs that reorder stores), getting the previous jiffy's time, as a coarse clock read
+    // just before the tick would. The jiffy only moves forwards: an older one is not stored.
+    unsafe {
+        let cached = core::ptr::read_volatile(&raw const (*cache).jiffies);
+        if cached == jiffies {
+            return core::ptr::read_volatile(&raw const (*cache).coarse_ns);
+        }
+        let now = bpf_ktime_get_coarse_ns();
+        if jiffies > cached {
+            core::ptr::write_volatile(&raw mut (*cache).coarse_ns, now);
+            core::ptr::write_volatile(&raw mut (*cache).jiffies, jiffies);
+        }
+        now
     }
-    cache.coarse_ns
 }
 
 /// Takes the handshake start recorded on the opposite (egress) direction of `key` (in its slot

@@ -46,7 +46,7 @@ pub static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
 pub static FLOWS6: LruHashMap<FlowKey6, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
 
-/// What the coarse clock read at the last jiffy on this CPU (see `account::coarse_now`).
+/// What the coarse clock read at the last jiffy (see `account::coarse_now`).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct ClockCache {
@@ -54,9 +54,14 @@ pub struct ClockCache {
     pub coarse_ns: u64,
 }
 
-/// One [`ClockCache`] per CPU. Not pinned: it only saves work.
-#[map(name = "CLOCK_CACHE")]
-pub static CLOCK_CACHE: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+/// The one [`ClockCache`], shared by every CPU: global data, which a program reaches without a
+/// map lookup (a per-CPU map cost one per packet). Written about once per jiffy, by the first
+/// CPU to see the jiffy change; not pinned, it only saves work.
+#[unsafe(no_mangle)]
+pub static mut CLOCK_CACHE: ClockCache = ClockCache {
+    jiffies: 0,
+    coarse_ns: 0,
+};
 
 /// Slots in [`FLOW_SLOTS`] (a power of two), or 0 when the daemon runs without the slot table
 /// (every flow in the LRU maps). Read-only data that user space sets before loading, so the

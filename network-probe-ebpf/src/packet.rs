@@ -54,6 +54,15 @@ fn load_direct<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T
         };
         done += 4;
     }
+    while done + 2 <= size {
+        // SAFETY: as above, 2 bytes.
+        unsafe {
+            out.add(done)
+                .cast::<u16>()
+                .write_unaligned(load_u16(start + done))
+        };
+        done += 2;
+    }
     while done < size {
         // SAFETY: as above, 1 byte.
         unsafe { *out.add(done) = *((start + done) as *const u8) };
@@ -93,6 +102,22 @@ fn load_u32(address: usize) -> u32 {
         );
     }
     value as u32
+}
+
+/// A 2-byte load from packet data, whatever its alignment (see [`load_direct`]).
+#[inline(always)]
+fn load_u16(address: usize) -> u16 {
+    let value: u64;
+    // SAFETY: the caller checked that 2 bytes at `address` are packet data.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u16 *)({1} + 0)",
+            out(reg) value,
+            in(reg) address,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    value as u16
 }
 
 /// A packet the parser can read from.
