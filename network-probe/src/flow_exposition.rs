@@ -1,7 +1,8 @@
 //! The per-flow-series metric families of a scrape (`network_probe_flow_*`), written outside
 //! the prometheus-client registry because of their size: with 100k series they are most of a
-//! 100 MB body. A scrape takes a compact snapshot of the series ([`FlowSeries::read`]: label
-//! text escaped once per series, then numbers), and the response writes it out in chunks of
+//! 100 MB body. A scrape takes a compact snapshot of the series ([`FlowSeries::read`]: each
+//! series' label set, escaped once in the series' life and laid out once per scrape as its
+//! sample lines write it, then numbers), and the response writes it out in chunks of
 //! about [`CHUNK_BYTES`] as it is sent ([`FlowSeries::write`]), in OpenMetrics or in the
 //! Prometheus text format 0.0.4. The whole text never exists in memory at once, and one
 //! snapshot serves every concurrent scrape that shares the render.
@@ -9,12 +10,11 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    sync::Arc,
 };
 
 use crate::{
     flow_tracker::{FlowTracker, monotonic_ns, realtime_ns},
-    flows::{FlowCounters, FlowLabels, SeriesKey},
+    flows::{FlowCounters, FlowLabels, Series, SeriesKey},
 };
 
 /// Size a chunk of flow series text grows to before it is sent.
@@ -23,16 +23,30 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// One flow series as a scrape writes it.
 #[derive(Debug)]
 struct FlowRow {
-    /// Position of the row's `interface="…"` pair in [`FlowSeries::interfaces`]; `None` when
-    /// the interface is not a label.
-    interface: Option<u32>,
-    /// The other label pairs, escaped and joined (`src="10.0.0.1",dst="10.0.0.2"`), cached in
-    /// the series.
-    labels: Arc<str>,
+    /// Where the row's label set, as every sample line writes it (`{interface="eth0",
+    /// src="10.0.0.1",dst="10.0.0.2"} `), lies in [`FlowSeries::label_sets`].
+    label_set: (u32, u32),
+    values: RowValues,
+}
+
+/// What a row's samples say.
+#[derive(Debug, Default)]
+struct RowValues {
     counters: FlowCounters,
     window_scale: Option<u8>,
     first_seen_ns: u64,
     last_seen_ns: u64,
+}
+
+impl RowValues {
+    fn of(series: &Series) -> RowValues {
+        RowValues {
+            counters: series.total(),
+            window_scale: series.window_scale,
+            first_seen_ns: series.first_seen_ns,
+            last_seen_ns: series.last_seen_ns,
+        }
+    }
 }
 
 /// How a family's value is taken from a row.
@@ -40,10 +54,10 @@ enum Value {
     /// A counter (`_total` samples).
     Counter(fn(&FlowCounters) -> u64),
     /// A gauge with a whole value, absent from the rows for which it is `None`.
-    Whole(fn(&FlowRow) -> Option<u8>),
+    Whole(fn(&RowValues) -> Option<u8>),
     /// A timestamp gauge: CLOCK_MONOTONIC nanoseconds (0: never, no sample), written as Unix
     /// seconds.
-    Timestamp(fn(&FlowRow) -> u64),
+    Timestamp(fn(&RowValues) -> u64),
 }
 
 /// A metric family of the flow series: name (without `_total`), help, value.
@@ -136,8 +150,9 @@ const FAMILIES: [Family; 11] = [
 /// The flow series of one scrape.
 #[derive(Debug, Default)]
 pub struct FlowSeries {
-    /// The `interface="…"` pair of each interface the rows name.
-    interfaces: Vec<String>,
+    /// Every row's label set, one after the other: written once per scrape, then copied into
+    /// each of the row's eleven sample lines.
+    label_sets: String,
     /// In no particular order (sorting 100k series cost a tenth of a scrape).
     rows: Vec<FlowRow>,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC at the snapshot, nanoseconds.
@@ -158,36 +173,51 @@ impl FlowSeries {
         let names = flows.datapath().interface_names();
         let mut table = flows.refresh();
         let enabled = table.options().labels;
-        let mut interfaces = Vec::new();
-        let mut interface_positions: HashMap<u32, u32> = HashMap::new();
-        let rows = table
-            .series_mut()
-            .map(|(key, series)| {
-                let labels = series
-                    .label_text
-                    .get_or_insert_with(|| label_text(&series_labels(key, &enabled)).into());
-                let interface = key.ifindex.map(|index| {
-                    *interface_positions.entry(index).or_insert_with(|| {
-                        interfaces
-                            .push(label_text(&[("interface", interface_name(index, &names))]));
-                        (interfaces.len() - 1) as u32
-                    })
-                });
-                FlowRow {
-                    interface,
-                    labels: Arc::clone(labels),
-                    counters: series.total(),
-                    window_scale: series.window_scale,
-                    first_seen_ns: series.first_seen_ns,
-                    last_seen_ns: series.last_seen_ns,
-                }
-            })
-            .collect();
-        FlowSeries {
-            interfaces,
-            rows,
+        let mut interfaces: HashMap<u32, String> = HashMap::new();
+        let mut snapshot = FlowSeries {
+            label_sets: String::new(),
+            rows: Vec::with_capacity(table.series_count()),
             unix_offset_ns: i128::from(realtime_ns()) - i128::from(monotonic_ns()),
+        };
+        for (key, series) in table.series_mut() {
+            let values = RowValues::of(series);
+            let labels = series
+                .label_text
+                .get_or_insert_with(|| label_text(&series_labels(key, &enabled)).into());
+            let interface = key.ifindex.map(|index| {
+                interfaces
+                    .entry(index)
+                    .or_insert_with(|| label_text(&[("interface", interface_name(index, &names))]))
+                    .as_str()
+            });
+            snapshot.push_row(interface, labels, values);
         }
+        snapshot
+    }
+
+    /// Adds a row: its label set (the `interface="…"` pair, if any, and the other pairs) and
+    /// the series' values.
+    fn push_row(&mut self, interface: Option<&str>, labels: &str, values: RowValues) {
+        if self.label_sets.is_empty() {
+            // About what the rows will take: one reservation instead of a dozen regrowths.
+            let per_row = interface.map_or(0, str::len) + labels.len() + 4;
+            self.label_sets
+                .reserve(per_row * self.rows.capacity().max(1));
+        }
+        let start = self.label_sets.len() as u32;
+        self.label_sets.push('{');
+        if let Some(interface) = interface {
+            self.label_sets.push_str(interface);
+            if !labels.is_empty() {
+                self.label_sets.push(',');
+            }
+        }
+        self.label_sets.push_str(labels);
+        self.label_sets.push_str("} ");
+        self.rows.push(FlowRow {
+            label_set: (start, self.label_sets.len() as u32),
+            values,
+        });
     }
 
     /// Appends text from `cursor` on to `out` until `out` holds at least `budget` bytes or
@@ -214,29 +244,28 @@ impl FlowSeries {
                 cursor.row = Some(0);
                 continue;
             };
+            // Samples of counters are named `_total` in both formats.
+            let sample_name = if counter {
+                format!("{}_total", family.name)
+            } else {
+                family.name.to_string()
+            };
             for (index, row) in self.rows.iter().enumerate().skip(start) {
                 if out.len() >= budget {
                     cursor.row = Some(index);
                     return false;
                 }
-                let (suffix, value) = match family.value {
-                    Value::Counter(field) => ("_total{", Some(field(&row.counters))),
-                    Value::Whole(value) => ("{", value(row).map(u64::from)),
-                    Value::Timestamp(value) => ("{", Some(value(row)).filter(|&ns| ns != 0)),
+                let value = match family.value {
+                    Value::Counter(field) => Some(field(&row.values.counters)),
+                    Value::Whole(value) => value(&row.values).map(u64::from),
+                    Value::Timestamp(value) => Some(value(&row.values)).filter(|&ns| ns != 0),
                 };
                 let Some(value) = value else {
                     continue;
                 };
-                out.push_str(family.name);
-                out.push_str(suffix);
-                if let Some(interface) = row.interface {
-                    out.push_str(&self.interfaces[interface as usize]);
-                    if !row.labels.is_empty() {
-                        out.push(',');
-                    }
-                }
-                out.push_str(&row.labels);
-                out.push_str("} ");
+                let (label_start, label_end) = row.label_set;
+                out.push_str(&sample_name);
+                out.push_str(&self.label_sets[label_start as usize..label_end as usize]);
                 if matches!(family.value, Value::Timestamp(_)) {
                     push_unix_seconds(out, value, self.unix_offset_ns);
                 } else {
@@ -328,30 +357,24 @@ fn series_labels(key: &SeriesKey, enabled: &FlowLabels) -> Vec<(&'static str, St
 mod tests {
     use super::*;
 
-    fn row(interface: Option<u32>, labels: &str, packets: u64, scale: Option<u8>) -> FlowRow {
-        FlowRow {
-            interface,
-            labels: labels.into(),
+    fn series() -> FlowSeries {
+        let mut snapshot = FlowSeries {
+            unix_offset_ns: 1_000_000_000_000_000_000,
+            ..FlowSeries::default()
+        };
+        let series = |packets: u64, window_scale: Option<u8>| RowValues {
             counters: FlowCounters {
                 packets,
                 ..FlowCounters::default()
             },
-            window_scale: scale,
+            window_scale,
             first_seen_ns: 0,
             last_seen_ns: 2_000_000_000,
-        }
-    }
-
-    fn series() -> FlowSeries {
-        FlowSeries {
-            interfaces: vec!["interface=\"eth0\"".into()],
-            rows: vec![
-                row(None, "a=\"1\"", 5, Some(7)),
-                row(Some(0), "a=\"2\"", 6, None),
-                row(Some(0), "", 8, None),
-            ],
-            unix_offset_ns: 1_000_000_000_000_000_000,
-        }
+        };
+        snapshot.push_row(None, "a=\"1\"", series(5, Some(7)));
+        snapshot.push_row(Some("interface=\"eth0\""), "a=\"2\"", series(6, None));
+        snapshot.push_row(Some("interface=\"eth0\""), "", series(8, None));
+        snapshot
     }
 
     fn write_all(series: &FlowSeries, openmetrics: bool, budget: usize) -> (String, usize) {

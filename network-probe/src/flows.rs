@@ -200,7 +200,7 @@ pub struct Series {
     window_scale_seen_ns: u64,
     /// The exposition's text of this series' labels, kept by `flow_exposition` so that a scrape
     /// does not format 100k addresses again: a series' key never changes.
-    pub label_text: Option<std::sync::Arc<str>>,
+    pub label_text: Option<Box<str>>,
 }
 
 impl Series {
