@@ -5,9 +5,10 @@
 //!   and summed per series: every refresh adds to a series what each of its flows gained since
 //!   the last read (the whole count of a flow not seen before, or of a new flow that took the
 //!   key of one that left between two reads).
-//! - At most `max_series` series are exported individually; flows whose label set arrives when
-//!   the cap is reached count in their interface's `other` row until an expired series makes
-//!   room. Admission is sticky, and what a series counted stays in it.
+//! - At most `max_series` series are exported individually; a flow whose label set arrives when
+//!   the cap is reached counts in its interface's `other` row for as long as it lives (a later
+//!   flow with those labels gets their own series once an expired one makes room). Admission is
+//!   sticky, and what a series counted stays in it.
 //! - A flow idle for `idle_timeout` is deleted from the kernel map (its counts stay in its
 //!   series); a flow the kernel evicted (map full) keeps in its series what the last read found
 //!   and is counted as an eviction. A series with no live flow left, idle for `idle_timeout`, is
@@ -20,6 +21,7 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
+    hash::BuildHasher as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
@@ -251,16 +253,27 @@ struct LastRead {
     /// Tells this flow from a later one under the same key (the kernel evicted it and a new
     /// packet created another between two reads).
     first_seen_ns: u64,
-    /// The number of the refresh that read it.
-    refresh: u64,
+    /// The number of the refresh that read it (wrapping).
+    refresh: u32,
+    /// Where its series is in [`SeriesSet::places`]: the series it was first counted in, which
+    /// it keeps for its life (a series cannot expire while a flow of it is in the maps).
+    series: u32,
 }
 
-/// The series and their admission under the cap.
+/// The series and their admission under the cap. Each series has a place in a vector, which
+/// flows remember: a flow read again finds its series without hashing its labels.
 #[derive(Debug)]
 struct SeriesSet {
     labels: FlowLabels,
     max_series: usize,
-    map: FastMap<SeriesKey, Series>,
+    /// The places, found by their series' label set (hashed with `hasher`); a label set is
+    /// kept once, in `places`.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// The series by place; `None` where an expired series was, until a new one takes it.
+    places: Vec<Option<(SeriesKey, Series)>>,
+    /// Places without a series.
+    free: Vec<u32>,
     /// Series with their own label set (not `other` rows).
     admitted: usize,
 }
@@ -270,8 +283,8 @@ struct SeriesSet {
 pub struct FlowTable {
     options: FlowOptions,
     last_read: FastMap<FlowKey, LastRead>,
-    /// Refreshes so far, numbering [`LastRead::refresh`].
-    refreshes: u64,
+    /// Refreshes so far (wrapping), numbering [`LastRead::refresh`].
+    refreshes: u32,
     series: SeriesSet,
     stats: FlowTableStats,
     /// Bumped whenever something only user space knows changes (a retired total, a series
@@ -285,12 +298,7 @@ impl FlowTable {
             options,
             last_read: FastMap::default(),
             refreshes: 0,
-            series: SeriesSet {
-                labels: options.labels,
-                max_series: options.max_series,
-                map: FastMap::default(),
-                admitted: 0,
-            },
+            series: SeriesSet::new(&options),
             stats: FlowTableStats::default(),
             generation: 0,
         }
@@ -305,19 +313,15 @@ impl FlowTable {
     /// its flows still in the maps had counted at the last read (the next run's first read
     /// counts those again).
     pub fn saved(&self) -> FlowTableState {
-        let mut in_maps: FastMap<SeriesKey, FlowCounters> = FastMap::default();
-        for (key, last) in &self.last_read {
-            in_maps
-                .entry(self.series.key_of(key))
-                .or_default()
-                .add(&last.counts);
+        let mut in_maps = vec![FlowCounters::default(); self.series.places.len()];
+        for last in self.last_read.values() {
+            in_maps[last.series as usize].add(&last.counts);
         }
         let mut series: Vec<(SeriesKey, SavedSeries)> = self
             .series
-            .map
-            .iter()
-            .map(|(key, series)| {
-                let live = in_maps.get(key).copied().unwrap_or_default();
+            .iter_places()
+            .map(|(place, key, series)| {
+                let live = in_maps[place as usize];
                 (
                     key.clone(),
                     SavedSeries {
@@ -351,25 +355,21 @@ impl FlowTable {
                 state.labels
             ));
         }
-        self.series.map = state
-            .series
-            .into_iter()
-            .map(|(key, saved)| {
-                (
-                    key,
-                    Series {
-                        counted: saved.retired,
-                        first_seen_ns: saved.first_seen_ns,
-                        last_seen_ns: saved.last_seen_ns,
-                        window_scale: saved.window_scale,
-                        window_scale_seen_ns: saved.window_scale_seen_ns,
-                        ..Series::default()
-                    },
-                )
-            })
-            .collect();
-        // Admission stays sticky across the restart, even beyond a lowered cap.
-        self.series.admitted = self.series.map.keys().filter(|key| !key.other).count();
+        self.series = SeriesSet::new(&self.options);
+        for (key, saved) in state.series {
+            // Admission stays sticky across the restart, even beyond a lowered cap.
+            self.series.insert(
+                key,
+                Series {
+                    counted: saved.retired,
+                    first_seen_ns: saved.first_seen_ns,
+                    last_seen_ns: saved.last_seen_ns,
+                    window_scale: saved.window_scale,
+                    window_scale_seen_ns: saved.window_scale_seen_ns,
+                    ..Series::default()
+                },
+            );
+        }
         self.stats = state.stats;
         self.generation += 1;
         Ok(())
@@ -384,9 +384,9 @@ impl FlowTable {
     /// kernel evicted, whose counts up to the last read are already in its series.
     pub fn refresh(&mut self, now_ns: u64, flows: Vec<(FlowKey, FlowStats)>) -> Vec<FlowKey> {
         let idle_ns = self.options.idle_timeout.as_nanos() as u64;
-        self.refreshes += 1;
+        self.refreshes = self.refreshes.wrapping_add(1);
         let this_refresh = self.refreshes;
-        for series in self.series.map.values_mut() {
+        for (_, _, series) in self.series.iter_places_mut() {
             series.live_flows = 0;
         }
         let mut idle = Vec::new();
@@ -394,30 +394,64 @@ impl FlowTable {
         for (key, stats) in flows {
             let counts = FlowCounters::from(&stats);
             let first_seen_ns = stats.counts.first_seen_ns;
-            let gained = match self.last_read.get(&key) {
-                Some(last) if last.first_seen_ns == first_seen_ns => counts.since(&last.counts),
-                _ => counts,
-            };
             let is_idle = now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns;
-            let series = self.series.series_of(&key);
-            series.counted.add(&gained);
+            let series_place = match self.last_read.entry(key) {
+                // The same flow as last time: what it gained since, in its series.
+                Entry::Occupied(mut last) if last.get().first_seen_ns == first_seen_ns => {
+                    let gained = counts.since(&last.get().counts);
+                    let place = last.get().series;
+                    if is_idle {
+                        last.remove();
+                    } else {
+                        *last.get_mut() = LastRead {
+                            counts,
+                            first_seen_ns,
+                            refresh: this_refresh,
+                            series: place,
+                        };
+                    }
+                    self.series.get_mut(place).counted.add(&gained);
+                    place
+                }
+                // New, or a new flow under the key of one that left between two reads: all of
+                // its count, in the series its labels admit it to now.
+                entry => {
+                    let place = self.series.place_of(&key);
+                    match entry {
+                        Entry::Occupied(mut last) if !is_idle => {
+                            *last.get_mut() = LastRead {
+                                counts,
+                                first_seen_ns,
+                                refresh: this_refresh,
+                                series: place,
+                            };
+                        }
+                        Entry::Occupied(last) => {
+                            last.remove();
+                        }
+                        Entry::Vacant(slot) if !is_idle => {
+                            slot.insert(LastRead {
+                                counts,
+                                first_seen_ns,
+                                refresh: this_refresh,
+                                series: place,
+                            });
+                        }
+                        Entry::Vacant(_) => {}
+                    }
+                    self.series.get_mut(place).counted.add(&counts);
+                    place
+                }
+            };
+            let series = self.series.get_mut(series_place);
             series.note_times(&stats);
             if is_idle {
-                self.last_read.remove(&key);
                 self.generation += 1;
                 idle.push(key);
                 continue;
             }
             series.live_flows += 1;
             live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
-            self.last_read.insert(
-                key,
-                LastRead {
-                    counts,
-                    first_seen_ns,
-                    refresh: this_refresh,
-                },
-            );
         }
         let evicted_before = self.last_read.len();
         self.last_read
@@ -433,19 +467,25 @@ impl FlowTable {
 
     /// Number of series (the `other` rows included).
     pub fn series_count(&self) -> usize {
-        self.series.map.len()
+        self.series.len()
     }
 
     /// The exported series in no particular order, for a scrape (which may cache label text
     /// in them).
     pub fn series_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut Series)> {
-        self.series.map.iter_mut()
+        self.series
+            .iter_places_mut()
+            .map(|(_, key, series)| (key, series))
     }
 
     /// The exported series, sorted by labels (for tests).
     #[cfg(test)]
     pub fn series(&self) -> Vec<(&SeriesKey, &Series)> {
-        let mut all: Vec<_> = self.series.map.iter().collect();
+        let mut all: Vec<_> = self
+            .series
+            .iter_places()
+            .map(|(_, key, series)| (key, series))
+            .collect();
         // Keys are unique: an unstable sort gives the same order, faster.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
@@ -461,25 +501,22 @@ impl FlowTable {
 
     /// Folds series without live flows, idle for `idle_ns`, into their `other` row.
     fn expire_series(&mut self, now_ns: u64, idle_ns: u64) {
-        let expired: Vec<SeriesKey> = self
+        let expired: Vec<u32> = self
             .series
-            .map
-            .iter()
-            .filter(|(key, series)| {
+            .iter_places()
+            .filter(|(_, key, series)| {
                 !key.other
                     && series.live_flows == 0
                     && now_ns.saturating_sub(series.last_seen_ns) >= idle_ns
             })
-            .map(|(key, _)| key.clone())
+            .map(|(place, _, _)| place)
             .collect();
-        for key in expired {
-            let Some(series) = self.series.map.remove(&key) else {
-                continue;
-            };
-            self.series.admitted -= 1;
+        for place in expired {
+            let (key, series) = self.series.remove(place);
             self.stats.series_expired += 1;
             self.generation += 1;
-            let other = self.series.map.entry(other_row(key.ifindex)).or_default();
+            let other_place = self.series.place_of_key(other_row(key.ifindex));
+            let other = self.series.get_mut(other_place);
             other.counted.add(&series.total());
             other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
             other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
@@ -488,6 +525,18 @@ impl FlowTable {
 }
 
 impl SeriesSet {
+    fn new(options: &FlowOptions) -> Self {
+        SeriesSet {
+            labels: options.labels,
+            max_series: options.max_series,
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            places: Vec::new(),
+            free: Vec::new(),
+            admitted: 0,
+        }
+    }
+
     /// The label set of flow `key` (an admitted series or not).
     fn labels_of(&self, key: &FlowKey) -> SeriesKey {
         let labels = self.labels;
@@ -502,36 +551,111 @@ impl SeriesSet {
         }
     }
 
-    /// The series flow `key` counts in now, without admitting anything.
-    fn key_of(&self, key: &FlowKey) -> SeriesKey {
+    /// The place of the series flow `key` counts in: its own label set if admitted (admitting
+    /// it while under the cap), else its interface's `other` row.
+    fn place_of(&mut self, key: &FlowKey) -> u32 {
         let full = self.labels_of(key);
-        if self.map.contains_key(&full) {
-            full
-        } else {
-            other_row(full.ifindex)
+        if let Some(place) = self.find(&full) {
+            return place;
+        }
+        if self.admitted < self.max_series {
+            return self.insert(full, Series::default());
+        }
+        self.place_of_key(other_row(full.ifindex))
+    }
+
+    /// The place of the series `key`, added (empty) if absent, beyond the cap or not.
+    fn place_of_key(&mut self, key: SeriesKey) -> u32 {
+        match self.find(&key) {
+            Some(place) => place,
+            None => self.insert(key, Series::default()),
         }
     }
 
-    /// The series `key` counts in: its own label set if admitted (admitting it while under the
-    /// cap), else its interface's `other` row. One hash lookup for a series that exists.
-    fn series_of(&mut self, key: &FlowKey) -> &mut Series {
-        let full = self.labels_of(key);
-        // At the cap, a label set not already admitted goes to `other` (a second lookup, only
-        // then).
-        let series_key = if self.admitted >= self.max_series && !self.map.contains_key(&full) {
-            other_row(full.ifindex)
-        } else {
-            full
-        };
-        match self.map.entry(series_key) {
-            Entry::Occupied(series) => series.into_mut(),
-            Entry::Vacant(slot) => {
-                if !slot.key().other {
-                    self.admitted += 1;
-                }
-                slot.insert(Series::default())
-            }
+    /// The place of the series `key`, if there is one.
+    fn find(&self, key: &SeriesKey) -> Option<u32> {
+        let places = &self.places;
+        self.index
+            .find(self.hasher.hash_one(key), |&place| {
+                places[place as usize]
+                    .as_ref()
+                    .is_some_and(|(held, _)| held == key)
+            })
+            .copied()
+    }
+
+    /// Number of series.
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Adds a series (absent so far); returns its place.
+    fn insert(&mut self, key: SeriesKey, series: Series) -> u32 {
+        if !key.other {
+            self.admitted += 1;
         }
+        let place = match self.free.pop() {
+            Some(place) => place,
+            None => {
+                self.places.push(None);
+                (self.places.len() - 1) as u32
+            }
+        };
+        let hash = self.hasher.hash_one(&key);
+        self.places[place as usize] = Some((key, series));
+        let (places, hasher) = (&self.places, &self.hasher);
+        self.index.insert_unique(hash, place, |&other| {
+            let (key, _) = places[other as usize]
+                .as_ref()
+                .expect("an indexed place holds a series");
+            hasher.hash_one(key)
+        });
+        place
+    }
+
+    /// Removes the series at `place` (which holds one).
+    fn remove(&mut self, place: u32) -> (SeriesKey, Series) {
+        let (key, series) = self.places[place as usize]
+            .take()
+            .expect("a place being removed holds a series");
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.hasher.hash_one(&key), |&other| other == place)
+        {
+            entry.remove();
+        }
+        if !key.other {
+            self.admitted -= 1;
+        }
+        self.free.push(place);
+        (key, series)
+    }
+
+    /// The series at `place` (which holds one).
+    fn get_mut(&mut self, place: u32) -> &mut Series {
+        &mut self.places[place as usize]
+            .as_mut()
+            .expect("a flow's series place holds its series")
+            .1
+    }
+
+    fn iter_places(&self) -> impl Iterator<Item = (u32, &SeriesKey, &Series)> {
+        self.places.iter().enumerate().filter_map(|(place, entry)| {
+            entry
+                .as_ref()
+                .map(|(key, series)| (place as u32, key, series))
+        })
+    }
+
+    fn iter_places_mut(&mut self) -> impl Iterator<Item = (u32, &SeriesKey, &mut Series)> {
+        self.places
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(place, entry)| {
+                entry
+                    .as_mut()
+                    .map(|(key, series)| (place as u32, &*key, series))
+            })
     }
 }
 
@@ -795,7 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_counted_in_other_keeps_its_count_there_when_its_labels_are_admitted() {
+    fn a_flow_counted_in_other_stays_there_for_its_life() {
         let mut table = FlowTable::new(FlowOptions {
             idle_timeout: Duration::from_secs(5),
             ..options(1)
@@ -816,9 +940,10 @@ mod tests {
             9 * SECOND,
             vec![(key(2, 9, 1), stats(7, 9)), (key(2, 9, 2), stats(2, 9))],
         );
-        // other: 10.0.0.1's 1 (folded) + 10.0.0.2's first 6; never less than it was.
-        assert_eq!(packets_of(&table, true, None), Some(7));
-        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(1 + 2));
+        // other: 10.0.0.1's 1 (folded) and all 7 of the first 10.0.0.2 flow; the new series
+        // has the second flow's 2. Nothing moved out of a row.
+        assert_eq!(packets_of(&table, true, None), Some(8));
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(2));
     }
 
     #[test]
