@@ -72,53 +72,30 @@ fn load_direct<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T
     Some(unsafe { value.assume_init() })
 }
 
-/// An 8-byte load from packet data, whatever its alignment (see [`load_direct`]).
-#[inline(always)]
-fn load_u64(address: usize) -> u64 {
-    let value: u64;
-    // SAFETY: the caller checked that 8 bytes at `address` are packet data.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u64 *)({1} + 0)",
-            out(reg) value,
-            in(reg) address,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
-    value
+/// Defines `$name(address) -> $ty`: a load of that width from packet data, whatever its
+/// alignment (see [`load_direct`]).
+macro_rules! packet_load {
+    ($name:ident, $ty:ty, $width:literal) => {
+        #[inline(always)]
+        fn $name(address: usize) -> $ty {
+            let value: u64;
+            // SAFETY: the caller checked that the bytes at `address` are packet data.
+            unsafe {
+                core::arch::asm!(
+                    concat!("{0} = *(", $width, " *)({1} + 0)"),
+                    out(reg) value,
+                    in(reg) address,
+                    options(readonly, nostack, preserves_flags)
+                );
+            }
+            value as $ty
+        }
+    };
 }
 
-/// A 4-byte load from packet data, whatever its alignment (see [`load_direct`]).
-#[inline(always)]
-fn load_u32(address: usize) -> u32 {
-    let value: u64;
-    // SAFETY: the caller checked that 4 bytes at `address` are packet data.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u32 *)({1} + 0)",
-            out(reg) value,
-            in(reg) address,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
-    value as u32
-}
-
-/// A 2-byte load from packet data, whatever its alignment (see [`load_direct`]).
-#[inline(always)]
-fn load_u16(address: usize) -> u16 {
-    let value: u64;
-    // SAFETY: the caller checked that 2 bytes at `address` are packet data.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u16 *)({1} + 0)",
-            out(reg) value,
-            in(reg) address,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
-    value as u16
-}
+packet_load!(load_u64, u64, "u64");
+packet_load!(load_u32, u32, "u32");
+packet_load!(load_u16, u16, "u16");
 
 /// A packet the parser can read from.
 pub trait Packet {

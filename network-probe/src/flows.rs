@@ -16,8 +16,8 @@
 //!
 //! This module is pure: the caller reads the map and deletes what [`FlowTable::refresh`] returns.
 //! What lives only here (the totals less what the flows still in the map hold, and the table's
-//! own counters) can be saved and restored across restarts ([`FlowTable::saved`], [`FlowTable::restore`]); the live part is in
-//! the pinned kernel map.
+//! own counters) can be saved and restored across restarts ([`FlowTable::saved`],
+//! [`FlowTable::restore`]); the live part is in the pinned kernel map.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -395,55 +395,34 @@ impl FlowTable {
             let counts = FlowCounters::from(&stats);
             let first_seen_ns = stats.counts.first_seen_ns;
             let is_idle = now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns;
-            let series_place = match self.last_read.entry(key) {
-                // The same flow as last time: what it gained since, in its series.
-                Entry::Occupied(mut last) if last.get().first_seen_ns == first_seen_ns => {
-                    let gained = counts.since(&last.get().counts);
-                    let place = last.get().series;
-                    if is_idle {
-                        last.remove();
-                    } else {
-                        *last.get_mut() = LastRead {
-                            counts,
-                            first_seen_ns,
-                            refresh: this_refresh,
-                            series: place,
-                        };
-                    }
-                    self.series.get_mut(place).counted.add(&gained);
-                    place
+            let entry = self.last_read.entry(key);
+            // The same flow as last time: what it gained since, in its series. New, or a new
+            // flow under the key of one that left between two reads: all of its count, in the
+            // series its labels admit it to now.
+            let (gained, place) = match &entry {
+                Entry::Occupied(last) if last.get().first_seen_ns == first_seen_ns => {
+                    (counts.since(&last.get().counts), last.get().series)
                 }
-                // New, or a new flow under the key of one that left between two reads: all of
-                // its count, in the series its labels admit it to now.
-                entry => {
-                    let place = self.series.place_of(&key);
-                    match entry {
-                        Entry::Occupied(mut last) if !is_idle => {
-                            *last.get_mut() = LastRead {
-                                counts,
-                                first_seen_ns,
-                                refresh: this_refresh,
-                                series: place,
-                            };
-                        }
-                        Entry::Occupied(last) => {
-                            last.remove();
-                        }
-                        Entry::Vacant(slot) if !is_idle => {
-                            slot.insert(LastRead {
-                                counts,
-                                first_seen_ns,
-                                refresh: this_refresh,
-                                series: place,
-                            });
-                        }
-                        Entry::Vacant(_) => {}
-                    }
-                    self.series.get_mut(place).counted.add(&counts);
-                    place
-                }
+                _ => (counts, self.series.place_of(&key)),
             };
-            let series = self.series.get_mut(series_place);
+            let read = LastRead {
+                counts,
+                first_seen_ns,
+                refresh: this_refresh,
+                series: place,
+            };
+            match entry {
+                Entry::Occupied(last) if is_idle => {
+                    last.remove();
+                }
+                Entry::Occupied(mut last) => *last.get_mut() = read,
+                Entry::Vacant(slot) if !is_idle => {
+                    slot.insert(read);
+                }
+                Entry::Vacant(_) => {}
+            }
+            let series = self.series.get_mut(place);
+            series.counted.add(&gained);
             series.note_times(&stats);
             if is_idle {
                 self.generation += 1;
