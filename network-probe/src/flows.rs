@@ -357,6 +357,11 @@ impl FlowTable {
         }
         self.series = SeriesSet::new(&self.options);
         for (key, saved) in state.series {
+            // A file this table wrote names each series once; should one name it twice, the
+            // first stands (two places for one label set would split its counts).
+            if self.series.find(&key).is_some() {
+                continue;
+            }
             // Admission stays sticky across the restart, even beyond a lowered cap.
             self.series.insert(
                 key,
@@ -783,6 +788,13 @@ mod tests {
                 .collect()
         };
         assert_eq!(retired(next.saved()), retired(saved.clone()));
+
+        // A state naming a series twice restores it once.
+        let mut twice = saved.clone();
+        twice.series.push(twice.series[0].clone());
+        let mut again = FlowTable::new(options(10));
+        again.restore(twice).unwrap();
+        assert_eq!(again.series_count(), saved.series.len());
 
         // Saved with other labels: refused, naming both.
         let mut other = FlowTable::new(FlowOptions {
