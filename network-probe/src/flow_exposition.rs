@@ -25,7 +25,7 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 struct FlowRow {
     /// Where the row's label set, as every sample line writes it (`{interface="eth0",
     /// src="10.0.0.1",dst="10.0.0.2"} `), lies in [`FlowSeries::label_sets`].
-    label_set: (u32, u32),
+    label_set: std::ops::Range<usize>,
     values: RowValues,
 }
 
@@ -204,7 +204,7 @@ impl FlowSeries {
             self.label_sets
                 .reserve(per_row * self.rows.capacity().max(1));
         }
-        let start = self.label_sets.len() as u32;
+        let start = self.label_sets.len();
         self.label_sets.push('{');
         if let Some(interface) = interface {
             self.label_sets.push_str(interface);
@@ -215,7 +215,7 @@ impl FlowSeries {
         self.label_sets.push_str(labels);
         self.label_sets.push_str("} ");
         self.rows.push(FlowRow {
-            label_set: (start, self.label_sets.len() as u32),
+            label_set: start..self.label_sets.len(),
             values,
         });
     }
@@ -263,9 +263,8 @@ impl FlowSeries {
                 let Some(value) = value else {
                     continue;
                 };
-                let (label_start, label_end) = row.label_set;
                 out.push_str(&sample_name);
-                out.push_str(&self.label_sets[label_start as usize..label_end as usize]);
+                out.push_str(&self.label_sets[row.label_set.clone()]);
                 if matches!(family.value, Value::Timestamp(_)) {
                     push_unix_seconds(out, value, self.unix_offset_ns);
                 } else {

@@ -34,7 +34,7 @@ struct BatchAttr {
 /// programs add or the kernel evicts meanwhile may or may not be included, as with iteration.
 pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
     let mut entries = Vec::new();
-    lookup_batches(map_fd, 1, CHUNK, |keys: &[K], values: &[V]| {
+    visit_all(map_fd, |keys: &[K], values: &[V]| {
         entries.extend(keys.iter().copied().zip(values.iter().copied()));
     })?;
     Ok(entries)
