@@ -40,6 +40,9 @@ pub const FLOW_SLOT_COUNTERS_MAP: &str = "FLOW_SLOT_COUNTERS";
 /// Name of the eBPF object's read-only global holding the number of slots (0: no slot table),
 /// which the daemon sets before loading.
 pub const FLOW_SLOT_COUNT_GLOBAL: &str = "FLOW_SLOT_COUNT";
+/// Name of the read-only global holding [`flow_slot_shift`] of the number of slots, which the
+/// daemon sets with [`FLOW_SLOT_COUNT_GLOBAL`].
+pub const FLOW_SLOT_SHIFT_GLOBAL: &str = "FLOW_SLOT_SHIFT";
 /// Default number of slots (`--flows.slots`; a power of two, or 0 for none).
 pub const FLOW_SLOTS_DEFAULT: u32 = 8192;
 /// Most slots `--flows.slots` accepts.
@@ -144,27 +147,32 @@ const SLOT_HASH_MULTIPLIERS: [u64; 5] = [
     0xff51_afd7_ed55_8ccd,
 ];
 
-/// Slot of a flow key (its words, see [`FlowKey4::words`]) in a table of `mask + 1` slots:
-/// multiply-add hashing, the words multiplied independently (so the CPU overlaps them), then
-/// folded and multiplied once more. Fixed,
-/// so a restarted daemon finds the flows its predecessor left in pinned slots. Not keyed: a
+/// Slot of a flow key (its words, see [`FlowKey4::words`]) in a table of `mask + 1` slots,
+/// `shift` being [`flow_slot_shift`] of that number: multiply-add hashing, the words multiplied
+/// independently (so the CPU overlaps them), and the index taken from the top bits of the sum,
+/// the only ones every input bit reaches (a product carries bits upwards only), so the index is
+/// ready one shift after the products. Fixed (and part of [`MAP_LAYOUT_VERSION`]), so a
+/// restarted daemon finds the flows its predecessor left in pinned slots. Not keyed: a
 /// slot belongs to whichever flow came first, so a flood of new flows takes slots whatever the
 /// hash, and aiming flows at one slot gains nothing more. A flow that finds its slot taken is
 /// counted in the LRU map, exactly; only its cost per packet is higher.
 #[inline(always)]
-pub fn flow_slot_index(words: &[u64], mask: u32) -> u32 {
+pub fn flow_slot_index(words: &[u64], shift: u32, mask: u32) -> u32 {
     let mut hash = 0u64;
     let mut index = 0;
     while index < words.len() && index < SLOT_HASH_MULTIPLIERS.len() {
         hash = hash.wrapping_add(words[index].wrapping_mul(SLOT_HASH_MULTIPLIERS[index]));
         index += 1;
     }
-    // A product only carries a bit upwards: fold the high half down, multiply, fold again, so
-    // that every input bit reaches the low bits the mask keeps.
-    hash ^= hash >> 32;
-    hash = hash.wrapping_mul(SLOT_HASH_MULTIPLIERS[0]);
-    hash ^= hash >> 32;
-    hash as u32 & mask
+    // The mask changes nothing for 2 slots or more, and makes a single slot's index 0.
+    (hash >> shift) as u32 & mask
+}
+
+/// The shift [`flow_slot_index`] takes for a table of `slots` slots (a power of two): 64 less
+/// the index bits, and 63 for a single slot (whose mask is 0).
+pub const fn flow_slot_shift(slots: u32) -> u32 {
+    let bits = slots.trailing_zeros();
+    64 - if bits == 0 { 1 } else { bits }
 }
 
 /// Version of the layout of every map's keys and values (and of what their fields mean). The
@@ -172,7 +180,7 @@ pub fn flow_slot_index(words: &[u64], mask: u32) -> u32 {
 /// version pinned discards them instead of misreading them. Bump it with any change to
 /// [`DeviceStats`], [`FlowKey4`], [`FlowKey6`], [`FlowStats`] or the maps' indexing; the `layout_matches_version`
 /// test lists every field's offset and fails until the table and this number are updated.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
@@ -666,15 +674,45 @@ mod tests {
         );
     }
 
-    /// Every field's offset in layout version 3. A failure here means a map layout changed:
-    /// bump [`MAP_LAYOUT_VERSION`], then update this table (and its version).
+    /// Every field's offset in layout version 4, and where the slot table puts a flow. A
+    /// failure here means a map layout changed: bump [`MAP_LAYOUT_VERSION`], then update this
+    /// table (and its version).
     #[test]
     fn layout_matches_version() {
         use core::mem::{offset_of, size_of};
         assert_eq!(
-            MAP_LAYOUT_VERSION, 3,
+            MAP_LAYOUT_VERSION, 4,
             "update the offsets below for the new version"
         );
+        let v4 = FlowKey4 {
+            src: [10, 0, 0, 1],
+            dst: [10, 0, 0, 2],
+            src_port: 40_000,
+            dst_port: 443,
+            ifindex_direction: 2 << 1,
+        };
+        let v6 = FlowKey6 {
+            src: [0xfd; 16],
+            dst: [0xfe; 16],
+            src_port: 40_000,
+            dst_port: 443,
+            ifindex_direction: 2 << 1,
+        };
+        let (shift, mask) = (flow_slot_shift(FLOW_SLOTS_LIMIT), FLOW_SLOTS_LIMIT - 1);
+        assert_eq!(
+            (
+                flow_slot_index(v4.words(), shift, mask),
+                flow_slot_index(v6.words(), shift, mask)
+            ),
+            (772_405, 784_529),
+            "the slot index changed: a new layout version"
+        );
+        assert_eq!(
+            [1, 2, 1024, FLOW_SLOTS_LIMIT].map(flow_slot_shift),
+            [63, 63, 54, 44]
+        );
+        assert_eq!(flow_slot_index(v4.words(), flow_slot_shift(1), 0), 0);
+        assert!(flow_slot_index(v4.words(), flow_slot_shift(2), 1) <= 1);
         assert_eq!((DEVICE_SLOTS, DEVICE_STATS_MAX_ENTRIES), (512, 1024));
         let device_stats = [
             offset_of!(DeviceStats, packets),
@@ -774,22 +812,22 @@ mod tests {
             dst_port: 443,
             ifindex_direction: ifindex << 1,
         };
-        let mask = 1023;
-        // Consecutive ports (the usual way flows differ) fill the table about as uniformly
-        // random keys would: 1024 flows into 1024 slots leave about 1024/e empty.
+        let (shift, mask) = (flow_slot_shift(1024), 1023);
+        // Consecutive ports (the usual way flows differ) fill the table at least as evenly as
+        // random keys would: 1024 random flows into 1024 slots leave about 1024/e empty.
         let mut used = [false; 1024];
         for port in 40_000..41_024 {
-            used[flow_slot_index(key(port, 2).words(), mask) as usize] = true;
+            used[flow_slot_index(key(port, 2).words(), shift, mask) as usize] = true;
         }
         let empty = used.iter().filter(|used| !**used).count();
-        assert!((300..=460).contains(&empty), "{empty} of 1024 slots empty");
+        assert!(empty <= 460, "{empty} of 1024 slots empty");
         // Every field moves the slot: the high half of a word (destination address,
         // interface) as well as the low one.
-        let base = flow_slot_index(key(40_000, 2).words(), mask);
-        assert_ne!(flow_slot_index(key(40_000, 3).words(), mask), base);
+        let base = flow_slot_index(key(40_000, 2).words(), shift, mask);
+        assert_ne!(flow_slot_index(key(40_000, 3).words(), shift, mask), base);
         let mut other_dst = key(40_000, 2);
         other_dst.dst[3] = 3;
-        assert_ne!(flow_slot_index(other_dst.words(), mask), base);
+        assert_ne!(flow_slot_index(other_dst.words(), shift, mask), base);
         let v6 = FlowKey6 {
             src: [0xfd; 16],
             dst: [0xfe; 16],
@@ -800,8 +838,8 @@ mod tests {
         let mut other = v6;
         other.dst[15] = 0;
         assert_ne!(
-            flow_slot_index(v6.words(), mask),
-            flow_slot_index(other.words(), mask)
+            flow_slot_index(v6.words(), shift, mask),
+            flow_slot_index(other.words(), shift, mask)
         );
     }
 
@@ -824,7 +862,9 @@ mod tests {
             let byte = next() % 40;
             let flip = (next() % 255 + 1) << (8 * (byte % 8));
             changed[(byte / 8) as usize] ^= flip;
-            same += (flow_slot_index(&words, 1023) == flow_slot_index(&changed, 1023)) as u32;
+            let shift = flow_slot_shift(1024);
+            same += (flow_slot_index(&words, shift, 1023) == flow_slot_index(&changed, shift, 1023))
+                as u32;
         }
         // Expected about 98; a hash that lets some bytes miss the index bits gives hundreds.
         assert!(

@@ -22,7 +22,7 @@ use network_probe_common::{
 use crate::{
     maps::{
         CLOCK_CACHE, DEVICE_STATS, FLOW_SLOT_COUNTERS, FLOW_SLOTS, FLOWS4, FLOWS6, IFINDEX_SLOTS,
-        flow_slot_count,
+        flow_slot_count, flow_slot_shift,
     },
     packet::Packet,
     parse::{Ip, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, parse},
@@ -236,7 +236,7 @@ fn slot_of<K: FlowMapKey>(words: &K::Words) -> Option<(u32, *mut FlowSlot)> {
     if count == 0 {
         return None;
     }
-    let index = flow_slot_index(words.as_ref(), count - 1);
+    let index = flow_slot_index(words.as_ref(), flow_slot_shift(), count - 1);
     Some((index, FLOW_SLOTS.get_ptr_mut(index)?))
 }
 

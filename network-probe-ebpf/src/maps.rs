@@ -76,3 +76,14 @@ pub fn flow_slot_count() -> u32 {
     // placeholder value in.
     unsafe { core::ptr::read_volatile(&FLOW_SLOT_COUNT) }
 }
+
+/// `network_probe_common::flow_slot_shift` of [`FLOW_SLOT_COUNT`], set with it.
+#[unsafe(no_mangle)]
+static FLOW_SLOT_SHIFT: u32 = 63;
+
+/// See [`FLOW_SLOT_SHIFT`].
+#[inline(always)]
+pub fn flow_slot_shift() -> u32 {
+    // SAFETY: as for `flow_slot_count`.
+    unsafe { core::ptr::read_volatile(&FLOW_SLOT_SHIFT) }
+}

@@ -38,9 +38,10 @@ use aya::{
 use log::{debug, info, warn};
 use network_probe_common::{
     DEVICE_SLOTS, DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceStats, Direction,
-    FLOW_SLOT_COUNT_GLOBAL, FLOW_SLOT_COUNTERS_MAP, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP,
-    FlowCounts, FlowKey, FlowKey4, FlowKey6, FlowSlot, FlowStats, IFINDEX_LIMIT, IFINDEX_SLOTS_MAP,
-    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
+    FLOW_SLOT_COUNT_GLOBAL, FLOW_SLOT_COUNTERS_MAP, FLOW_SLOT_SHIFT_GLOBAL, FLOW_SLOTS_MAP,
+    FLOWS4_MAP, FLOWS6_MAP, FlowCounts, FlowKey, FlowKey4, FlowKey6, FlowSlot, FlowStats,
+    IFINDEX_LIMIT, IFINDEX_SLOTS_MAP, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
+    flow_slot_shift,
 };
 
 use crate::{
@@ -201,6 +202,34 @@ impl std::fmt::Debug for Datapath {
     }
 }
 
+/// The sizes of the flow slot table for `slots` slots (0: none), which an object about to be
+/// loaded takes with [`FlowSlotSizes::apply`]: its two maps, and the globals the programs
+/// index it with. Kept alive while the loader borrows the globals.
+pub struct FlowSlotSizes {
+    slots: u32,
+    /// Without a slot table the slot maps keep one (unused) entry: arrays cannot be empty.
+    entries: u32,
+    shift: u32,
+}
+
+impl FlowSlotSizes {
+    pub fn new(slots: u32) -> Self {
+        let entries = slots.max(1);
+        FlowSlotSizes {
+            slots,
+            entries,
+            shift: flow_slot_shift(entries),
+        }
+    }
+
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader.map_max_entries(FLOW_SLOTS_MAP, self.entries);
+        loader.map_max_entries(FLOW_SLOT_COUNTERS_MAP, self.entries);
+        loader.override_global(FLOW_SLOT_COUNT_GLOBAL, &self.slots, true);
+        loader.override_global(FLOW_SLOT_SHIFT_GLOBAL, &self.shift, true);
+    }
+}
+
 impl Datapath {
     /// Loads the embedded object and verifies the programs `config` needs. Attaches nothing.
     pub fn load(config: DatapathConfig) -> Result<Self> {
@@ -217,14 +246,11 @@ impl Datapath {
             .as_deref()
             .map(|root| pinning::prepare(root, &wanted))
             .transpose()?;
+        let slot_sizes = FlowSlotSizes::new(config.flow_slots);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(FLOWS4_MAP, config.flow_map_entries);
         loader.map_max_entries(FLOWS6_MAP, config.flow_map_entries);
-        // Without a slot table the slot maps keep one (unused) entry: arrays cannot be empty.
-        let slot_entries = config.flow_slots.max(1);
-        loader.map_max_entries(FLOW_SLOTS_MAP, slot_entries);
-        loader.map_max_entries(FLOW_SLOT_COUNTERS_MAP, slot_entries);
-        loader.override_global(FLOW_SLOT_COUNT_GLOBAL, &config.flow_slots, true);
+        slot_sizes.apply(&mut loader);
         let map_origins = match &plan {
             Some(plan) => {
                 for map in &wanted {

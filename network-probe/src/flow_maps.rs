@@ -118,6 +118,12 @@ impl FlowMaps {
     pub fn entries(&self) -> FlowMapEntries {
         self.entries
     }
+
+    /// The slot the last [`FlowMaps::read`] found `key` in, if it was in one.
+    pub fn slot_of(&self, key: &FlowKey) -> Option<u32> {
+        let (_, index) = self.slots.as_ref()?.located.get(key)?;
+        Some(*index)
+    }
 }
 
 /// Adds what a second place counted for the same flow to `total`; the tracking state is that of

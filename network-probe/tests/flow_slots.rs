@@ -7,6 +7,7 @@ mod testrun;
 
 use network_probe_common::{
     FAMILY_IPV4, FAMILY_IPV6, FLOW_SLOTS_DEFAULT, FlowKey, KernelFlowKey, flow_slot_index,
+    flow_slot_shift,
 };
 use testrun::*;
 
@@ -18,8 +19,8 @@ const PASS: [(&str, u32); 2] = [(TC, u32::MAX), (XDP, 2)];
 /// The slot `key` hashes to in a table of `slots`.
 fn slot_of(key: &FlowKey, slots: u32) -> u32 {
     match key.kernel().expect("a key of a known family") {
-        KernelFlowKey::V4(key) => flow_slot_index(key.words(), slots - 1),
-        KernelFlowKey::V6(key) => flow_slot_index(key.words(), slots - 1),
+        KernelFlowKey::V4(key) => flow_slot_index(key.words(), flow_slot_shift(slots), slots - 1),
+        KernelFlowKey::V6(key) => flow_slot_index(key.words(), flow_slot_shift(slots), slots - 1),
     }
 }
 
@@ -81,6 +82,13 @@ fn new_flows_take_their_slot_and_colliding_ones_the_lru_map() {
                 (entries.flows6, entries.flows4)
             };
             assert_eq!((entries.slots, in_lru, other_lru), (1, 1, 0), "{context}");
+            // The programs put the first flow where user space's hash says (which the second
+            // was chosen to share).
+            assert_eq!(
+                datapath.flow_slot(&first_key),
+                Some(slot_of(&first_key, FLOW_SLOTS_DEFAULT)),
+                "{context}"
+            );
             let packets = |key: &FlowKey| {
                 flows
                     .iter()

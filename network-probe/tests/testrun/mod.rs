@@ -18,9 +18,9 @@ use aya::{
 };
 use network_probe::flow_maps::{FlowMapEntries, FlowMaps};
 use network_probe_common::{
-    DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOW_SLOT_COUNT_GLOBAL,
-    FLOW_SLOT_COUNTERS_MAP, FLOW_SLOTS_DEFAULT, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP, FlowKey,
-    FlowStats, IFINDEX_SLOTS_MAP,
+    DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOW_SLOT_COUNTERS_MAP,
+    FLOW_SLOTS_DEFAULT, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP, FlowKey, FlowStats,
+    IFINDEX_SLOTS_MAP,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -298,12 +298,10 @@ impl TestRunDatapath {
             !object.is_empty(),
             "built with AYA_BUILD_SKIP: no eBPF object to test"
         );
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOW_SLOTS_MAP, slots.max(1))
-            .map_max_entries(FLOW_SLOT_COUNTERS_MAP, slots.max(1))
-            .override_global(FLOW_SLOT_COUNT_GLOBAL, &slots, true)
-            .load(object)
-            .expect("loading the eBPF object");
+        let slot_sizes = network_probe::datapath::FlowSlotSizes::new(slots);
+        let mut loader = EbpfLoader::new();
+        slot_sizes.apply(&mut loader);
+        let mut ebpf = loader.load(object).expect("loading the eBPF object");
         for &name in programs {
             let program = ebpf
                 .program_mut(name)
@@ -410,6 +408,11 @@ impl TestRunDatapath {
     /// Where the last read found flows (slots, LRU maps).
     pub fn flow_map_entries(&self) -> FlowMapEntries {
         self.flows.entries()
+    }
+
+    /// The slot the last read found `key` in, if any.
+    pub fn flow_slot(&self, key: &FlowKey) -> Option<u32> {
+        self.flows.slot_of(key)
     }
 
     /// Deletes the flow entry of `key` (wherever it is).
