@@ -76,33 +76,36 @@ pub fn observe<P: Packet, const UPTO: u8>(
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
         }
-        Parsed::Tcp(ip, tcp, addresses) => {
+        Parsed::Tcp4(ip, tcp, addresses) => {
             observe_ip(device, &ip, segments);
             observe_tcp_device(device, &tcp, segments);
             if UPTO == upto::PARSE {
                 return;
             }
-            let ifindex_direction = ifindex_direction(ifindex, direction);
-            let ports = ports_word(tcp.src_port, tcp.dst_port, ifindex_direction);
-            if ip.family == FAMILY_IPV4 {
-                let key = FlowKey4::from_words([addresses[0], ports]);
-                observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
-            } else {
-                let [src0, src1, dst0, dst1] = addresses;
-                let key = FlowKey6::from_words([src0, src1, dst0, dst1, ports]);
-                observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
+            let ports = ports_word(&tcp, ifindex, direction);
+            let key = FlowKey4::from_words([addresses, ports]);
+            observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
+        }
+        Parsed::Tcp6(ip, tcp, [src0, src1, dst0, dst1]) => {
+            observe_ip(device, &ip, segments);
+            observe_tcp_device(device, &tcp, segments);
+            if UPTO == upto::PARSE {
+                return;
             }
+            let ports = ports_word(&tcp, ifindex, direction);
+            let key = FlowKey6::from_words([src0, src1, dst0, dst1, ports]);
+            observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
         }
     }
 }
 
 /// The last word of a kernel flow key: ports, then interface and direction, in memory order.
 #[inline(always)]
-fn ports_word(src_port: u16, dst_port: u16, ifindex_direction: u32) -> u64 {
+fn ports_word(tcp: &Tcp, ifindex: u32, direction: Direction) -> u64 {
     let (a, b, c) = (
-        src_port.to_ne_bytes(),
-        dst_port.to_ne_bytes(),
-        ifindex_direction.to_ne_bytes(),
+        tcp.src_port.to_ne_bytes(),
+        tcp.dst_port.to_ne_bytes(),
+        ifindex_direction(ifindex, direction).to_ne_bytes(),
     );
     u64::from_ne_bytes([a[0], a[1], b[0], b[1], c[0], c[1], c[2], c[3]])
 }
@@ -190,21 +193,61 @@ impl FlowMapKey for FlowKey6 {
     }
 }
 
-/// What one TCP segment contributes to its flow, decoded once.
+/// What one TCP segment contributes to its flow, decoded once. Its yes/no facts are bits of one
+/// word (tested by the methods below): as separate booleans they were so many live values
+/// that the compiler kept most of them on the stack.
 struct Segment {
-    syn: bool,
-    ack: bool,
-    rst: bool,
-    fin: bool,
-    df: bool,
-    zero_window: bool,
-    egress: bool,
+    /// The TCP flags (low byte), then [`Segment::DF`], [`Segment::ZERO_WINDOW`] and
+    /// [`Segment::EGRESS`].
+    bits: u32,
     seq: u32,
     /// Sequence space the segment occupies (payload, SYN and FIN count one each).
     sequence_len: u32,
     window_scale_plus_one: u8,
     segments: u64,
     len: u64,
+}
+
+impl Segment {
+    /// The IPv4 Don't Fragment bit was set.
+    const DF: u32 = 1 << 8;
+    /// A zero receive window was advertised (not on a RST).
+    const ZERO_WINDOW: u32 = 1 << 9;
+    /// Seen on egress.
+    const EGRESS: u32 = 1 << 10;
+
+    #[inline(always)]
+    fn has(&self, bit: u32) -> bool {
+        self.bits & bit != 0
+    }
+    #[inline(always)]
+    fn syn(&self) -> bool {
+        self.has(TCP_SYN as u32)
+    }
+    #[inline(always)]
+    fn ack(&self) -> bool {
+        self.has(TCP_ACK as u32)
+    }
+    #[inline(always)]
+    fn rst(&self) -> bool {
+        self.has(TCP_RST as u32)
+    }
+    #[inline(always)]
+    fn fin(&self) -> bool {
+        self.has(TCP_FIN as u32)
+    }
+    #[inline(always)]
+    fn df(&self) -> bool {
+        self.has(Segment::DF)
+    }
+    #[inline(always)]
+    fn zero_window(&self) -> bool {
+        self.has(Segment::ZERO_WINDOW)
+    }
+    #[inline(always)]
+    fn egress(&self) -> bool {
+        self.has(Segment::EGRESS)
+    }
 }
 
 /// How a flow's counters are added to: atomically where CPUs share them (the LRU maps), plainly
@@ -269,19 +312,25 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     segments: u64,
     len: u64,
 ) {
-    let syn = tcp.flags & TCP_SYN != 0;
-    let fin = tcp.flags & TCP_FIN != 0;
-    let rst = tcp.flags & TCP_RST != 0;
+    let flags = tcp.flags as u32;
+    let rst = flags & TCP_RST as u32 != 0;
+    let mut bits = flags;
+    if ip.df {
+        bits |= Segment::DF;
+    }
+    if tcp.window == 0 && !rst {
+        bits |= Segment::ZERO_WINDOW;
+    }
+    if direction == Direction::Egress {
+        bits |= Segment::EGRESS;
+    }
     let segment = Segment {
-        syn,
-        ack: tcp.flags & TCP_ACK != 0,
-        rst,
-        fin,
-        df: ip.df,
-        zero_window: tcp.window == 0 && !rst,
-        egress: direction == Direction::Egress,
+        bits,
         seq: tcp.seq,
-        sequence_len: tcp.payload_len + syn as u32 + fin as u32,
+        // SYN and FIN occupy one sequence number each.
+        sequence_len: tcp.payload_len
+            + (flags & TCP_SYN as u32 != 0) as u32
+            + (flags & TCP_FIN as u32 != 0) as u32,
         window_scale_plus_one: tcp.window_scale_plus_one,
         segments,
         len,
@@ -321,7 +370,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now)
     } else {
         create(device, slot, key, &segment, now);
-        !segment.egress && segment.syn && segment.ack
+        !segment.egress() && segment.syn() && segment.ack()
     };
     if completes_handshake {
         complete_handshake(device, &key);
@@ -378,11 +427,11 @@ fn first_counts(segment: &Segment, now: u64) -> FlowCounts {
         packets: segments,
         bytes: segment.len,
         retransmits: 0,
-        rst: segment.rst as u64,
-        syn: segment.syn as u64,
-        fin: segment.fin as u64,
-        zero_window: if segment.zero_window { segments } else { 0 },
-        df: if segment.df { segments } else { 0 },
+        rst: segment.rst() as u64,
+        syn: segment.syn() as u64,
+        fin: segment.fin() as u64,
+        zero_window: if segment.zero_window() { segments } else { 0 },
+        df: if segment.df() { segments } else { 0 },
         first_seen_ns: now,
         last_seen_ns: now,
     }
@@ -392,19 +441,19 @@ fn first_counts(segment: &Segment, now: u64) -> FlowCounts {
 #[inline(always)]
 fn first_tracking(segment: &Segment) -> FlowTracking {
     FlowTracking {
-        handshake_start_ns: if segment.egress && segment.syn {
+        handshake_start_ns: if segment.egress() && segment.syn() {
             precise_now()
         } else {
             0
         },
         next_seq: segment.seq.wrapping_add(segment.sequence_len),
-        window_scale_plus_one: if segment.syn {
+        window_scale_plus_one: if segment.syn() {
             segment.window_scale_plus_one
         } else {
             0
         },
-        seq_valid: (segment.sequence_len > 0 && !segment.rst) as u8,
-        awaiting_ack: (!segment.egress && segment.syn && !segment.ack) as u8,
+        seq_valid: (segment.sequence_len > 0 && !segment.rst()) as u8,
+        awaiting_ack: (!segment.egress() && segment.syn() && !segment.ack()) as u8,
         _pad: 0,
     }
 }
@@ -422,9 +471,9 @@ fn update<A: Add>(
 ) -> bool {
     let segments = segment.segments;
     let mut retransmit = false;
-    if segment.sequence_len > 0 && !segment.rst {
+    if segment.sequence_len > 0 && !segment.rst() {
         let end = segment.seq.wrapping_add(segment.sequence_len);
-        if segment.syn && (tracking.seq_valid == 0 || end != tracking.next_seq) {
+        if segment.syn() && (tracking.seq_valid == 0 || end != tracking.next_seq) {
             // A SYN with a new initial sequence number: a new connection on this 4-tuple.
             tracking.next_seq = end;
             tracking.seq_valid = 1;
@@ -441,39 +490,44 @@ fn update<A: Add>(
 
     A::add(&mut counts.packets, segments);
     A::add(&mut counts.bytes, segment.len);
+    if segment.df() {
+        A::add(&mut counts.df, segments);
+    }
+    counts.last_seen_ns = now;
     if retransmit {
         A::add(&mut counts.retransmits, segments);
         device.tcp_retransmits += segments;
     }
-    if segment.rst {
-        A::add(&mut counts.rst, 1);
-    }
-    if segment.syn {
-        A::add(&mut counts.syn, 1);
-        if segment.window_scale_plus_one != 0 {
-            tracking.window_scale_plus_one = segment.window_scale_plus_one;
+    // Most segments carry none of these: one test skips four.
+    let rare = TCP_SYN | TCP_FIN | TCP_RST;
+    if segment.has(rare as u32 | Segment::ZERO_WINDOW) {
+        if segment.rst() {
+            A::add(&mut counts.rst, 1);
+        }
+        if segment.syn() {
+            A::add(&mut counts.syn, 1);
+            if segment.window_scale_plus_one != 0 {
+                tracking.window_scale_plus_one = segment.window_scale_plus_one;
+            }
+        }
+        if segment.fin() {
+            A::add(&mut counts.fin, 1);
+        }
+        if segment.zero_window() {
+            A::add(&mut counts.zero_window, segments);
         }
     }
-    if segment.fin {
-        A::add(&mut counts.fin, 1);
-    }
-    if segment.zero_window {
-        A::add(&mut counts.zero_window, segments);
-    }
-    if segment.df {
-        A::add(&mut counts.df, segments);
-    }
-    counts.last_seen_ns = now;
 
     // Handshake RTT. Karn's rule: a retransmitted SYN or SYN-ACK makes the sample ambiguous.
-    let egress = segment.egress;
-    if egress && segment.syn {
-        tracking.handshake_start_ns = if retransmit { 0 } else { precise_now() };
-    } else if !egress && segment.syn && segment.ack {
-        return true;
-    } else if !egress && segment.syn {
-        tracking.awaiting_ack = 1;
-    } else if !egress && segment.ack && !segment.rst && tracking.awaiting_ack != 0 {
+    if segment.syn() {
+        if segment.egress() {
+            tracking.handshake_start_ns = if retransmit { 0 } else { precise_now() };
+        } else if segment.ack() {
+            return true;
+        } else {
+            tracking.awaiting_ack = 1;
+        }
+    } else if !segment.egress() && segment.ack() && !segment.rst() && tracking.awaiting_ack != 0 {
         tracking.awaiting_ack = 0;
         return true;
     }

@@ -73,7 +73,8 @@ fn load_direct<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T
 }
 
 /// Defines `$name(address) -> $ty`: a load of that width from packet data, whatever its
-/// alignment (see [`load_direct`]).
+/// alignment (see [`load_direct`]). Pure: a load whose value goes unused is dropped, so a
+/// header can be loaded whole (its length checked once) and only the words used are read.
 macro_rules! packet_load {
     ($name:ident, $ty:ty, $width:literal) => {
         #[inline(always)]
@@ -85,7 +86,7 @@ macro_rules! packet_load {
                     concat!("{0} = *(", $width, " *)({1} + 0)"),
                     out(reg) value,
                     in(reg) address,
-                    options(readonly, nostack, preserves_flags)
+                    options(pure, readonly, nostack, preserves_flags)
                 );
             }
             value as $ty

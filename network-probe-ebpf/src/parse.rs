@@ -2,8 +2,12 @@
 //! IHL), IPv6 (extension headers walked, bounded) and TCP (options scanned for window scale on
 //! SYNs). Every read is bounds-checked (see `packet`); every loop is bounded. The result is
 //! a small summary, or the reason the packet could not be classified.
+//!
+//! Headers are read as whole 8-byte words in memory order and their fields taken out with
+//! shifts ([`byte`], [`be16`], [`be32`]): reading them as byte arrays made the compiler take
+//! every byte apart and put the fields back together, a third of the parser's instructions.
 
-use network_probe_common::{FAMILY_IPV4, FAMILY_IPV6, Unclassified};
+use network_probe_common::Unclassified;
 
 use crate::packet::Packet;
 
@@ -35,20 +39,12 @@ pub const TCP_ACK: u8 = 0x10;
 /// The IP layer of a classified packet.
 #[derive(Clone, Copy)]
 pub struct Ip {
-    pub family: u8,
-    /// Where the IP header starts.
-    pub offset: usize,
     /// IP packet length (header included), from the header's length field; for GSO super-packets
     /// that is the super-packet's length. Falls back to the bytes present when the field is 0.
     pub len: u32,
     /// IPv4 Don't Fragment bit.
     pub df: bool,
 }
-
-/// The source and destination addresses of a TCP packet as the IP header holds them, as words in
-/// memory order: IPv4 source and destination in `[0]`; IPv6 source in `[0..2]`, destination in
-/// `[2..4]` (see `FlowKey4::words` / `FlowKey6::words`).
-pub type Addresses = [u64; 4];
 
 /// The TCP layer of a classified packet.
 #[derive(Clone, Copy)]
@@ -65,7 +61,12 @@ pub struct Tcp {
 
 /// What the parser made of a packet.
 pub enum Parsed {
-    Tcp(Ip, Tcp, Addresses),
+    /// TCP over IPv4, with the source and destination addresses as one word in memory order
+    /// (see `FlowKey4::words`).
+    Tcp4(Ip, Tcp, u64),
+    /// TCP over IPv6, with the source (`[0..2]`) and destination (`[2..4]`) addresses as words
+    /// in memory order (see `FlowKey6::words`).
+    Tcp6(Ip, Tcp, [u64; 4]),
     /// An IP packet that is not (first-fragment) TCP, with the reason.
     OtherIp(Ip, Unclassified),
     /// Not even an IP header could be read.
@@ -74,7 +75,7 @@ pub enum Parsed {
 
 #[inline(always)]
 pub fn parse<P: Packet>(packet: &P) -> Parsed {
-    let Some(mut ethertype) = packet.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+    let Some(mut ethertype) = packet.load::<u16>(12).map(u16::from_be) else {
         return Parsed::NotIp(Unclassified::TruncatedL2);
     };
     let mut offset = ETH_HLEN;
@@ -83,40 +84,17 @@ pub fn parse<P: Packet>(packet: &P) -> Parsed {
             break;
         }
         // A tag is 2 bytes of TCI, then the inner EtherType.
-        let Some(inner) = packet.load::<[u8; 2]>(offset + 2) else {
+        let Some(inner) = packet.load::<u16>(offset + 2) else {
             return Parsed::NotIp(Unclassified::TruncatedL2);
         };
-        ethertype = u16::from_be_bytes(inner);
+        ethertype = u16::from_be(inner);
         offset += 4;
     }
-    let parsed = match ethertype {
+    match ethertype {
         ETH_P_IP => parse_ipv4(packet, offset),
         ETH_P_IPV6 => parse_ipv6(packet, offset),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::NotIp(Unclassified::VlanTooDeep),
         _ => Parsed::NotIp(Unclassified::NotIp),
-    };
-    with_addresses(packet, parsed)
-}
-
-/// Reads a TCP packet's addresses, once everything else is parsed. Read as words rather than
-/// bytes (byte arrays make the compiler take every byte apart), and only now: held through the
-/// TCP option walk, these words keep the verifier from pruning its states.
-#[inline(always)]
-fn with_addresses<P: Packet>(packet: &P, parsed: Parsed) -> Parsed {
-    let Parsed::Tcp(ip, tcp, _) = parsed else {
-        return parsed;
-    };
-    let addresses = if ip.family == FAMILY_IPV4 {
-        packet
-            .load::<u64>(ip.offset + 12)
-            .map(|both| [both, 0, 0, 0])
-    } else {
-        packet.load::<[u64; 4]>(ip.offset + 8)
-    };
-    match addresses {
-        Some(addresses) => Parsed::Tcp(ip, tcp, addresses),
-        // Inside the IP header, which was read whole before: cannot happen.
-        None => Parsed::OtherIp(ip, Unclassified::TruncatedIp),
     }
 }
 
@@ -128,19 +106,18 @@ fn remaining<P: Packet>(packet: &P, offset: usize) -> u32 {
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
-    let Some(header) = packet.load::<[u8; 20]>(offset) else {
+    let Some(header) = packet.load::<Header20>(offset) else {
         return Parsed::NotIp(Unclassified::TruncatedIp);
     };
-    let version = header[0] >> 4;
-    let header_len = ((header[0] & 0x0f) as usize) * 4;
+    let first = byte(header.bytes_0_8, 0);
+    let version = first >> 4;
+    let header_len = ((first & 0x0f) as usize) * 4;
     if version != 4 || header_len < 20 {
         return Parsed::NotIp(Unclassified::BadIpHeader);
     }
-    let total_len = u16::from_be_bytes([header[2], header[3]]) as u32;
-    let flags_fragment = u16::from_be_bytes([header[6], header[7]]);
+    let total_len = be16(header.bytes_0_8, 2) as u32;
+    let flags_fragment = be16(header.bytes_0_8, 6);
     let ip = Ip {
-        family: FAMILY_IPV4,
-        offset,
         len: ip_len(total_len, remaining(packet, offset)),
         df: flags_fragment & 0x4000 != 0,
     };
@@ -157,23 +134,34 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
     if flags_fragment & 0x1fff != 0 {
         return Parsed::OtherIp(ip, Unclassified::Fragment);
     }
-    if header[9] != IPPROTO_TCP {
+    if byte(header.bytes_8_16, 1) != IPPROTO_TCP {
         return Parsed::OtherIp(ip, Unclassified::NotTcp);
     }
     let l4_len = ip.len - header_len as u32;
     let declared_l4_len = declared - header_len as u32;
-    parse_tcp(packet, ip, offset + header_len, l4_len, declared_l4_len)
+    let tcp = match parse_tcp(packet, offset + header_len, l4_len, declared_l4_len) {
+        Ok(tcp) => tcp,
+        Err(reason) => return Parsed::OtherIp(ip, reason),
+    };
+    // The addresses are read last: held through the TCP option walk, they would keep the
+    // verifier from pruning its states.
+    match packet.load::<u64>(offset + 12) {
+        Some(addresses) => Parsed::Tcp4(ip, tcp, addresses),
+        // Inside the IP header, which was read whole before: cannot happen.
+        None => Parsed::OtherIp(ip, Unclassified::TruncatedIp),
+    }
 }
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
-    let Some(header) = packet.load::<[u8; 40]>(offset) else {
+    // The fixed header is 40 bytes; its first word holds every field but the addresses.
+    let Some([first_word, ..]) = packet.load::<[u64; 5]>(offset) else {
         return Parsed::NotIp(Unclassified::TruncatedIp);
     };
-    if header[0] >> 4 != 6 {
+    if byte(first_word, 0) >> 4 != 6 {
         return Parsed::NotIp(Unclassified::BadIpHeader);
     }
-    let payload_len = u16::from_be_bytes([header[4], header[5]]) as u32;
+    let payload_len = be16(first_word, 4) as u32;
     // A zero payload length means a jumbogram / BIG TCP packet: use what is there.
     let total_len = if payload_len == 0 {
         0
@@ -181,8 +169,6 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         payload_len + 40
     };
     let ip = Ip {
-        family: FAMILY_IPV6,
-        offset,
         len: ip_len(total_len, remaining(packet, offset)),
         df: false,
     };
@@ -190,33 +176,35 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
     }
 
-    let mut next = header[6];
+    let mut next = byte(first_word, 6);
     let mut l4_offset = offset + 40;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY => {
-                let Some(ext) = packet.load::<[u8; 2]>(l4_offset) else {
+                let Some(ext) = packet.load::<u16>(l4_offset) else {
                     return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
                 };
-                next = ext[0];
-                l4_offset += (ext[1] as usize + 1) * 8;
+                let [next_header, len_units] = ext.to_ne_bytes();
+                next = next_header;
+                l4_offset += (len_units as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let Some(ext) = packet.load::<[u8; 4]>(l4_offset) else {
+                let Some(ext) = packet.load::<[u16; 2]>(l4_offset) else {
                     return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
                 };
-                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                if u16::from_be(ext[1]) & 0xfff8 != 0 {
                     return Parsed::OtherIp(ip, Unclassified::Fragment);
                 }
-                next = ext[0];
+                next = ext[0].to_ne_bytes()[0];
                 l4_offset += 8;
             }
             IPV6_AH => {
-                let Some(ext) = packet.load::<[u8; 2]>(l4_offset) else {
+                let Some(ext) = packet.load::<u16>(l4_offset) else {
                     return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
                 };
-                next = ext[0];
-                l4_offset += (ext[1] as usize + 2) * 4;
+                let [next_header, len_units] = ext.to_ne_bytes();
+                next = next_header;
+                l4_offset += (len_units as usize + 2) * 4;
             }
             _ => break,
         }
@@ -242,7 +230,49 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         return Parsed::OtherIp(ip, reason);
     }
     let l4_len = ip.len - headers;
-    parse_tcp(packet, ip, l4_offset, l4_len, declared - headers)
+    let tcp = match parse_tcp(packet, l4_offset, l4_len, declared - headers) {
+        Ok(tcp) => tcp,
+        Err(reason) => return Parsed::OtherIp(ip, reason),
+    };
+    // Read last, as for IPv4.
+    match packet.load::<[u64; 4]>(offset + 8) {
+        Some(addresses) => Parsed::Tcp6(ip, tcp, addresses),
+        // Inside the fixed header, which was read whole before: cannot happen.
+        None => Parsed::OtherIp(ip, Unclassified::TruncatedIp),
+    }
+}
+
+/// A 20-byte header (IPv4 without options, TCP without options) as loaded: the first 16 bytes
+/// as two words in memory order, whose fields [`byte`], [`be16`] and [`be32`] take out. The
+/// last 4 bytes are loaded only to check they are there (the compiler drops the unused load).
+/// Packed to 4 bytes: 20 bytes long, not 24, so a load checks exactly the header's length.
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
+struct Header20 {
+    bytes_0_8: u64,
+    bytes_8_16: u64,
+    _bytes_16_20: u32,
+}
+const _: () = assert!(core::mem::size_of::<Header20>() == 20);
+
+/// Byte `index` (0-7, memory order) of a word loaded from the packet.
+#[inline(always)]
+fn byte(word: u64, index: u32) -> u8 {
+    (u64::from_le(word) >> (8 * index)) as u8
+}
+
+/// The big-endian 16-bit field at bytes `index`, `index + 1` (memory order) of a word loaded
+/// from the packet (`index` at most 6).
+#[inline(always)]
+fn be16(word: u64, index: u32) -> u16 {
+    ((u64::from_le(word) >> (8 * index)) as u16).swap_bytes()
+}
+
+/// The big-endian 32-bit field at bytes `index` to `index + 3` of a word loaded from the packet
+/// (`index` at most 4).
+#[inline(always)]
+fn be32(word: u64, index: u32) -> u32 {
+    ((u64::from_le(word) >> (8 * index)) as u32).swap_bytes()
 }
 
 /// The IP length to trust: the header's field, unless it is zero (GSO/BIG TCP) or claims more
@@ -273,33 +303,32 @@ fn declared_len(header_field: u32) -> u32 {
 #[inline(always)]
 fn parse_tcp<P: Packet>(
     packet: &P,
-    ip: Ip,
     offset: usize,
     l4_len: u32,
     declared_l4_len: u32,
-) -> Parsed {
-    let Some(header) = packet.load::<[u8; 20]>(offset) else {
+) -> Result<Tcp, Unclassified> {
+    let Some(header) = packet.load::<Header20>(offset) else {
         let reason = if declared_l4_len < 20 {
             Unclassified::BadTcpHeader
         } else {
             Unclassified::TruncatedTcp
         };
-        return Parsed::OtherIp(ip, reason);
+        return Err(reason);
     };
-    let data_offset = ((header[12] >> 4) as u32) * 4;
+    let data_offset = ((byte(header.bytes_8_16, 4) >> 4) as u32) * 4;
     if data_offset < 20 || data_offset > declared_l4_len {
-        return Parsed::OtherIp(ip, Unclassified::BadTcpHeader);
+        return Err(Unclassified::BadTcpHeader);
     }
     if data_offset > l4_len {
-        return Parsed::OtherIp(ip, Unclassified::TruncatedTcp);
+        return Err(Unclassified::TruncatedTcp);
     }
-    let flags = header[13];
+    let flags = byte(header.bytes_8_16, 5);
     let mut tcp = Tcp {
-        src_port: u16::from_be_bytes([header[0], header[1]]),
-        dst_port: u16::from_be_bytes([header[2], header[3]]),
-        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        src_port: be16(header.bytes_0_8, 0),
+        dst_port: be16(header.bytes_0_8, 2),
+        seq: be32(header.bytes_0_8, 4),
         flags,
-        window: u16::from_be_bytes([header[14], header[15]]),
+        window: be16(header.bytes_8_16, 6),
         payload_len: l4_len - data_offset,
         window_scale_plus_one: 0,
     };
@@ -307,7 +336,7 @@ fn parse_tcp<P: Packet>(
         tcp.window_scale_plus_one =
             window_scale_option(packet, offset + 20, (data_offset - 20) as usize);
     }
-    Parsed::Tcp(ip, tcp, [0; 4])
+    Ok(tcp)
 }
 
 /// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0.

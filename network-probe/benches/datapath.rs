@@ -153,9 +153,9 @@ const STEPS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Medians of each step's time per packet on `frame`, over [`ROUNDS`] rounds in which every
-/// step program runs once, in an order rotated from round to round.
-fn step_medians(datapath: &TestRunDatapath, frame: &[u8]) -> Vec<f64> {
+/// Each step's time per packet on `frame` over [`ROUNDS`] rounds in which every step program
+/// runs once, in an order rotated from round to round: (median, fastest round) per step.
+fn step_times(datapath: &TestRunDatapath, frame: &[u8]) -> Vec<(f64, f64)> {
     let tc = &HOOKS[0];
     let mut samples = vec![Vec::new(); STEPS.len()];
     for round in 0..ROUNDS {
@@ -164,44 +164,75 @@ fn step_medians(datapath: &TestRunDatapath, frame: &[u8]) -> Vec<f64> {
             samples[step].push(measure(datapath, tc, STEPS[step].0, frame).cpu_ns);
         }
     }
-    samples.iter_mut().map(|values| median(values)).collect()
+    samples
+        .iter_mut()
+        .map(|values| {
+            let fastest = values.iter().copied().fold(f64::INFINITY, f64::min);
+            (median(values), fastest)
+        })
+        .collect()
 }
 
 /// Where the time of `tc_ingress` goes, per step, for an IPv4 and an IPv6 ACK.
 fn print_steps(datapath: &TestRunDatapath) {
     let frames = frames();
-    let ipv4 = step_medians(datapath, &frames[0].1);
-    let ipv6 = step_medians(datapath, &frames[1].1);
+    let ipv4 = step_times(datapath, &frames[0].1);
+    let ipv6 = step_times(datapath, &frames[1].1);
     println!(
         "\nWhere the time of `tc_ingress` goes: the same program stopped after each step of its \
          per-packet path (benchmark programs built from the same code with the later steps \
          compiled out), each step's time per packet (median of {ROUNDS} rounds, order rotated \
-         per round) and what it adds to the step before, on the established-flow ACKs above.\n"
+         per round) and what it adds to the step before, on the established-flow ACKs above. \
+         The fastest round is given too: on a machine whose neighbours steal time it moves \
+         less than the median.\n"
     );
     println!(
-        "| step | program | IPv4 ACK (ns/packet) | IPv4: added by the step | IPv6 ACK (ns/packet) | \
-         IPv6: added by the step |"
+        "| step | program | IPv4 ACK (ns/packet) | IPv4: added by the step | IPv4: fastest round | \
+         IPv6 ACK (ns/packet) | IPv6: added by the step | IPv6: fastest round |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (index, (program, what)) in STEPS.iter().enumerate() {
-        let added = |medians: &[f64]| {
+        let added = |times: &[(f64, f64)]| {
             if index == 0 {
                 "".to_string()
             } else {
-                format!("{:+.1}", medians[index] - medians[index - 1])
+                format!("{:+.1}", times[index].0 - times[index - 1].0)
             }
         };
         println!(
-            "| {what} | `{program}` | {:.1} | {} | {:.1} | {} |",
-            ipv4[index],
+            "| {what} | `{program}` | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} |",
+            ipv4[index].0,
             added(&ipv4),
-            ipv6[index],
-            added(&ipv6)
+            ipv4[index].1,
+            ipv6[index].0,
+            added(&ipv6),
+            ipv6[index].1,
         );
     }
+    let ratio = |times: &[(f64, f64)]| {
+        let last = STEPS.len() - 1;
+        (times[last].0 / times[0].0, times[last].1 / times[0].1)
+    };
+    let ((ipv4_median, ipv4_fastest), (ipv6_median, ipv6_fastest)) = (ratio(&ipv4), ratio(&ipv6));
+    println!(
+        "\n`tc_ingress` / `tc_baseline` in this table: IPv4 {ipv4_median:.2}x (fastest rounds \
+         {ipv4_fastest:.2}x), IPv6 {ipv6_median:.2}x (fastest rounds {ipv6_fastest:.2}x)."
+    );
 }
 
 fn main() {
+    // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (half a minute), for trying a
+    // change to the per-packet path.
+    if std::env::var("NETWORK_PROBE_BENCH_ONLY").as_deref() == Ok("steps") {
+        let steps: Vec<&str> = STEPS.iter().map(|(program, _)| *program).collect();
+        let datapath = TestRunDatapath::load(&steps);
+        // Warm-up, which also creates the flows.
+        for (_, frame) in frames() {
+            measure(&datapath, &HOOKS[0], HOOKS[0].program, &frame);
+        }
+        print_steps(&datapath);
+        return;
+    }
     let programs: Vec<&str> = HOOKS
         .iter()
         .flat_map(|hook| [hook.program, hook.baseline])
