@@ -99,22 +99,23 @@ pub struct FlowTracking {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounts {
+    // What every packet updates first (one cache line between them), then the rest.
     /// Wire packets (GSO segments counted).
     pub packets: u64,
     /// Bytes at the hook (see [`DeviceStats::bytes`]).
     pub bytes: u64,
+    /// IPv4 packets with DF set (always 0 for IPv6, which has no DF bit).
+    pub df: u64,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last and first packet.
+    pub last_seen_ns: u64,
+    pub first_seen_ns: u64,
     /// Retransmitted segments (wire segments).
     pub retransmits: u64,
+    /// Segments (not RST) advertising a zero window.
+    pub zero_window: u64,
     pub rst: u64,
     pub syn: u64,
     pub fin: u64,
-    /// Segments (not RST) advertising a zero window.
-    pub zero_window: u64,
-    /// IPv4 packets with DF set (always 0 for IPv6, which has no DF bit).
-    pub df: u64,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and last packet.
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
 }
 
 impl FlowCounts {
@@ -180,7 +181,7 @@ pub const fn flow_slot_shift(slots: u32) -> u32 {
 /// version pinned discards them instead of misreading them. Bump it with any change to
 /// [`DeviceStats`], [`FlowKey4`], [`FlowKey6`], [`FlowStats`] or the maps' indexing; the `layout_matches_version`
 /// test lists every field's offset and fails until the table and this number are updated.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Names of the programs in the eBPF object.
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
@@ -314,6 +315,8 @@ impl Direction {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceStats {
+    // Fields in the order a packet touches them: what every TCP packet adds to comes first, so
+    // that a pure ACK writes two cache lines of this value (the first, and its IP size bucket's).
     /// Packets on the wire: a GSO/GRO super-packet counts as its `gso_segs` segments.
     pub packets: u64,
     /// Bytes as the packet length at the hook (link-layer header included). A GSO super-packet
@@ -321,16 +324,25 @@ pub struct DeviceStats {
     pub bytes: u64,
     /// TCP segments (wire packets) classified.
     pub tcp_packets: u64,
+    /// IPv4 packets (any protocol) with the Don't Fragment bit set, whatever other flags.
+    pub ipv4_df: u64,
+    /// Sum of the observed IP packet sizes, bytes.
+    pub ip_size_sum: u64,
+    /// Sum of the observed TCP payload sizes, bytes.
+    pub tcp_payload_sum: u64,
+    /// TCP payload sizes, one observation per TCP skb.
+    pub tcp_payload_size: [u64; SIZE_BUCKETS],
+    /// IP packet sizes (IP header included) of every classified IP packet, one observation per
+    /// skb (see [`SIZE_BUCKETS`]).
+    pub ip_size: [u64; SIZE_BUCKETS],
+    /// TCP segments (not RST) advertising a zero receive window.
+    pub tcp_zero_window: u64,
     /// TCP segments whose sequence range starts before the highest sequence already seen on
     /// their flow direction.
     pub tcp_retransmits: u64,
     pub tcp_rst: u64,
     pub tcp_syn: u64,
     pub tcp_fin: u64,
-    /// TCP segments (not RST) advertising a zero receive window.
-    pub tcp_zero_window: u64,
-    /// IPv4 packets (any protocol) with the Don't Fragment bit set, whatever other flags.
-    pub ipv4_df: u64,
     /// Flow entries this interface and direction created in the flow maps.
     pub flows_created: u64,
     /// Flow entries that could not be created (map update failed).
@@ -339,15 +351,6 @@ pub struct DeviceStats {
     pub handshake_rtt_sum_ns: u64,
     /// Handshake RTT histogram (see [`RTT_BUCKETS`]).
     pub handshake_rtt: [u64; RTT_BUCKETS],
-    /// IP packet sizes (IP header included) of every classified IP packet, one observation per
-    /// skb (see [`SIZE_BUCKETS`]).
-    pub ip_size: [u64; SIZE_BUCKETS],
-    /// Sum of the observed IP packet sizes, bytes.
-    pub ip_size_sum: u64,
-    /// TCP payload sizes, one observation per TCP skb.
-    pub tcp_payload_size: [u64; SIZE_BUCKETS],
-    /// Sum of the observed TCP payload sizes, bytes.
-    pub tcp_payload_sum: u64,
     /// Packets the parser could not classify, per [`Unclassified`] reason.
     pub unclassified: [u64; UNCLASSIFIED_REASONS],
 }
@@ -677,7 +680,7 @@ mod tests {
     fn layout_matches_version() {
         use core::mem::{offset_of, size_of};
         assert_eq!(
-            MAP_LAYOUT_VERSION, 4,
+            MAP_LAYOUT_VERSION, 5,
             "update the offsets below for the new version"
         );
         let v4 = FlowKey4 {
@@ -734,7 +737,8 @@ mod tests {
         assert_eq!(
             device_stats,
             [
-                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 288, 424, 432, 568, 576, 656
+                0, 8, 16, 328, 336, 344, 352, 320, 24, 360, 368, 376, 384, 184, 32, 48, 40, 576,
+                656
             ]
         );
         let flow_key4 = [
@@ -769,7 +773,7 @@ mod tests {
             offset_of!(FlowCounts, last_seen_ns),
             size_of::<FlowCounts>(),
         ];
-        assert_eq!(flow_counts, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
+        assert_eq!(flow_counts, [0, 8, 40, 56, 64, 72, 48, 16, 32, 24, 80]);
         let flow_tracking = [
             offset_of!(FlowTracking, handshake_start_ns),
             offset_of!(FlowTracking, next_seq),
