@@ -77,26 +77,37 @@ pub fn observe<P: Packet, const UPTO: u8>(
             add_at(&mut device.unclassified, reason as usize, segments);
         }
         Parsed::Tcp4(ip, tcp, addresses) => {
-            observe_ip(device, &ip, segments);
-            observe_tcp_device(device, &tcp, segments);
-            if UPTO == upto::PARSE {
-                return;
-            }
-            let ports = ports_word(&tcp, ifindex, direction);
-            let key = FlowKey4::from_words([addresses, ports]);
-            observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
+            let key = || FlowKey4::from_words([addresses, ports_word(&tcp, ifindex, direction)]);
+            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key);
         }
         Parsed::Tcp6(ip, tcp, [src0, src1, dst0, dst1]) => {
-            observe_ip(device, &ip, segments);
-            observe_tcp_device(device, &tcp, segments);
-            if UPTO == upto::PARSE {
-                return;
-            }
-            let ports = ports_word(&tcp, ifindex, direction);
-            let key = FlowKey6::from_words([src0, src1, dst0, dst1, ports]);
-            observe_flow::<_, UPTO>(device, key, direction, &ip, &tcp, segments, len);
+            let key = || {
+                let ports = ports_word(&tcp, ifindex, direction);
+                FlowKey6::from_words([src0, src1, dst0, dst1, ports])
+            };
+            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key);
         }
     }
+}
+
+/// A TCP segment: its interface's IP and TCP statistics, then (past [`upto::PARSE`]) its flow,
+/// whose key `key` builds only then.
+#[inline(always)]
+fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
+    device: &mut DeviceStats,
+    ip: &Ip,
+    tcp: &Tcp,
+    direction: Direction,
+    segments: u64,
+    len: u64,
+    key: impl FnOnce() -> K,
+) {
+    observe_ip(device, ip, segments);
+    observe_tcp_device(device, tcp, segments);
+    if UPTO == upto::PARSE {
+        return;
+    }
+    observe_flow::<_, UPTO>(device, key(), direction, ip, tcp, segments, len);
 }
 
 /// The last word of a kernel flow key: ports, then interface and direction, in memory order.
