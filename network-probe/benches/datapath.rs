@@ -221,7 +221,7 @@ fn print_steps(datapath: &TestRunDatapath) {
 }
 
 fn main() {
-    // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (half a minute), for trying a
+    // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (about ten seconds), for trying a
     // change to the per-packet path.
     if std::env::var("NETWORK_PROBE_BENCH_ONLY").as_deref() == Ok("steps") {
         let steps: Vec<&str> = STEPS.iter().map(|(program, _)| *program).collect();
