@@ -110,16 +110,17 @@ fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
     observe_flow::<_, UPTO>(device, key(), direction, ip, tcp, segments, len);
 }
 
-/// The last word of a kernel flow key: ports, then interface and direction, in memory order.
+/// The last word of a kernel flow key: ports (each in host byte order), then interface and
+/// direction, in memory order. `u32::from_be` turns the header's two ports into
+/// `src << 16 | dst`; rotated by 16 they sit as the key's little-endian memory holds them.
 #[inline(always)]
 fn ports_word(tcp: &Tcp, ifindex: u32, direction: Direction) -> u64 {
-    let (a, b, c) = (
-        tcp.src_port.to_ne_bytes(),
-        tcp.dst_port.to_ne_bytes(),
-        ifindex_direction(ifindex, direction).to_ne_bytes(),
-    );
-    u64::from_ne_bytes([a[0], a[1], b[0], b[1], c[0], c[1], c[2], c[3]])
+    let ports = u32::from_be(tcp.ports()).rotate_left(16);
+    ports as u64 | (ifindex_direction(ifindex, direction) as u64) << 32
 }
+// `ports_word` and the key words are laid out for bpfel, the only target the build uses.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the flow key words assume a little-endian BPF target (bpfel)");
 
 #[inline(always)]
 fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
@@ -133,15 +134,15 @@ fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
 /// The interface's TCP counters and histograms.
 #[inline(always)]
 fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
-    let rst = tcp.flags & TCP_RST != 0;
+    let rst = tcp.flags() & TCP_RST != 0;
     device.tcp_packets += segments;
     // Most segments carry none of these flags: one test skips three counter updates.
-    if tcp.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 {
+    if tcp.flags() & (TCP_RST | TCP_SYN | TCP_FIN) != 0 {
         device.tcp_rst += rst as u64;
-        device.tcp_syn += (tcp.flags & TCP_SYN != 0) as u64;
-        device.tcp_fin += (tcp.flags & TCP_FIN != 0) as u64;
+        device.tcp_syn += (tcp.flags() & TCP_SYN != 0) as u64;
+        device.tcp_fin += (tcp.flags() & TCP_FIN != 0) as u64;
     }
-    if tcp.window == 0 && !rst {
+    if tcp.window() == 0 && !rst {
         device.tcp_zero_window += segments;
     }
     // A pure ACK (no payload) is bucket 0 without computing it.
@@ -323,13 +324,13 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     segments: u64,
     len: u64,
 ) {
-    let flags = tcp.flags as u32;
+    let flags = tcp.flags() as u32;
     let rst = flags & TCP_RST as u32 != 0;
     let mut bits = flags;
     if ip.df {
         bits |= Segment::DF;
     }
-    if tcp.window == 0 && !rst {
+    if tcp.window() == 0 && !rst {
         bits |= Segment::ZERO_WINDOW;
     }
     if direction == Direction::Egress {
@@ -337,7 +338,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     }
     let segment = Segment {
         bits,
-        seq: tcp.seq,
+        seq: tcp.seq(),
         // SYN and FIN occupy one sequence number each.
         sequence_len: tcp.payload_len
             + (flags & TCP_SYN as u32 != 0) as u32

@@ -46,17 +46,39 @@ pub struct Ip {
     pub df: bool,
 }
 
-/// The TCP layer of a classified packet.
+/// The TCP layer of a classified packet: the header's first 16 bytes as read, whose fields
+/// the methods take out where they are used (decoded up front, the fields were packed into
+/// and out of registers on the way to their users), and what the parser worked out.
 #[derive(Clone, Copy)]
 pub struct Tcp {
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub seq: u32,
-    pub flags: u8,
-    pub window: u16,
+    /// Bytes 0-7: ports, sequence number.
+    bytes_0_8: u64,
+    /// Bytes 8-15: acknowledgment number, data offset, flags, window.
+    bytes_8_16: u64,
     pub payload_len: u32,
     /// Window scale shift from a SYN's option, plus one; 0 if absent or not a SYN.
     pub window_scale_plus_one: u8,
+}
+
+impl Tcp {
+    /// The source and destination ports as they sit in the header (network byte order), as one
+    /// little-endian word: the flow key takes them from here without a swap per port.
+    #[inline(always)]
+    pub fn ports(&self) -> u32 {
+        self.bytes_0_8 as u32
+    }
+    #[inline(always)]
+    pub fn seq(&self) -> u32 {
+        be32(self.bytes_0_8, 4)
+    }
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        byte(self.bytes_8_16, 5)
+    }
+    #[inline(always)]
+    pub fn window(&self) -> u16 {
+        be16(self.bytes_8_16, 6)
+    }
 }
 
 /// What the parser made of a packet.
@@ -143,13 +165,9 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
         Ok(tcp) => tcp,
         Err(reason) => return Parsed::OtherIp(ip, reason),
     };
-    // The addresses are read last: held through the TCP option walk, they would keep the
-    // verifier from pruning its states.
-    match packet.load::<u64>(offset + 12) {
-        Some(addresses) => Parsed::Tcp4(ip, tcp, addresses),
-        // Inside the IP header, which was read whole before: cannot happen.
-        None => Parsed::OtherIp(ip, Unclassified::TruncatedIp),
-    }
+    // Source and destination address: bytes 12-19 of the header loaded above.
+    let addresses = (header.bytes_8_16 >> 32) | ((header.bytes_16_20 as u64) << 32);
+    Parsed::Tcp4(ip, tcp, addresses)
 }
 
 #[inline(always)]
@@ -243,15 +261,16 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
 }
 
 /// A 20-byte header (IPv4 without options, TCP without options) as loaded: the first 16 bytes
-/// as two words in memory order, whose fields [`byte`], [`be16`] and [`be32`] take out. The
-/// last 4 bytes are loaded only to check they are there (the compiler drops the unused load).
+/// as two words in memory order, whose fields [`byte`], [`be16`] and [`be32`] take out, then
+/// the last 4 bytes (IPv4's destination address; for TCP only checked to be there, and the
+/// compiler drops the unused load).
 /// Packed to 4 bytes: 20 bytes long, not 24, so a load checks exactly the header's length.
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
 struct Header20 {
     bytes_0_8: u64,
     bytes_8_16: u64,
-    _bytes_16_20: u32,
+    bytes_16_20: u32,
 }
 const _: () = assert!(core::mem::size_of::<Header20>() == 20);
 
@@ -322,17 +341,13 @@ fn parse_tcp<P: Packet>(
     if data_offset > l4_len {
         return Err(Unclassified::TruncatedTcp);
     }
-    let flags = byte(header.bytes_8_16, 5);
     let mut tcp = Tcp {
-        src_port: be16(header.bytes_0_8, 0),
-        dst_port: be16(header.bytes_0_8, 2),
-        seq: be32(header.bytes_0_8, 4),
-        flags,
-        window: be16(header.bytes_8_16, 6),
+        bytes_0_8: header.bytes_0_8,
+        bytes_8_16: header.bytes_8_16,
         payload_len: l4_len - data_offset,
         window_scale_plus_one: 0,
     };
-    if flags & TCP_SYN != 0 && data_offset > 20 {
+    if tcp.flags() & TCP_SYN != 0 && data_offset > 20 {
         tcp.window_scale_plus_one =
             window_scale_option(packet, offset + 20, (data_offset - 20) as usize);
     }
