@@ -169,6 +169,7 @@ fn iperf3_server(pair: &VethPair) -> Guard {
 
 /// One `iperf3 -c` test from `a` to `b`: the receiver's rate, bit/s.
 fn iperf3_client(pair: &VethPair) -> f64 {
+    let two_cpus = thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2);
     let json = pair.exec(
         &pair.a,
         "iperf3",
@@ -179,10 +180,10 @@ fn iperf3_client(pair: &VethPair) -> f64 {
             &IPERF_PORT.to_string(),
             "-t",
             &IPERF_SECONDS.to_string(),
-            // The client on CPU 0, the server (for this test) on CPU 1: left to the
-            // scheduler, the two sometimes shared a CPU and a run's rate halved.
+            // The client on CPU 0, the server (for this test) on CPU 1, where there are two:
+            // left to the scheduler, the two sometimes shared a CPU and a run's rate halved.
             "-A",
-            "0,1",
+            if two_cpus { "0,1" } else { "0,0" },
             "-J",
         ],
     );
