@@ -173,7 +173,20 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn len(&self) -> u32 {
-        (self.data_end() - self.data()) as u32
+        let mut len = self.data_end();
+        // A 64-bit subtraction the compiler cannot narrow: built for BPF CPU v3, it otherwise
+        // subtracts the low halves, and the verifier rejects 32-bit arithmetic on packet
+        // pointers.
+        // SAFETY: register arithmetic only.
+        unsafe {
+            core::arch::asm!(
+                "{0} -= {1}",
+                inout(reg) len,
+                in(reg) self.data(),
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        len as u32
     }
 
     #[inline(always)]

@@ -120,10 +120,14 @@ pub fn parse<P: Packet>(packet: &P) -> Parsed {
     }
 }
 
-/// Bytes of the packet from `offset` on.
+/// Bytes of the packet from `offset` on, where a header at `offset` was just read: the packet
+/// is at least that long (a direct read lies inside the linear data, which is part of the
+/// packet; the load helpers fail past its end, and the XDP program, declared without
+/// multi-buffer support, only ever sees whole linear frames), so the subtraction cannot wrap. Saturating
+/// instead cost a branch and a select per packet.
 #[inline(always)]
 fn remaining<P: Packet>(packet: &P, offset: usize) -> u32 {
-    (packet.len() as usize).saturating_sub(offset) as u32
+    packet.len().wrapping_sub(offset as u32)
 }
 
 #[inline(always)]
