@@ -14,8 +14,11 @@ use testrun::*;
 
 /// Repetitions of one frame per test run; the kernel runs the program this many times in a row.
 const REPEAT: u32 = 1_000_000;
-/// Rounds of interleaved measurements; the table reports medians over them.
-const ROUNDS: usize = 9;
+/// Rounds of interleaved measurements; the table reports medians over them. On this shared VM
+/// our programs' time per packet moves by a quarter from one stretch of seconds to the next
+/// (the empty program's much less): nine rounds (about ten seconds) gave single tables from
+/// 1.5x to 2.0x for the same code; 21 rounds cover more of those stretches in each table.
+const ROUNDS: usize = 21;
 
 /// One program type: ours and its empty baseline, and the return value meaning "continue".
 struct Hook {
@@ -221,7 +224,7 @@ fn print_steps(datapath: &TestRunDatapath) {
 }
 
 fn main() {
-    // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (about ten seconds), for trying a
+    // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (about twenty seconds), for trying a
     // change to the per-packet path.
     if std::env::var("NETWORK_PROBE_BENCH_ONLY").as_deref() == Ok("steps") {
         let steps: Vec<&str> = STEPS.iter().map(|(program, _)| *program).collect();
