@@ -102,12 +102,13 @@ fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
     len: u64,
     key: impl FnOnce() -> K,
 ) {
+    let bits = Segment::bits_of(ip, tcp, direction);
     observe_ip(device, ip, segments);
-    observe_tcp_device(device, tcp, segments);
+    observe_tcp_device(device, tcp, bits, segments);
     if UPTO == upto::PARSE {
         return;
     }
-    observe_flow::<_, UPTO>(device, key(), direction, ip, tcp, segments, len);
+    observe_flow::<_, UPTO>(device, key(), bits, tcp, segments, len);
 }
 
 /// The last word of a kernel flow key: ports (each in host byte order), then interface and
@@ -131,19 +132,18 @@ fn observe_ip(device: &mut DeviceStats, ip: &Ip, segments: u64) {
     device.ip_size_sum += ip.len as u64;
 }
 
-/// The interface's TCP counters and histograms.
+/// The interface's TCP counters and histograms; `bits` as [`Segment::bits_of`] gives them.
 #[inline(always)]
-fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, segments: u64) {
-    let rst = tcp.flags() & TCP_RST != 0;
+fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, bits: u32, segments: u64) {
     device.tcp_packets += segments;
-    // Most segments carry none of these flags: one test skips three counter updates.
-    if tcp.flags() & (TCP_RST | TCP_SYN | TCP_FIN) != 0 {
-        device.tcp_rst += rst as u64;
-        device.tcp_syn += (tcp.flags() & TCP_SYN != 0) as u64;
-        device.tcp_fin += (tcp.flags() & TCP_FIN != 0) as u64;
-    }
-    if tcp.window() == 0 && !rst {
-        device.tcp_zero_window += segments;
+    // Most segments carry none of these: one test skips four counter updates.
+    if bits & Segment::RARE != 0 {
+        device.tcp_rst += (bits & TCP_RST as u32 != 0) as u64;
+        device.tcp_syn += (bits & TCP_SYN as u32 != 0) as u64;
+        device.tcp_fin += (bits & TCP_FIN as u32 != 0) as u64;
+        if bits & Segment::ZERO_WINDOW != 0 {
+            device.tcp_zero_window += segments;
+        }
     }
     // A pure ACK (no payload) is bucket 0 without computing it.
     if tcp.payload_len == 0 {
@@ -227,6 +227,25 @@ impl Segment {
     const ZERO_WINDOW: u32 = 1 << 9;
     /// Seen on egress.
     const EGRESS: u32 = 1 << 10;
+    /// The bits most segments have none of: SYN, FIN, RST, a zero window.
+    const RARE: u32 = (TCP_SYN | TCP_FIN | TCP_RST) as u32 | Segment::ZERO_WINDOW;
+
+    /// The [`Segment::bits`] of a segment.
+    #[inline(always)]
+    fn bits_of(ip: &Ip, tcp: &Tcp, direction: Direction) -> u32 {
+        let flags = tcp.flags() as u32;
+        let mut bits = flags;
+        if ip.df {
+            bits |= Segment::DF;
+        }
+        if tcp.window() == 0 && flags & TCP_RST as u32 == 0 {
+            bits |= Segment::ZERO_WINDOW;
+        }
+        if direction == Direction::Egress {
+            bits |= Segment::EGRESS;
+        }
+        bits
+    }
 
     #[inline(always)]
     fn has(&self, bit: u32) -> bool {
@@ -313,29 +332,18 @@ fn slot_holds<K: FlowMapKey>(slot: &FlowSlot, words: &K::Words) -> bool {
 }
 
 /// The flow's entry: found in its slot (the fast path) or its family's LRU map, else created
-/// in its slot when free, else in the LRU map. Counters, sequence tracking, handshake RTT.
+/// in its slot when free, else in the LRU map. Counters, sequence tracking, handshake RTT;
+/// `bits` as [`Segment::bits_of`] gives them.
 #[inline(always)]
 fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     device: &mut DeviceStats,
     key: K,
-    direction: Direction,
-    ip: &Ip,
+    bits: u32,
     tcp: &Tcp,
     segments: u64,
     len: u64,
 ) {
     let flags = tcp.flags() as u32;
-    let rst = flags & TCP_RST as u32 != 0;
-    let mut bits = flags;
-    if ip.df {
-        bits |= Segment::DF;
-    }
-    if tcp.window() == 0 && !rst {
-        bits |= Segment::ZERO_WINDOW;
-    }
-    if direction == Direction::Egress {
-        bits |= Segment::EGRESS;
-    }
     let segment = Segment {
         bits,
         seq: tcp.seq(),
@@ -511,8 +519,7 @@ fn update<A: Add>(
         device.tcp_retransmits += segments;
     }
     // Most segments carry none of these: one test skips four.
-    let rare = TCP_SYN | TCP_FIN | TCP_RST;
-    if segment.has(rare as u32 | Segment::ZERO_WINDOW) {
+    if segment.has(Segment::RARE) {
         if segment.rst() {
             A::add(&mut counts.rst, 1);
         }
