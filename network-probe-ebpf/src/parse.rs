@@ -123,8 +123,8 @@ pub fn parse<P: Packet>(packet: &P) -> Parsed {
 /// Bytes of the packet from `offset` on, where a header at `offset` was just read: the packet
 /// is at least that long (a direct read lies inside the linear data, which is part of the
 /// packet; the load helpers fail past its end, and the XDP program, declared without
-/// multi-buffer support, only ever sees whole linear frames), so the subtraction cannot wrap. Saturating
-/// instead cost a branch and a select per packet.
+/// multi-buffer support, only ever sees whole linear frames), so the subtraction cannot wrap.
+/// Saturating instead cost a branch and a select per packet.
 #[inline(always)]
 fn remaining<P: Packet>(packet: &P, offset: usize) -> u32 {
     packet.len().wrapping_sub(offset as u32)
@@ -256,7 +256,8 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         Ok(tcp) => tcp,
         Err(reason) => return Parsed::OtherIp(ip, reason),
     };
-    // Read last, as for IPv4.
+    // Read here rather than kept from the fixed header's load above, so that the extension
+    // and option walks do not carry four more live words.
     match packet.load::<[u64; 4]>(offset + 8) {
         Some(addresses) => Parsed::Tcp6(ip, tcp, addresses),
         // Inside the fixed header, which was read whole before: cannot happen.
