@@ -222,6 +222,10 @@ fn run(args: Args) -> Result<()> {
             )?;
             // Several benchmarks drive Debian peers (iperf3, tcpdump, tftpd-hpa, the Jool guest).
             let toolchain = timed_bootstrap(true)?;
+            // The revision measured is the one checked out when the benchmarks are built; a
+            // commit or an edit during the run (about 20 minutes) is named in the report.
+            let revision_at_start = git_revision(&root);
+            let modified_at_start = git_tree_modified(&root);
             let mut report = String::new();
             let mut failed = Vec::new();
             for target in bench_targets(&root)? {
@@ -249,12 +253,17 @@ fn run(args: Args) -> Result<()> {
                     failed.push(target);
                 }
             }
-            let revision = git_revision(&root).map(|revision| {
-                if git_tree_modified(&root) {
-                    format!("{revision} with uncommitted changes")
-                } else {
-                    revision
+            let revision = revision_at_start.map(|revision| {
+                let mut described = revision.clone();
+                if modified_at_start {
+                    described.push_str(" with uncommitted changes");
                 }
+                if git_revision(&root).as_ref() != Some(&revision) {
+                    described.push_str(" (HEAD moved during the run)");
+                } else if !modified_at_start && git_tree_modified(&root) {
+                    described.push_str(" (files edited during the run)");
+                }
+                described
             });
             let path = bench::write_report(&root, revision.as_deref(), &report)?;
             eprintln!("xtask: wrote {}", path.display());
