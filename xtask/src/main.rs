@@ -222,8 +222,9 @@ fn run(args: Args) -> Result<()> {
             )?;
             // Several benchmarks drive Debian peers (iperf3, tcpdump, tftpd-hpa, the Jool guest).
             let toolchain = timed_bootstrap(true)?;
-            // The revision measured is the one checked out when the benchmarks are built; a
-            // commit or an edit during the run (about 20 minutes) is named in the report.
+            // The report names the revision checked out when the run starts. Each benchmark is
+            // built as its turn comes, so a commit or an edit during the run (about 20 minutes)
+            // reaches the later ones: the report says so.
             let revision_at_start = git_revision(&root);
             let modified_at_start = git_tree_modified(&root);
             let mut report = String::new();
