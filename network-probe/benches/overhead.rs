@@ -2,10 +2,12 @@
 //! network-probe --bench overhead` as root). Prints one markdown section; every figure is set
 //! against a baseline measured in the same run:
 //!
-//! 1. TCP throughput of `iperf3` across a veth pair between two namespaces with no datapath,
-//!    with our daemon attached to the client's veth (TC ingress and egress), and with a libpcap
-//!    capture (`tcpdump -w /dev/null`) on the same veth, in interleaved rounds; plus the CPU
-//!    time of our daemon against tcpdump's over the same traffic.
+//! 1. TCP throughput of `iperf3`: side by side, two identical veth pairs carrying a test each
+//!    at the same time with our daemon attached to one of them (the goal's figure); then across
+//!    one veth pair with no datapath, with our daemon attached to the client's veth (TC ingress
+//!    and egress), and with a libpcap capture (`tcpdump -w /dev/null`) on the same veth, in
+//!    interleaved rounds; plus the CPU time of our daemon against tcpdump's over the same
+//!    traffic.
 //! 2. `/metrics` scrape latency and daemon memory with 0, 10k and 100k live flows, the flows
 //!    made by injecting TCP SYN frames from the peer namespace through an AF_PACKET socket
 //!    (`common/injector.rs`, shared with the soak benchmark).
@@ -44,8 +46,8 @@ const IPERF_SECONDS: u32 = 3;
 /// Rounds of the side-by-side comparison: two identical veth pairs carry one iperf3 test each
 /// at the same time, the daemon attached to one of them (alternating), or to neither (every
 /// third round, which shows what the method reads when there is nothing to find). Both tests
-/// share the same CPUs at the same moment, so the neighbours' load cancels: single rounds'
-/// ratios stayed within 0.89-1.04 where sequential runs spread from 0.7 to 1.3.
+/// share the same CPUs at the same moment, so the neighbours' load cancels: in three reports
+/// single rounds' ratios stayed within 0.94-1.07 where sequential runs spread from 0.7 to 1.3.
 const SIDE_BY_SIDE_ROUNDS: usize = 21;
 const IPERF_PORT: u16 = 5201;
 /// Scrapes timed per flow count.
@@ -311,8 +313,9 @@ fn throughput_section() {
     let tcpdump_cpu = median(&of(Datapath::Tcpdump, |s| s.observer_cpu));
 
     println!(
-        "### TCP throughput across a veth pair, runs one after the other\n\n`iperf3 -c -t {IPERF_SECONDS}` from namespace a \
-         to `iperf3 -s` in namespace b over a veth pair (offloads on), receiver's rate; \
+        "### TCP throughput across a veth pair, runs one after the other\n\n\
+         `iperf3 -c -t {IPERF_SECONDS}` from namespace a to `iperf3 -s` in namespace b over a \
+         veth pair (offloads on), receiver's rate; \
          {ROUNDS} rounds of the three configurations in rotating order, medians. \"ours\" is the \
          daemon attached to a's veth (TC ingress and egress), \"tcpdump\" is \
          `tcpdump -i <veth> -w /dev/null` on the same veth. The last column pairs each run with \
