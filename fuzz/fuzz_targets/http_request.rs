@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use network_probe::{
-    http::{basic_credentials, wants_openmetrics},
+    web::{basic_credentials, wants_openmetrics},
     probe,
 };
 

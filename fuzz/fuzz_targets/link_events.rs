@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use network_probe::rtnetlink::{LinkEvent, parse_link_events};
+use network_probe::kernel::rtnetlink::{LinkEvent, parse_link_events};
 
 /// Smallest netlink message carrying a link event: header (16) + ifinfomsg (16).
 const MIN_LINK_MESSAGE: usize = 32;

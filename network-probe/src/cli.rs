@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, time::Duration};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource};
 
 use crate::{
-    datapath::{IngressHook, TcAttach},
-    flows::FlowLabels,
+    flows::table::FlowLabels,
+    kernel::datapath::{IngressHook, TcAttach},
+    support::units::parse_duration,
 };
 
 /// Default `--web.listen-address`: every address, port 9435.
@@ -70,13 +71,13 @@ pub struct Cli {
 
     /// bpffs directory the kernel maps are pinned in, so counters survive a restart or an
     /// upgrade of the daemon (even after a crash); "" to keep them only while the daemon runs.
-    #[arg(long = "datapath.pin-path", value_name = "DIR", default_value = crate::pinning::DEFAULT_PIN_PATH, global = true)]
+    #[arg(long = "datapath.pin-path", value_name = "DIR", default_value = crate::kernel::pinning::DEFAULT_PIN_PATH, global = true)]
     pub pin_path: String,
 
     /// File keeping what user space adds to the pinned maps (totals of flows and interfaces
     /// that left them), so those counters survive restarts too; "" for none. Used only with
     /// --datapath.pin-path.
-    #[arg(long = "datapath.state-file", value_name = "PATH", default_value = crate::state::DEFAULT_STATE_FILE, global = true)]
+    #[arg(long = "datapath.state-file", value_name = "PATH", default_value = crate::flows::state::DEFAULT_STATE_FILE, global = true)]
     pub state_file: String,
 
     /// Capacity of each kernel flow map, IPv4 and IPv6 (one entry per TCP connection direction);
@@ -179,7 +180,27 @@ pub enum Command {
     Check,
     /// Run one probe as /probe would and print its metrics; exit 1 if it fails, 2 on bad
     /// parameters.
-    Probe(crate::oneshot::ProbeArgs),
+    Probe(ProbeArgs),
+}
+
+/// Arguments of `network-probe probe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The module, as in `module=`: one of `--config.file`, or a prober (tftp, iperf3, ping).
+    #[arg(value_name = "MODULE")]
+    pub module: String,
+
+    /// The target, as in `target=`.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Further query parameters of the prober, e.g. `file=boot.img` or `tcp_port=22`.
+    #[arg(value_name = "KEY=VALUE")]
+    pub parameters: Vec<String>,
+
+    /// How long the probe may take (its deadline, as a scrape timeout would set it).
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// One `--web.probe-listen MODULE=ADDRESS`.
@@ -204,7 +225,7 @@ fn parse_probe_listen(value: &str) -> Result<ProbeListen, String> {
                 crate::probe::Probers::NAMES.join(", ")
             )
         })?;
-    match crate::http::resolve_listen_address(address) {
+    match crate::support::listen_address::resolve(address) {
         Ok(_) => Ok(ProbeListen {
             module,
             address: address.to_string(),
@@ -234,8 +255,8 @@ pub fn parse_flow_slots(value: &str) -> Result<u32, String> {
 
 impl Cli {
     /// The datapath's load-time choices from the flags, for a kernel with or without TCX.
-    pub fn datapath_config(&self, kernel_has_tcx: bool) -> crate::datapath::DatapathConfig {
-        crate::datapath::DatapathConfig {
+    pub fn datapath_config(&self, kernel_has_tcx: bool) -> crate::kernel::datapath::DatapathConfig {
+        crate::kernel::datapath::DatapathConfig {
             ingress: self.ingress,
             tc_attach: self.tc_attach.resolve(kernel_has_tcx),
             flow_map_entries: self.flow_map_entries,
@@ -273,32 +294,6 @@ impl LogLevel {
     }
 }
 
-/// Parses durations such as `500ms`, `90s`, `5m`, `1h`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{value:?} needs a unit: ms, s, m or h"))?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} does not start with a number"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        _ => {
-            return Err(format!(
-                "{value:?} has unknown unit {unit:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    if duration.is_zero() {
-        return Err(format!("{value:?} must be positive"));
-    }
-    Ok(duration)
-}
-
 fn parse_telemetry_path(value: &str) -> Result<String, String> {
     if !value.starts_with('/') {
         return Err(format!("{value:?} must start with '/'"));
@@ -320,23 +315,6 @@ mod tests {
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.interfaces.is_empty());
         assert_eq!(cli.log_level, LogLevel::Info);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(
-            parse_duration("5")
-                .unwrap_err()
-                .contains("\"5\" needs a unit")
-        );
-        assert!(
-            parse_duration("5d")
-                .unwrap_err()
-                .contains("unknown unit \"d\"")
-        );
-        assert!(parse_duration("0s").is_err());
     }
 
     #[test]

@@ -1,51 +1,26 @@
 //! network-probe: one privileged daemon that accounts traffic in eBPF and serves it, with its
 //! active probes, to Prometheus.
 //!
-//! Module map (one concern each):
-//! - [`cli`]: command-line flags in Prometheus exporter conventions.
-//! - [`config`]: the `--config.file` format (probe modules, settings that also have flags),
-//!   checked, merged with the flags, and reloaded on SIGHUP and `POST /-/reload`.
-//! - [`error`]: start-up errors, their one-line messages and exit codes.
-//! - [`preflight`]: capability and kernel-feature checks run before anything is touched.
-//! - [`rtnetlink`]: interface and route lookups over rtnetlink (default-route interfaces).
-//! - [`datapath`]: loads the embedded eBPF object, attaches/detaches it, reads its maps.
-//! - [`flow_maps`]: the kernel's flow maps (slot table and LRU maps) read and pruned as one.
-//! - [`program_barrier`]: waits until every running eBPF program has finished.
-//! - [`map_batch`]: reads whole maps in a few batch system calls.
-//! - [`flows`]: turns the kernel flow maps into bounded, monotonic flow series (pure).
-//! - [`flow_tracker`]: drives the flow table from the datapath (reads, folds, deletes).
-//! - [`flow_exposition`]: writes the flow series of a scrape, chunk by chunk.
-//! - [`metrics`]: the Prometheus registry and the collectors that read state at scrape time.
-//! - [`jool`]: Jool NAT64/SIIT statistics over generic netlink, read at scrape time.
-//! - [`probe`]: active probes behind `/probe` (query parsing, deadlines, one module per prober).
-//! - [`http`]: the hyper service (`/metrics`, `/`, `/-/healthy`, `/-/ready`, `/probe`), TLS,
-//!   basic auth and request limits.
-//! - [`web_config`]: the `--web.config.file` format (exporter-toolkit compatible), parsed.
-//! - [`daemon`]: start-up order, signal handling and shutdown.
-//! - [`privileges`]: drops the capabilities not needed after start-up.
-//! - [`check`]: `network-probe check`, the host doctor.
-//! - [`oneshot`]: `network-probe probe`, one probe from the command line.
+//! The folders are the stages data passes through, and the layers they form; a module may use
+//! the ones below it, never one above (README.md, "Layout", says how to check):
+//!
+//! 1. leaves: [`support`] (units, listen addresses), [`error`], [`kernel`] (load, attach, pin,
+//!    read maps, link events), [`flows`] (flow table, state file, exposition), [`probe`] (the
+//!    probe framework and one folder per prober), [`jool`] (Jool statistics over generic
+//!    netlink), [`metrics`] (registry and rendering);
+//! 2. [`cli`]: the flags, built from the leaves' own types;
+//! 3. [`config`]: the configuration file on top of the flags, and its reloading;
+//! 4. [`web`]: listeners, TLS and auth, scrape sharing and routes;
+//! 5. [`commands`]: the daemon's start-up, `check` and the one-shot `probe`.
 
-pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod daemon;
-pub mod datapath;
 pub mod error;
-pub mod flow_exposition;
-pub mod flow_maps;
-pub mod flow_tracker;
 pub mod flows;
-pub mod http;
 pub mod jool;
-pub mod map_batch;
+pub mod kernel;
 pub mod metrics;
-pub mod oneshot;
-pub mod pinning;
-pub mod preflight;
-pub mod privileges;
 pub mod probe;
-pub mod program_barrier;
-pub mod rtnetlink;
-pub mod state;
-pub mod web_config;
+pub mod support;
+pub mod web;

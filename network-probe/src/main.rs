@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use network_probe::{
-    check,
     cli::{Cli, Command},
-    daemon, oneshot,
+    commands::{check, daemon, oneshot},
 };
 
 fn main() -> ExitCode {

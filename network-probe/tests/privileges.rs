@@ -15,7 +15,7 @@ use std::{
 
 use aya::programs::TcAttachType;
 use common::{Daemon, VethPair, attached_programs, dotted, sample};
-use network_probe::privileges::StatusCapabilities;
+use network_probe::kernel::privileges::StatusCapabilities;
 
 /// CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
 const KEPT_AS_ROOT: u64 = 0x3000;

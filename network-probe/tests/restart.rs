@@ -164,7 +164,7 @@ fn crash_and_restart_with_netlink_filters() {
 
 fn kernel_has_tcx() -> bool {
     let release = sh("uname", &["-r"]);
-    network_probe::preflight::check_kernel_features(release.trim(), true)
+    network_probe::kernel::preflight::check_kernel_features(release.trim(), true)
         .is_ok_and(|support| support.tcx)
 }
 

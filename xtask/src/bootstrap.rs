@@ -328,19 +328,33 @@ const JOOL_GUEST_PACKAGES: &[&str] = &[
 /// x_tables). Jool itself is not in the image, so these are named rather than resolved.
 const JOOL_IMAGE_MODULES: &[&str] = &["x_tables", "nf_defrag_ipv4", "nf_defrag_ipv6"];
 
+/// Kernel modules loaded in the guest before the tests (copied here from the
+/// kernel image with their dependencies): veth pairs, the clsact qdisc (sch_ingress) and
+/// cls_bpf filters the daemon falls back to without TCX, and nf_tables with numgen for tests
+/// that drop a fraction of packets with nft. crc32c_generic is libcrc32c's soft dependency
+/// (nf_tables needs libcrc32c), which modules.dep does not list.
+pub const GUEST_MODULES: &[&str] = &[
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "crc32c_generic",
+    "nf_tables",
+    "nft_numgen",
+];
+
 /// Names the module set of a prepared guest; a cache whose stamp differs (prepared by an older
-/// bootstrap, or before a module was added to [`crate::kernel_vm::GUEST_MODULES`]) gets its
+/// bootstrap, or before a module was added to [`GUEST_MODULES`]) gets its
 /// module tree rebuilt from the image, without running dkms again.
 const GUEST_MODULES_STAMP: &str = "modules.stamp";
 
 fn guest_modules_stamp() -> String {
     let mut names: Vec<&str> = JOOL_IMAGE_MODULES.to_vec();
-    names.extend(crate::kernel_vm::GUEST_MODULES);
+    names.extend(GUEST_MODULES);
     names.join("\n") + "\n"
 }
 
 /// Prepares, once, the Debian stable kernel guest that tests/jool.rs and the kernel VM runner
-/// ([`crate::kernel_vm`]) boot under qemu, into `~/.cache/network-probe/jool/`: `vmlinuz` of
+/// (the guest runner, `kernel_vm.rs`) boot under qemu, into `~/.cache/network-probe/jool/`: `vmlinuz` of
 /// Debian's current stable kernel ABI (resolved from `linux-image-amd64`, downloaded, not
 /// installed); `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms, the image's
 /// modules Jool and the guest tests need (with their dependencies) and depmod's index; `abi`
@@ -454,7 +468,7 @@ pub fn jool_guest() -> Result<()> {
     let image_dep = fs::read_to_string(&image_dep_path)
         .with_context(|| format!("reading {}", image_dep_path.display()))?;
     let mut wanted: Vec<&str> = JOOL_IMAGE_MODULES.to_vec();
-    wanted.extend(crate::kernel_vm::GUEST_MODULES);
+    wanted.extend(GUEST_MODULES);
     for relative in module_closure(&image_dep, &wanted)? {
         copies.push((
             image.join(&kernel_modules).join(&relative),

@@ -5,7 +5,7 @@
 //! The guest is a busybox initramfs holding the test executables of [`GUEST_TESTS`], the daemon
 //! and the tools of [`GUEST_TOOLS`] (with the shared libraries `ldd` lists), each at its host
 //! path: the tests find the daemon through a path compiled into them. Its `/init` mounts the
-//! pseudo file systems, loads [`GUEST_MODULES`], runs each test executable with
+//! pseudo file systems, loads [`crate::bootstrap::GUEST_MODULES`], runs each test executable with
 //! `--test-threads=1` and prints `@@EXIT <test> <status>` on the serial console; the host reads
 //! the console and fails naming every test executable that did not exit 0.
 //!
@@ -26,20 +26,6 @@ use anyhow::{Context as _, Result, bail};
 
 /// Integration test files (network-probe/tests/<name>.rs) run in the guest, in this order.
 pub const GUEST_TESTS: &[&str] = &["datapath", "restart"];
-
-/// Kernel modules loaded in the guest before the tests (the bootstrap copies them from the
-/// kernel image with their dependencies): veth pairs, the clsact qdisc (sch_ingress) and
-/// cls_bpf filters the daemon falls back to without TCX, and nf_tables with numgen for tests
-/// that drop a fraction of packets with nft. crc32c_generic is libcrc32c's soft dependency
-/// (nf_tables needs libcrc32c), which modules.dep does not list.
-pub const GUEST_MODULES: &[&str] = &[
-    "veth",
-    "sch_ingress",
-    "cls_bpf",
-    "crc32c_generic",
-    "nf_tables",
-    "nft_numgen",
-];
 
 /// Programs the tests run, copied from the host at the path PATH finds them.
 const GUEST_TOOLS: &[&str] = &[
@@ -224,7 +210,7 @@ read uptime rest < /proc/uptime
 echo \"@@INIT $(uname -r) uptime=$uptime\"
 ",
     );
-    for module in GUEST_MODULES {
+    for module in crate::bootstrap::GUEST_MODULES {
         let _ = writeln!(
             script,
             "modprobe {module} || echo \"@@MODPROBE-FAILED {module}\""

@@ -83,11 +83,11 @@ pub struct Probers {
 }
 
 impl Probers {
-    /// Builds every prober from its command-line flags.
-    pub fn new(cli: &crate::cli::Cli) -> Self {
+    /// Builds every prober from its settings (the ping flags; the others keep none).
+    pub fn new(ping: &ping::Flags) -> Self {
         Probers {
             iperf3: iperf3::Iperf3Prober::new(),
-            ping: ping::Ping::new(&cli.ping),
+            ping: ping::Ping::new(ping),
         }
     }
 

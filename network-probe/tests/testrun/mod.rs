@@ -16,7 +16,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Program, ProgramError, TestRun, TestRunOptions},
 };
-use network_probe::flow_maps::{FlowMapEntries, FlowMaps};
+use network_probe::kernel::flow_maps::{FlowMapEntries, FlowMaps};
 use network_probe_common::{
     DEVICE_STATS_MAP, DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FLOW_SLOT_COUNTERS_MAP,
     FLOW_SLOTS_DEFAULT, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP, FlowKey, FlowStats,
@@ -293,12 +293,12 @@ impl TestRunDatapath {
 
     /// [`TestRunDatapath::load`] with `slots` flow slots (0: every flow in the LRU maps).
     pub fn load_with_slots(programs: &[&str], slots: u32) -> Self {
-        let object = network_probe::datapath::ebpf_object();
+        let object = network_probe::kernel::datapath::ebpf_object();
         assert!(
             !object.is_empty(),
             "built with AYA_BUILD_SKIP: no eBPF object to test"
         );
-        let slot_sizes = network_probe::datapath::FlowSlotSizes::new(slots);
+        let slot_sizes = network_probe::kernel::datapath::FlowSlotSizes::new(slots);
         let mut loader = EbpfLoader::new();
         slot_sizes.apply(&mut loader);
         let mut ebpf = loader.load(object).expect("loading the eBPF object");
@@ -331,7 +331,8 @@ impl TestRunDatapath {
         );
         let flows = FlowMaps::new(flows4, flows6, (slots > 0).then_some(slot_maps))
             .expect("preparing the flow slot table");
-        let ifindex = network_probe::rtnetlink::interface_index("lo").expect("ifindex of lo");
+        let ifindex =
+            network_probe::kernel::rtnetlink::interface_index("lo").expect("ifindex of lo");
         // Slot 0 (a fresh map's statistics are zero), stored plus one.
         let mut slots: Array<_, u32> =
             Array::try_from(ebpf.take_map(IFINDEX_SLOTS_MAP).expect("IFINDEX_SLOTS map"))

@@ -1,6 +1,6 @@
 //! The `--web.config.file` format of the Prometheus exporter-toolkit (TLS, basic auth, response
 //! headers): parsing and validation, without I/O beyond reading the file itself. The files it
-//! names (certificate, key, client CA) are read by [`crate::http`] when it builds the TLS setup.
+//! names (certificate, key, client CA) are read by [`crate::web`] when it builds the TLS setup.
 //!
 //! Supported keys (any other key is an error naming it, as exporter-toolkit rejects unknown keys
 //! too):

@@ -41,7 +41,7 @@ use self::{
     tcp_syn::{TcpConfig, TcpDriver},
 };
 use super::{BadRequest, ProbeContext, ProbeReport, Query};
-use crate::cli::parse_duration;
+use crate::support::units::parse_duration;
 
 /// The name in `module=`.
 pub const MODULE: &str = "ping";
@@ -345,10 +345,10 @@ impl Ping {
         };
         match flag.as_str() {
             "any" | "" => None,
-            "auto" => match crate::rtnetlink::default_route_interfaces_for(&[if v6 {
-                crate::rtnetlink::IpFamily::V6
+            "auto" => match crate::kernel::rtnetlink::default_route_interfaces_for(&[if v6 {
+                crate::kernel::rtnetlink::IpFamily::V6
             } else {
-                crate::rtnetlink::IpFamily::V4
+                crate::kernel::rtnetlink::IpFamily::V4
             }]) {
                 Ok(names) if names.len() == 1 => names.into_iter().next(),
                 Ok(names) => {

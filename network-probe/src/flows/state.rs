@@ -18,7 +18,7 @@ use std::{
 use network_probe_common::FlowKey;
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::DatapathTotals, flows::FlowTableState};
+use crate::{flows::table::FlowTableState, kernel::datapath::DatapathTotals};
 
 /// Default `--datapath.state-file`.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/network-probe/state.json";
@@ -117,7 +117,7 @@ fn temporary_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::FlowTableStats;
+    use crate::flows::table::FlowTableStats;
 
     fn sample() -> SavedState {
         SavedState::new(

@@ -27,7 +27,7 @@ use network_probe_common::{
     SLOT_FREE,
 };
 
-use crate::{map_batch, program_barrier::ProgramBarrier};
+use crate::{kernel::map_batch, kernel::program_barrier::ProgramBarrier};
 
 type FastMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 

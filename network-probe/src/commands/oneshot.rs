@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cli::{Cli, parse_duration},
+    cli::{Cli, ProbeArgs},
     config::{self, Config},
     metrics,
     probe::{self, BadRequest, ProbeContext, ProbeReport, Probers, Query},
@@ -26,26 +26,6 @@ pub const EXIT_SUCCESS: u8 = 0;
 pub const EXIT_PROBE_FAILED: u8 = 1;
 /// Exit code for bad parameters (as for a bad command line).
 pub const EXIT_BAD_PARAMETERS: u8 = crate::error::exit_code::USAGE;
-
-/// Arguments of `network-probe probe`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProbeArgs {
-    /// The module, as in `module=`: one of `--config.file`, or a prober (tftp, iperf3, ping).
-    #[arg(value_name = "MODULE")]
-    pub module: String,
-
-    /// The target, as in `target=`.
-    #[arg(value_name = "TARGET")]
-    pub target: String,
-
-    /// Further query parameters of the prober, e.g. `file=boot.img` or `tcp_port=22`.
-    #[arg(value_name = "KEY=VALUE")]
-    pub parameters: Vec<String>,
-
-    /// How long the probe may take (its deadline, as a scrape timeout would set it).
-    #[arg(long = "timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
 
 /// Builds the query `/probe` would get: `module`, `target`, then the `KEY=VALUE` pairs. A pair
 /// without `=`, with an empty key, or repeating `module` is a [`BadRequest`] naming it.
@@ -112,7 +92,7 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
             return EXIT_PROBE_FAILED;
         }
     };
-    let probers = Probers::new(&config.apply(cli));
+    let probers = Probers::new(&config.apply(cli).ping);
     let limit = module
         .timeout
         .map_or(args.timeout, |timeout| timeout.min(args.timeout));
@@ -194,7 +174,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_modules_and_parameters_are_bad_requests() {
         let cli = <Cli as clap::Parser>::try_parse_from(["network-probe"]).unwrap();
-        let probers = Probers::new(&cli);
+        let probers = Probers::new(&cli.ping);
         let ctx = ProbeContext::new(Instant::now() + Duration::from_secs(1));
         let query = build_query(&args("nope", &[])).unwrap();
         let err = probers.run("nope", &ctx, &query).await.unwrap_err();

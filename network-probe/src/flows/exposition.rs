@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    flow_tracker::{FlowTracker, monotonic_ns, realtime_ns},
-    flows::{FlowCounters, FlowLabels, Series, SeriesKey},
+    flows::table::{FlowCounters, FlowLabels, Series, SeriesKey},
+    flows::tracker::{FlowTracker, monotonic_ns, realtime_ns},
 };
 
 /// Size a chunk of flow series text grows to before it is sent.

@@ -17,6 +17,7 @@
 //! allowlist; the other settings need a restart and are reported as such.
 
 pub mod reload;
+pub mod web;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,8 +32,9 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 use crate::{
-    cli::{Cli, parse_duration},
+    cli::Cli,
     probe::{BadRequest, Probers, Query},
+    support::units::parse_duration,
 };
 
 /// Largest configuration file read (a bound on untrusted input; real files are a few KiB).
@@ -952,7 +954,10 @@ mod tests {
         .unwrap();
         let effective = config.apply(&flags(&[]));
         assert_eq!(effective.interfaces, ["eth0", "eth1"]);
-        assert_eq!(effective.ingress, crate::datapath::IngressHook::XdpGeneric);
+        assert_eq!(
+            effective.ingress,
+            crate::kernel::datapath::IngressHook::XdpGeneric
+        );
         assert_eq!(effective.flow_map_entries, 4096);
         assert_eq!(effective.flow_labels, "interface,dst_port".parse().unwrap());
         assert_eq!(effective.flow_max_series, 10);
@@ -964,7 +969,10 @@ mod tests {
             parse("datapath:\n  tc_attach: netlink\n  pin_path: ''\n  state_file: /run/np.json\n")
                 .unwrap()
                 .apply(&flags(&[]));
-        assert_eq!(datapath.tc_attach, crate::datapath::TcAttach::Netlink);
+        assert_eq!(
+            datapath.tc_attach,
+            crate::kernel::datapath::TcAttach::Netlink
+        );
         assert_eq!(datapath.pin_path, "");
         assert_eq!(datapath.state_file, "/run/np.json");
         assert_eq!(datapath.state_file(), None, "no state file without pinning");

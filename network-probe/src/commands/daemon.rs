@@ -26,14 +26,16 @@ use tokio::{
 use crate::{
     cli::Cli,
     config::{self, reload::ConfigState},
-    datapath::Datapath,
     error::{Error, Result},
-    flow_tracker::FlowTracker,
-    flows::FlowOptions,
-    http::{self, AppState},
-    metrics, preflight, privileges,
+    flows::table::FlowOptions,
+    flows::tracker::FlowTracker,
+    kernel::datapath::Datapath,
+    kernel::preflight,
+    kernel::privileges,
+    kernel::rtnetlink::{self, LinkEvent, LinkSubscription, Received},
+    metrics,
     probe::Probers,
-    rtnetlink::{self, LinkEvent, LinkSubscription, Received},
+    web::{self, AppState},
 };
 
 /// Sets up env_logger at `--log.level`.
@@ -72,16 +74,16 @@ pub fn run(flags: Cli) -> Result<()> {
     let config_state = Arc::new(ConfigState::new(&flags, loaded));
     // From here on: the settings in force (flags over file over defaults).
     let cli = config_state.start_settings();
-    let (web_config, tls) = http::load_web_config(cli.web_config_file.as_deref())?;
+    let (web_config, tls) = web::load_web_config(cli.web_config_file.as_deref())?;
     preflight::check_capabilities()?;
     let kernel = preflight::check_kernel()?;
     let interfaces = select_interfaces(&cli.interfaces)?;
-    let listener = http::bind(&cli.listen_address)?;
+    let listener = web::bind(&cli.listen_address)?;
     // `--web.probe-listen`: more listeners, each with its default /probe module.
     let probe_listeners = cli
         .probe_listen
         .iter()
-        .map(|extra| Ok((http::bind(&extra.address)?, extra.module)))
+        .map(|extra| Ok((web::bind(&extra.address)?, extra.module)))
         .collect::<Result<Vec<_>>>()?;
     let allowlist = &config_state.current().allowlist;
     if allowlist.is_empty() {
@@ -156,7 +158,7 @@ pub fn run(flags: Cli) -> Result<()> {
                 );
             }
         });
-        let probers = Probers::new(&cli);
+        let probers = Probers::new(&cli.ping);
         let mut registry = metrics::registry(Arc::clone(&flows), &cli.jool, &probers);
         registry.register_collector(config_state.collector());
         let state = Arc::new(AppState {
@@ -166,8 +168,8 @@ pub fn run(flags: Cli) -> Result<()> {
             ready: true.into(),
             probers,
             config: Arc::clone(&config_state),
-            web: http::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
-            scrapes: http::ScrapeCoalescer::default(),
+            web: web::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
+            scrapes: web::ScrapeCoalescer::default(),
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
         // need (see privileges.rs).
@@ -203,7 +205,7 @@ pub fn run(flags: Cli) -> Result<()> {
         let extra_servers: Vec<_> = probe_listeners
             .into_iter()
             .map(|(listener, module)| {
-                let serving = http::serve(
+                let serving = web::serve(
                     listener,
                     Arc::clone(&state),
                     tls.clone(),
@@ -217,7 +219,7 @@ pub fn run(flags: Cli) -> Result<()> {
                 })
             })
             .collect();
-        http::serve(listener, Arc::clone(&state), tls, None, shutdown).await?;
+        web::serve(listener, Arc::clone(&state), tls, None, shutdown).await?;
         for server in extra_servers {
             server.abort();
         }

@@ -1,6 +1,6 @@
 //! The Prometheus registry: collectors that read live state (the datapath's maps, the flow
 //! table's own counters) at scrape time, plus build information; the per-flow-series families
-//! are written next to it by [`crate::flow_exposition`]. Names follow Prometheus conventions:
+//! are written next to it by [`crate::flows::exposition`]. Names follow Prometheus conventions:
 //! base units, `_total` on counters; README.md documents each one.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{datapath::DeviceSample, flow_tracker::FlowTracker};
+use crate::{flows::tracker::FlowTracker, kernel::datapath::DeviceSample};
 
 /// Builds the registry served on the telemetry path.
 pub fn registry(
@@ -375,7 +375,7 @@ impl DatapathCollector {
     }
 
     /// The flow table's own metrics. The per-series families are written by
-    /// [`crate::flow_exposition`], from the snapshot the same scrape took just before.
+    /// [`crate::flows::exposition`], from the snapshot the same scrape took just before.
     fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let table = self.flows.table();
         let stats = table.stats();
@@ -475,7 +475,7 @@ impl Collector for DatapathCollector {
                 .map_origins()
                 .into_iter()
                 .flat_map(|(map, origin)| {
-                    crate::pinning::MapOrigin::ALL.map(|candidate| {
+                    crate::kernel::pinning::MapOrigin::ALL.map(|candidate| {
                         (
                             [
                                 ("map", map.to_string()),

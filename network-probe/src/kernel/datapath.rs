@@ -1,5 +1,5 @@
 //! The kernel side seen from user space: loads the eBPF object embedded at build time (with its
-//! maps pinned in bpffs when asked, see [`crate::pinning`]), prepares the per-interface map
+//! maps pinned in bpffs when asked, see [`crate::kernel::pinning`]), prepares the per-interface map
 //! entries, attaches the programs (TCX links at ingress and egress, or cls_bpf filters on a
 //! clsact qdisc on kernels without TCX, or XDP at ingress), reads and trims the maps on demand,
 //! forgets interfaces whose device is gone, and detaches everything on shutdown.
@@ -11,7 +11,7 @@
 //! Each watched interface owns a slot of the per-CPU statistics array (assigned here, recorded
 //! in the interface-index -> slot array the programs read; see `network-probe-common`). Flows
 //! live in the flow slot table or, when their slot is taken, in one LRU map per address family;
-//! [`Datapath::flows`] returns them all as [`FlowKey`]s (see [`crate::flow_maps`]).
+//! [`Datapath::flows`] returns them all as [`FlowKey`]s (see [`crate::kernel::flow_maps`]).
 //!
 //! Per-interface counters never go backwards: when an interface is forgotten its statistics are
 //! folded into a user-space total kept under its name before its slot is released, and every
@@ -46,10 +46,10 @@ use network_probe_common::{
 
 use crate::{
     error::{Error, Result},
-    flow_maps::{FlowMapEntries, FlowMaps},
-    map_batch,
-    pinning::{self, MapOrigin, WantedMap},
-    rtnetlink,
+    kernel::flow_maps::{FlowMapEntries, FlowMaps},
+    kernel::map_batch,
+    kernel::pinning::{self, MapOrigin, WantedMap},
+    kernel::rtnetlink,
 };
 
 /// The eBPF object built from `network-probe-ebpf` by build.rs.
@@ -452,7 +452,7 @@ impl Datapath {
             .collect()
     }
 
-    /// Every flow in the slot table and the LRU maps, once (see [`crate::flow_maps`]).
+    /// Every flow in the slot table and the LRU maps, once (see [`crate::kernel::flow_maps`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         self.lock().flows.read()
     }

@@ -6,7 +6,7 @@
 //! (loaded and verified, attached nowhere), the interfaces to attach to, hardware timestamping
 //! per interface, ICMP datagram and raw sockets, the Jool module and instances, and the listen
 //! address. Each check reuses the code the daemon itself runs ([`preflight`], [`Datapath::load`],
-//! [`rtnetlink`], the ping prober's timestamping ioctl, the Jool client, [`http::bind`]); only
+//! [`rtnetlink`], the ping prober's timestamping ioctl, the Jool client, [`web::bind`]); only
 //! the decisions that are new here (the line for each finding) live in this file, as pure
 //! functions with unit tests.
 
@@ -14,13 +14,13 @@ use std::{fmt, fs, io, os::fd::AsRawFd as _, path::Path, time::Duration};
 
 use crate::{
     cli::Cli,
-    datapath::{Datapath, DatapathConfig},
-    http,
     jool::client::{JoolClient, ReadError},
-    preflight,
-    privileges::{StatusCapabilities, bit, cap},
+    kernel::datapath::{Datapath, DatapathConfig},
+    kernel::preflight,
+    kernel::privileges::{StatusCapabilities, bit, cap},
+    kernel::rtnetlink,
     probe::ping::timestamps,
-    rtnetlink,
+    web,
 };
 
 /// Where the BPF filesystem is expected.
@@ -135,7 +135,7 @@ pub fn findings(cli: &Cli) -> Vec<Finding> {
     findings.extend(interface_findings(cli));
     findings.extend(socket_findings());
     findings.extend(jool_findings(cli));
-    findings.push(match http::bind(&cli.listen_address) {
+    findings.push(match web::bind(&cli.listen_address) {
         Ok(listener) => Finding::ok(
             "listen address",
             format!(
@@ -256,7 +256,7 @@ pub fn bpffs_mounted(mounts: &str) -> bool {
 /// bpffs: the daemon pins nothing, so its absence is only a warning (bpftool needs it).
 pub fn bpffs_finding(mounts: &str, pin_path: &str) -> Finding {
     if !pin_path.is_empty() {
-        return match crate::pinning::check_location(Path::new(pin_path)) {
+        return match crate::kernel::pinning::check_location(Path::new(pin_path)) {
             Ok(()) => Finding::ok(
                 "bpffs",
                 format!("--datapath.pin-path {pin_path} is on bpffs: counters survive restarts"),
@@ -672,7 +672,10 @@ mod tests {
         assert!(matches!(cli.command, Some(crate::cli::Command::Check)));
         assert_eq!(cli.interfaces, ["eth1"]);
         assert_eq!(cli.listen_address, "127.0.0.1:1");
-        assert_eq!(cli.ingress, crate::datapath::IngressHook::XdpGeneric);
+        assert_eq!(
+            cli.ingress,
+            crate::kernel::datapath::IngressHook::XdpGeneric
+        );
         assert!(cli.ping.hard);
         let before = Cli::try_parse_from(["network-probe", "--interface", "eth2", "check"]);
         assert_eq!(before.unwrap().interfaces, ["eth2"]);

@@ -2,7 +2,7 @@
 //! it folded. Called on every scrape and by a periodic sweep, so evictions are noticed and idle
 //! flows leave the map even when nobody scrapes.
 //!
-//! With a state file ([`crate::state`]) it also restores, at start, what the previous run folded
+//! With a state file ([`crate::flows::state`]) it also restores, at start, what the previous run folded
 //! out of the pinned maps, and saves it again whenever it changes: before the folded flows are
 //! deleted from the kernel map, and at shutdown.
 
@@ -18,9 +18,9 @@ use log::{info, warn};
 use network_probe_common::FlowKey;
 
 use crate::{
-    datapath::Datapath,
-    flows::{FlowOptions, FlowTable},
-    state::{self, SavedState},
+    flows::state::{self, SavedState},
+    flows::table::{FlowOptions, FlowTable},
+    kernel::datapath::Datapath,
 };
 
 #[derive(Debug)]

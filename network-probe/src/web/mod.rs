@@ -1,13 +1,13 @@
 //! The HTTP side: binding `--web.listen-address` and one hyper service with the landing page,
 //! the telemetry path, `/-/healthy`, `/-/ready`, `/probe`, `/config` and `/-/reload`; in front of it TLS and basic auth
-//! from `--web.config.file` (parsed in [`crate::web_config`]) and the request limits (URI, header
+//! from `--web.config.file` (parsed in [`crate::config::web`]) and the request limits (URI, header
 //! section, body, concurrent probes).
 
 use std::{
     collections::{BTreeMap, HashSet},
     convert::Infallible,
     future::Future,
-    net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs},
+    net::{SocketAddr, TcpListener as StdTcpListener},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -43,14 +43,14 @@ use tokio_rustls::{
 
 use crate::{
     config::reload::{ConfigState, ReloadError},
+    config::web::{self as web_config, ClientAuth, TlsSettings, TlsVersion, WebConfig},
     error::{Error, Result},
-    flow_exposition::{self, FlowCursor, FlowSeries},
+    flows::exposition::{self, FlowCursor, FlowSeries},
     metrics,
     probe::{
         self, ProbeContext, Probers, Query,
         allowlist::{Allowlist, Refusal, Screening},
     },
-    web_config::{self, ClientAuth, TlsSettings, TlsVersion, WebConfig},
 };
 
 /// How long a client may take to send its request headers (and to finish a TLS handshake).
@@ -74,8 +74,8 @@ const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug)]
 pub struct AppState {
     pub registry: Registry,
-    /// The flow table, whose series [`crate::flow_exposition`] writes next to the registry.
-    pub flows: Arc<crate::flow_tracker::FlowTracker>,
+    /// The flow table, whose series [`crate::flows::exposition`] writes next to the registry.
+    pub flows: Arc<crate::flows::tracker::FlowTracker>,
     pub telemetry_path: String,
     /// Set once the datapath is attached; `/-/ready` answers 503 before that.
     pub ready: AtomicBool,
@@ -154,7 +154,7 @@ impl Drop for Scrape {
 }
 
 /// The body of a telemetry response, produced chunk by chunk: the registry's families, then
-/// the flow series (about [`flow_exposition::CHUNK_BYTES`] at a time), then `# EOF` for
+/// the flow series (about [`exposition::CHUNK_BYTES`] at a time), then `# EOF` for
 /// OpenMetrics. A 100k-series body (100 MB) thus never sits in memory whole.
 #[derive(Debug)]
 pub struct ScrapeBody {
@@ -187,12 +187,12 @@ impl hyper::body::Body for ScrapeBody {
                     };
                 }
                 1 => {
-                    let mut chunk = String::with_capacity(flow_exposition::CHUNK_BYTES + 512);
+                    let mut chunk = String::with_capacity(exposition::CHUNK_BYTES + 512);
                     if body.scrape.flows.write(
                         &mut body.cursor,
                         body.openmetrics,
                         &mut chunk,
-                        flow_exposition::CHUNK_BYTES,
+                        exposition::CHUNK_BYTES,
                     ) {
                         body.stage = 2;
                     }
@@ -489,44 +489,10 @@ fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Resolves a `--web.listen-address` value (`HOST:PORT`, `[V6]:PORT` or `:PORT`) to socket
-/// addresses. `:PORT` means every local address, IPv6 and IPv4.
-pub fn resolve_listen_address(address: &str) -> Result<Vec<SocketAddr>> {
-    let invalid = |reason: String| Error::ListenAddress {
-        address: address.to_string(),
-        reason,
-    };
-    if let Some(port) = address.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| invalid(format!("port {port:?} is not a number from 0 to 65535")))?;
-        return Ok(vec![
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
-            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
-        ]);
-    }
-    let Some((_, port)) = address.rsplit_once(':') else {
-        return Err(invalid("expected HOST:PORT or :PORT".into()));
-    };
-    if port.parse::<u16>().is_err() {
-        return Err(invalid(format!(
-            "port {port:?} is not a number from 0 to 65535"
-        )));
-    }
-    let addresses: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .map_err(|err| invalid(err.to_string()))?
-        .collect();
-    if addresses.is_empty() {
-        return Err(invalid("the host name resolves to no address".into()));
-    }
-    Ok(addresses)
-}
-
 /// Binds the first usable address of `--web.listen-address`. For `:PORT` the IPv6 wildcard
 /// (dual-stack) is tried first and the IPv4 wildcard only if the host has no IPv6.
 pub fn bind(address: &str) -> Result<StdTcpListener> {
-    let candidates = resolve_listen_address(address)?;
+    let candidates = crate::support::listen_address::resolve(address)?;
     let mut last_error = None;
     for candidate in &candidates {
         match StdTcpListener::bind(candidate) {
@@ -1114,26 +1080,7 @@ mod tests {
             bcrypt::verify("anything", UNKNOWN_USER_HASH).ok(),
             Some(false)
         );
-        assert!(crate::web_config::check_bcrypt_hash(UNKNOWN_USER_HASH).is_ok());
-    }
-
-    #[test]
-    fn listen_addresses() {
-        let all = resolve_listen_address(":9435").unwrap();
-        assert_eq!(all[0].to_string(), "[::]:9435");
-        assert_eq!(all[1].to_string(), "0.0.0.0:9435");
-        assert_eq!(
-            resolve_listen_address("127.0.0.1:1234").unwrap()[0].to_string(),
-            "127.0.0.1:1234"
-        );
-        assert_eq!(
-            resolve_listen_address("[::1]:80").unwrap()[0].to_string(),
-            "[::1]:80"
-        );
-        for bad in ["9435", ":http", ":70000", "127.0.0.1:", "host:port"] {
-            let err = resolve_listen_address(bad).unwrap_err().to_string();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
+        assert!(crate::config::web::check_bcrypt_hash(UNKNOWN_USER_HASH).is_ok());
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! From kernel flow maps to flow series: the bounded, monotonic flow table ([`table`], pure),
+//! what drives it from the datapath ([`tracker`]), the state file that keeps what user space
+//! folded across restarts ([`state`]) and the flow families of a scrape ([`exposition`]).
+//!
+//! Builds on [`crate::kernel`]; knows nothing of the command line, the configuration file or
+//! HTTP.
+
+pub mod exposition;
+pub mod state;
+pub mod table;
+pub mod tracker;

@@ -1,0 +1,16 @@
+//! Everything that talks to the kernel about the datapath and the host: loading and attaching
+//! the eBPF programs ([`datapath`]), the maps they fill ([`flow_maps`], read in batches by
+//! [`map_batch`], pinned in bpffs by [`pinning`]), waiting out running programs
+//! ([`program_barrier`]), interfaces, routes and link events over rtnetlink ([`rtnetlink`]), the
+//! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]).
+//!
+//! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
+
+pub mod datapath;
+pub mod flow_maps;
+pub mod map_batch;
+pub mod pinning;
+pub mod preflight;
+pub mod privileges;
+pub mod program_barrier;
+pub mod rtnetlink;
