@@ -149,10 +149,8 @@ pub fn run(flags: Cli) -> Result<()> {
                 drop(
                     tokio::task::spawn_blocking(move || {
                         drop(sweeper.refresh());
-                        // A scrape of 100k series allocates and frees about 100 MB; glibc keeps
-                        // freed memory mapped until asked. Hand it back between scrapes.
-                        // SAFETY: malloc_trim only releases free heap memory.
-                        unsafe { libc::malloc_trim(0) };
+                        // Hand a scrape's freed memory back between scrapes.
+                        crate::support::memory::trim_heap();
                     })
                     .await,
                 );

@@ -122,7 +122,7 @@ impl ConfigState {
 
     /// The configuration in force now.
     pub fn current(&self) -> Arc<Live> {
-        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&crate::support::sync::read(&self.live))
     }
 
     /// `/config`.
@@ -136,7 +136,7 @@ impl ConfigState {
             warn!("reload requested, but no --config.file was given at start");
             return Err(ReloadError::NoFile);
         };
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = crate::support::sync::lock(&self.stats);
         match super::load(path) {
             Err(err) => {
                 stats.last_successful = false;
@@ -156,8 +156,7 @@ impl ConfigState {
                         web_path.display()
                     ));
                 }
-                *self.live.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(Live::new(config, &self.flags));
+                *crate::support::sync::write(&self.live) = Arc::new(Live::new(config, &self.flags));
                 stats.last_successful = true;
                 stats.last_success_seconds = now_seconds();
                 stats.successes += 1;
@@ -196,7 +195,7 @@ struct ReloadCollector(Arc<ConfigState>);
 impl Collector for ReloadCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (successful, timestamp, successes, failures) = {
-            let stats = self.0.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = crate::support::sync::lock(&self.0.stats);
             (
                 stats.last_successful,
                 stats.last_success_seconds,

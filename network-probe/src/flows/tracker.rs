@@ -148,10 +148,7 @@ impl FlowTracker {
             return;
         };
         let generations = (table.generation(), self.datapath.generation());
-        let mut saved = self
-            .saved_generations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut saved = crate::support::sync::lock(&self.saved_generations);
         if *saved == generations && pending_deletes.is_empty() {
             return;
         }
@@ -172,7 +169,7 @@ impl FlowTracker {
     }
 
     fn lock_table(&self) -> MutexGuard<'_, FlowTable> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::support::sync::lock(&self.table)
     }
 
     pub fn datapath(&self) -> &Datapath {

@@ -139,10 +139,7 @@ impl JoolCollector {
         if self.disabled {
             return readings;
         }
-        let mut guard = self
-            .client
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut guard = crate::support::sync::lock(&self.client);
         if guard.is_none() {
             match JoolClient::connect(RECEIVE_TIMEOUT) {
                 Ok(client) => *guard = Some(JoolClientCell(client)),

@@ -546,9 +546,7 @@ impl Datapath {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::support::sync::lock(&self.inner)
     }
 }
 

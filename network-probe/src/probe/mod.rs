@@ -55,15 +55,12 @@ impl ProbeContext {
     pub fn log(&self, line: impl Into<String>) {
         let line = line.into();
         log::debug!("probe: {line}");
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        crate::support::sync::lock(&self.log).push(line);
     }
 
     /// The probe log so far.
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::support::sync::lock(&self.log).clone()
     }
 }
 

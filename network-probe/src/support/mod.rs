@@ -1,5 +1,10 @@
-//! Small leaf helpers every layer may use: durations as flags and files write them, listen
-//! addresses. Nothing here knows of the CLI, the configuration file, HTTP or the kernel.
+//! Small leaf helpers every layer may use: durations as flags and files write them
+//! ([`units`]), listen addresses ([`listen_address`]), poison-tolerant locks ([`sync`]), the
+//! one source of randomness ([`random`]) and heap trimming ([`memory`]). Nothing here knows of
+//! the CLI, the configuration file, HTTP or the kernel's maps.
 
 pub mod listen_address;
+pub mod memory;
+pub mod random;
+pub mod sync;
 pub mod units;

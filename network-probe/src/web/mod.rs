@@ -141,10 +141,7 @@ impl Drop for Scrape {
             // Free the snapshot first, then trim, off the runtime thread when there is one (a
             // trim walks the whole heap).
             drop(std::mem::take(&mut self.flows));
-            // SAFETY: malloc_trim only releases free heap memory.
-            let trim = || unsafe {
-                libc::malloc_trim(0);
-            };
+            let trim = crate::support::memory::trim_heap;
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn_blocking(trim)),
                 Err(_) => trim(),

@@ -26,7 +26,6 @@ use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
     registry::Registry,
 };
-use rand_core::{OsRng, RngCore as _};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpSocket, TcpStream},
@@ -383,14 +382,16 @@ pub fn auth_token(auth: &Auth) -> Result<String, String> {
         .map_or(0, |elapsed| elapsed.as_secs() as i64);
     let text = protocol::auth_plaintext(&auth.username, &auth.password, now);
     let encrypted = match auth.padding {
-        Padding::Pkcs1 => {
-            auth.public_key
-                .encrypt(&mut OsRng, rsa::Pkcs1v15Encrypt, text.as_bytes())
-        }
-        Padding::Oaep => {
-            auth.public_key
-                .encrypt(&mut OsRng, rsa::Oaep::new::<sha1::Sha1>(), text.as_bytes())
-        }
+        Padding::Pkcs1 => auth.public_key.encrypt(
+            &mut crate::support::random::OsRng,
+            rsa::Pkcs1v15Encrypt,
+            text.as_bytes(),
+        ),
+        Padding::Oaep => auth.public_key.encrypt(
+            &mut crate::support::random::OsRng,
+            rsa::Oaep::new::<sha1::Sha1>(),
+            text.as_bytes(),
+        ),
     }
     .map_err(|err| format!("encrypting the auth token: {err}"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(encrypted))
@@ -474,7 +475,7 @@ impl Iperf3Prober {
     }
 
     fn slot(&self, key: &str) -> Arc<ServerSlot> {
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = crate::support::sync::lock(&self.servers);
         Arc::clone(servers.entry(key.to_string()).or_insert_with(|| {
             Arc::new(ServerSlot {
                 permit: Semaphore::new(1),
@@ -485,7 +486,7 @@ impl Iperf3Prober {
 
     /// Forgets a server's queue once nobody uses it.
     fn release(&self, key: &str) {
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = crate::support::sync::lock(&self.servers);
         if servers
             .get(key)
             .is_some_and(|slot| Arc::strong_count(slot) == 1)
@@ -496,7 +497,7 @@ impl Iperf3Prober {
 
     /// Servers with a queue right now (tests).
     pub fn queued_servers(&self) -> usize {
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).len()
+        crate::support::sync::lock(&self.servers).len()
     }
 }
 
@@ -789,7 +790,7 @@ async fn run_test(
         })?;
     let mut control = Control { stream };
     let mut random = [0u8; COOKIE_LEN - 1];
-    OsRng.fill_bytes(&mut random);
+    crate::support::random::fill(&mut random);
     let cookie = protocol::make_cookie(&random);
     control.write(&cookie).await?;
     // A server that just failed a test re-creates its listener; a connection caught in between

@@ -81,7 +81,7 @@ impl IcmpDriver {
                 AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::ERROR)
             }?,
             identifier,
-            cookie: super::random_u64(),
+            cookie: crate::support::random::u64(),
             state: Mutex::new(SendState {
                 next_seq: 0,
                 sends: 0,

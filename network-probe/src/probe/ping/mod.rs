@@ -130,7 +130,7 @@ pub struct Random(u64);
 
 impl Random {
     pub fn new() -> Self {
-        Random(random_u64())
+        Random(crate::support::random::u64())
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -146,21 +146,6 @@ impl Default for Random {
     fn default() -> Self {
         Random::new()
     }
-}
-
-/// 64 bits from getrandom(2).
-pub fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: writes at most 8 bytes into the buffer.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled != 8 {
-        // Never expected; the time is still unpredictable to a remote party.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return nanos.as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
-    }
-    u64::from_ne_bytes(bytes)
 }
 
 /// The four sockets, opened on first use.
@@ -195,7 +180,7 @@ impl Ping {
     pub fn new(flags: &Flags) -> Self {
         let identifier = match flags.identifier {
             Identifier::Pid => std::process::id() as u16,
-            Identifier::Random => random_u64() as u16,
+            Identifier::Random => crate::support::random::u64() as u16,
         };
         let scheduler = Scheduler::new(Schedule {
             interval: flags.interval,

@@ -9,7 +9,7 @@ use std::{
     io,
     net::IpAddr,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -20,12 +20,7 @@ use super::{
     timestamps::{self, ControlMessages},
 };
 
-/// Locks a mutex, ignoring poisoning (the data stay consistent: every update is one call).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub use crate::support::sync::lock;
 
 /// What is probed: an address, with ICMP echo (`tcp_port` None) or TCP SYN to a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
