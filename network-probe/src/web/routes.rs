@@ -1,0 +1,281 @@
+//! Answering one request: the limits hyper leaves to us (URI over 8 KiB: 414, any body: 413),
+//! basic auth, the configured response headers, then the endpoints: the landing page, the
+//! telemetry path (rendered by [`super::scrape`]), `/-/healthy`, `/-/ready`, `/config`,
+//! `/-/reload` and `/probe` (in [`super::probe_route`]); and the choice between OpenMetrics and
+//! the Prometheus text format 0.0.4 by the Accept header.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{
+        ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
+        WWW_AUTHENTICATE,
+    },
+};
+
+use super::{
+    AppState,
+    listen::MAX_URI_BYTES,
+    probe_route::handle_probe,
+    scrape::{Body, telemetry},
+};
+use crate::{config::reload::ReloadError, metrics};
+
+pub(super) const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(super) const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Checks the limits and credentials, routes the request and adds the configured headers.
+/// Never fails: every outcome is a response. `default_module` as in [`serve`](super::serve).
+pub(super) async fn handle(
+    state: &Arc<AppState>,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let mut response = match refusal(&request) {
+        Some(refused) => refused.map(Body::Left),
+        None if !state.web.authorized(&request).await => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"network-probe\", charset=\"UTF-8\""),
+            );
+            response.map(Body::Left)
+        }
+        None => route(state, default_module, request).await,
+    };
+    for (name, value) in &state.web.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The 4xx for a request beyond the limits: a URI over [`MAX_URI_BYTES`] (414), or any body
+/// (413: no endpoint takes one). hyper itself answers a head over [`MAX_HEAD_BYTES`](super::listen::MAX_HEAD_BYTES) or with
+/// more than 100 fields (431) and a malformed head (400).
+fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |path| path.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return Some(with_type(
+            StatusCode::URI_TOO_LONG,
+            "text/plain; charset=utf-8",
+            format!("the URI has {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted\n"),
+        ));
+    }
+    let headers = request.headers();
+    let declared_body = headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() != b"0")
+        || headers.contains_key(TRANSFER_ENCODING);
+    if declared_body {
+        return Some(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "no endpoint takes a request body\n",
+        ));
+    }
+    None
+}
+
+/// Routes one request that passed the limits and authentication.
+async fn route(
+    state: &Arc<AppState>,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let readable = request.method() == Method::GET || request.method() == Method::HEAD;
+    if readable && request.uri().path() == state.telemetry_path {
+        return match state.scrapes.render(state, std::time::Instant::now()).await {
+            Some(scrape) => telemetry(&request, scrape),
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+            .map(Body::Left),
+        };
+    }
+    route_text(state, default_module, request)
+        .await
+        .map(Body::Left)
+}
+
+/// Routes a request for anything but the telemetry path.
+async fn route_text(
+    state: &Arc<AppState>,
+    default_module: Option<&'static str>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/-/reload" {
+        return handle_reload(state, &request).await;
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let path = request.uri().path();
+    if path == "/probe" {
+        return handle_probe(state, default_module, &request).await;
+    }
+    match path {
+        "/" => with_type(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            landing_page(&state.telemetry_path),
+        ),
+        "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+        "/config" => with_type(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            state.config.render(),
+        ),
+        "/-/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "Ready\n"),
+        "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Not ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "Not Found\n"),
+    }
+}
+
+/// `POST` (or `PUT`) `/-/reload`: reads `--config.file` again. 200 when the new file is in
+/// force (listing what needs a restart), 409 with the error when it is not (the previous
+/// configuration stays); other methods get 405.
+async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST && request.method() != Method::PUT {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /-/reload to reload the configuration\n",
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST, PUT"));
+        return response;
+    }
+    // Reading and checking files: off the runtime thread.
+    let config = Arc::clone(&state.config);
+    let outcome = tokio::task::spawn_blocking(move || config.reload())
+        .await
+        .unwrap_or_else(|err| {
+            Err(ReloadError::Invalid(crate::config::ConfigError {
+                path: String::new(),
+                reason: format!("the reload task failed: {err}"),
+            }))
+        });
+    match outcome {
+        Ok(reloaded) => {
+            let mut body = String::from("configuration reloaded\n");
+            for line in &reloaded.needs_restart {
+                body.push_str(&format!("needs restart: {line}\n"));
+            }
+            with_type(StatusCode::OK, "text/plain; charset=utf-8", body)
+        }
+        Err(err) => with_type(
+            StatusCode::CONFLICT,
+            "text/plain; charset=utf-8",
+            format!("{err}\n"),
+        ),
+    }
+}
+
+/// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at
+/// least as much as for plain text (Prometheus does), else in the Prometheus text format 0.0.4
+/// (curl, promtool and other clients that do not know OpenMetrics).
+pub(super) fn exposition(request: &Request<Incoming>, openmetrics: &str) -> Response<Full<Bytes>> {
+    let accept = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if wants_openmetrics(accept) {
+        with_type(
+            StatusCode::OK,
+            OPENMETRICS_CONTENT_TYPE,
+            openmetrics.to_string(),
+        )
+    } else {
+        let body = metrics::openmetrics_to_text_004(openmetrics);
+        with_type(StatusCode::OK, TEXT_004_CONTENT_TYPE, body)
+    }
+}
+
+/// Whether an Accept header gives `application/openmetrics-text` a quality above 0 and at
+/// least that of plain text (`text/plain`, `text/*`, `*/*`).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
+    for range in accept.unwrap_or("").split(',') {
+        let range = range.to_ascii_lowercase();
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let quality = parts
+            .find_map(|parameter| parameter.strip_prefix("q="))
+            .map_or(Some(1.0), |q| q.parse::<f32>().ok())
+            .unwrap_or(0.0);
+        match media {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => plain = plain.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= plain
+}
+
+fn landing_page(telemetry_path: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>network-probe</title></head><body>\n\
+         <h1>network-probe</h1>\n<p>eBPF network telemetry for Prometheus, version {}.</p>\n<ul>\n\
+         <li><a href=\"{telemetry_path}\">Metrics</a></li>\n\
+         <li><a href=\"/-/healthy\">Health</a></li>\n\
+         <li><a href=\"/-/ready\">Readiness</a></li>\n\
+         <li><a href=\"/config\">Configuration</a></li>\n\
+         </ul>\n</body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+pub(super) fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        // What Prometheus 2.42 sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,\
+            application/openmetrics-text;version=0.0.1;q=0.75,\
+            text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(wants_openmetrics(Some("application/openmetrics-text")));
+        for other in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("text/plain"),
+            Some("text/plain;version=0.0.4,application/openmetrics-text;q=0.5"),
+            Some("application/openmetrics-text;q=0"),
+            Some("application/openmetrics-text;q=bad"),
+        ] {
+            assert!(!wants_openmetrics(other), "{other:?}");
+        }
+    }
+}
