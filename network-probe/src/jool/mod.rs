@@ -4,13 +4,16 @@
 //! - [`Flags`]: which instances to read (`--jool.instance`, `--jool.all-instances`).
 //! - [`JoolCollector`]: the prometheus-client collector; one `jool_*` family per statistic,
 //!   labelled `instance` and `type`, plus `jool_up` and `jool_failure` per instance.
-//! - [`codec`]: the sans-IO wire format and the stat-id tables.
+//! - [`codec`]: the sans-IO wire format.
+//! - `stat_names`: the stat-id tables (names, kinds, help per Jool release), re-exported by
+//!   [`codec`].
 //! - [`client`]: the netlink socket, family resolution, paging and error classification.
 //!
 //! docs/jool.md documents every metric and the mapping from jool-exporter's names.
 
 pub mod client;
 pub mod codec;
+mod stat_names;
 
 use std::{collections::BTreeMap, fmt, str::FromStr, sync::Mutex, time::Duration};
 
