@@ -3,11 +3,11 @@
 //! from `--web.config.file` (parsed in [`crate::config::web`]) and the request limits (URI, header
 //! section, body, concurrent probes).
 //!
-//! - [`listen`]: binding, accepting, TLS handshakes, hyper's connection limits.
-//! - [`auth`]: the TLS acceptor, basic auth with bcrypt, response headers, the probe limit.
-//! - [`routes`]: request limits, authentication and the endpoints, content negotiation.
-//! - [`probe_route`]: `/probe` and the `--probe.allow` screening of its targets.
-//! - [`scrape`]: the telemetry path's shared renders and streamed bodies.
+//! - `listen`: binding, accepting, TLS handshakes, hyper's connection limits.
+//! - `auth`: the TLS acceptor, basic auth with bcrypt, response headers, the probe limit.
+//! - `routes`: request limits, authentication and the endpoints, content negotiation.
+//! - `probe_route`: `/probe` and the `--probe.allow` screening of its targets.
+//! - `scrape`: the telemetry path's shared renders and streamed bodies.
 
 mod auth;
 mod listen;

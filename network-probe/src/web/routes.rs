@@ -24,9 +24,8 @@ use super::{
 };
 use crate::{config::reload::ReloadError, metrics};
 
-pub(super) const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-pub(super) const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Checks the limits and credentials, routes the request and adds the configured headers.
 /// Never fails: every outcome is a response. `default_module` as in [`serve`](super::serve).
@@ -186,19 +185,27 @@ async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Respons
 /// least as much as for plain text (Prometheus does), else in the Prometheus text format 0.0.4
 /// (curl, promtool and other clients that do not know OpenMetrics).
 pub(super) fn exposition(request: &Request<Incoming>, openmetrics: &str) -> Response<Full<Bytes>> {
+    match negotiate(request) {
+        (true, content_type) => with_type(StatusCode::OK, content_type, openmetrics.to_string()),
+        (false, content_type) => with_type(
+            StatusCode::OK,
+            content_type,
+            metrics::openmetrics_to_text_004(openmetrics),
+        ),
+    }
+}
+
+/// Whether `request` gets OpenMetrics (see [`wants_openmetrics`]), and the content type of
+/// the answer: shared by [`exposition`] and the telemetry path.
+pub(super) fn negotiate(request: &Request<Incoming>) -> (bool, &'static str) {
     let accept = request
         .headers()
         .get(ACCEPT)
         .and_then(|value| value.to_str().ok());
     if wants_openmetrics(accept) {
-        with_type(
-            StatusCode::OK,
-            OPENMETRICS_CONTENT_TYPE,
-            openmetrics.to_string(),
-        )
+        (true, OPENMETRICS_CONTENT_TYPE)
     } else {
-        let body = metrics::openmetrics_to_text_004(openmetrics);
-        with_type(StatusCode::OK, TEXT_004_CONTENT_TYPE, body)
+        (false, TEXT_004_CONTENT_TYPE)
     }
 }
 

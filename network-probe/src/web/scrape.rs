@@ -15,13 +15,10 @@ use http_body_util::Full;
 use hyper::{
     Request, Response,
     body::{Bytes, Incoming},
-    header::{ACCEPT, CONTENT_TYPE, HeaderValue},
+    header::{CONTENT_TYPE, HeaderValue},
 };
 
-use super::{
-    AppState,
-    routes::{OPENMETRICS_CONTENT_TYPE, TEXT_004_CONTENT_TYPE, wants_openmetrics},
-};
+use super::{AppState, routes::negotiate};
 use crate::{
     flows::exposition::{self, FlowCursor, FlowSeries},
     metrics,
@@ -63,7 +60,7 @@ struct LastRender<T> {
 }
 
 /// One render of the telemetry path: the registry's OpenMetrics text and a snapshot of the flow
-/// series, written out as the response is sent (see [`ScrapeBody`]).
+/// series, written out as the response is sent (see `ScrapeBody`).
 #[derive(Debug)]
 pub struct Scrape {
     registry: String,
@@ -221,17 +218,7 @@ async fn render_scrape(state: &Arc<AppState>) -> Option<Arc<Scrape>> {
 /// The 200 of the telemetry path: `scrape` in the format the client asks for (see
 /// [`super::routes::exposition`]), written as it is sent.
 pub(super) fn telemetry(request: &Request<Incoming>, scrape: Arc<Scrape>) -> Response<Body> {
-    let openmetrics = wants_openmetrics(
-        request
-            .headers()
-            .get(ACCEPT)
-            .and_then(|value| value.to_str().ok()),
-    );
-    let content_type = if openmetrics {
-        OPENMETRICS_CONTENT_TYPE
-    } else {
-        TEXT_004_CONTENT_TYPE
-    };
+    let (openmetrics, content_type) = negotiate(request);
     let mut response = Response::new(Body::Right(ScrapeBody {
         scrape,
         openmetrics,
