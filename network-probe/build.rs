@@ -17,6 +17,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+// A build-dependency only so cargo reruns this script when the eBPF crate changes.
+use network_probe_ebpf as _;
 
 /// The eBPF crate, and its binary (the object's name in OUT_DIR).
 const EBPF_PACKAGE: &str = "network-probe-ebpf";

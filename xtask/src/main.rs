@@ -7,6 +7,7 @@ mod bootstrap;
 mod deb;
 mod fuzz;
 mod kernel_vm;
+mod layers;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -76,6 +77,9 @@ enum Task {
     /// Bootstrap the toolchain and cargo-deb, build in release mode and package the daemon as
     /// target/debian/network-probe_<version>-1_<arch>.deb (see docs/deployment.md).
     Deb,
+    /// Check that the daemon's modules use only lower layers (see xtask/src/layers.rs);
+    /// `cargo xtask test` does it first.
+    Layers,
     /// Only bootstrap (toolchain, and with --test-peers the Debian packages the tests use).
     Bootstrap {
         #[arg(long)]
@@ -96,6 +100,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<()> {
     let root = workspace_root();
     match args.command {
+        Task::Layers => layers::check(&root),
         Task::Bootstrap { test_peers } => {
             let toolchain = timed_bootstrap(test_peers)?;
             println!("bpf-linker: {}", toolchain.bpf_linker_dir.display());
@@ -126,6 +131,7 @@ fn run(args: Args) -> Result<()> {
                 "the tests create network namespaces and load eBPF programs",
             )?;
             let toolchain = timed_bootstrap(true)?;
+            layers::check(&root)?;
             cargo(&root, &toolchain)
                 .args(["fmt", "--all", "--check"])
                 .status_ok()?;

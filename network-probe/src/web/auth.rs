@@ -16,16 +16,14 @@ use hyper::{
     body::Incoming,
     header::{AUTHORIZATION, HeaderName, HeaderValue},
 };
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        self, RootCertStore, ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
-    },
-};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::web::{self as web_config, ClientAuth, TlsSettings, TlsVersion, WebConfig},
