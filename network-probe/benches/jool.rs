@@ -6,9 +6,6 @@
 //! NETWORK_PROBE_JOOL_BENCH set, it measures and prints the figures between markers. Absolute
 //! times are inflated by TCG emulation; the ratio is the figure to compare.
 
-#[path = "../tests/jool/vm.rs"]
-mod vm;
-
 use std::{
     process::Command,
     time::{Duration, Instant},
@@ -16,6 +13,7 @@ use std::{
 
 use clap::Parser;
 use network_probe::jool::{Flags, JoolCollector};
+use network_probe_testkit::jool_vm as vm;
 use prometheus_client::registry::Registry;
 
 /// Set inside the guest.
