@@ -6,8 +6,7 @@
 //!
 //! Every frame carries a TCP checksum that is deliberately wrong, so a's kernel drops each
 //! segment after the TC program has counted it and answers none: no RST, no egress flow, no
-//! packet leaving the namespaces. The including bench must also include `tests/common/mod.rs`
-//! as `common` (this module uses its [`VethPair`] and `in_netns`).
+//! packet leaving the namespaces.
 
 use std::{
     io,

@@ -20,7 +20,7 @@
 //! runs, file checks) neither disturb nor are disturbed by the exclusive ones.
 //!
 //! Nothing else in the suites relies on a process of its own: they set no environment
-//! variable and change no capability of the test process (tests/privileges.rs reads the
+//! variable and change no capability of the test process (tests/integration/privileges.rs reads the
 //! daemon's), enter namespaces only on threads of their own (`in_netns`), listen on fixed ports
 //! only inside their namespaces, pin maps only in a private [`crate::Bpffs`], and count the
 //! fds, threads and memory of the daemon, never of the test process.

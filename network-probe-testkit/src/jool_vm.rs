@@ -2,7 +2,7 @@
 //! `cargo xtask bootstrap --test-peers` into `~/.cache/network-probe/jool/`) booted under qemu
 //! (TCG: KVM is unusable on the build machines) with a busybox initramfs holding the `jool`
 //! CLIs, a guest program (this test or bench executable itself) and a shell `/init`.
-//! Shared by tests/jool.rs and benches/jool.rs.
+//! Shared by tests/integration/jool.rs and benches/jool.rs.
 //!
 //! The guest prints everything on its serial console between `@@BEGIN <name>` and `@@END`
 //! lines; [`Boot::section`] returns one of them.

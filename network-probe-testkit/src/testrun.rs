@@ -1,5 +1,5 @@
 //! Running the datapath programs on hand-built frames through BPF_PROG_TEST_RUN, shared by the
-//! malformed-packet tests (`tests/malformed.rs`) and the datapath benchmark
+//! malformed-packet tests (`tests/integration/malformed.rs`) and the datapath benchmark
 //! (`benches/datapath.rs`):
 //! - pure frame builders: Ethernet with optional 802.1Q / 802.1ad tags, IPv4 with options,
 //!   IPv6 with extension headers, TCP with options;

@@ -1,5 +1,5 @@
 //! Scrape cost of the Jool collector against the CLI jool-exporter forks on every scrape
-//! (`jool stats display --csv --all`), measured in the same qemu guest as tests/jool.rs (a real
+//! (`jool stats display --csv --all`), measured in the same qemu guest as tests/integration/jool.rs (a real
 //! Jool 4.1.9 module exists only there). Prints a markdown section with the ratio.
 //!
 //! On the host this program boots the guest with itself as `/bin/guest`; inside, with

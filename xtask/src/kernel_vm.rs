@@ -35,7 +35,7 @@ const GUEST_TOOLS: &[&str] = &[
 ];
 
 /// How much slower than the host the guest is expected to be (TCG emulation); exported to
-/// the tests as `NETWORK_PROBE_TEST_SLOWDOWN`, which tests/common scales its waits by.
+/// the tests as `NETWORK_PROBE_TEST_SLOWDOWN`, which the test kit (network-probe-testkit) scales its waits by.
 const SLOWDOWN: u32 = 5;
 
 const GUEST_MEMORY_MB: u32 = 2048;
