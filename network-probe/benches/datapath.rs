@@ -6,11 +6,8 @@
 //! alternating order, round after round) and the medians over the rounds are reported as a
 //! markdown table on stdout. Nothing is attached to any interface; nothing here asserts timing.
 
-#[path = "../tests/testrun/mod.rs"]
-mod testrun;
-
 use network_probe_common::FLOW_SLOTS_DEFAULT;
-use testrun::*;
+use network_probe_testkit::testrun::*;
 
 /// Repetitions of one frame per test run; the kernel runs the program this many times in a row.
 const REPEAT: u32 = 1_000_000;

@@ -1,13 +1,10 @@
 //! Scrape cost of the Jool collector against the CLI jool-exporter forks on every scrape
-//! (`jool stats display --csv --all`), measured in the same qemu guest as tests/jool.rs (a real
+//! (`jool stats display --csv --all`), measured in the same qemu guest as tests/integration/jool.rs (a real
 //! Jool 4.1.9 module exists only there). Prints a markdown section with the ratio.
 //!
 //! On the host this program boots the guest with itself as `/bin/guest`; inside, with
 //! NETWORK_PROBE_JOOL_BENCH set, it measures and prints the figures between markers. Absolute
 //! times are inflated by TCG emulation; the ratio is the figure to compare.
-
-#[path = "../tests/jool/vm.rs"]
-mod vm;
 
 use std::{
     process::Command,
@@ -16,6 +13,7 @@ use std::{
 
 use clap::Parser;
 use network_probe::jool::{Flags, JoolCollector};
+use network_probe_testkit::jool_vm as vm;
 use prometheus_client::registry::Registry;
 
 /// Set inside the guest.

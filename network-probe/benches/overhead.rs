@@ -14,13 +14,8 @@
 //! 3. Start-up time (spawn to `/-/ready` answering 200) and idle memory, against a process
 //!    that does nothing (`sleep`) started the same way.
 //!
-//! Everything runs inside namespaces created here (see `common::VethPair`) and is torn down by
+//! Everything runs inside namespaces created here (see `network_probe_testkit::VethPair`) and is torn down by
 //! Drop guards; no packet leaves them. Nothing here asserts timing.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "common/injector.rs"]
-mod injector;
 
 use std::{
     io::{Read as _, Write as _},
@@ -31,8 +26,10 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{DAEMON, Daemon, VethPair, dotted, flow_entries, in_netns, nstat, sample};
-use injector::FlowInjector;
+use network_probe_testkit::injector::FlowInjector;
+use network_probe_testkit::{
+    Daemon, VethPair, daemon_path, dotted, flow_entries, in_netns, nstat, sample,
+};
 
 /// Rounds of the sequential throughput comparison (none, ours, tcpdump one after the other);
 /// each round runs the three configurations. With seven or nine, runs of one configuration
@@ -679,7 +676,7 @@ fn startup_section() {
     let pair = VethPair::new();
     // Maps pinned as by default, on a private bpffs: the first start creates them, the others
     // reuse them (a restart).
-    let bpffs = common::Bpffs::new();
+    let bpffs = network_probe_testkit::Bpffs::new();
     let pin_path = format!("--datapath.pin-path={}", bpffs.pin_path().display());
     let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
     let listen_text = listen.to_string();
@@ -691,7 +688,7 @@ fn startup_section() {
                 let start = Instant::now();
                 let mut daemon = spawn_in(
                     &pair.a,
-                    DAEMON,
+                    daemon_path(),
                     &[
                         "--web.listen-address",
                         &listen_text,

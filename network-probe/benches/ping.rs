@@ -9,16 +9,13 @@
 //! - RTT accuracy: the median of our kernel-stamped RTTs and of our user-clock RTTs against
 //!   iputils `ping`'s median on the same target in the same run, as ratios.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::{
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Daemon, VethPair, dotted, sample};
+use network_probe_testkit::{Daemon, VethPair, dotted, sample};
 
 const TARGETS: u32 = 1024;
 const INTERVAL_MS: u32 = 100;

@@ -21,11 +21,6 @@
 //! and threads are also sampled every second for peaks. Everything runs in namespaces created
 //! here and is torn down by Drop guards; no packet leaves them.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "common/injector.rs"]
-mod injector;
-
 use std::{
     fs,
     io::{Read as _, Write as _},
@@ -39,8 +34,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, VethPair, dotted, flow_entries, nstat, sample};
-use injector::FlowInjector;
+use network_probe_testkit::injector::FlowInjector;
+use network_probe_testkit::{Daemon, VethPair, dotted, flow_entries, nstat, sample};
 
 /// Environment variable with the soak's duration in seconds (warm-up included).
 const SECONDS_ENV: &str = "NETWORK_PROBE_SOAK_SECONDS";
@@ -645,7 +640,7 @@ fn run(seconds: u64) -> bool {
     let samples = watch.samples;
     let measured_rss_kib = std::mem::take(&mut watch.measured_rss_kib);
     let echo_replies = nstat(&pair.b, "IcmpOutEchoReps") - echo_replies_before;
-    let final_probe = common::http(
+    let final_probe = network_probe_testkit::http(
         &pair.a,
         to,
         "GET",

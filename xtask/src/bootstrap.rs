@@ -73,11 +73,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "bpftool",
-        "bpftool map show: the key size of pinned maps in tests/restart.rs",
+        "bpftool map show: the key size of pinned maps in tests/integration/restart.rs",
     ),
     (
         "python3-yaml",
-        "python3 -c 'import yaml': parses deploy/kubernetes/*.yaml in tests/deploy.rs",
+        "python3 -c 'import yaml': parses deploy/kubernetes/*.yaml in tests/integration/deploy.rs",
     ),
 ];
 
@@ -131,7 +131,7 @@ pub fn toolchain() -> Result<Toolchain> {
 /// Ensures the Debian packages of [`TEST_PACKAGES`] are installed.
 pub fn test_peers() -> Result<()> {
     jool_guest()?;
-    // tests/deb.rs packages the daemon with it.
+    // tests/integration/deb.rs packages the daemon with it.
     crate::deb::ensure_cargo_deb(&cache_dir())?;
     atftpd()?;
     let names: Vec<&str> = TEST_PACKAGES.iter().map(|(name, _)| *name).collect();
@@ -314,7 +314,7 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Packages for the Jool test guest (tests/jool.rs): qemu, a static busybox, the Jool CLIs and
+/// Packages for the Jool test guest (tests/integration/jool.rs): qemu, a static busybox, the Jool CLIs and
 /// what dkms needs to build the module for the guest kernel (`linux-headers-<abi>` is added).
 const JOOL_GUEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -353,7 +353,7 @@ fn guest_modules_stamp() -> String {
     names.join("\n") + "\n"
 }
 
-/// Prepares, once, the Debian stable kernel guest that tests/jool.rs and the kernel VM runner
+/// Prepares, once, the Debian stable kernel guest that tests/integration/jool.rs and the kernel VM runner
 /// (the guest runner, `kernel_vm.rs`) boot under qemu, into `~/.cache/network-probe/jool/`: `vmlinuz` of
 /// Debian's current stable kernel ABI (resolved from `linux-image-amd64`, downloaded, not
 /// installed); `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms, the image's

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
-/// Path of the `cargo-deb` binary, installed when missing. tests/deb.rs expects it at
+/// Path of the `cargo-deb` binary, installed when missing. tests/integration/deb.rs expects it at
 /// `<cache>/cargo-deb/bin/cargo-deb`.
 pub fn ensure_cargo_deb(cache: &Path) -> Result<PathBuf> {
     let prefix = cache.join("cargo-deb");

@@ -2,12 +2,13 @@
 //! TCX, so the daemon attaches classic cls_bpf filters over netlink), booted under qemu. TCG,
 //! not KVM: the build machines' KVM only runs PVM guests.
 //!
-//! The guest is a busybox initramfs holding the test executables of [`GUEST_TESTS`], the daemon
-//! and the tools of [`GUEST_TOOLS`] (with the shared libraries `ldd` lists), each at its host
-//! path: the tests find the daemon through a path compiled into them. Its `/init` mounts the
-//! pseudo file systems, loads [`crate::bootstrap::GUEST_MODULES`], runs each test executable with
-//! `--test-threads=1` and prints `@@EXIT <test> <status>` on the serial console; the host reads
-//! the console and fails naming every test executable that did not exit 0.
+//! The guest is a busybox initramfs holding the `integration` test executable, the daemon and
+//! the tools of [`GUEST_TOOLS`] (with the shared libraries `ldd` lists), each at its host path:
+//! the test kit finds the daemon next to the test executable's `deps/` directory. Its `/init`
+//! mounts the pseudo file systems, loads [`crate::bootstrap::GUEST_MODULES`], runs the
+//! executable once per suite of [`GUEST_TESTS`] with `--test-threads=1` and that suite's tests
+//! (listed on the host, `--exact`), and prints `@@EXIT <suite> <status>` on the serial console;
+//! the host reads the console and fails naming every suite whose run did not exit 0.
 //!
 //! The kernel and its module tree come from the bootstrap
 //! ([`crate::bootstrap::jool_guest`]), in `~/.cache/network-probe/jool/`.
@@ -24,7 +25,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Integration test files (network-probe/tests/<name>.rs) run in the guest, in this order.
+/// Suites of the integration tests (modules of network-probe/tests/integration/, test names
+/// `<suite>::...`) run in the guest, in this order.
 pub const GUEST_TESTS: &[&str] = &["datapath", "restart"];
 
 /// Programs the tests run, copied from the host at the path PATH finds them.
@@ -33,19 +35,19 @@ const GUEST_TOOLS: &[&str] = &[
 ];
 
 /// How much slower than the host the guest is expected to be (TCG emulation); exported to
-/// the tests as `NETWORK_PROBE_TEST_SLOWDOWN`, which tests/common scales its waits by.
+/// the tests as `NETWORK_PROBE_TEST_SLOWDOWN`, which the test kit (network-probe-testkit) scales its waits by.
 const SLOWDOWN: u32 = 5;
 
 const GUEST_MEMORY_MB: u32 = 2048;
 const GUEST_CPUS: u32 = 2;
 /// Boot to `/init`, module loading and power-off.
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
-/// One test executable, enforced inside the guest (busybox `timeout`).
+/// One suite's run, enforced inside the guest (busybox `timeout`).
 const TEST_LIMIT: Duration = Duration::from_secs(900);
 
 /// Builds the guest tests, boots the guest and runs them; `cargo_test` is a `cargo` command in
-/// the workspace (with bpf-linker on PATH), `test_args` go to every test executable (a name
-/// filter, `--nocapture`, ...).
+/// the workspace (with bpf-linker on PATH), `test_args` go to every suite's run (a name filter
+/// narrows the suites' tests, `--nocapture`, ...).
 pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result<()> {
     let guest = crate::bootstrap::cache_dir().join("jool");
     let abi = fs::read_to_string(guest.join("abi"))
@@ -56,7 +58,7 @@ pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result
                 guest.display()
             )
         })?;
-    let artefacts = build(&mut cargo_test)?;
+    let artefacts = build(&mut cargo_test, test_args)?;
 
     let staging = StagingDir::new()?;
     let rootfs = staging.0.join("root");
@@ -71,9 +73,7 @@ pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result
         install_with_libraries(&rootfs, &path, &path, false)?;
     }
     install_with_libraries(&rootfs, &artefacts.daemon, &artefacts.daemon, true)?;
-    for (_, executable) in &artefacts.tests {
-        install_with_libraries(&rootfs, executable, executable, true)?;
-    }
+    install_with_libraries(&rootfs, &artefacts.tests, &artefacts.tests, true)?;
     // The tests run where cargo runs them: in the package directory.
     let package_dir = root.join("network-probe");
     fs::create_dir_all(rootfs.join(package_dir.strip_prefix("/").unwrap_or(&package_dir)))?;
@@ -91,7 +91,7 @@ pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result
     let init = rootfs.join("init");
     fs::write(
         &init,
-        init_script(&artefacts.tests, &package_dir, test_args),
+        init_script(&artefacts.suites, &package_dir, test_args),
     )?;
     chmod_executable(&init)?;
     let initrd = staging.0.join("initrd.cpio");
@@ -111,43 +111,57 @@ pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result
         "xtask: booting kernel {abi} under qemu (TCG, {GUEST_CPUS} CPUs, {GUEST_MEMORY_MB} MB, \
          initramfs {} MB) for {}",
         initrd_bytes / 1_000_000,
-        GUEST_TESTS.join(", ")
+        artefacts
+            .suites
+            .iter()
+            .map(|suite| format!("{} ({} tests)", suite.name, suite.tests.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let started = Instant::now();
-    let (console, init_reached) = boot(&guest.join("vmlinuz"), &initrd, artefacts.tests.len())?;
+    let (console, init_reached) = boot(&guest.join("vmlinuz"), &initrd, artefacts.suites.len())?;
     let wall = started.elapsed();
-    let outcome = Outcome::parse(&console, &artefacts.tests);
+    let outcome = Outcome::parse(&console, &artefacts.suites);
     eprintln!("{}", outcome.summary(&abi, wall, init_reached));
     let failed = outcome.failed();
     if !failed.is_empty() {
         bail!(
-            "on kernel {abi} (qemu guest) these test executables failed: {}",
+            "on kernel {abi} (qemu guest) these test suites failed: {}",
             failed.join("; ")
         );
     }
     Ok(())
 }
 
-/// What `cargo test --no-run` built: the daemon and each guest test executable.
+/// What `cargo test --no-run` built: the daemon, the integration test executable, and the
+/// suites to run in the guest.
 struct Artefacts {
     daemon: PathBuf,
-    tests: Vec<(String, PathBuf)>,
+    tests: PathBuf,
+    suites: Vec<GuestSuite>,
 }
 
-/// Builds (or finds up to date) the guest tests and the daemon, reading the executables'
-/// paths from cargo's JSON messages.
-fn build(cargo_test: &mut Command) -> Result<Artefacts> {
+/// One suite of [`GUEST_TESTS`]: one run of the test executable in the guest.
+struct GuestSuite {
+    name: String,
+    executable: PathBuf,
+    /// Full names of the suite's tests that the extra test arguments select.
+    tests: Vec<String>,
+}
+
+/// Builds (or finds up to date) the integration tests and the daemon, reading the executables'
+/// paths from cargo's JSON messages, and lists each guest suite's tests.
+fn build(cargo_test: &mut Command, test_args: &[String]) -> Result<Artefacts> {
     cargo_test.args([
         "test",
         "--no-run",
         "--message-format=json-render-diagnostics",
         "--package",
         "network-probe",
+        "--test",
+        "integration",
     ]);
-    for test in GUEST_TESTS {
-        cargo_test.args(["--test", test]);
-    }
     let output = cargo_test
         .stderr(Stdio::inherit())
         .output()
@@ -159,7 +173,7 @@ fn build(cargo_test: &mut Command) -> Result<Artefacts> {
         );
     }
     let mut daemon = None;
-    let mut tests = Vec::new();
+    let mut tests = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -177,24 +191,67 @@ fn build(cargo_test: &mut Command) -> Result<Artefacts> {
             .unwrap_or_default();
         if kinds.iter().any(|kind| kind == "bin") && name == "network-probe" {
             daemon = Some(PathBuf::from(executable));
-        } else if kinds.iter().any(|kind| kind == "test") && GUEST_TESTS.contains(&name) {
-            tests.push((name.to_string(), PathBuf::from(executable)));
+        } else if kinds.iter().any(|kind| kind == "test") && name == "integration" {
+            tests = Some(PathBuf::from(executable));
         }
     }
-    tests.sort_by_key(|(name, _)| GUEST_TESTS.iter().position(|test| test == name));
     let daemon = daemon.context("cargo reported no network-probe binary")?;
-    for test in GUEST_TESTS {
-        if !tests.iter().any(|(name, _)| name == test) {
-            bail!("cargo reported no executable for the test {test}");
-        }
+    let tests = tests.context("cargo reported no executable for the test integration")?;
+    let selected = list_tests(&tests, test_args)?;
+    let suites: Vec<GuestSuite> = GUEST_TESTS
+        .iter()
+        .map(|suite| GuestSuite {
+            name: suite.to_string(),
+            executable: tests.clone(),
+            tests: selected
+                .iter()
+                .filter(|test| test.starts_with(&format!("{suite}::")))
+                .cloned()
+                .collect(),
+        })
+        .filter(|suite| !suite.tests.is_empty())
+        .collect();
+    if suites.is_empty() {
+        bail!(
+            "no test of the guest suites ({}) matches {test_args:?}",
+            GUEST_TESTS.join(", ")
+        );
     }
-    Ok(Artefacts { daemon, tests })
+    Ok(Artefacts {
+        daemon,
+        tests,
+        suites,
+    })
 }
 
-/// The guest's `/init` (busybox sh): file systems, modules, then each test executable between
-/// `@@BEGIN`/`@@EXIT` markers with the guest's uptime around it. /tmp and /run stay on the
+/// The tests `test_args` select, as the executable itself lists them (`--list`, on the host).
+/// libtest ORs name filters, so the guest runs each suite with its own tests named `--exact`
+/// rather than with a suite filter next to the caller's filter.
+fn list_tests(executable: &Path, test_args: &[String]) -> Result<Vec<String>> {
+    let output = Command::new(executable)
+        .args(test_args)
+        .arg("--list")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {} --list", executable.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} --list failed with {}",
+            executable.display(),
+            output.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The guest's `/init` (busybox sh): file systems, modules, then each suite's run of the test
+/// executable between `@@BEGIN`/`@@EXIT` markers with the guest's uptime around it. /tmp and /run stay on the
 /// initramfs (writable): a tmpfs there would hide a workspace staged below them.
-fn init_script(tests: &[(String, PathBuf)], package_dir: &Path, test_args: &[String]) -> String {
+fn init_script(suites: &[GuestSuite], package_dir: &Path, test_args: &[String]) -> String {
     let mut script = String::from(
         "#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -217,22 +274,25 @@ echo \"@@INIT $(uname -r) uptime=$uptime\"
         );
     }
     let args: Vec<String> = test_args.iter().map(|arg| shell_quote(arg)).collect();
-    for (name, executable) in tests {
+    for suite in suites {
+        let tests: Vec<String> = suite.tests.iter().map(|test| shell_quote(test)).collect();
         let _ = write!(
             script,
             "cd {package}
 read start rest < /proc/uptime
 echo \"@@BEGIN {name}\"
 NETWORK_PROBE_TEST_SLOWDOWN={SLOWDOWN} RUST_BACKTRACE=1 timeout {limit} {executable} \
---test-threads=1 {args} 2>&1
+--test-threads=1 {args} --exact {tests} 2>&1
 status=$?
 read end rest < /proc/uptime
 echo \"@@EXIT {name} $status start=$start end=$end\"
 ",
             package = shell_quote(&package_dir.to_string_lossy()),
             limit = TEST_LIMIT.as_secs(),
-            executable = shell_quote(&executable.to_string_lossy()),
+            name = suite.name,
+            executable = shell_quote(&suite.executable.to_string_lossy()),
             args = args.join(" "),
+            tests = tests.join(" "),
         );
     }
     script.push_str("echo @@DONE\npoweroff -f\n");
@@ -287,7 +347,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, tests: usize) -> Result<(String, Option<D
     Ok((console, init_reached))
 }
 
-/// What the console says about each test executable.
+/// What the console says about each suite's run.
 struct Outcome {
     /// Guest uptime (s) when `/init` started, and the kernel release it reported.
     init: Option<(String, f64)>,
@@ -299,14 +359,14 @@ struct TestOutcome {
     name: String,
     /// Exit status, None when the guest never reported one (crash, time limit).
     status: Option<i32>,
-    /// Guest wall time of the executable, seconds.
+    /// Guest wall time of the suite's run, seconds.
     seconds: Option<f64>,
     /// Names of the test functions libtest reported as FAILED.
     failed_functions: Vec<String>,
 }
 
 impl Outcome {
-    fn parse(console: &str, tests: &[(String, PathBuf)]) -> Outcome {
+    fn parse(console: &str, suites: &[GuestSuite]) -> Outcome {
         // The firmware's terminal escapes may precede a marker on its line.
         let marker = |line: &str, tag: &str| {
             line.find(tag)
@@ -321,9 +381,9 @@ impl Outcome {
             .lines()
             .filter_map(|line| marker(line, "@@MODPROBE-FAILED "))
             .collect();
-        let tests = tests
+        let tests = suites
             .iter()
-            .map(|(name, _)| {
+            .map(|GuestSuite { name, .. }| {
                 let begin = format!("@@BEGIN {name}");
                 let exit = format!("@@EXIT {name} ");
                 let section = console
@@ -354,7 +414,7 @@ impl Outcome {
         }
     }
 
-    /// One entry per test executable that did not exit 0, naming its failed functions.
+    /// One entry per suite whose run did not exit 0, naming its failed functions.
     fn failed(&self) -> Vec<String> {
         let mut failed: Vec<String> = self
             .tests
@@ -538,11 +598,15 @@ fn shell_quote(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn tests() -> Vec<(String, PathBuf)> {
-        vec![
-            ("datapath".into(), PathBuf::from("/t/datapath-1")),
-            ("restart".into(), PathBuf::from("/t/restart-2")),
-        ]
+    fn tests() -> Vec<GuestSuite> {
+        ["datapath", "restart"]
+            .into_iter()
+            .map(|name| GuestSuite {
+                name: name.into(),
+                executable: PathBuf::from("/t/integration-1"),
+                tests: vec![format!("{name}::a"), format!("{name}::b")],
+            })
+            .collect()
     }
 
     #[test]
@@ -600,7 +664,9 @@ test a ... ok
     fn init_runs_every_test_with_its_marker_and_quoted_arguments() {
         let script = init_script(&tests(), Path::new("/w/network-probe"), &["it's".into()]);
         assert!(script.contains("modprobe cls_bpf"));
-        assert!(script.contains("'/t/datapath-1' --test-threads=1 'it'\\''s' 2>&1"));
+        assert!(script.contains(
+            "'/t/integration-1' --test-threads=1 'it'\\''s' --exact 'datapath::a' 'datapath::b' 2>&1"
+        ));
         assert!(script.contains("@@EXIT restart $status"));
         assert!(script.ends_with("poweroff -f\n"));
     }

@@ -9,7 +9,7 @@
 //!   device, which the kernel allows with CAP_NET_ADMIN; the program and map file descriptors
 //!   are already open, and since Linux 6.5 (we require 6.6 for TCX) operations on them need no
 //!   CAP_BPF: only creating maps and loading programs do, and both happen before the drop.
-//!   CAP_PERFMON only matters to the verifier at load time. tests/privileges.rs re-attaches
+//!   CAP_PERFMON only matters to the verifier at load time. tests/integration/privileges.rs re-attaches
 //!   (TC and XDP) and reads and trims the maps with exactly this set. CAP_NET_ADMIN also serves
 //!   `--jool.all-instances` (the Jool instance listing) and `--ping.hard` (`SIOCSHWTSTAMP`).
 //! - `CAP_NET_RAW`: the ping prober opens its raw ICMP and TCP sockets on the first probe of

@@ -1,0 +1,29 @@
+//! The integration tests, one executable with one module per suite (`cargo test -p network-probe
+//! --test integration [suite::]`): one link instead of one per suite, and one place for the
+//! fixtures (the `network-probe-testkit` crate).
+//!
+//! Tests of every suite now share one process and may run at the same time; the few that need
+//! the machine to themselves say so through `network_probe_testkit::isolation` (see there for
+//! what was checked). Tests need root: they create network namespaces and load eBPF programs.
+
+mod check;
+mod churn;
+mod config;
+mod datapath;
+mod deb;
+mod deploy;
+mod errors;
+mod flow_slots;
+mod flows;
+mod iperf3;
+mod jool;
+mod malformed;
+mod oneshot;
+mod ping;
+mod pressure;
+mod privileges;
+mod probe_routing;
+mod prometheus;
+mod restart;
+mod tftp;
+mod web;
