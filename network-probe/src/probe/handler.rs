@@ -208,9 +208,14 @@ mod tests {
         }
     }
 
+    /// The probers with the default ping flags.
     fn probers() -> Probers {
-        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(["network-probe"]).unwrap();
-        Probers::new(&cli.ping)
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            ping: ping::Flags,
+        }
+        Probers::new(&<Flags as clap::Parser>::parse_from(["x"]).ping)
     }
 
     fn allow(values: &[&str]) -> Allowlist {
