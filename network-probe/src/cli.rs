@@ -216,13 +216,12 @@ fn parse_probe_listen(value: &str) -> Result<ProbeListen, String> {
     let (module, address) = value
         .split_once('=')
         .ok_or_else(|| format!("{value:?} is not MODULE=ADDRESS (e.g. ping=:9116)"))?;
-    let module = crate::probe::Probers::NAMES
-        .iter()
-        .find(|&&name| name == module)
+    let module = crate::probe::spec(module)
+        .map(|spec| spec.name)
         .ok_or_else(|| {
             format!(
                 "{value:?}: unknown module {module:?} (known: {})",
-                crate::probe::Probers::NAMES.join(", ")
+                crate::probe::names().join(", ")
             )
         })?;
     match crate::support::listen_address::resolve(address) {

@@ -1,6 +1,7 @@
 //! `network-probe probe MODULE TARGET [KEY=VALUE...]`: one probe from the command line, through
-//! the same code path as `/probe` ([`Probers::run`] with a [`Query`] built from the target and
-//! the pairs), for operators trying a target before writing a scrape config.
+//! the same code path as `/probe` ([`handler::handle`] with a [`Query`] built from the target
+//! and the pairs, an empty allowlist and `--timeout` as the budget), for operators trying a
+//! target before writing a scrape config.
 //!
 //! MODULE is a module of `--config.file` (its options default the pairs, its timeout caps
 //! `--timeout`) or a built-in prober, exactly as `/probe?module=` resolves it. The metrics go to
@@ -11,13 +12,17 @@
 //! one-shot ping asks once (which starts probing), waits one `--ping.timeout` (by then the first
 //! echo is answered or counted lost) and asks again for the figures.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{
     cli::{Cli, ProbeArgs},
     config::{self, Config},
     metrics,
-    probe::{self, BadRequest, ProbeContext, ProbeReport, Probers, Query},
+    probe::{
+        self, BadRequest, Probers, Query, SystemResolver,
+        allowlist::Allowlist,
+        handler::{self, Budget, Outcome},
+    },
 };
 
 /// Exit code when the probe succeeded.
@@ -80,7 +85,6 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
         Ok(module) => module,
         Err(err) => return bad_parameters(&err),
     };
-    let query = query.with_defaults(&module.options);
     let prober = module.prober;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,38 +97,49 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
         }
     };
     let probers = Probers::new(&config.apply(cli).ping);
-    let limit = module
-        .timeout
-        .map_or(args.timeout, |timeout| timeout.min(args.timeout));
-    let deadline = Instant::now() + limit.min(probers.timeout(prober));
+    // The one-shot command never listens on the network: no allowlist (docs/probe-routing.md).
+    let allowlist = Allowlist::default();
     let outcome = runtime.block_on(async {
-        let ctx = ProbeContext::new(deadline);
-        let report = probers.run(prober, &ctx, &query).await?;
-        if prober != probe::ping::MODULE {
-            return Ok((ctx, report));
+        let probe_once = || {
+            handler::handle(
+                &probers,
+                module.probe(),
+                &query,
+                Budget::Limit(args.timeout),
+                &allowlist,
+                &SystemResolver,
+            )
+        };
+        let outcome = probe_once().await;
+        if prober != probe::ping::MODULE || !matches!(outcome, Outcome::Report { .. }) {
+            return outcome;
         }
         // Probing runs in the background now; give the first echo its timeout.
         let wait = cli.ping.timeout + Duration::from_millis(50);
-        tokio::time::sleep(wait.min(ctx.remaining())).await;
-        let again = ProbeContext::new(deadline.max(Instant::now() + Duration::from_secs(1)));
-        let report = probers.run(prober, &again, &query).await?;
-        Ok::<(ProbeContext, ProbeReport), BadRequest>((again, report))
+        tokio::time::sleep(wait.min(args.timeout)).await;
+        probe_once().await
     });
-    let (ctx, report) = match outcome {
-        Ok(done) => done,
-        Err(err) => return bad_parameters(&err),
+    let (success, registry, log) = match outcome {
+        Outcome::Report {
+            success,
+            registry,
+            log,
+        } => (success, registry, log),
+        Outcome::BadRequest(err) => return bad_parameters(&err),
+        // Not reached without an allowlist; a refusal is a bad parameter all the same.
+        Outcome::Refused(refusal) => return bad_parameters(&BadRequest(refusal.0)),
     };
-    for line in ctx.log_lines() {
+    for line in log {
         eprintln!("{line}");
     }
-    match metrics::render(&report.registry) {
+    match metrics::render(&registry) {
         Ok(body) => print!("{}", metrics::openmetrics_to_text_004(&body)),
         Err(_) => {
             eprintln!("network-probe: error: encoding the metrics failed");
             return EXIT_PROBE_FAILED;
         }
     }
-    if report.success {
+    if success {
         eprintln!("probe succeeded");
         EXIT_SUCCESS
     } else {
@@ -175,12 +190,31 @@ mod tests {
     async fn unknown_modules_and_parameters_are_bad_requests() {
         let cli = <Cli as clap::Parser>::try_parse_from(["network-probe"]).unwrap();
         let probers = Probers::new(&cli.ping);
-        let ctx = ProbeContext::new(Instant::now() + Duration::from_secs(1));
-        let query = build_query(&args("nope", &[])).unwrap();
-        let err = probers.run("nope", &ctx, &query).await.unwrap_err();
-        assert!(err.0.contains("unknown module \"nope\""), "{}", err.0);
-        let query = build_query(&args("ping", &["colour=blue"])).unwrap();
-        let err = probers.run("ping", &ctx, &query).await.unwrap_err();
-        assert!(err.0.contains("\"colour\""), "{}", err.0);
+        let run = |prober: &'static str, query: Query| {
+            let probers = &probers;
+            async move {
+                let module = probe::Module {
+                    prober,
+                    options: &[],
+                    timeout: None,
+                };
+                let budget = Budget::Limit(Duration::from_secs(1));
+                let allowlist = Allowlist::default();
+                match handler::handle(probers, module, &query, budget, &allowlist, &SystemResolver)
+                    .await
+                {
+                    Outcome::BadRequest(err) => err.0,
+                    other => panic!("expected a bad request, got {other:?}"),
+                }
+            }
+        };
+        let err = run("nope", build_query(&args("nope", &[])).unwrap()).await;
+        assert!(err.contains("unknown module \"nope\""), "{err}");
+        let err = run(
+            "ping",
+            build_query(&args("ping", &["colour=blue"])).unwrap(),
+        )
+        .await;
+        assert!(err.contains("\"colour\""), "{err}");
     }
 }

@@ -292,7 +292,7 @@ const SETTINGS: &[Setting] = &[
 /// One named probe module.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Module {
-    /// One of [`Probers::NAMES`].
+    /// The name of one of [`crate::probe::SPECS`].
     pub prober: &'static str,
     /// Longest a probe of this module runs (the scrape timeout and the prober's own limit
     /// still apply).
@@ -313,6 +313,15 @@ impl Module {
             timeout: None,
             options: Vec::new(),
             shown: Value::Mapping(shown),
+        }
+    }
+
+    /// The module as the probe framework takes it ([`crate::probe::handler::handle`]).
+    pub fn probe(&self) -> crate::probe::Module<'_> {
+        crate::probe::Module {
+            prober: self.prober,
+            options: &self.options,
+            timeout: self.timeout,
         }
     }
 
@@ -352,9 +361,9 @@ impl Default for Config {
 }
 
 fn builtin_modules() -> BTreeMap<String, Arc<Module>> {
-    Probers::NAMES
+    crate::probe::SPECS
         .iter()
-        .map(|&name| (name.to_string(), Arc::new(Module::builtin(name))))
+        .map(|spec| (spec.name.to_string(), Arc::new(Module::builtin(spec.name))))
         .collect()
 }
 
@@ -480,17 +489,15 @@ fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
             ),
         ));
     }
-    let prober = Probers::NAMES
-        .iter()
-        .copied()
-        .find(|&prober| prober == raw.prober)
+    let prober = crate::probe::spec(&raw.prober)
+        .map(|spec| spec.name)
         .ok_or_else(|| {
             ConfigError::new(
                 format!("{path}.prober"),
                 format!(
                     "{:?} is not a prober (known: {})",
                     raw.prober,
-                    Probers::NAMES.join(", ")
+                    crate::probe::names().join(", ")
                 ),
             )
         })?;

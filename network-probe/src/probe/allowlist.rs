@@ -1,7 +1,8 @@
 //! The `--probe.allow` target allowlist: which targets `/probe` may make this host ping, connect
 //! to or download from. Pure: parsing the flag values and judging a target; resolving a name
-//! (the only I/O the check needs) is left to the caller, which hands the addresses back to
-//! [`Allowlist::check_addresses`].
+//! (the only I/O the check needs) is left to the caller ([`super::handler`], which resolves
+//! each target once and probes the addresses judged), which hands the outcome back to
+//! [`Allowlist::check_resolved`].
 //!
 //! Rules (documented in docs/probe-routing.md):
 //! - No entry: every target is allowed.
@@ -14,6 +15,8 @@
 //!   addresses and a network entry contains every one of them.
 
 use std::{fmt, net::IpAddr};
+
+use super::target::ResolveError;
 
 /// One `--probe.allow` value: a network or a host-name pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,10 +220,15 @@ impl Allowlist {
 
     /// Judges `target` (a `target=` value) as far as possible without resolving it.
     pub fn screen(&self, target: &str) -> Screening {
+        self.screen_host(target, target_host(target))
+    }
+
+    /// Judges `target` by its host part `host` (as [`super::target::split_host_port`] or
+    /// [`target_host`] took it) as far as possible without resolving it.
+    pub fn screen_host(&self, target: &str, host: &str) -> Screening {
         if self.is_empty() {
             return Screening::Allowed;
         }
-        let host = target_host(target);
         if let Ok(address) = host.parse::<IpAddr>() {
             if self.networks.iter().any(|n| n.contains(address)) {
                 return Screening::Allowed;
@@ -242,6 +250,29 @@ impl Allowlist {
         }
         Screening::Resolve {
             host: host.to_string(),
+        }
+    }
+
+    /// The verdict on a target that matched no host pattern, given what resolving it gave
+    /// (a failed resolution refuses it).
+    pub fn check_resolved(
+        &self,
+        target: &str,
+        addresses: &Result<Vec<IpAddr>, ResolveError>,
+    ) -> Result<(), Refusal> {
+        let failed = |why: String| {
+            Err(Refusal(format!(
+                "target {target:?} matches no --probe.allow host pattern and resolving it to \
+                 check its addresses {why}"
+            )))
+        };
+        match addresses {
+            Ok(addresses) => self.check_addresses(target, addresses),
+            Err(ResolveError::Failed { error, .. }) => failed(format!("failed: {error}")),
+            Err(ResolveError::Timeout { .. }) => {
+                failed("did not finish before the deadline".into())
+            }
+            Err(ResolveError::NoAddress { .. }) => self.check_addresses(target, &[]),
         }
     }
 

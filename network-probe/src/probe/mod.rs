@@ -1,16 +1,23 @@
 //! Active probes driven by scrapes of `/probe`, blackbox_exporter style: one module per prober,
-//! all with the same shape. A prober gets the request's query parameters and a
-//! [`ProbeContext`] (deadline, probe log) and returns a [`ProbeReport`]: its own metrics and
-//! whether the probe succeeded. Invalid parameters are a [`BadRequest`] naming the parameter and
-//! value (HTTP 400), never a panic or a 500.
+//! all with the same shape ([`Prober`], described by its [`Spec`] in the one table [`SPECS`]:
+//! name, parameters, longest run, validation, construction). A prober gets the request's query
+//! parameters, its targets already parsed and resolved ([`Target`]) and a [`ProbeContext`]
+//! (deadline, probe log), and returns a [`ProbeReport`]: its own metrics (built with
+//! [`report`]) and whether the probe succeeded. Invalid parameters are a [`BadRequest`] naming
+//! the parameter and value (HTTP 400), never a panic or a 500.
 //!
 //! This module owns what all probers share: query parsing, the deadline computed from
-//! Prometheus' scrape-timeout header, the probe log, and dispatch by prober name.
+//! Prometheus' scrape-timeout header, the probe log, dispatch by prober name, and the request
+//! path in [`handler`] (common parameters, deadline, resolving each target once, the
+//! allowlist) that `/probe` and `network-probe probe` both use.
 
 pub mod allowlist;
+pub mod handler;
 pub mod iperf3;
 pub mod ping;
 pub mod query;
+pub mod report;
+pub mod target;
 pub mod tftp;
 
 use std::{
@@ -20,7 +27,10 @@ use std::{
 
 use prometheus_client::registry::Registry;
 
-pub use self::query::{BadRequest, Query};
+pub use self::{
+    query::{BadRequest, Query},
+    target::{BoxFuture, ResolveError, Resolver, SystemResolver, Target},
+};
 
 /// Header in which Prometheus sends the scrape timeout.
 pub const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
@@ -72,71 +82,135 @@ pub struct ProbeReport {
     pub registry: Registry,
 }
 
+/// Query parameters the framework reads itself, for every prober.
+pub const COMMON_PARAMETERS: &[&str] = &["module", "target", "debug"];
+
+/// What the framework knows of one prober: the one table of probers is [`SPECS`].
+#[derive(Debug)]
+pub struct Spec {
+    /// Name in `module=` and a module's `prober:`.
+    pub name: &'static str,
+    /// The prober's own query parameters (besides [`COMMON_PARAMETERS`]).
+    pub parameters: &'static [&'static str],
+    /// The longest a probe may run, whatever the scrape timeout or the module's timeout.
+    pub max_time: Duration,
+    /// Checks a query (with `target=`) the way a probe would, without probing or resolving
+    /// anything: for each request and for the options of configured modules.
+    pub validate: fn(&Query) -> Result<(), BadRequest>,
+    /// Builds the prober, with the state it keeps between probes.
+    pub build: fn(&Settings) -> Box<dyn Prober>,
+}
+
+/// The probers' settings from the command line (only ping has any).
+#[derive(Debug, Clone)]
+pub struct Settings<'a> {
+    pub ping: &'a ping::Flags,
+}
+
+/// One prober: runs a probe of targets the framework has already parsed and resolved (it
+/// never resolves them again), with the query's other parameters.
+pub trait Prober: Send + Sync + std::fmt::Debug {
+    /// Runs one probe. `targets` are the request's `target=` values in order, each resolved
+    /// once; a [`BadRequest`] is answered with 400.
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ProbeContext,
+        query: &'a Query,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>>;
+
+    /// A collector of the prober's meta metrics for the daemon's `/metrics`, if it has any.
+    fn meta_collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        None
+    }
+}
+
+/// Every prober, in the order `unknown module` messages list them.
+pub static SPECS: &[Spec] = &[tftp::SPEC, iperf3::SPEC, ping::SPEC];
+
+/// The spec of the prober `name`.
+pub fn spec(name: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|spec| spec.name == name)
+}
+
+/// Names accepted as a prober.
+pub fn names() -> Vec<&'static str> {
+    SPECS.iter().map(|spec| spec.name).collect()
+}
+
+/// A probe module as the framework needs it (the configuration builds it from its own,
+/// richer module): which prober, its default parameters and its own timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct Module<'a> {
+    pub prober: &'a str,
+    /// Query parameters the module sets; a request's own override them.
+    pub options: &'a [(String, String)],
+    /// Longest a probe of this module runs (the prober's own limit still applies).
+    pub timeout: Option<Duration>,
+}
+
 /// The probers this daemon runs, with the state they keep between probes.
 #[derive(Debug)]
 pub struct Probers {
-    iperf3: iperf3::Iperf3Prober,
-    ping: ping::Ping,
+    probers: Vec<(&'static Spec, Box<dyn Prober>)>,
 }
 
 impl Probers {
-    /// Builds every prober from its settings (the ping flags; the others keep none).
+    /// Builds every prober of [`SPECS`] from its settings.
     pub fn new(ping: &ping::Flags) -> Self {
+        let settings = Settings { ping };
         Probers {
-            iperf3: iperf3::Iperf3Prober::new(),
-            ping: ping::Ping::new(ping),
+            probers: SPECS
+                .iter()
+                .map(|spec| (spec, (spec.build)(&settings)))
+                .collect(),
         }
     }
 
     /// Collectors of the probers' own meta metrics (active probes, packets per protocol) for
     /// the daemon's `/metrics`.
     pub fn meta_collectors(&self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
-        vec![self.ping.meta_collector()]
+        self.probers
+            .iter()
+            .filter_map(|(_, prober)| prober.meta_collector())
+            .collect()
     }
 
-    /// Names accepted in `module=`.
-    pub const NAMES: &'static [&'static str] = &[tftp::MODULE, iperf3::MODULE, ping::MODULE];
-
-    /// The longest a probe of `module` may run, whatever the scrape timeout.
-    pub fn timeout(&self, module: &str) -> Duration {
-        match module {
-            iperf3::MODULE => iperf3::MAX_PROBE_TIME,
-            ping::MODULE => ping::Ping::TIMEOUT,
-            _ => Duration::from_secs(120),
-        }
+    /// The prober `name` and its spec; the error names the known ones.
+    pub fn get(&self, name: &str) -> Result<(&'static Spec, &dyn Prober), BadRequest> {
+        self.probers
+            .iter()
+            .find(|(spec, _)| spec.name == name)
+            .map(|(spec, prober)| (*spec, prober.as_ref()))
+            .ok_or_else(|| {
+                BadRequest(format!(
+                    "unknown module {name:?} (known: {})",
+                    names().join(", ")
+                ))
+            })
     }
 
     /// Checks a query for `prober` the way a probe would, without probing or resolving
     /// anything (for the options of configured modules).
     pub fn validate(prober: &str, query: &Query) -> Result<(), BadRequest> {
-        match prober {
-            tftp::MODULE => tftp::Params::from_query(query).map(drop),
-            iperf3::MODULE => iperf3::Config::from_query(query).map(drop),
-            ping::MODULE => ping::Params::from_query(query).map(drop),
-            _ => Err(BadRequest(format!(
+        match spec(prober) {
+            Some(spec) => (spec.validate)(query),
+            None => Err(BadRequest(format!(
                 "unknown prober {prober:?} (known: {})",
-                Self::NAMES.join(", ")
+                names().join(", ")
             ))),
         }
     }
+}
 
-    /// Runs one probe of `module`.
-    pub async fn run(
-        &self,
-        module: &str,
-        ctx: &ProbeContext,
-        query: &Query,
-    ) -> Result<ProbeReport, BadRequest> {
-        match module {
-            tftp::MODULE => tftp::probe(ctx, query).await,
-            iperf3::MODULE => self.iperf3.probe(ctx, query).await,
-            ping::MODULE => self.ping.probe(ctx, query).await,
-            _ => Err(BadRequest(format!(
-                "unknown module {module:?} (known: {})",
-                Self::NAMES.join(", ")
-            ))),
-        }
-    }
+/// Names in `query` that are neither common parameters nor in `own` (to reject typos instead of
+/// ignoring them).
+pub fn unknown_parameters<'q>(query: &'q Query, own: &[&str]) -> Vec<&'q str> {
+    query
+        .unknown(own)
+        .into_iter()
+        .filter(|name| !COMMON_PARAMETERS.contains(name))
+        .collect()
 }
 
 /// The probe deadline: the scrape timeout from `header` minus [`TIMEOUT_OFFSET`], capped by

@@ -6,7 +6,7 @@
 //! - `listen`: binding, accepting, TLS handshakes, hyper's connection limits.
 //! - `auth`: the TLS acceptor, basic auth with bcrypt, response headers, the probe limit.
 //! - `routes`: request limits, authentication and the endpoints, content negotiation.
-//! - `probe_route`: `/probe` and the `--probe.allow` screening of its targets.
+//! - `probe_route`: `/probe`, the HTTP face of [`crate::probe::handler`].
 //! - `scrape`: the telemetry path's shared renders and streamed bodies.
 
 mod auth;

@@ -1,6 +1,9 @@
-//! `/probe`: the module and target of the query, the `--probe.allow` screening of every target
-//! (resolving names that match no host pattern, before the probe's deadline), the
-//! `--web.max-concurrent-probes` limit, one probe run, and its metrics or debug output.
+//! `/probe`: the HTTP face of [`crate::probe::handler`], which does the work (common
+//! parameters, deadline, resolving each target once, the `--probe.allow` allowlist judged on
+//! the addresses probed, the prober). This route adds what is HTTP's: the
+//! `--web.max-concurrent-probes` limit (503), looking the module up in the configuration in
+//! force, the status of each outcome (400, 403, 200) and the body: the probe's metrics in the
+//! negotiated format, or the debug output.
 
 use http_body_util::Full;
 use hyper::{
@@ -17,17 +20,17 @@ use super::{
 use crate::{
     metrics,
     probe::{
-        self, ProbeContext, Query,
-        allowlist::{Allowlist, Refusal, Screening},
+        self, SystemResolver,
+        handler::{self, Budget, Outcome},
     },
 };
 
 /// `/probe?module=NAME&target=...`: runs one probe and answers with its metrics, or with the
 /// probe log, the metrics and the module when `debug=true`. `NAME` is a module of the
 /// configuration (the built-in ones are named after their prober); its options are the
-/// defaults of the query's parameters. Bad parameters and unknown modules get a 400 naming them, a target
-/// outside `--probe.allow` a 403 naming it. `module=` may be left out on a listener with a
-/// `default_module`.
+/// defaults of the query's parameters. Bad parameters and unknown modules get a 400 naming
+/// them, a target outside `--probe.allow` a 403 naming it, too many probes at once a 503.
+/// `module=` may be left out on a listener with a `default_module`.
 pub(super) async fn handle_probe(
     state: &AppState,
     default_module: Option<&'static str>,
@@ -50,53 +53,45 @@ pub(super) async fn handle_probe(
             format!("{err}\n"),
         )
     };
-    let query = match Query::parse(request.uri().query().unwrap_or("")) {
-        Ok(query) => query,
+    let parsed = match handler::parse(request.uri().query().unwrap_or(""), default_module) {
+        Ok(parsed) => parsed,
         Err(err) => return bad(err),
     };
-    let module = match (query.get("module"), default_module) {
-        (Ok(Some(module)), _) if !module.is_empty() => Ok(module),
-        (Ok(_), Some(default)) => Ok(default),
-        (Ok(_), None) => query.required("module"),
-        (Err(err), _) => Err(err),
-    };
-    let (module_name, debug) = match (module, query.flag("debug", false)) {
-        (Ok(module), Ok(debug)) => (module.to_string(), debug),
-        (Err(err), _) | (_, Err(err)) => return bad(err),
-    };
     let live = state.config.current();
-    let module = match live.config.module(&module_name) {
+    let module = match live.config.module(&parsed.module) {
         Ok(module) => module,
         Err(err) => return bad(err),
     };
-    let query = query.with_defaults(&module.options);
-    let module_timeout = module
-        .timeout
-        .map_or(state.probers.timeout(module.prober), |timeout| {
-            timeout.min(state.probers.timeout(module.prober))
-        });
     let header = request
         .headers()
         .get(probe::SCRAPE_TIMEOUT_HEADER)
         .map(|value| value.to_str().unwrap_or("<not text>"));
-    let deadline = match probe::deadline(std::time::Instant::now(), header, module_timeout) {
-        Ok(deadline) => deadline,
-        Err(err) => return bad(err),
+    let outcome = handler::handle(
+        &state.probers,
+        module.probe(),
+        &parsed.query,
+        Budget::ScrapeTimeout(header),
+        &live.allowlist,
+        &SystemResolver,
+    )
+    .await;
+    let (success, registry, log) = match outcome {
+        Outcome::Report {
+            success,
+            registry,
+            log,
+        } => (success, registry, log),
+        Outcome::BadRequest(err) => return bad(err),
+        Outcome::Refused(refusal) => {
+            debug!("/probe refused: {refusal}");
+            return with_type(
+                StatusCode::FORBIDDEN,
+                "text/plain; charset=utf-8",
+                format!("{refusal}\n"),
+            );
+        }
     };
-    if let Err(refusal) = check_targets(&live.allowlist, &query, deadline).await {
-        debug!("/probe refused: {refusal}");
-        return with_type(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            format!("{refusal}\n"),
-        );
-    }
-    let ctx = ProbeContext::new(deadline);
-    let report = match state.probers.run(module.prober, &ctx, &query).await {
-        Ok(report) => report,
-        Err(err) => return bad(err),
-    };
-    let body = match metrics::render(&report.registry) {
+    let body = match metrics::render(&registry) {
         Ok(body) => body,
         Err(_) => {
             return text(
@@ -105,54 +100,19 @@ pub(super) async fn handle_probe(
             );
         }
     };
-    if debug {
+    if parsed.debug {
         let mut text = String::from("Logs for the probe:\n");
-        for line in ctx.log_lines() {
+        for line in log {
             text.push_str(&line);
             text.push('\n');
         }
         text.push_str(&format!(
-            "\nProbe succeeded: {}\n\nMetrics that would have been returned:\n{body}\n\
-             Module configuration ({module_name}):\n{}",
-            report.success,
+            "\nProbe succeeded: {success}\n\nMetrics that would have been returned:\n{body}\n\
+             Module configuration ({}):\n{}",
+            parsed.module,
             module.to_yaml()
         ));
         return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
     }
     exposition(request, &body)
-}
-
-/// Checks every `target=` of `query` against `allowlist`, resolving (before `deadline`) the
-/// names that matched no host pattern. Missing targets pass: the prober answers 400 for them.
-async fn check_targets(
-    allowlist: &Allowlist,
-    query: &Query,
-    deadline: std::time::Instant,
-) -> Result<(), Refusal> {
-    for target in query.all("target") {
-        let host = match allowlist.screen(target) {
-            Screening::Allowed => continue,
-            Screening::Refused(refusal) => return Err(refusal),
-            Screening::Resolve { host } => host,
-        };
-        let lookup = tokio::net::lookup_host((host.as_str(), 0));
-        let addresses: Vec<std::net::IpAddr> =
-            match tokio::time::timeout_at(deadline.into(), lookup).await {
-                Ok(Ok(found)) => found.map(|address| address.ip()).collect(),
-                Ok(Err(err)) => {
-                    return Err(Refusal(format!(
-                        "target {target:?} matches no --probe.allow host pattern and resolving \
-                         it to check its addresses failed: {err}"
-                    )));
-                }
-                Err(_) => {
-                    return Err(Refusal(format!(
-                        "target {target:?} matches no --probe.allow host pattern and resolving \
-                         it to check its addresses did not finish before the deadline"
-                    )));
-                }
-            };
-        allowlist.check_addresses(target, &addresses)?;
-    }
-    Ok(())
 }

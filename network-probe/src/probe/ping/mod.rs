@@ -4,7 +4,8 @@
 //! answers with the current figures of those addresses; probing stops when a target has not
 //! been requested for the expiry period.
 //!
-//! This file owns the parameters, target resolution, the sockets' lifecycle and the metrics.
+//! This file owns the parameters, choosing among the addresses the framework resolved the
+//! targets to ([`super::handler`]: once per request), the sockets' lifecycle and the metrics.
 //! Submodules: [`packet`] (sans-IO packets), [`timestamps`] (control messages, hardware
 //! stamping), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit,
 //! in-flight table), [`socket`] (raw-socket IO), [`icmp`] and [`tcp_syn`] (the drivers).
@@ -31,7 +32,6 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
-    registry::Registry,
 };
 
 use self::{
@@ -40,14 +40,41 @@ use self::{
     stats::{Outcome, TargetStats},
     tcp_syn::{TcpConfig, TcpDriver},
 };
-use super::{BadRequest, ProbeContext, ProbeReport, Query};
+use super::{
+    BadRequest, BoxFuture, ProbeContext, ProbeReport, Prober, Query, Spec, Target, report::Report,
+    target::split_host_port,
+};
 use crate::support::units::parse_duration;
 
 /// The name in `module=`.
 pub const MODULE: &str = "ping";
 
-/// Query parameters this prober accepts.
-const PARAMETERS: &[&str] = &["module", "debug", "target", "ip_version", "tcp_port"];
+/// Query parameters this prober accepts besides `module`, `target` and `debug`.
+const PARAMETERS: &[&str] = &["ip_version", "tcp_port"];
+
+/// The prober's entry in [`super::SPECS`].
+pub const SPEC: Spec = Spec {
+    name: MODULE,
+    parameters: PARAMETERS,
+    max_time: Ping::TIMEOUT,
+    validate: |query| Params::from_query(query).map(drop),
+    build: |settings| Box::new(Ping::new(settings.ping)),
+};
+
+impl Prober for Ping {
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ProbeContext,
+        query: &'a Query,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
+        Box::pin(self.probe(ctx, query, targets))
+    }
+
+    fn meta_collector(&self) -> Option<Box<dyn Collector>> {
+        Some(Ping::meta_collector(self))
+    }
+}
 /// Shortest interval and timeout (as in icmp-exporter).
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -211,20 +238,17 @@ impl Ping {
         Box::new(MetaCollector(Arc::clone(&self.meta)))
     }
 
-    /// Handles one `/probe?module=ping` request.
+    /// Handles one `/probe?module=ping` request for `targets`, resolved by the framework.
     pub async fn probe(
         &self,
         ctx: &ProbeContext,
         query: &Query,
+        targets: &[Target],
     ) -> Result<ProbeReport, BadRequest> {
-        let Params {
-            targets,
-            family,
-            ports,
-        } = Params::from_query(query)?;
+        let Params { family, ports, .. } = Params::from_query(query)?;
         let mut addresses = BTreeSet::new();
-        for target in &targets {
-            for address in resolve(ctx, target, family).await? {
+        for target in targets {
+            for address in choose(ctx, target, family)? {
                 addresses.insert(address);
             }
         }
@@ -261,10 +285,11 @@ impl Ping {
                 snapshots.push((key, stats));
             }
         }
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(ProbeCollector { success, snapshots }));
-        registry.register_collector(self.meta_collector());
-        Ok(ProbeReport { success, registry })
+        let mut report = Report::new();
+        report
+            .collector(Box::new(ProbeCollector { success, snapshots }))
+            .collector(self.meta_collector());
+        Ok(report.finish(success))
     }
 
     /// The driver for `key`, opening its socket on first use; the error is for the operator.
@@ -385,7 +410,7 @@ pub struct Params<'q> {
 impl<'q> Params<'q> {
     /// Reads and checks the query; errors name the parameter and the value.
     pub fn from_query(query: &'q Query) -> Result<Params<'q>, BadRequest> {
-        let unknown = query.unknown(PARAMETERS);
+        let unknown = super::unknown_parameters(query, PARAMETERS);
         if !unknown.is_empty() {
             return Err(BadRequest(format!(
                 "unknown parameter {:?} (ping takes target, ip_version, tcp_port)",
@@ -395,6 +420,14 @@ impl<'q> Params<'q> {
         let targets: Vec<&str> = query.all("target").collect();
         if targets.is_empty() || targets.iter().any(|target| target.is_empty()) {
             return Err(BadRequest("missing parameter \"target\"".into()));
+        }
+        for target in &targets {
+            if split_host_port(target)?.1.is_some() {
+                return Err(BadRequest(format!(
+                    "parameter \"target\": {target:?} is not a host name or address (ping \
+                     takes no port; see tcp_port)"
+                )));
+            }
         }
         let family = match query.get("ip_version")?.unwrap_or("all") {
             "4" => Some(false),
@@ -432,41 +465,19 @@ fn parse_ports(query: &Query) -> Result<Vec<u16>, BadRequest> {
     Ok(ports.into_iter().collect())
 }
 
-/// Resolves `target` (an address or a name) to addresses of `family` (None: both), within the
-/// probe deadline.
-async fn resolve(
+/// The addresses of `target` (resolved by the framework) of `family` (None: both); a target
+/// that did not resolve is a [`BadRequest`] (ping has no failure metric to report it with).
+fn choose(
     ctx: &ProbeContext,
-    target: &str,
+    target: &Target,
     family: Option<bool>,
 ) -> Result<Vec<IpAddr>, BadRequest> {
     let wanted = |address: &IpAddr| family.is_none_or(|v6| address.is_ipv6() == v6);
-    let literal = target
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(target);
-    let addresses: Vec<IpAddr> = if let Ok(address) = literal.parse::<IpAddr>() {
-        vec![address]
-    } else {
-        if target.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
-            return Err(BadRequest(format!(
-                "parameter \"target\": {target:?} is not a host name or address"
-            )));
-        }
-        let lookup = tokio::net::lookup_host((target, 0));
-        match tokio::time::timeout(ctx.remaining(), lookup).await {
-            Err(_) => {
-                return Err(BadRequest(format!(
-                    "parameter \"target\": resolving {target:?} timed out"
-                )));
-            }
-            Ok(Err(err)) => {
-                return Err(BadRequest(format!(
-                    "parameter \"target\": cannot resolve {target:?}: {err}"
-                )));
-            }
-            Ok(Ok(found)) => found.map(|address| address.ip()).collect(),
-        }
-    };
+    let target_name = target.raw.as_str();
+    let addresses = target
+        .addresses
+        .as_ref()
+        .map_err(|err| BadRequest(format!("parameter \"target\": {err}")))?;
     let kept: Vec<IpAddr> = addresses.iter().copied().filter(wanted).collect();
     if kept.is_empty() {
         let which = match family {
@@ -475,17 +486,17 @@ async fn resolve(
             None => "",
         };
         return Err(BadRequest(format!(
-            "parameter \"target\": {target:?} has no {which}address"
+            "parameter \"target\": {target_name:?} has no {which}address"
         )));
     }
     for address in &kept {
         if address.is_unspecified() || address.is_multicast() {
             return Err(BadRequest(format!(
-                "parameter \"target\": {target:?} resolves to {address}, which cannot be pinged"
+                "parameter \"target\": {target_name:?} resolves to {address}, which cannot be pinged"
             )));
         }
     }
-    ctx.log(format!("{target} resolved to {kept:?}"));
+    ctx.log(format!("{target_name} resolved to {kept:?}"));
     Ok(kept)
 }
 
@@ -763,13 +774,28 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_name_the_value() {
-        let ping = Ping::new(&flags(&["--ping.max-targets", "2"]).unwrap());
-        let ctx = ProbeContext::new(std::time::Instant::now() + Duration::from_secs(5));
+        use crate::probe::{
+            Module, Probers, SystemResolver,
+            allowlist::Allowlist,
+            handler::{Budget, Outcome, handle},
+        };
+        let probers = Probers::new(&flags(&["--ping.max-targets", "2"]).unwrap());
         let run = |pairs: Vec<(&str, &str)>| {
             let query = Query::from_pairs(pairs);
-            let ping = &ping;
-            let ctx = &ctx;
-            async move { ping.probe(ctx, &query).await.map(|_| ()).unwrap_err().0 }
+            let probers = &probers;
+            async move {
+                let module = Module {
+                    prober: MODULE,
+                    options: &[],
+                    timeout: None,
+                };
+                let budget = Budget::Limit(Duration::from_secs(5));
+                let allowlist = Allowlist::default();
+                match handle(probers, module, &query, budget, &allowlist, &SystemResolver).await {
+                    Outcome::BadRequest(err) => err.0,
+                    other => panic!("{query:?}: expected a bad request, got {other:?}"),
+                }
+            }
         };
         assert!(run(vec![]).await.contains("missing parameter \"target\""));
         let err = run(vec![("target", "10.0.0.1"), ("ip_version", "5")]).await;

@@ -2,22 +2,17 @@
 //! (RFC 1350 read, options RFC 2347/2348/2349/7440) and reports whether it worked, how long it
 //! took and how fast it was.
 //!
-//! This module owns the I/O: parameter parsing, name resolution, the UDP socket, the server's
-//! transfer ID (TID), timers and the metrics. Every received byte is interpreted by the pure
+//! This module owns the I/O: parameter parsing, the UDP socket, the server's transfer ID (TID),
+//! timers and the metrics. The target comes resolved by the framework ([`super::handler`]). Every received byte is interpreted by the pure
 //! state machine in [`codec`]. The content is hashed (SHA-256) as it streams and never kept.
 
 pub mod codec;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::atomic::AtomicU64,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use prometheus_client::{
-    metrics::{family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use sha2::{Digest as _, Sha256};
 use tokio::net::UdpSocket;
 
@@ -25,7 +20,11 @@ use self::codec::{
     BLKSIZE_RANGE, Failure, FailureReason, Negotiated, OptionRequest, Outcome, TIMEOUT_RANGE,
     Transfer, WINDOWSIZE_RANGE, error_code,
 };
-use super::{BadRequest, ProbeContext, ProbeReport, Query};
+use super::{
+    BadRequest, BoxFuture, ProbeContext, ProbeReport, Prober, Query, Spec, Target,
+    report::{Reason, Report},
+    target::{SystemResolver, split_host_port},
+};
 
 /// Name in `module=`.
 pub const MODULE: &str = "tftp";
@@ -35,11 +34,48 @@ pub const DEFAULT_PORT: u16 = 69;
 /// Default `max_bytes`: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
-/// Query parameters this prober accepts (`module` and `debug` belong to the framework).
+/// The longest a probe may run, whatever the scrape timeout.
+pub const MAX_PROBE_TIME: Duration = Duration::from_secs(120);
+
+/// The prober's entry in [`super::SPECS`].
+pub const SPEC: Spec = Spec {
+    name: MODULE,
+    parameters: PARAMETERS,
+    max_time: MAX_PROBE_TIME,
+    validate: |query| Params::from_query(query).map(drop),
+    build: |_| Box::new(Tftp),
+};
+
+/// The prober (it keeps no state between probes).
+#[derive(Debug)]
+pub struct Tftp;
+
+impl Prober for Tftp {
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ProbeContext,
+        query: &'a Query,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
+        Box::pin(async move {
+            let params = Params::from_query(query)?;
+            let target = targets
+                .first()
+                .ok_or_else(|| BadRequest("missing parameter \"target\"".into()))?;
+            Ok(probe_target(ctx, &params, target).await)
+        })
+    }
+}
+
+impl Reason for FailureReason {
+    const ALL: &'static [FailureReason] = &FailureReason::ALL;
+    fn label(self) -> &'static str {
+        FailureReason::label(self)
+    }
+}
+
+/// Query parameters this prober accepts besides `module`, `target` and `debug`.
 const PARAMETERS: &[&str] = &[
-    "module",
-    "debug",
-    "target",
     "tftp_filename",
     "tftp_port",
     "blksize",
@@ -67,11 +103,11 @@ pub struct Params {
 impl Params {
     /// Reads and checks the query; every error names the parameter and the value.
     pub fn from_query(query: &Query) -> Result<Params, BadRequest> {
-        let unknown = query.unknown(PARAMETERS);
+        let unknown = super::unknown_parameters(query, PARAMETERS);
         if !unknown.is_empty() {
             return Err(BadRequest(format!(
-                "unknown parameter(s) {unknown:?} for module tftp (known: {})",
-                PARAMETERS[2..].join(", ")
+                "unknown parameter(s) {unknown:?} for module tftp (known: target, {})",
+                PARAMETERS.join(", ")
             )));
         }
         let target = query.required("target")?;
@@ -83,7 +119,7 @@ impl Params {
                 ))
             })?),
         };
-        let (host, target_port) = split_target(target)?;
+        let (host, target_port) = split_host_port(target)?;
         let port = match (target_port, port_parameter) {
             (Some(a), Some(b)) if a != b => {
                 return Err(BadRequest(format!(
@@ -161,43 +197,6 @@ where
     }
 }
 
-/// Splits `host`, `host:port`, `v4:port`, `v6`, `[v6]` or `[v6]:port`.
-fn split_target(target: &str) -> Result<(String, Option<u16>), BadRequest> {
-    let bad = |why: &str| BadRequest(format!("parameter \"target\": {target:?} {why}"));
-    if let Ok(addr) = target.parse::<SocketAddr>() {
-        return Ok((addr.ip().to_string(), Some(addr.port())));
-    }
-    if target.parse::<IpAddr>().is_ok() {
-        return Ok((target.to_string(), None));
-    }
-    if let Some(inner) = target.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-        return match inner.parse::<Ipv6Addr>() {
-            Ok(ip) => Ok((ip.to_string(), None)),
-            Err(_) => Err(bad("is not a bracketed IPv6 address")),
-        };
-    }
-    let (host, port) = match target.rsplit_once(':') {
-        Some((host, port)) => {
-            let port = port
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?;
-            (host, Some(port))
-        }
-        None => (target, None),
-    };
-    let valid_name = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !valid_name {
-        return Err(bad("is not a host name, an address or HOST:PORT"));
-    }
-    Ok((host.to_string(), port))
-}
-
 /// What a completed download measured.
 #[derive(Debug, Default)]
 struct Measurement {
@@ -215,12 +214,20 @@ struct Measurement {
     request_sent: Option<Instant>,
 }
 
-/// Runs one probe: parses the query, downloads the file, builds the metrics.
+/// Runs one probe of the query's target, resolving it here (for callers outside `/probe`, such
+/// as the integration tests; `/probe` resolves once in [`super::handler`]).
 pub async fn probe(ctx: &ProbeContext, query: &Query) -> Result<ProbeReport, BadRequest> {
     let params = Params::from_query(query)?;
+    let target = Target::resolve(query.required("target")?, &SystemResolver, ctx.deadline).await?;
+    Ok(probe_target(ctx, &params, &target).await)
+}
+
+/// Runs one probe of `target` (resolved by the framework): downloads the file, builds the
+/// metrics.
+pub async fn probe_target(ctx: &ProbeContext, params: &Params, target: &Target) -> ProbeReport {
     let started = Instant::now();
     let mut measurement = Measurement::default();
-    let result = download(ctx, &params, &mut measurement).await;
+    let result = download(ctx, params, target, &mut measurement).await;
     let duration = started.elapsed();
     match &result {
         Ok(()) => ctx.log(format!(
@@ -234,21 +241,23 @@ pub async fn probe(ctx: &ProbeContext, query: &Query) -> Result<ProbeReport, Bad
             failure.detail
         )),
     }
-    let registry = metrics(&result, duration, &measurement);
-    Ok(ProbeReport {
-        success: result.is_ok(),
-        registry,
-    })
+    metrics(&result, duration, &measurement)
 }
 
-/// Resolves the target, downloads the file and verifies it; fills `measurement` as it goes,
-/// so a failed probe still reports what it got.
+/// Downloads the file from the target's first address and verifies it; fills `measurement`
+/// as it goes, so a failed probe still reports what it got.
 async fn download(
     ctx: &ProbeContext,
     params: &Params,
+    target: &Target,
     measurement: &mut Measurement,
 ) -> Result<(), Failure> {
-    let server = resolve(ctx, &params.host, params.port).await?;
+    let server = match &target.addresses {
+        Ok(addresses) => SocketAddr::new(addresses[0], params.port),
+        Err(err) => {
+            return Err(Failure::new(FailureReason::ResolveFailed, err.to_string()));
+        }
+    };
     ctx.log(format!("server {server}, file {:?}", params.filename));
     let bind: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -293,30 +302,6 @@ async fn download(
         params.expected_size,
         params.expected_sha256.as_ref(),
     )
-}
-
-/// The first address of `host` (an address is used as is), within the deadline.
-async fn resolve(ctx: &ProbeContext, host: &str, port: u16) -> Result<SocketAddr, Failure> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let lookup = tokio::net::lookup_host((host, port));
-    match tokio::time::timeout_at(ctx.deadline.into(), lookup).await {
-        Err(_) => Err(Failure::new(
-            FailureReason::ResolveFailed,
-            format!("resolving {host:?} did not finish before the deadline"),
-        )),
-        Ok(Err(err)) => Err(Failure::new(
-            FailureReason::ResolveFailed,
-            format!("resolving {host:?}: {err}"),
-        )),
-        Ok(Ok(mut addresses)) => addresses.next().ok_or_else(|| {
-            Failure::new(
-                FailureReason::ResolveFailed,
-                format!("{host:?} has no address"),
-            )
-        }),
-    }
 }
 
 /// Sends the RRQ and runs the state machine until it ends or the deadline passes. The first
@@ -440,86 +425,65 @@ async fn deadline_failure(socket: &UdpSocket, tid: Option<SocketAddr>) -> Failur
     )
 }
 
-type FloatGauge = Gauge<f64, AtomicU64>;
-
-fn gauge(value: f64) -> FloatGauge {
-    let gauge = FloatGauge::default();
-    gauge.set(value);
-    gauge
-}
-
 /// The probe's metrics (names of the seed exporter where it had them, in base units).
-fn metrics(result: &Result<(), Failure>, duration: Duration, m: &Measurement) -> Registry {
-    let mut registry = Registry::default();
-    registry.register(
-        "tftp_probe_success",
-        "1 if the file was downloaded completely and matched every expectation, else 0",
-        gauge(if result.is_ok() { 1.0 } else { 0.0 }),
-    );
-    registry.register(
-        "tftp_probe_duration_seconds",
-        "Time the whole probe took, name resolution included",
-        gauge(duration.as_secs_f64()),
-    );
-    registry.register(
-        "tftp_probe_content_length_bytes",
-        "File content bytes received (in order, each block once)",
-        gauge(m.bytes as f64),
-    );
+fn metrics(result: &Result<(), Failure>, duration: Duration, m: &Measurement) -> ProbeReport {
+    let mut report = Report::new();
+    report
+        .gauge(
+            "tftp_probe_success",
+            "1 if the file was downloaded completely and matched every expectation, else 0",
+            if result.is_ok() { 1.0 } else { 0.0 },
+        )
+        .gauge(
+            "tftp_probe_duration_seconds",
+            "Time the whole probe took, name resolution included",
+            duration.as_secs_f64(),
+        )
+        .gauge(
+            "tftp_probe_content_length_bytes",
+            "File content bytes received (in order, each block once)",
+            m.bytes as f64,
+        );
     if let Some(time) = m.transfer_time.filter(|t| !t.is_zero()) {
-        registry.register(
+        report.gauge(
             "tftp_probe_download_speed_bytes_per_second",
             "Content bytes received divided by the time from read request to final block",
-            gauge(m.bytes as f64 / time.as_secs_f64()),
+            m.bytes as f64 / time.as_secs_f64(),
         );
     }
     if let Some(first) = m.first_block {
-        registry.register(
+        report.gauge(
             "tftp_probe_time_to_first_block_seconds",
             "Time from sending the read request to receiving the first DATA block",
-            gauge(first.as_secs_f64()),
+            first.as_secs_f64(),
         );
     }
-    registry.register(
-        "tftp_probe_retransmissions",
-        "Packets this probe sent again because the server did not answer in time",
-        gauge(m.retransmissions as f64),
-    );
-    registry.register(
-        "tftp_probe_duplicate_blocks",
-        "DATA packets received for blocks already received (ignored, never ACKed twice)",
-        gauge(m.duplicates as f64),
-    );
-    let negotiated = Family::<Vec<(String, String)>, FloatGauge>::default();
-    if let Some(n) = &m.negotiated {
-        for (option, value) in &n.accepted {
-            negotiated
-                .get_or_create(&vec![("option".to_string(), option.name().to_string())])
-                .set(*value as f64);
-        }
-    }
-    registry.register(
-        "tftp_probe_negotiated_option",
-        "Value the server accepted in its OACK for each option requested (absent if refused)",
-        negotiated,
-    );
-    let failure = Family::<Vec<(String, String)>, FloatGauge>::default();
-    let failed_reason = result.as_ref().err().map(|f| f.reason);
-    for reason in FailureReason::ALL {
-        failure
-            .get_or_create(&vec![("reason".to_string(), reason.label().to_string())])
-            .set(if failed_reason == Some(reason) {
-                1.0
-            } else {
-                0.0
-            });
-    }
-    registry.register(
-        "tftp_probe_failure",
-        "1 for the reason the probe failed (all 0 on success)",
-        failure,
-    );
-    registry
+    report
+        .gauge(
+            "tftp_probe_retransmissions",
+            "Packets this probe sent again because the server did not answer in time",
+            m.retransmissions as f64,
+        )
+        .gauge(
+            "tftp_probe_duplicate_blocks",
+            "DATA packets received for blocks already received (ignored, never ACKed twice)",
+            m.duplicates as f64,
+        )
+        .family(
+            "tftp_probe_negotiated_option",
+            "Value the server accepted in its OACK for each option requested (absent if refused)",
+            "option",
+            m.negotiated
+                .iter()
+                .flat_map(|n| &n.accepted)
+                .map(|(option, value)| (option.name(), *value as f64)),
+        )
+        .failure(
+            "tftp_probe_failure",
+            "1 for the reason the probe failed (all 0 on success)",
+            result.as_ref().err().map(|f| f.reason),
+        );
+    report.finish(result.is_ok())
 }
 
 #[cfg(test)]
