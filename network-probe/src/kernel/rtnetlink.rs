@@ -5,6 +5,7 @@
 use std::{
     ffi::CString,
     io,
+    net::IpAddr,
     os::fd::{AsRawFd, RawFd},
 };
 
@@ -15,7 +16,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkHeader, LinkMessage},
-    route::{RouteAttribute, RouteHeader, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -123,6 +124,42 @@ pub fn default_route_ifindexes(routes: &[RouteMessage]) -> Vec<u32> {
     indexes
 }
 
+/// The index of the interface the kernel would send a packet to `destination` out of: one
+/// `RTM_GETROUTE` for that address, as `ip route get` asks (policy routing, the local table and
+/// the loopback device included). None when the route has no output interface; the kernel's
+/// own error (`ENETUNREACH` with no route, say) otherwise.
+pub fn route_interface(destination: IpAddr) -> io::Result<Option<u32>> {
+    let mut request = RouteMessage::default();
+    let (family, prefix) = match destination {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    request.header.address_family = family;
+    request.header.destination_prefix_length = prefix;
+    request
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(destination)));
+    let mut oif = None;
+    exchange(RouteNetlinkMessage::GetRoute(request), false, |message| {
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) = message.payload
+        {
+            oif = oif.or_else(|| route_oif(&route));
+        }
+        Ok(())
+    })?;
+    Ok(oif)
+}
+
+/// The output interface a route reply names (`RTA_OIF`).
+fn route_oif(route: &RouteMessage) -> Option<u32> {
+    route.attributes.iter().find_map(|attr| match attr {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
+}
+
 /// Dumps the IPv4 and IPv6 routing tables.
 fn dump_routes(families: &[IpFamily]) -> io::Result<Vec<RouteMessage>> {
     let mut routes = Vec::new();
@@ -160,6 +197,17 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
 /// up to NLMSG_DONE. An NLMSG_ERROR reply becomes the OS error it carries.
 fn dump_raw(
     request: RouteNetlinkMessage,
+    each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    exchange(request, true, each)
+}
+
+/// Sends one request, a dump (answered by messages up to NLMSG_DONE) or a single query
+/// (answered by one datagram), and hands every reply message to `each`. An NLMSG_ERROR reply
+/// becomes the OS error it carries.
+fn exchange(
+    request: RouteNetlinkMessage,
+    is_dump: bool,
     mut each: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
@@ -167,7 +215,11 @@ fn dump_raw(
     socket.connect(&SocketAddr::new(0, 0))?;
 
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = if is_dump {
+        NLM_F_REQUEST | NLM_F_DUMP
+    } else {
+        NLM_F_REQUEST
+    };
     header.sequence_number = 1;
     let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(request));
     packet.finalize();
@@ -196,6 +248,9 @@ fn dump_raw(
                 }
                 _ => each(message)?,
             }
+        }
+        if !is_dump {
+            return Ok(());
         }
     }
 }

@@ -143,3 +143,68 @@ fn a_module_of_the_config_file_sets_the_probe_options() {
     );
     let _ = std::fs::remove_file(config);
 }
+
+/// `--ping.interface4 auto` binds each target's socket to the interface the kernel routes that
+/// target out of, not to the default-route interface: in a namespace whose default route leaves
+/// by another interface, a ping of the loopback address and one of the veth peer (reached by
+/// its connected route) both get every reply. The references are the kernel's own counters:
+/// the namespace's echo requests received for loopback, the peer's echo replies sent.
+#[test]
+fn auto_interface_follows_the_route_to_each_target() {
+    let pair = VethPair::new();
+    let peer = dotted(pair.b_addr);
+    // A default route out of an interface that reaches neither target (both ends of a second
+    // veth pair stay in this namespace).
+    let other = format!("{}d", pair.a_if);
+    pair.exec(
+        &pair.a,
+        "ip",
+        &[
+            "link",
+            "add",
+            &other,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{other}p"),
+        ],
+    );
+    pair.exec(&pair.a, "ip", &["link", "set", &other, "up"]);
+    pair.exec(&pair.a, "ip", &["route", "add", "default", "dev", &other]);
+
+    let echoes_before = nstat(&pair.a, "IcmpInEchos");
+    let (code, metrics, log) = run_in(
+        &pair.a,
+        &["--ping.timeout", "500ms", "probe", "ping", "127.0.0.1"],
+    );
+    assert_eq!(code, 0, "{metrics}{log}");
+    let echoes = nstat(&pair.a, "IcmpInEchos") - echoes_before;
+    let labels = "ip=\"127.0.0.1\"";
+    assert_eq!(
+        sample(&metrics, "icmp_probe_packets_sent_total", labels),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "icmp_probe_packets_recv_total", labels),
+        Some(1.0),
+        "{metrics}{log}"
+    );
+    assert_eq!(echoes, 1, "the loopback device saw {echoes} echo requests");
+
+    let replies_before = nstat(&pair.b, "IcmpOutEchoReps");
+    let (code, metrics, log) = run_in(
+        &pair.a,
+        &["--ping.timeout", "500ms", "probe", "ping", &peer],
+    );
+    assert_eq!(code, 0, "{metrics}{log}");
+    let replies = nstat(&pair.b, "IcmpOutEchoReps") - replies_before;
+    let labels = format!("ip=\"{peer}\"");
+    assert_eq!(
+        sample(&metrics, "icmp_probe_packets_recv_total", &labels),
+        Some(1.0),
+        "{metrics}{log}"
+    );
+    assert_eq!(replies, 1, "the peer sent {replies} echo replies");
+}

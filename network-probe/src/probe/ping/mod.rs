@@ -19,7 +19,7 @@ pub mod tcp_syn;
 pub mod timestamps;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::{
         Arc, Mutex,
@@ -118,8 +118,8 @@ pub struct Flags {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_targets: u32,
 
-    /// Interface IPv4 probes leave by: a name, `auto` (the default-route interface, if there
-    /// is exactly one) or `any` (no binding).
+    /// Interface IPv4 probes leave by: a name, `auto` (for each target, the interface the
+    /// kernel routes it out of) or `any` (no binding).
     #[arg(long = "ping.interface4", value_name = "NAME", default_value = "auto")]
     pub interface4: String,
 
@@ -175,14 +175,16 @@ impl Default for Random {
     }
 }
 
-/// The four sockets, opened on first use.
+/// The sockets of the probes, opened on first use.
 #[derive(Debug, Default)]
 struct Drivers {
-    icmp4: Option<Arc<IcmpDriver>>,
-    icmp6: Option<Arc<IcmpDriver>>,
-    tcp4: Option<Arc<TcpDriver>>,
-    tcp6: Option<Arc<TcpDriver>>,
+    /// One socket per protocol, family and interface bound to (none: unbound), opened on
+    /// first use: with `auto`, targets reached through different interfaces get their own.
+    open: BTreeMap<DriverKey, Arc<dyn Sender>>,
 }
+
+/// Which socket serves a probe: TCP SYN or ICMP, IPv6 or IPv4, and the interface it is bound to.
+type DriverKey = (bool, bool, Option<String>);
 
 /// The prober's state between requests.
 #[derive(Debug)]
@@ -295,81 +297,64 @@ impl Ping {
     /// The driver for `key`, opening its socket on first use; the error is for the operator.
     fn driver(&self, key: ProbeKey) -> Result<Arc<dyn Sender>, String> {
         let v6 = key.address.is_ipv6();
-        let interface = self.interface(v6);
+        let interface = self.interface(key.address)?;
+        let tcp = key.tcp_port.is_some();
         let mut drivers = lock(&self.drivers);
+        if let Some(driver) = drivers.open.get(&(tcp, v6, interface.clone())) {
+            return Ok(Arc::clone(driver));
+        }
         let stamp_flags = self.stamp_flags(interface.as_deref());
         let family = if v6 { 6 } else { 4 };
         let timeout = self.flags.timeout;
-        if key.tcp_port.is_some() {
-            let slot = if v6 {
-                &mut drivers.tcp6
-            } else {
-                &mut drivers.tcp4
+        let driver: Arc<dyn Sender> = if tcp {
+            let config = TcpConfig {
+                v6,
+                interface: interface.clone(),
+                stamp_flags,
+                timeout: timeout.min(tcp_syn::MAX_TIMEOUT),
             };
-            if slot.is_none() {
-                let config = TcpConfig {
-                    v6,
-                    interface,
-                    stamp_flags,
-                    timeout: timeout.min(tcp_syn::MAX_TIMEOUT),
-                };
-                let driver =
-                    TcpDriver::start(&config, Arc::clone(&self.meta.tcp)).map_err(|err| {
-                        format!(
-                            "opening the raw TCP socket for IPv{family}: {err} (needs CAP_NET_RAW)"
-                        )
-                    })?;
-                *slot = Some(driver);
-            }
-            Ok(slot.clone().expect("just set") as Arc<dyn Sender>)
+            TcpDriver::start(&config, Arc::clone(&self.meta.tcp)).map_err(|err| {
+                format!("opening the raw TCP socket for IPv{family}: {err} (needs CAP_NET_RAW)")
+            })?
         } else {
-            let slot = if v6 {
-                &mut drivers.icmp6
-            } else {
-                &mut drivers.icmp4
+            let config = IcmpConfig {
+                v6,
+                mode: self.flags.icmp_socket,
+                identifier: self.identifier,
+                interface: interface.clone(),
+                stamp_flags,
+                timeout,
             };
-            if slot.is_none() {
-                let config = IcmpConfig {
-                    v6,
-                    mode: self.flags.icmp_socket,
-                    identifier: self.identifier,
-                    interface,
-                    stamp_flags,
-                    timeout,
-                };
-                let driver = IcmpDriver::start(&config, Arc::clone(&self.meta.icmp)).map_err(|err| {
-                    format!("opening the ICMPv{family} socket: {err} (raw sockets need CAP_NET_RAW; datagram ones net.ipv4.ping_group_range)")
-                })?;
-                *slot = Some(driver);
-            }
-            Ok(slot.clone().expect("just set") as Arc<dyn Sender>)
-        }
+            IcmpDriver::start(&config, Arc::clone(&self.meta.icmp)).map_err(|err| {
+                format!("opening the ICMPv{family} socket: {err} (raw sockets need CAP_NET_RAW; datagram ones net.ipv4.ping_group_range)")
+            })?
+        };
+        drivers
+            .open
+            .insert((tcp, v6, interface), Arc::clone(&driver));
+        Ok(driver)
     }
 
-    /// The interface to bind the sockets of one family to.
-    fn interface(&self, v6: bool) -> Option<String> {
-        let flag = if v6 {
+    /// The interface to bind the socket probing `address` to: the flag's interface, none for
+    /// `any`, and for `auto` the interface the kernel routes `address` out of (one
+    /// `RTM_GETROUTE`, as `ip route get`), so loopback, a second NIC or a VPN work as well as
+    /// the default route. The error names the address and what the kernel said.
+    fn interface(&self, address: IpAddr) -> Result<Option<String>, String> {
+        let flag = if address.is_ipv6() {
             &self.flags.interface6
         } else {
             &self.flags.interface4
         };
         match flag.as_str() {
-            "any" | "" => None,
-            "auto" => match crate::kernel::rtnetlink::default_route_interfaces_for(&[if v6 {
-                crate::kernel::rtnetlink::IpFamily::V6
-            } else {
-                crate::kernel::rtnetlink::IpFamily::V4
-            }]) {
-                Ok(names) if names.len() == 1 => names.into_iter().next(),
-                Ok(names) => {
-                    log::info!(
-                        "ping: default routes via {names:?}; sockets not bound to an interface"
-                    );
-                    None
-                }
-                Err(_) => None,
+            "any" | "" => Ok(None),
+            "auto" => match crate::kernel::rtnetlink::route_interface(address) {
+                Ok(Some(index)) => crate::kernel::rtnetlink::interface_name(index)
+                    .map(Some)
+                    .ok_or_else(|| format!("route to {address}: interface {index} has no name")),
+                Ok(None) => Ok(None),
+                Err(err) => Err(format!("no route to {address}: {err}")),
             },
-            name => Some(name.to_string()),
+            name => Ok(Some(name.to_string())),
         }
     }
 

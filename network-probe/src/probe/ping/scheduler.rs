@@ -38,7 +38,7 @@ pub struct ActiveProbe {
 }
 
 /// Sends one probe packet; implemented by the ICMP and TCP SYN drivers.
-pub trait Sender: Send + Sync + 'static {
+pub trait Sender: std::fmt::Debug + Send + Sync + 'static {
     /// Sends one probe to `probe.key` and registers it as in flight.
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()>;
 }
