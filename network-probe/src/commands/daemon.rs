@@ -239,8 +239,9 @@ pub fn run(flags: Cli) -> Result<()> {
 
 /// Descriptors the daemon holds besides connections and probe sockets: maps, programs and
 /// links of the datapath, netlink sockets, listeners, the runtime's epoll and eventfds, the
-/// state file, blocking threads' files. An idle daemon attached to two interfaces holds about
-/// 30; twice that leaves room for more interfaces.
+/// state file, blocking threads' files. An idle daemon attached to one interface holds about
+/// 30 (29 to 30 in tests/integration/hostile_web.rs); twice that leaves room for more
+/// interfaces.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Descriptors a probe may hold at once (an iperf3 test: control and data connection).
