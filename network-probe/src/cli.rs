@@ -13,6 +13,11 @@ use crate::{
 /// Default `--web.listen-address`: every address, port 9435.
 pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
 
+/// Default `--web.max-connections`: with the probe sockets of 64 concurrent probes and the
+/// daemon's own descriptors (maps, programs, links, netlink, listeners) about 700
+/// descriptors, within the usual soft limit of 1024.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+
 /// Network telemetry daemon: eBPF traffic accounting for Prometheus.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "network-probe", version, about, long_about = None)]
@@ -29,7 +34,7 @@ pub struct Cli {
 
     /// Configuration file (YAML): probe modules, interfaces, flows, Jool, probe allowlist; see
     /// docs/configuration.md. Flags given on the command line override it. Reloaded on SIGHUP
-    /// and POST /-/reload.
+    /// and (with --web.enable-lifecycle) POST /-/reload.
     #[arg(long = "config.file", value_name = "PATH", global = true)]
     pub config_file: Option<std::path::PathBuf>,
 
@@ -42,6 +47,18 @@ pub struct Cli {
     #[arg(long = "web.max-concurrent-probes", value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_probes: u32,
+
+    /// Most HTTP connections open at once, over all listeners. When all are taken, a new
+    /// connection takes the slot of the one stalled longest (waiting for a request, or not
+    /// reading its response); while every one is busy answering, accepting pauses.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Serve POST /-/reload (as Prometheus's flag of the same name); without it /-/reload
+    /// answers 403. SIGHUP reloads either way.
+    #[arg(long = "web.enable-lifecycle")]
+    pub enable_lifecycle: bool,
 
     /// Extra listener whose /probe uses MODULE when the request names no module= (repeatable),
     /// e.g. ping=:9116, so scrape configs of the single-purpose exporters keep working with
@@ -345,6 +362,23 @@ mod tests {
             parse_flow_slots("1000").unwrap_err(),
             "\"1000\" slots: must be 0 (no slot table) or a power of two up to 1048576"
         );
+    }
+
+    #[test]
+    fn connection_limit_and_lifecycle_flags() {
+        let cli = Cli::try_parse_from(["network-probe"]).unwrap();
+        assert_eq!(cli.max_connections, 512);
+        assert!(!cli.enable_lifecycle);
+        let cli = Cli::try_parse_from([
+            "network-probe",
+            "--web.max-connections",
+            "64",
+            "--web.enable-lifecycle",
+        ])
+        .unwrap();
+        assert_eq!(cli.max_connections, 64);
+        assert!(cli.enable_lifecycle);
+        assert!(Cli::try_parse_from(["network-probe", "--web.max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn run(flags: Cli) -> Result<()> {
         .iter()
         .map(|extra| Ok((web::bind(&extra.address)?, extra.module)))
         .collect::<Result<Vec<_>>>()?;
+    check_descriptor_limit(&cli);
     let allowlist = &config_state.current().allowlist;
     if allowlist.is_empty() {
         info!("no --probe.allow given: /probe may reach any target");
@@ -157,8 +158,10 @@ pub fn run(flags: Cli) -> Result<()> {
             }
         });
         let probers = Probers::new(&cli.ping);
+        let connections = web::Connections::new(cli.max_connections as usize);
         let mut registry = metrics::registry(Arc::clone(&flows), &cli.jool, &probers);
         registry.register_collector(config_state.collector());
+        registry.register_collector(connections.collector());
         let state = Arc::new(AppState {
             registry,
             flows,
@@ -168,6 +171,8 @@ pub fn run(flags: Cli) -> Result<()> {
             config: Arc::clone(&config_state),
             web: web::WebPolicy::new(&web_config, cli.max_concurrent_probes as usize),
             scrapes: web::ScrapeCoalescer::default(),
+            connections,
+            enable_lifecycle: cli.enable_lifecycle,
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
         // need (see privileges.rs).
@@ -230,6 +235,62 @@ pub fn run(flags: Cli) -> Result<()> {
         info!("detached from all interfaces; bye");
         Ok(())
     })
+}
+
+/// Descriptors the daemon holds besides connections and probe sockets: maps, programs and
+/// links of the datapath, netlink sockets, listeners, the runtime's epoll and eventfds, the
+/// state file, blocking threads' files. An idle daemon attached to one interface holds about
+/// 30 (29 to 30 in tests/integration/hostile_web.rs); twice that leaves room for more
+/// interfaces.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Descriptors a probe may hold at once (an iperf3 test: control and data connection).
+const DESCRIPTORS_PER_PROBE: u64 = 2;
+
+/// The descriptors `--web.max-connections` and `--web.max-concurrent-probes` can take, with
+/// [`RESERVED_DESCRIPTORS`].
+fn descriptors_needed(cli: &Cli) -> u64 {
+    u64::from(cli.max_connections)
+        + DESCRIPTORS_PER_PROBE * u64::from(cli.max_concurrent_probes)
+        + RESERVED_DESCRIPTORS
+}
+
+/// Warns when RLIMIT_NOFILE is below what the limits can take (accepting would then fail with
+/// EMFILE before `--web.max-connections` is reached, and probes with it), and when
+/// `--web.max-connections` leaves no room beside `--web.max-concurrent-probes`.
+fn check_descriptor_limit(cli: &Cli) {
+    let needed = descriptors_needed(cli);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(
+            "reading RLIMIT_NOFILE: {}; cannot check it against --web.max-connections",
+            std::io::Error::last_os_error()
+        );
+    } else if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        warn!(
+            "the open file limit (RLIMIT_NOFILE) is {}, below the {needed} descriptors that \
+             --web.max-connections {} and --web.max-concurrent-probes {} can take (plus \
+             {RESERVED_DESCRIPTORS} of the daemon's own): raise it (LimitNOFILE= in the unit, \
+             ulimit -n) or lower the limits",
+            limit.rlim_cur, cli.max_connections, cli.max_concurrent_probes
+        );
+    } else {
+        debug!(
+            "open file limit {} (at most {needed} descriptors needed)",
+            limit.rlim_cur
+        );
+    }
+    if cli.max_connections <= cli.max_concurrent_probes {
+        warn!(
+            "--web.max-connections {} is not above --web.max-concurrent-probes {}: running \
+             probes can take every connection slot and keep scrapes out",
+            cli.max_connections, cli.max_concurrent_probes
+        );
+    }
 }
 
 /// Caps glibc's malloc arenas at two. Scrapes render on blocking threads and glibc gives each

@@ -4,12 +4,14 @@
 //! section, body, concurrent probes).
 //!
 //! - `listen`: binding, accepting, TLS handshakes, hyper's connection limits.
+//! - `connections`: `--web.max-connections`, the write timeout, and their metrics.
 //! - `auth`: the TLS acceptor, basic auth with bcrypt, response headers, the probe limit.
 //! - `routes`: request limits, authentication and the endpoints, content negotiation.
 //! - `probe_route`: `/probe`, the HTTP face of [`crate::probe::handler`].
 //! - `scrape`: the telemetry path's shared renders and streamed bodies.
 
 mod auth;
+mod connections;
 mod listen;
 mod probe_route;
 mod routes;
@@ -21,6 +23,7 @@ use prometheus_client::registry::Registry;
 
 pub use self::{
     auth::{WebPolicy, basic_credentials, load_web_config},
+    connections::Connections,
     listen::{bind, serve},
     routes::wants_openmetrics,
     scrape::{Scrape, ScrapeCoalescer},
@@ -43,4 +46,8 @@ pub struct AppState {
     pub web: WebPolicy,
     /// Renders of the telemetry path, shared by concurrent scrapes.
     pub scrapes: ScrapeCoalescer,
+    /// The slots of `--web.max-connections`, shared by all listeners.
+    pub connections: Arc<Connections>,
+    /// `--web.enable-lifecycle`: whether `POST /-/reload` is served (else 403).
+    pub enable_lifecycle: bool,
 }

@@ -143,7 +143,8 @@ async fn route_text(
 
 /// `POST` (or `PUT`) `/-/reload`: reads `--config.file` again. 200 when the new file is in
 /// force (listing what needs a restart), 409 with the error when it is not (the previous
-/// configuration stays); other methods get 405.
+/// configuration stays); other methods get 405. Without `--web.enable-lifecycle` POST and PUT
+/// get 403 (as in Prometheus; SIGHUP still reloads).
 async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::POST && request.method() != Method::PUT {
         let mut response = text(
@@ -154,6 +155,13 @@ async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Respons
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST, PUT"));
         return response;
+    }
+    if !state.enable_lifecycle {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled: start network-probe with --web.enable-lifecycle \
+             to reload by POST /-/reload (SIGHUP always reloads)\n",
+        );
     }
     // Reading and checking files: off the runtime thread.
     let config = Arc::clone(&state.config);

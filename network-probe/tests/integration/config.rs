@@ -1,9 +1,9 @@
 //! `--config.file` with the real daemon in a namespace: modules of the file used through
 //! `/probe?module=` against real peers (tftpd-hpa serving files whose size and SHA-256 the test
 //! computes from disk; the peer namespace answering ping), request parameters overriding module
-//! options, unknown modules, `/config`, and reloading by SIGHUP and `POST /-/reload`, with good
-//! and bad files (the old configuration stays in force) and the reload metrics, which promtool
-//! lints.
+//! options, unknown modules, `/config`, and reloading by SIGHUP and `POST /-/reload` (with
+//! `--web.enable-lifecycle`), with good and bad files (the old configuration stays in force)
+//! and the reload metrics, which promtool lints.
 
 use std::{
     net::UdpSocket,
@@ -302,6 +302,8 @@ fn reloads_apply_good_files_and_keep_the_old_configuration_on_bad_ones() {
             &config,
             "--ping.interval",
             "50ms",
+            // POST /-/reload is served only with it.
+            "--web.enable-lifecycle",
         ],
     );
     let (status, _) = get(&daemon, &format!("/probe?module=ping_peer&target={peer}"));
@@ -424,7 +426,10 @@ fn reloads_apply_good_files_and_keep_the_old_configuration_on_bad_ones() {
 #[test]
 fn without_a_file_builtin_modules_work_and_reload_is_refused() {
     let pair = VethPair::new();
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--web.enable-lifecycle"],
+    );
     let (status, body) = post(&daemon, "/-/reload");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("no --config.file"), "{body}");
