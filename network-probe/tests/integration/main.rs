@@ -15,6 +15,7 @@ mod deploy;
 mod errors;
 mod flow_slots;
 mod flows;
+mod foreign_filters;
 mod iperf3;
 mod jool;
 mod malformed;
