@@ -26,5 +26,6 @@ mod privileges;
 mod probe_routing;
 mod prometheus;
 mod restart;
+mod state_restore;
 mod tftp;
 mod web;
