@@ -8,6 +8,14 @@
 //! it is only restored on top of those very maps (same boot, same pinned maps); anything else
 //! (fresh maps, another layout, a damaged file) starts the user-space part from zero, logged and
 //! exported, never misread.
+//!
+//! The file has two parts, restored separately and reported per part ([`Restored`],
+//! `network_probe_datapath_state_part_restored{part}`): `interfaces` (the totals of deleted
+//! interfaces and the names of the interface indexes seen) and `flows` (the flow table's series
+//! and counters, which only fit a run with the same `--flows.labels`). A file that cannot be
+//! decoded (damaged, or of another format) is kept aside as `<file>.corrupt-<unix seconds>`
+//! ([`keep_aside`]) before the next save overwrites its path, so nothing is lost that someone
+//! might want to look at.
 
 use std::{
     fs,
@@ -78,15 +86,87 @@ pub fn belongs_to(state: &SavedState, map_ids: &[(String, u32)]) -> bool {
     !map_ids.is_empty() && state.map_ids == map_ids
 }
 
+/// Why the state file could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    /// It could not be read (permissions, I/O): left alone.
+    Read(String),
+    /// It was read but does not decode (damaged, or another format): to be kept aside.
+    Damaged(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Read(err) | LoadError::Damaged(err) => f.write_str(err),
+        }
+    }
+}
+
 /// Reads the state file: `Ok(None)` when there is none.
-pub fn load(path: &Path) -> Result<Option<SavedState>, String> {
+pub fn load(path: &Path) -> Result<Option<SavedState>, LoadError> {
     match fs::read(path) {
         Ok(bytes) => decode(&bytes)
             .map(Some)
-            .map_err(|err| format!("{}: {err}", path.display())),
+            .map_err(|err| LoadError::Damaged(format!("{}: {err}", path.display()))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(format!("reading {}: {err}", path.display())),
+        Err(err) => Err(LoadError::Read(format!(
+            "reading {}: {err}",
+            path.display()
+        ))),
     }
+}
+
+/// What the restore at start took over from the state file, part by part.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The totals of deleted interfaces and the names of the interface indexes seen.
+    pub interfaces: bool,
+    /// The flow table's series and counters.
+    pub flows: bool,
+}
+
+impl Restored {
+    /// Label values of the parts, in the order of [`Restored::parts`].
+    pub const PARTS: [&'static str; 2] = ["interfaces", "flows"];
+
+    /// Whether each part was restored, by label value.
+    pub fn parts(&self) -> [(&'static str, bool); 2] {
+        [
+            (Self::PARTS[0], self.interfaces),
+            (Self::PARTS[1], self.flows),
+        ]
+    }
+
+    /// Whether every part was restored.
+    pub fn all(&self) -> bool {
+        self.interfaces && self.flows
+    }
+}
+
+/// Where a damaged state file at `path` is kept aside at `unix_seconds`:
+/// `<file>.corrupt-<unix_seconds>`.
+pub fn corrupt_path(path: &Path, unix_seconds: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{unix_seconds}"));
+    path.with_file_name(name)
+}
+
+/// Moves the damaged state file at `path` aside (see [`corrupt_path`]; should that name be
+/// taken, `-1`, `-2`, ... is appended) and returns where it went. A rename: the bytes are
+/// kept as they were, and the next save writes a fresh file at `path`.
+pub fn keep_aside(path: &Path, unix_seconds: u64) -> io::Result<PathBuf> {
+    let first = corrupt_path(path, unix_seconds);
+    let mut aside = first.clone();
+    let mut suffix = 0;
+    while fs::symlink_metadata(&aside).is_ok() {
+        suffix += 1;
+        let mut name = first.file_name().unwrap_or_default().to_os_string();
+        name.push(format!("-{suffix}"));
+        aside = first.with_file_name(name);
+    }
+    fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 /// Writes `state` to `path` atomically: a reader (the next start) sees the old or the new file,
@@ -165,6 +245,59 @@ mod tests {
         other.format = 2;
         let bytes = serde_json::to_vec(&other).unwrap();
         assert_eq!(decode(&bytes).unwrap_err(), "format 2 (this build reads 1)");
+    }
+
+    #[test]
+    fn damaged_files_are_kept_aside_with_their_bytes() {
+        let dir = std::env::temp_dir().join(format!("np-state-corrupt-{}", std::process::id()));
+        let path = dir.join("state.json");
+        prepare_dir(&path).unwrap();
+        fs::write(&path, b"{\"format\":1,").unwrap();
+        assert!(matches!(load(&path), Err(LoadError::Damaged(err)) if err.contains("EOF")));
+        assert_eq!(
+            corrupt_path(&path, 1_700_000_000),
+            dir.join("state.json.corrupt-1700000000")
+        );
+        let aside = keep_aside(&path, 1_700_000_000).unwrap();
+        assert_eq!(aside, dir.join("state.json.corrupt-1700000000"));
+        assert_eq!(fs::read(&aside).unwrap(), b"{\"format\":1,");
+        assert!(!path.exists());
+        assert_eq!(load(&path), Ok(None));
+        // Another damaged file within the same second does not replace the first copy.
+        fs::write(&path, b"garbage").unwrap();
+        let second = keep_aside(&path, 1_700_000_000).unwrap();
+        assert_eq!(second, dir.join("state.json.corrupt-1700000000-1"));
+        assert_eq!(fs::read(&second).unwrap(), b"garbage");
+        assert_eq!(fs::read(&aside).unwrap(), b"{\"format\":1,");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_not_called_damaged() {
+        // A directory where the file should be: reading fails, nothing to keep aside.
+        let dir = std::env::temp_dir().join(format!("np-state-dir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(load(&dir), Err(LoadError::Read(_))));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn restored_means_every_part() {
+        let all = Restored {
+            interfaces: true,
+            flows: true,
+        };
+        assert!(all.all());
+        let interfaces_only = Restored {
+            flows: false,
+            ..all
+        };
+        assert!(!interfaces_only.all());
+        assert_eq!(
+            interfaces_only.parts(),
+            [("interfaces", true), ("flows", false)]
+        );
+        assert!(!Restored::default().all());
     }
 
     #[test]

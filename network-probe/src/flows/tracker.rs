@@ -4,13 +4,15 @@
 //!
 //! With a state file ([`crate::flows::state`]) it also restores, at start, what the previous run folded
 //! out of the pinned maps, and saves it again whenever it changes: before the folded flows are
-//! deleted from the kernel map, and at shutdown.
+//! deleted from the kernel map, and at shutdown. What the restore took over is reported part by
+//! part ([`state::Restored`]); a state file that does not decode is kept aside
+//! ([`state::keep_aside`]) before the first save overwrites it, and counted.
 
 use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
 };
 
@@ -18,7 +20,7 @@ use log::{info, warn};
 use network_probe_common::FlowKey;
 
 use crate::{
-    flows::state::{self, SavedState},
+    flows::state::{self, LoadError, Restored, SavedState},
     flows::table::{FlowOptions, FlowTable},
     kernel::datapath::Datapath,
 };
@@ -30,8 +32,10 @@ pub struct FlowTracker {
     state_file: Option<PathBuf>,
     /// (table generation, datapath generation) of the last state written.
     saved_generations: Mutex<(u64, u64)>,
-    restored: AtomicBool,
+    restored: Mutex<Restored>,
     save_errors: AtomicU64,
+    /// State files kept aside because they did not decode (at most one per start).
+    corrupt_files: AtomicU64,
 }
 
 impl FlowTracker {
@@ -43,8 +47,9 @@ impl FlowTracker {
             table: Mutex::new(FlowTable::new(options)),
             state_file,
             saved_generations: Mutex::new((0, 0)),
-            restored: AtomicBool::new(false),
+            restored: Mutex::new(Restored::default()),
             save_errors: AtomicU64::new(0),
+            corrupt_files: AtomicU64::new(0),
         };
         tracker.restore();
         tracker
@@ -60,10 +65,24 @@ impl FlowTracker {
         let saved = match state::load(path) {
             Ok(Some(saved)) => saved,
             Ok(None) => return,
-            Err(err) => {
+            Err(LoadError::Read(err)) => {
                 warn!(
                     "--datapath.state-file: {err}: totals of flows and interfaces that left the \
                      maps start from zero"
+                );
+                return;
+            }
+            Err(LoadError::Damaged(err)) => {
+                self.corrupt_files.fetch_add(1, Ordering::Relaxed);
+                let kept = match state::keep_aside(path, realtime_ns() / 1_000_000_000) {
+                    Ok(aside) => format!("kept as {}", aside.display()),
+                    Err(err) => {
+                        format!("could not be kept aside ({err}): the next save replaces it")
+                    }
+                };
+                warn!(
+                    "--datapath.state-file: {err}: the file is damaged, {kept}; totals of flows \
+                     and interfaces that left the maps start from zero"
                 );
                 return;
             }
@@ -78,15 +97,23 @@ impl FlowTracker {
             return;
         }
         self.datapath.restore_totals(saved.datapath);
+        let mut restored = Restored {
+            interfaces: true,
+            flows: false,
+        };
         let mut table = self.lock_table();
         match table.restore(saved.flows) {
-            Ok(()) => info!(
-                "restored the totals of {} flow series from {}",
-                table.series_count(),
-                path.display()
-            ),
+            Ok(()) => {
+                restored.flows = true;
+                info!(
+                    "restored the totals of {} flow series from {}",
+                    table.series_count(),
+                    path.display()
+                )
+            }
             Err(err) => warn!(
-                "flow totals in {} not restored ({err}): flow series start from zero",
+                "flow totals in {} not restored ({err}): flow series start from zero (the \
+                 totals of interfaces were restored)",
                 path.display()
             ),
         }
@@ -105,7 +132,7 @@ impl FlowTracker {
             info!("deleted {} flows the previous run had folded", stale.len());
             self.datapath.remove_flows(&stale);
         }
-        self.restored.store(true, Ordering::Relaxed);
+        *crate::support::sync::lock(&self.restored) = restored;
     }
 
     /// Reads the flow map and refreshes the table; returns the table for reading.
@@ -133,9 +160,14 @@ impl FlowTracker {
         self.save_if_changed(&table, &[]);
     }
 
-    /// Whether the previous run's user-space totals were restored at start.
-    pub fn restored(&self) -> bool {
-        self.restored.load(Ordering::Relaxed)
+    /// What of the previous run's user-space totals was restored at start, part by part.
+    pub fn restored(&self) -> Restored {
+        *crate::support::sync::lock(&self.restored)
+    }
+
+    /// State files kept aside at start because they did not decode.
+    pub fn corrupt_files(&self) -> u64 {
+        self.corrupt_files.load(Ordering::Relaxed)
     }
 
     /// State file writes that failed since start.

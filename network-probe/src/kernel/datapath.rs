@@ -6,7 +6,9 @@
 //!
 //! TCX and XDP links die with the process; cls_bpf filters do not, so before attaching to an
 //! interface the filters of ours an earlier run left there (it was killed) are removed: the
-//! programs are never attached twice.
+//! programs are never attached twice. "Ours" is decided by the program a filter runs, never by
+//! the filter's name (another tool may run a `tc_egress` too): the TC programs are pinned next
+//! to the maps so the next run knows their ids (see [`crate::kernel::stale_filters`]).
 //!
 //! Each watched interface owns a slot of the per-CPU statistics array (assigned here, recorded
 //! in the interface-index -> slot array the programs read; see `network-probe-common`). Flows
@@ -19,9 +21,8 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     os::fd::{AsFd as _, AsRawFd as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
@@ -50,6 +51,7 @@ use crate::{
     kernel::map_batch,
     kernel::pinning::{self, MapOrigin, WantedMap},
     kernel::rtnetlink,
+    kernel::stale_filters::{self, Ownership},
 };
 
 /// The eBPF object built from `network-probe-ebpf` by build.rs.
@@ -178,6 +180,8 @@ struct Inner {
     map_origins: Vec<(&'static str, MapOrigin)>,
     /// Kernel ids of the pinned maps (the identity a state file is checked against).
     map_ids: Vec<(String, u32)>,
+    /// Which cls_bpf filters are ours (left by an earlier run, removed before attaching).
+    ownership: Ownership,
     /// Bumped whenever `retired` or `seen_names` change.
     generation: u64,
 }
@@ -291,6 +295,8 @@ impl Datapath {
                 _ => tc_mut(&mut ebpf, hook)?.load().map_err(|e| verify(&e))?,
             }
         }
+        // The previous run's pinned programs are read before this run's replace them.
+        let ownership = own_programs(&mut ebpf, hooks, config.pin_path.as_deref())?;
         let device_stats = take_map(&mut ebpf, DEVICE_STATS_MAP, PerCpuArray::try_from)?;
         let ifindex_slots = take_map(&mut ebpf, IFINDEX_SLOTS_MAP, Array::try_from)?;
         let flows4 = take_map(&mut ebpf, FLOWS4_MAP, HashMap::try_from)?;
@@ -316,6 +322,7 @@ impl Datapath {
                 seen_names: BTreeMap::new(),
                 map_origins,
                 map_ids,
+                ownership,
                 generation: 0,
             }),
         })
@@ -359,7 +366,7 @@ impl Datapath {
         };
         let mut added = Vec::new();
         for hook in hooks {
-            let attached = remove_stale_filters(inner.config.tc_attach, hook, interface)
+            let attached = remove_stale_filters(inner, hook, interface, ifindex)
                 .and_then(|()| attach_one(&mut inner.ebpf, &inner.config, hook, interface));
             match attached {
                 Ok(link) => added.push(Attachment {
@@ -772,32 +779,49 @@ fn tc_attach_type(hook: Hook) -> TcAttachType {
     }
 }
 
-/// Removes the cls_bpf filters running `hook`'s program that an earlier run left on
-/// `interface` (netlink filters outlive their process). With TCX the interface may have no
-/// clsact qdisc at all: only a netlink run leaves filters, so failing to list them is fine there.
-fn remove_stale_filters(mode: TcAttach, hook: Hook, interface: &str) -> Result<()> {
+/// Removes the cls_bpf filters of ours at `hook` that an earlier run left on `interface`
+/// (netlink filters outlive their process); other filters stay (see
+/// [`crate::kernel::stale_filters`]). With TCX the interface may have no clsact qdisc at all:
+/// only a netlink run leaves filters, so failing to list them is fine there.
+fn remove_stale_filters(inner: &Inner, hook: Hook, interface: &str, ifindex: u32) -> Result<()> {
     if hook == Hook::XdpIngress {
         return Ok(());
     }
-    match tc::qdisc_detach_program(interface, tc_attach_type(hook), hook.as_str()) {
-        Ok(()) => {
-            warn!(
-                "removed the {} filter(s) an earlier run left on {interface} (it did not exit \
-                 cleanly)",
-                hook.as_str()
-            );
-            Ok(())
+    stale_filters::remove(
+        &inner.ownership,
+        hook.as_str(),
+        interface,
+        ifindex,
+        tc_attach_type(hook),
+        inner.config.tc_attach == TcAttach::Tcx,
+    )
+    .map(drop)
+}
+
+/// What makes a cls_bpf filter ours: the ids of the TC programs just loaded and of those the
+/// previous run pinned under `pin_path`, and the tags of the programs just loaded. With a pin
+/// path, the programs just loaded are pinned in its place for the next run.
+fn own_programs(ebpf: &mut Ebpf, hooks: &[Hook], pin_path: Option<&Path>) -> Result<Ownership> {
+    let mut ownership = Ownership::default();
+    let program_dir = pin_path.map(|root| root.join(pinning::PROGRAMS_DIR));
+    if let Some(dir) = &program_dir {
+        for (name, id) in pinning::pinned_program_ids(dir) {
+            debug!("program {name} pinned by the previous run: id {id}");
+            ownership.program_ids.insert(id);
         }
-        Err(TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) if mode == TcAttach::Tcx => {
-            debug!("no cls_bpf filters to clean on {interface}: {err}");
-            Ok(())
-        }
-        Err(err) => Err(Error::datapath(
-            format!("removing stale {} filters from {interface}", hook.as_str()),
-            &err,
-        )),
     }
+    for &hook in hooks.iter().filter(|&&hook| hook != Hook::XdpIngress) {
+        let program = tc_mut(ebpf, hook)?;
+        let info = program
+            .info()
+            .map_err(|err| Error::datapath(format!("reading program {}", hook.as_str()), &err))?;
+        ownership.program_ids.insert(info.id());
+        ownership.tags.insert(hook.as_str().to_string(), info.tag());
+        if let Some(dir) = &program_dir {
+            pinning::pin_program(program, dir, hook.as_str())?;
+        }
+    }
+    Ok(ownership)
 }
 
 fn attach_one(

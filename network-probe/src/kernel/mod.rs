@@ -2,7 +2,8 @@
 //! the eBPF programs ([`datapath`]), the maps they fill ([`flow_maps`], read in batches by
 //! [`map_batch`], pinned in bpffs by [`pinning`]), waiting out running programs
 //! ([`program_barrier`]), interfaces, routes and link events over rtnetlink ([`rtnetlink`]), the
-//! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]).
+//! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]);
+//! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
@@ -14,3 +15,4 @@ pub mod preflight;
 pub mod privileges;
 pub mod program_barrier;
 pub mod rtnetlink;
+pub mod stale_filters;

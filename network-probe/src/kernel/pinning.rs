@@ -7,13 +7,23 @@
 //! another layout version is removed (its maps would be misread), and a pinned map whose type,
 //! key size, value size or capacity differs from what this run wants is unpinned so a fresh one
 //! is created. What was decided is logged and exported (`network_probe_datapath_map_origin`).
+//!
+//! The TC programs a run loads are pinned in `<pin-path>/programs/<PROGRAM NAME>` (replacing
+//! what the previous run pinned there, see [`pin_program`]): the ids of the programs pinned at
+//! start ([`pinned_program_ids`]) are those of the previous run, whose cls_bpf filters a killed
+//! run leaves behind and the next one removes (see [`crate::kernel::stale_filters`]). Reading a
+//! pin's id needs no capability beyond access to the directory, unlike looking a program up by
+//! id (CAP_SYS_ADMIN, which the daemon does not hold).
 
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapInfo, MapType};
+use aya::{
+    maps::{MapInfo, MapType},
+    programs::{ProgramInfo, SchedClassifier},
+};
 use log::{info, warn};
 use network_probe_common::MAP_LAYOUT_VERSION;
 
@@ -82,6 +92,50 @@ impl PinPlan {
     pub fn map_path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// Directory of the pinned programs under the pin path (no layout version: a program is
+/// identified by its kernel id, whatever maps it uses).
+pub const PROGRAMS_DIR: &str = "programs";
+
+/// Kernel ids of the programs pinned in `dir` (`<pin-path>/programs`), by pin name. A pin that
+/// cannot be read is logged and skipped; no directory means none.
+pub fn pinned_program_ids(dir: &Path) -> Vec<(String, u32)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match ProgramInfo::from_pin(entry.path()) {
+            Ok(info) => ids.push((name, info.id())),
+            Err(err) => warn!(
+                "reading the pinned program {}: {err}",
+                entry.path().display()
+            ),
+        }
+    }
+    ids.sort();
+    ids
+}
+
+/// Pins `program` as `dir/name` (creating `dir`), replacing what is pinned there in one rename,
+/// so the path always names a program: the previous run's until this one's takes its place.
+pub fn pin_program(program: &mut SchedClassifier, dir: &Path, name: &str) -> Result<()> {
+    create_dir(dir)?;
+    let path = dir.join(name);
+    // bpffs refuses names with a dot.
+    let temporary = dir.join(format!("pending-{name}"));
+    match fs::remove_file(&temporary) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            return Err(pin_error(&temporary, "unpinning", &err.to_string()));
+        }
+        _ => {}
+    }
+    program
+        .pin(&temporary)
+        .map_err(|err| pin_error(&temporary, "pinning the program", &err.to_string()))?;
+    fs::rename(&temporary, &path).map_err(|err| pin_error(&path, "pinning", &err.to_string()))
 }
 
 /// Directory name for a layout version.

@@ -1,6 +1,8 @@
 //! Interface and route lookups over rtnetlink (netlink-packet-route on a netlink-sys socket):
 //! which interfaces carry the default routes, interface name/index resolution, the list of
-//! interfaces, and a subscription to link events (interfaces appearing, changing, disappearing).
+//! interfaces, a subscription to link events (interfaces appearing, changing, disappearing), and
+//! the cls_bpf filters of a clsact qdisc with the ids of the programs they run (what the
+//! stale-filter cleanup of [`crate::kernel::stale_filters`] decides on).
 
 use std::{
     ffi::CString,
@@ -17,6 +19,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkHeader, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    tc::TcMessage,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -31,6 +34,20 @@ const EVENT_BUFFER_LEN: usize = 64 * 1024;
 /// Socket receive buffer asked for, so bursts of interface churn do not overflow it (the
 /// kernel caps it at `net.core.rmem_max`; an overflow is detected and handled anyway).
 const EVENT_SOCKET_BUFFER: usize = 1024 * 1024;
+
+/// `TCA_KIND` and `TCA_OPTIONS` from `linux/rtnetlink.h`: a filter's classifier and its options.
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+/// cls_bpf options from `linux/pkt_cls.h`: the name given at attach, the program's tag and id.
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_TAG: u16 = 10;
+const TCA_BPF_ID: u16 = 11;
+/// Size of a traffic control message header (`struct tcmsg`).
+const TCMSG_LEN: usize = 20;
+/// Parent of the filters at ingress of a clsact qdisc (`TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`).
+pub const CLSACT_INGRESS: u32 = 0xFFFF_FFF2;
+/// Parent of the filters at egress of a clsact qdisc (`TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`).
+pub const CLSACT_EGRESS: u32 = 0xFFFF_FFF3;
 
 /// Kernel index of the interface called `name`, or a "does not exist" error naming it.
 pub fn interface_index(name: &str) -> Result<u32> {
@@ -349,6 +366,102 @@ pub fn links() -> io::Result<Vec<(u32, String)>> {
     Ok(found)
 }
 
+/// A cls_bpf filter running an eBPF program, as a filter dump describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClsBpfFilter {
+    /// Preference (priority) and handle: what deleting it takes.
+    pub priority: u16,
+    pub handle: u32,
+    /// The name its creator gave it when attaching (aya gives the program's name; `tc` gives
+    /// `FILE:[SECTION]`): chosen by whoever attached it, so it proves nothing about the owner.
+    pub name: Option<String>,
+    /// Kernel id of the program it runs.
+    pub program_id: u32,
+    /// The tag of that program (a hash of its instructions, map references masked out).
+    pub program_tag: Option<u64>,
+}
+
+/// The cls_bpf filters running eBPF programs in one netlink datagram of a filter dump, in
+/// order. Other classifiers, classic BPF filters and the per-priority entries without a program
+/// are skipped; only the header and the attributes named above are decoded, so attributes a
+/// newer kernel adds cannot make a dump unreadable.
+pub fn parse_cls_bpf_filters(datagram: &[u8]) -> io::Result<Vec<ClsBpfFilter>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut filters = Vec::new();
+    for message in messages(datagram)? {
+        let buffer = NetlinkBuffer::new(message);
+        if buffer.message_type() != libc::RTM_NEWTFILTER {
+            continue;
+        }
+        let payload = buffer.payload();
+        if payload.len() < TCMSG_LEN {
+            return Err(invalid(format!(
+                "filter message of {} bytes, shorter than its header",
+                payload.len()
+            )));
+        }
+        let word = |at: usize| u32::from_ne_bytes(payload[at..at + 4].try_into().unwrap());
+        let handle = word(8);
+        let priority = (word(16) >> 16) as u16;
+        let (mut kind, mut name, mut tag, mut id) = (None, None, None, None);
+        for attribute in NlasIterator::new(&payload[TCMSG_LEN..]) {
+            let attribute = attribute.map_err(|err| invalid(format!("filter attribute: {err}")))?;
+            match attribute.kind() {
+                TCA_KIND => kind = Some(c_string(attribute.value())),
+                TCA_OPTIONS => {
+                    for option in NlasIterator::new(attribute.value()) {
+                        let option =
+                            option.map_err(|err| invalid(format!("cls_bpf option: {err}")))?;
+                        let value = option.value();
+                        match option.kind() {
+                            TCA_BPF_NAME => name = Some(c_string(value)),
+                            TCA_BPF_TAG => {
+                                tag = <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
+                            }
+                            TCA_BPF_ID => {
+                                id = <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let (Some("bpf"), Some(program_id)) = (kind.as_deref(), id) {
+            filters.push(ClsBpfFilter {
+                priority,
+                handle,
+                name,
+                program_id,
+                program_tag: tag,
+            });
+        }
+    }
+    Ok(filters)
+}
+
+/// A NUL-terminated string attribute (what follows the first NUL is not part of it).
+fn c_string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+/// The cls_bpf filters running eBPF programs under `parent` ([`CLSACT_INGRESS`] or
+/// [`CLSACT_EGRESS`]) of interface `ifindex`, from a filter dump. An interface without a clsact
+/// qdisc has none.
+pub fn cls_bpf_filters(ifindex: u32, parent: u32) -> io::Result<Vec<ClsBpfFilter>> {
+    let mut request = TcMessage::default();
+    request.header.index = ifindex as i32;
+    request.header.parent = parent.into();
+    let mut found = Vec::new();
+    dump_raw(RouteNetlinkMessage::GetTrafficFilter(request), |message| {
+        found.extend(parse_cls_bpf_filters(message)?);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 /// What one read from a [`LinkSubscription`] gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
@@ -485,6 +598,97 @@ mod tests {
         ]);
         assert_eq!(parse_link_events(&bytes).unwrap(), []);
         assert_eq!(parse_link_events(&[]).unwrap(), []);
+    }
+
+    /// One netlink attribute, padded to 4 bytes.
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut bytes = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        bytes.extend(kind.to_ne_bytes());
+        bytes.extend(value);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        bytes
+    }
+
+    /// A filter message as a dump carries it: header, tcmsg, attributes.
+    fn filter_message(kind: u16, handle: u32, priority: u16, attributes: &[Vec<u8>]) -> Vec<u8> {
+        let mut payload = vec![0u8; 4]; // family, padding
+        payload.extend(2i32.to_ne_bytes()); // ifindex
+        payload.extend(handle.to_ne_bytes());
+        payload.extend(CLSACT_EGRESS.to_ne_bytes());
+        payload.extend(((u32::from(priority) << 16) | 0x0300).to_ne_bytes());
+        payload.extend(attributes.concat());
+        let mut bytes = ((16 + payload.len()) as u32).to_ne_bytes().to_vec();
+        bytes.extend(kind.to_ne_bytes());
+        bytes.extend([0u8; 10]); // flags, sequence, port
+        bytes.extend(payload);
+        bytes
+    }
+
+    #[test]
+    fn cls_bpf_filters_are_read_with_their_program() {
+        let options = |name: &[u8], id: u32| {
+            nla(
+                TCA_OPTIONS | 0x8000, // NLA_F_NESTED
+                &[
+                    nla(TCA_BPF_NAME, name),
+                    nla(TCA_BPF_TAG, &0x0123_4567_89ab_cdef_u64.to_be_bytes()),
+                    nla(TCA_BPF_ID, &id.to_ne_bytes()),
+                ]
+                .concat(),
+            )
+        };
+        let datagram = [
+            // The per-priority entry: a kind, no program.
+            filter_message(libc::RTM_NEWTFILTER, 0, 49152, &[nla(TCA_KIND, b"bpf\0")]),
+            filter_message(
+                libc::RTM_NEWTFILTER,
+                1,
+                49152,
+                &[nla(TCA_KIND, b"bpf\0"), options(b"tc_egress\0", 42)],
+            ),
+            // Another classifier with an id-like option, and another message type.
+            filter_message(
+                libc::RTM_NEWTFILTER,
+                1,
+                49151,
+                &[nla(TCA_KIND, b"u32\0"), options(b"x\0", 7)],
+            ),
+            filter_message(
+                libc::RTM_NEWLINK,
+                1,
+                1,
+                &[nla(TCA_KIND, b"bpf\0"), options(b"y\0", 8)],
+            ),
+        ]
+        .concat();
+        assert_eq!(
+            parse_cls_bpf_filters(&datagram).unwrap(),
+            [ClsBpfFilter {
+                priority: 49152,
+                handle: 1,
+                name: Some("tc_egress".into()),
+                program_id: 42,
+                program_tag: Some(0x0123_4567_89ab_cdef),
+            }]
+        );
+        // Cut short: an error, not a guess.
+        let one = filter_message(
+            libc::RTM_NEWTFILTER,
+            1,
+            1,
+            &[nla(TCA_KIND, b"bpf\0"), options(b"tc_egress\0", 42)],
+        );
+        assert!(parse_cls_bpf_filters(&one[..one.len() - 4]).is_err());
+        let mut short = filter_message(libc::RTM_NEWTFILTER, 1, 1, &[]);
+        short.truncate(16 + 8);
+        short[..4].copy_from_slice(&24u32.to_ne_bytes());
+        let err = parse_cls_bpf_filters(&short).unwrap_err();
+        assert!(err.to_string().contains("shorter than its header"), "{err}");
+    }
+
+    #[test]
+    fn the_filter_dump_of_an_interface_without_clsact_is_empty() {
+        assert_eq!(cls_bpf_filters(1, CLSACT_EGRESS).unwrap(), []);
     }
 
     #[test]

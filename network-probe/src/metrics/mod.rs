@@ -486,12 +486,30 @@ impl Collector for DatapathCollector {
                     })
                 }),
         )?;
+        let restored = self.flows.restored();
         single_gauge(
             &mut encoder,
             "network_probe_datapath_state_restored",
             "1 when the totals user space keeps (flows and interfaces that left the maps) were \
-             restored from --datapath.state-file at start, 0 when they started from zero.",
-            if self.flows.restored() { 1.0 } else { 0.0 },
+             all restored from --datapath.state-file at start, 0 when any part started from \
+             zero (see network_probe_datapath_state_part_restored).",
+            if restored.all() { 1.0 } else { 0.0 },
+        )?;
+        gauge_family(
+            &mut encoder,
+            "network_probe_datapath_state_part_restored",
+            "1 for each part of --datapath.state-file restored at start: interfaces (totals of \
+             deleted interfaces, names of the indexes seen), flows (the flow series' totals).",
+            restored
+                .parts()
+                .map(|(part, done)| ([("part", part.to_string())], if done { 1.0 } else { 0.0 })),
+        )?;
+        single_counter(
+            &mut encoder,
+            "network_probe_datapath_state_file_corrupt",
+            "State files that did not decode at start, kept aside as <file>.corrupt-<unix \
+             seconds> (see the log).",
+            self.flows.corrupt_files(),
         )?;
         single_counter(
             &mut encoder,
