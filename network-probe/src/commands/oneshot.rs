@@ -193,11 +193,7 @@ mod tests {
         let run = |prober: &'static str, query: Query| {
             let probers = &probers;
             async move {
-                let module = probe::Module {
-                    prober,
-                    options: &[],
-                    timeout: None,
-                };
+                let module = probe::Module::builtin(prober);
                 let budget = Budget::Limit(Duration::from_secs(1));
                 let allowlist = Allowlist::default();
                 match handler::handle(probers, module, &query, budget, &allowlist, &SystemResolver)

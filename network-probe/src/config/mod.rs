@@ -12,6 +12,14 @@
 //! - a daemon setting is checked by parsing it as its flag with clap (the flag's own value
 //!   parser), so a file value and a flag value are always read alike.
 //!
+//! Each module also has a request policy ([`crate::probe::policy::Policy`], built here from the
+//! module's `policy:` section and `disabled:`, and `probe.disable`; the request handler enforces
+//! it): which parameters a request may set, which module options it may not override, numeric
+//! bounds (checked against the module's own options at load time), and whether it runs at
+//! all. An iperf3 `public_key_file` is read and parsed here, once ([`crate::probe::Loaded`]);
+//! secrets (`password`, `public_key_file`) are shown as `<secret>` in `/config` and in
+//! `?debug=true`.
+//!
 //! Precedence: a flag given on the command line wins over the file, the file wins over the
 //! flag's default ([`Config::apply`]). Reloading ([`reload`]) swaps the modules and the probe
 //! allowlist; the other settings need a restart and are reported as such.
@@ -33,7 +41,10 @@ use serde_yaml::{Mapping, Value};
 
 use crate::{
     cli::Cli,
-    probe::{BadRequest, Probers, Query},
+    probe::{
+        BadRequest, Loaded, Probers, Query,
+        policy::{self, Bound, Policy},
+    },
     support::units::parse_duration,
 };
 
@@ -119,6 +130,8 @@ struct RawJool {
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     allow: Option<Value>,
+    /// Probers turned off: their built-in module and every module of theirs.
+    disable: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,9 +139,31 @@ struct RawProbe {
 struct RawModule {
     prober: String,
     timeout: Option<Value>,
+    disabled: Option<Value>,
+    policy: Option<RawPolicy>,
     ping: Option<BTreeMap<String, Value>>,
     tftp: Option<BTreeMap<String, Value>>,
     iperf3: Option<BTreeMap<String, Value>>,
+}
+
+/// A module's `policy:` section (docs/configuration.md, "Request policy").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    /// The parameters a request may set (instead of the prober's default set).
+    allow_params: Option<Value>,
+    /// Parameters taken out of the allowed set: the module's value (or the prober's default)
+    /// stands.
+    pin: Option<Value>,
+    /// `PARAMETER: {min: X, max: Y}`.
+    limits: Option<BTreeMap<String, RawLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    min: Option<Value>,
+    max: Option<Value>,
 }
 
 /// How a setting's YAML value becomes flag occurrences.
@@ -297,21 +332,32 @@ pub struct Module {
     /// Longest a probe of this module runs (the scrape timeout and the prober's own limit
     /// still apply).
     pub timeout: Option<Duration>,
-    /// Query parameters the module sets, in the prober's names; a request's own override them.
+    /// Query parameters the module sets, in the prober's names; a request's own override them
+    /// where the policy lets it. Never `public_key_file` (read into `loaded`).
     pub options: Vec<(String, String)>,
-    /// The module as `/config` and `?debug=true` show it.
+    /// What a request may do.
+    pub policy: Policy,
+    /// What the module read when the file was loaded (the iperf3 public key).
+    pub loaded: Loaded,
+    /// The name in `module=`.
+    name: String,
+    /// The module as `/config` and `?debug=true` show it (secrets redacted).
     shown: Value,
 }
 
 impl Module {
-    /// The built-in module of `prober`: no options, no timeout of its own.
-    fn builtin(prober: &'static str) -> Module {
+    /// The built-in module of `prober`: no options, no timeout of its own, the prober's
+    /// default policy.
+    fn builtin(spec: &'static crate::probe::Spec) -> Module {
         let mut shown = Mapping::new();
-        shown.insert("prober".into(), prober.into());
+        shown.insert("prober".into(), spec.name.into());
         Module {
-            prober,
+            prober: spec.name,
             timeout: None,
             options: Vec::new(),
+            policy: Policy::default_for(spec),
+            loaded: Loaded::default(),
+            name: spec.name.to_string(),
             shown: Value::Mapping(shown),
         }
     }
@@ -319,9 +365,20 @@ impl Module {
     /// The module as the probe framework takes it ([`crate::probe::handler::handle`]).
     pub fn probe(&self) -> crate::probe::Module<'_> {
         crate::probe::Module {
+            name: &self.name,
             prober: self.prober,
             options: &self.options,
             timeout: self.timeout,
+            policy: Some(&self.policy),
+            loaded: Some(&self.loaded),
+        }
+    }
+
+    /// Turns the module off (`probe.disable`, `disabled: true`), saying why.
+    fn disable(&mut self, why: String) {
+        self.policy.disabled = Some(why);
+        if let Value::Mapping(shown) = &mut self.shown {
+            shown.insert("disabled".into(), true.into());
         }
     }
 
@@ -348,6 +405,8 @@ struct FileSetting {
 pub struct Config {
     pub modules: BTreeMap<String, Arc<Module>>,
     settings: Vec<FileSetting>,
+    /// `probe.disable`: probers turned off.
+    disabled_probers: Vec<&'static str>,
 }
 
 impl Default for Config {
@@ -356,6 +415,7 @@ impl Default for Config {
         Config {
             modules: builtin_modules(),
             settings: Vec::new(),
+            disabled_probers: Vec::new(),
         }
     }
 }
@@ -363,7 +423,7 @@ impl Default for Config {
 fn builtin_modules() -> BTreeMap<String, Arc<Module>> {
     crate::probe::SPECS
         .iter()
-        .map(|spec| (spec.name.to_string(), Arc::new(Module::builtin(spec.name))))
+        .map(|spec| (spec.name.to_string(), Arc::new(Module::builtin(spec))))
         .collect()
 }
 
@@ -409,9 +469,34 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let disabled_probers = match raw.probe.as_ref().and_then(|probe| probe.disable.as_ref()) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => {
+            let mut probers = Vec::new();
+            for (index, name) in list("probe.disable", value)?.into_iter().enumerate() {
+                let spec = crate::probe::spec(&name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("probe.disable[{index}]"),
+                        format!(
+                            "{name:?} is not a prober (known: {})",
+                            crate::probe::names().join(", ")
+                        ),
+                    )
+                })?;
+                probers.push(spec.name);
+            }
+            probers
+        }
+    };
     let mut modules = builtin_modules();
     for (name, module) in raw.modules.iter().flatten() {
         modules.insert(name.clone(), Arc::new(check_module(name, module)?));
+    }
+    for module in modules.values_mut() {
+        if disabled_probers.contains(&module.prober) {
+            let why = format!("probe.disable turns the {} prober off", module.prober);
+            Arc::make_mut(module).disable(why);
+        }
     }
     let mut settings = Vec::new();
     for (index, setting) in SETTINGS.iter().enumerate() {
@@ -430,7 +515,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             parsed: Box::new(parsed),
         });
     }
-    Ok(Config { modules, settings })
+    Ok(Config {
+        modules,
+        settings,
+        disabled_probers,
+    })
 }
 
 /// The flag occurrences that say what `value` says for `setting`.
@@ -511,6 +600,7 @@ fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
             )
         }
     };
+    let spec = crate::probe::spec(prober).expect("a prober of SPECS");
     let sections = [
         ("ping", &raw.ping),
         ("tftp", &raw.tftp),
@@ -538,10 +628,28 @@ fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
             for item in list(&option_path, value)? {
                 options.push((option.clone(), item));
             }
-            shown_options.insert(option.as_str().into(), value.clone());
+            let shown_value = if policy::SECRET_PARAMETERS.contains(&option.as_str()) {
+                Value::from(policy::SECRET)
+            } else {
+                value.clone()
+            };
+            shown_options.insert(option.as_str().into(), shown_value);
         }
     }
     check_options(&path, prober, &options)?;
+    // The key file is read and parsed once, here; probes use the parsed key.
+    let mut loaded = Loaded::default();
+    if let Some((_, file)) = options.iter().find(|(name, _)| name == "public_key_file") {
+        let key = crate::probe::iperf3::load_public_key(file)
+            .map_err(|err| ConfigError::new(format!("{path}.{prober}.public_key_file"), err.0))?;
+        loaded.public_key = Some(Arc::new(key));
+        options.retain(|(name, _)| name != "public_key_file");
+    }
+    let mut module_policy = Policy::default_for(spec);
+    if let Some(raw_policy) = &raw.policy {
+        check_policy(&path, spec, raw_policy, &mut module_policy)?;
+    }
+    check_bounds(&path, name, prober, &module_policy, &options)?;
     let mut shown = Mapping::new();
     shown.insert("prober".into(), prober.into());
     if let Some(timeout) = &raw.timeout {
@@ -550,12 +658,188 @@ fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
     if !shown_options.is_empty() {
         shown.insert(prober.into(), Value::Mapping(shown_options));
     }
-    Ok(Module {
+    if let Some(raw_policy) = &raw.policy {
+        shown.insert("policy".into(), shown_policy(raw_policy));
+    }
+    let mut module = Module {
         prober,
         timeout,
         options,
+        policy: module_policy,
+        loaded,
+        name: name.to_string(),
         shown: Value::Mapping(shown),
+    };
+    match &raw.disabled {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            module.disable(format!("its configuration disables it ({path}.disabled)"))
+        }
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.disabled"),
+                format!("{} is not true or false", shown_value(other)),
+            ));
+        }
+    }
+    Ok(module)
+}
+
+/// Reads a module's `policy:` section into `policy` (which holds the prober's defaults).
+fn check_policy(
+    path: &str,
+    spec: &'static crate::probe::Spec,
+    raw: &RawPolicy,
+    policy: &mut Policy,
+) -> Result<(), ConfigError> {
+    let known = |field: &str, index: usize, name: &str| -> Result<(), ConfigError> {
+        let at = format!("{path}.policy.{field}[{index}]");
+        if policy::NEVER_FROM_REQUEST.contains(&name) {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "{name:?} can never come from a request (it names a file the daemon reads)"
+                ),
+            ));
+        }
+        let target_allowed = field == "allow_params" && name == "target";
+        if !(spec.parameters.contains(&name) || target_allowed) {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "{name:?} is not a parameter of the {} prober (known: {})",
+                    spec.name,
+                    spec.parameters.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(value) = raw.allow_params.as_ref().filter(|v| !v.is_null()) {
+        let names = list(&format!("{path}.policy.allow_params"), value)?;
+        for (index, name) in names.iter().enumerate() {
+            known("allow_params", index, name)?;
+        }
+        policy.allowed = names.into_iter().filter(|name| name != "target").collect();
+    }
+    if let Some(value) = raw.pin.as_ref().filter(|v| !v.is_null()) {
+        let names = list(&format!("{path}.policy.pin"), value)?;
+        for (index, name) in names.iter().enumerate() {
+            known("pin", index, name)?;
+            if raw.allow_params.is_some() && policy.allowed.contains(name) {
+                return Err(ConfigError::new(
+                    format!("{path}.policy.pin[{index}]"),
+                    format!("{name:?} is also in allow_params: a parameter is either or"),
+                ));
+            }
+            policy.allowed.retain(|allowed| allowed != name);
+        }
+    }
+    for (parameter, limit) in raw.limits.iter().flatten() {
+        let at = format!("{path}.policy.limits.{parameter}");
+        let (parameter, measure) = policy::measure(spec.name, parameter).ok_or_else(|| {
+            ConfigError::new(
+                &at,
+                format!(
+                    "the {} prober has no bound {parameter:?} (bounds: {})",
+                    spec.name,
+                    policy::BOUNDABLE
+                        .iter()
+                        .filter(|(prober, _, _)| *prober == spec.name)
+                        .map(|(_, name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        let value = |field: &str, raw: &Option<Value>| -> Result<Option<f64>, ConfigError> {
+            let Some(raw) = raw.as_ref().filter(|v| !v.is_null()) else {
+                return Ok(None);
+            };
+            let text = scalar(&format!("{at}.{field}"), raw)?;
+            policy::parse_bound(measure, &text)
+                .map(Some)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{at}.{field}"),
+                        format!("{text:?} is not a valid bound for {parameter}"),
+                    )
+                })
+        };
+        let (min, max) = (value("min", &limit.min)?, value("max", &limit.max)?);
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            return Err(ConfigError::new(at, "min is above max"));
+        }
+        policy.bounds.retain(|bound| bound.parameter != parameter);
+        policy.bounds.push(Bound {
+            parameter,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the module's own options against its bounds: a module cannot set what no request
+/// may ask.
+fn check_bounds(
+    path: &str,
+    name: &str,
+    prober: &'static str,
+    policy: &Policy,
+    options: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let query = Query::from_pairs(
+        std::iter::once(("target".to_string(), PLACEHOLDER_TARGET.to_string()))
+            .chain(options.iter().cloned()),
+    );
+    policy.check_bounds(name, prober, &query).map_err(|err| {
+        let parameter = err
+            .0
+            .strip_prefix("parameter \"")
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(parameter, _)| parameter.to_string())
+            .unwrap_or_default();
+        let at = if options.iter().any(|(option, _)| *option == parameter) {
+            format!("{path}.{prober}.{parameter}")
+        } else {
+            format!("{path}.policy.limits.{parameter}")
+        };
+        ConfigError::new(
+            at,
+            format!("{} (raise {path}.policy.limits.{parameter})", err.0),
+        )
     })
+}
+
+/// The `policy:` section as `/config` shows it.
+fn shown_policy(raw: &RawPolicy) -> Value {
+    let mut shown = Mapping::new();
+    if let Some(value) = &raw.allow_params {
+        shown.insert("allow_params".into(), value.clone());
+    }
+    if let Some(value) = &raw.pin {
+        shown.insert("pin".into(), value.clone());
+    }
+    if let Some(limits) = &raw.limits {
+        let limits: Mapping = limits
+            .iter()
+            .map(|(name, limit)| {
+                let mut bound = Mapping::new();
+                if let Some(min) = &limit.min {
+                    bound.insert("min".into(), min.clone());
+                }
+                if let Some(max) = &limit.max {
+                    bound.insert("max".into(), max.clone());
+                }
+                (Value::from(name.as_str()), Value::Mapping(bound))
+            })
+            .collect();
+        shown.insert("limits".into(), Value::Mapping(limits));
+    }
+    Value::Mapping(shown)
 }
 
 /// Checks a module's options with the prober's own query validation. An error is pinned on the
@@ -715,6 +999,13 @@ impl Config {
             .map(|(name, module)| (Value::from(name.as_str()), module.shown.clone()))
             .collect();
         root.insert("modules".into(), Value::Mapping(modules));
+        if !self.disabled_probers.is_empty() {
+            insert_path(
+                &mut root,
+                "probe.disable",
+                Value::Sequence(self.disabled_probers.iter().map(|&p| p.into()).collect()),
+            );
+        }
         let mut from_flags = Vec::new();
         let mut from_defaults = Vec::new();
         let command = <Cli as clap::CommandFactory>::command();
@@ -1088,5 +1379,176 @@ mod tests {
             shown.contains("# Not in force: interfaces: [\"eth0\"] -> [\"eth1\"] needs a restart"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn policies_parse_and_bad_ones_are_named() {
+        let config = parse(
+            "modules:\n  https:\n    prober: ping\n    ping:\n      tcp_port: 443\n    policy:\n      \
+             pin: [tcp_port]\n      limits:\n        targets: {max: 4}\n  \
+             open_iperf3:\n    prober: iperf3\n    policy:\n      allow_params: [target, period, \
+             parallel]\n      limits:\n        period: {min: 1s, max: 2m}\n        parallel: \
+             {max: 16}\n  off:\n    prober: tftp\n    disabled: true\n",
+        )
+        .unwrap();
+        let https = &config.modules["https"].policy;
+        assert_eq!(https.allowed, ["ip_version"]);
+        assert_eq!(
+            https.bounds,
+            [Bound {
+                parameter: "targets",
+                min: None,
+                max: Some(4.0)
+            }]
+        );
+        let iperf3 = &config.modules["open_iperf3"].policy;
+        assert_eq!(iperf3.allowed, ["period", "parallel"]);
+        assert!(iperf3.bounds.contains(&Bound {
+            parameter: "period",
+            min: Some(1.0),
+            max: Some(120.0)
+        }));
+        assert!(iperf3.bounds.contains(&Bound {
+            parameter: "parallel",
+            min: None,
+            max: Some(16.0)
+        }));
+        assert!(config.modules["off"].policy.disabled.is_some());
+        assert!(config.modules["tftp"].policy.disabled.is_none());
+        assert!(
+            config.modules["https"]
+                .to_yaml()
+                .contains("pin:\n  - tcp_port"),
+            "{}",
+            config.modules["https"].to_yaml()
+        );
+        // The built-in modules: the seed parameters.
+        assert_eq!(
+            config.modules["iperf3"].policy.allowed,
+            ["port", "period", "reverse_mode", "udp_mode", "bitrate"]
+        );
+        assert_eq!(
+            config.modules["ping"].policy.allowed,
+            ["ip_version", "tcp_port"]
+        );
+
+        for (text, said) in [
+            (
+                "modules:\n  m:\n    prober: ping\n    policy:\n      pin: [port]\n",
+                "modules.m.policy.pin[0]: \"port\" is not a parameter of the ping prober",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      allow_params: [public_key_file]\n",
+                "modules.m.policy.allow_params[0]: \"public_key_file\" can never come from a request",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      limits:\n        blksize: {max: 1}\n",
+                "modules.m.policy.limits.blksize: the iperf3 prober has no bound \"blksize\"",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      limits:\n        period: {max: soon}\n",
+                "modules.m.policy.limits.period.max: \"soon\" is not a valid bound",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      limits:\n        period: {min: 10s, max: 5s}\n",
+                "modules.m.policy.limits.period: min is above max",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      allowed: [x]\n",
+                "unknown field `allowed`",
+            ),
+            (
+                "modules:\n  m:\n    prober: tftp\n    disabled: maybe\n",
+                "modules.m.disabled: \"maybe\" is not true or false",
+            ),
+            // A module's own options must keep to its bounds.
+            (
+                "modules:\n  m:\n    prober: iperf3\n    iperf3:\n      period: 5m\n",
+                "modules.m.iperf3.period: parameter \"period\": \"5m\" is above the maximum 60s \
+                 of module \"m\" (raise modules.m.policy.limits.period)",
+            ),
+            (
+                "modules:\n  m:\n    prober: iperf3\n    policy:\n      limits:\n        bitrate: {max: 1G}\n",
+                "modules.m.policy.limits.bitrate: parameter \"bitrate\": the default unlimited",
+            ),
+            (
+                "probe:\n  disable: [icmp]\n",
+                "probe.disable[0]: \"icmp\" is not a prober",
+            ),
+        ] {
+            let err = error(text);
+            assert!(err.contains(said), "{text}: {err}");
+        }
+        // Within raised bounds, the module's options load.
+        parse(
+            "modules:\n  m:\n    prober: iperf3\n    iperf3:\n      period: 5m\n      bitrate: 100M\n    \
+             policy:\n      limits:\n        period: {max: 5m}\n        bitrate: {max: 1G}\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn probe_disable_turns_every_module_of_a_prober_off() {
+        let config =
+            parse("modules:\n  big:\n    prober: iperf3\nprobe:\n  disable: [iperf3]\n").unwrap();
+        for name in ["iperf3", "big"] {
+            let why = config.modules[name].policy.disabled.clone().unwrap();
+            assert!(why.contains("probe.disable"), "{why}");
+            assert!(config.modules[name].to_yaml().contains("disabled: true"));
+        }
+        assert!(config.modules["ping"].policy.disabled.is_none());
+        let shown = config.render(&flags(&[]), &config);
+        assert!(shown.contains("disable:\n  - iperf3\n"), "{shown}");
+        parse(&shown).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_the_key_is_read_once() {
+        use rsa::pkcs8::EncodePublicKey as _;
+        let key = rsa::RsaPrivateKey::new(&mut crate::support::random::OsRng, 1024).unwrap();
+        let pem = key
+            .to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("np-config-key-{}.pem", std::process::id()));
+        std::fs::write(&path, pem).unwrap();
+        let text = format!(
+            "modules:\n  auth:\n    prober: iperf3\n    iperf3:\n      username: mary\n      \
+             password: hunter2\n      public_key_file: {}\n",
+            path.display()
+        );
+        let config = parse(&text).unwrap();
+        // The key is parsed; the file is no longer read (removing it changes nothing).
+        std::fs::remove_file(&path).unwrap();
+        let module = &config.modules["auth"];
+        assert_eq!(
+            module.loaded.public_key.as_deref(),
+            Some(&key.to_public_key())
+        );
+        assert!(
+            module
+                .options
+                .iter()
+                .all(|(name, _)| name != "public_key_file")
+        );
+        let query = Query::from_pairs([("target", "192.0.2.1")]).with_defaults(&module.options);
+        let probe_config =
+            crate::probe::iperf3::Config::from_query_loaded(&query, &module.loaded).unwrap();
+        assert_eq!(probe_config.auth.unwrap().password, "hunter2");
+        // Neither /config nor ?debug=true's module shows the password or the key path.
+        let shown = config.render(&flags(&[]), &config);
+        for text in [shown.as_str(), &module.to_yaml()] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("np-config-key"), "{text}");
+            assert!(text.contains("password: <secret>"), "{text}");
+            assert!(text.contains("public_key_file: <secret>"), "{text}");
+            assert!(text.contains("username: mary"), "{text}");
+        }
+        // A bad key is a configuration error naming the option.
+        std::fs::write(&path, "not a key").unwrap();
+        let err = error(&text);
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.starts_with("modules.auth.iperf3"), "{err}");
+        assert!(err.contains("holds no RSA public key"), "{err}");
     }
 }

@@ -3,11 +3,15 @@
 //!
 //! [`parse`] reads the common parameters once (`module`, with a listener's default, and
 //! `debug`); [`handle`] then, for the module the caller looked up:
+//! 0. enforces the module's [`Policy`] before anything is resolved or sent: a disabled module
+//!    is refused (403), a parameter the request may not set (or that the module pins) is a 400
+//!    naming it and the module, a value outside the module's bounds a 400 naming the bound;
 //! 1. computes the deadline once (scrape-timeout header or a fixed limit, capped by the module's
-//!    and the prober's longest run);
-//! 2. parses every `target=` once ([`split_host_port`]) and judges it against the allowlist:
-//!    addresses and names matching a host pattern without resolving, other names by the
-//!    addresses they resolve to;
+//!    `timeout`, else [`DEFAULT_MAX_PROBE_TIME`], and by the prober's longest run);
+//! 2. parses every `target=` once ([`split_host_port`]) and judges it against the allowlist,
+//!    with the ports the probe would use (the prober's [`super::Spec::ports`]): addresses and
+//!    names matching a host pattern without resolving, other names by the addresses they
+//!    resolve to;
 //! 3. runs the prober's own parameter checks;
 //! 4. resolves each target not yet resolved, so that every target is resolved **once** per
 //!    request, with one resolver and one failure vocabulary ([`ResolveError`]);
@@ -15,9 +19,10 @@
 //!    probed (the prober never resolves again, so a DNS answer that changes in between cannot
 //!    matter).
 //!
-//! The order of answers is that of docs/probe-routing.md: 400 for the query, `module=`,
-//! `debug=` and the header, 400 for a malformed target, 403 for a refused target, then the
-//! prober's 400s. The caller maps the [`Outcome`] to HTTP or to an exit code.
+//! The order of answers is that of docs/probe-routing.md: 400 for the query, `module=` and
+//! `debug=`, 403 for a disabled module, 400 for the policy (parameters, bounds), 400 for the
+//! header, 400 for a malformed target, 403 for a refused target or port, then the prober's
+//! 400s. The caller maps the [`Outcome`] to HTTP or to an exit code.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +31,7 @@ use prometheus_client::registry::Registry;
 use super::{
     BadRequest, Module, ProbeContext, Probers, Query,
     allowlist::{Allowlist, Refusal, Screening},
+    policy::{DEFAULT_MAX_PROBE_TIME, Policy},
     target::{Resolver, Target, resolve, split_host_port},
 };
 
@@ -121,10 +127,24 @@ async fn run(
     resolver: &dyn Resolver,
 ) -> Result<Outcome, Outcome> {
     let (spec, prober) = probers.get(module.prober)?;
+    let default_policy;
+    let policy = match module.policy {
+        Some(policy) => policy,
+        None => {
+            default_policy = Policy::default_for(spec);
+            &default_policy
+        }
+    };
+    if let Some(why) = &policy.disabled {
+        return Err(Refusal(format!("module {:?} is disabled: {why}", module.name)).into());
+    }
+    policy.check_request(module.name, spec, module.options, query)?;
     let query = query.with_defaults(module.options);
+    policy.check_bounds(module.name, spec.name, &query)?;
     let longest = module
         .timeout
-        .map_or(spec.max_time, |timeout| timeout.min(spec.max_time));
+        .unwrap_or(DEFAULT_MAX_PROBE_TIME)
+        .min(spec.max_time);
     let now = Instant::now();
     let deadline = match budget {
         Budget::ScrapeTimeout(header) => super::deadline(now, header, longest)?,
@@ -134,20 +154,22 @@ async fn run(
     let mut targets = Vec::new();
     for raw in query.all("target").filter(|raw| !raw.is_empty()) {
         let (host, port) = split_host_port(raw)?;
-        let addresses = match allowlist.screen_host(raw, &host) {
+        let ports = (spec.ports)(&query, port);
+        let addresses = match allowlist.screen_host(raw, &host, &ports) {
             Screening::Allowed => None,
             Screening::Refused(refusal) => return Err(refusal.into()),
             Screening::Resolve { .. } => {
                 let addresses = resolve(resolver, &host, deadline).await;
                 allowlist
-                    .check_resolved(raw, &addresses)
+                    .check_resolved(raw, &addresses, &ports)
                     .map_err(Outcome::from)?;
                 Some(addresses)
             }
         };
         targets.push((raw.to_string(), host, port, addresses));
     }
-    (spec.validate)(&query)?;
+    let loaded = module.loaded.cloned().unwrap_or_default();
+    (spec.validate)(&query, &loaded)?;
     let mut resolved = Vec::with_capacity(targets.len());
     for (raw, host, port, addresses) in targets {
         let addresses = match addresses {
@@ -161,7 +183,7 @@ async fn run(
             addresses,
         });
     }
-    let ctx = ProbeContext::new(deadline);
+    let ctx = ProbeContext::new(deadline).with_loaded(loaded);
     let report = prober.run(&ctx, &query, &resolved).await?;
     Ok(Outcome::Report {
         success: report.success,
@@ -249,11 +271,7 @@ mod tests {
     }
 
     fn module(prober: &str) -> Module<'_> {
-        Module {
-            prober,
-            options: &[],
-            timeout: None,
-        }
+        Module::builtin(prober)
     }
 
     /// The name's first answer is allowed and its second is not: the allowlist judges the

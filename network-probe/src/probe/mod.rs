@@ -8,20 +8,21 @@
 //!
 //! This module owns what all probers share: query parsing, the deadline computed from
 //! Prometheus' scrape-timeout header, the probe log, dispatch by prober name, and the request
-//! path in [`handler`] (common parameters, deadline, resolving each target once, the
-//! allowlist) that `/probe` and `network-probe probe` both use.
+//! path in [`handler`] (common parameters, the module's [`policy`], deadline, resolving each
+//! target once, the allowlist) that `/probe` and `network-probe probe` both use.
 
 pub mod allowlist;
 pub mod handler;
 pub mod iperf3;
 pub mod ping;
+pub mod policy;
 pub mod query;
 pub mod report;
 pub mod target;
 pub mod tftp;
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -46,6 +47,8 @@ pub struct ProbeContext {
     pub deadline: Instant,
     /// Lines describing what the probe did, for `?debug=true` and debug logging.
     log: Mutex<Vec<String>>,
+    /// What the module's configuration loaded (key files).
+    loaded: Loaded,
 }
 
 impl ProbeContext {
@@ -53,7 +56,18 @@ impl ProbeContext {
         ProbeContext {
             deadline,
             log: Mutex::new(Vec::new()),
+            loaded: Loaded::default(),
         }
+    }
+
+    /// This context with what the module's configuration loaded.
+    pub fn with_loaded(self, loaded: Loaded) -> Self {
+        ProbeContext { loaded, ..self }
+    }
+
+    /// What the module's configuration loaded.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
     }
 
     /// Time left until the deadline (zero when past it).
@@ -92,11 +106,19 @@ pub struct Spec {
     pub name: &'static str,
     /// The prober's own query parameters (besides [`COMMON_PARAMETERS`]).
     pub parameters: &'static [&'static str],
+    /// The parameters a request may set unless the module's policy says otherwise (the seed
+    /// exporter's, and for tftp its transfer options): see [`policy`].
+    pub request_parameters: &'static [&'static str],
+    /// The ports a probe of a target (with the port it names, if any) would use, for the
+    /// allowlist: empty for a probe without a port (ICMP). Values that do not parse are left
+    /// out (the prober's own check refuses them afterwards).
+    pub ports: fn(&Query, Option<u16>) -> Vec<u16>,
     /// The longest a probe may run, whatever the scrape timeout or the module's timeout.
     pub max_time: Duration,
     /// Checks a query (with `target=`) the way a probe would, without probing or resolving
-    /// anything: for each request and for the options of configured modules.
-    pub validate: fn(&Query) -> Result<(), BadRequest>,
+    /// anything: for each request and for the options of configured modules (with what the
+    /// module loaded; without it, files the query names are read).
+    pub validate: fn(&Query, &Loaded) -> Result<(), BadRequest>,
     /// Builds the prober, with the state it keeps between probes.
     pub build: fn(&Settings) -> Box<dyn Prober>,
 }
@@ -138,15 +160,46 @@ pub fn names() -> Vec<&'static str> {
     SPECS.iter().map(|spec| spec.name).collect()
 }
 
+/// What a module's configuration read once, when it was loaded, for its probes: no request
+/// names a file the daemon reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Loaded {
+    /// iperf3's RSA public key (`public_key_file`), parsed at load time.
+    pub public_key: Option<Arc<rsa::RsaPublicKey>>,
+}
+
 /// A probe module as the framework needs it (the configuration builds it from its own,
-/// richer module): which prober, its default parameters and its own timeout.
+/// richer module): its name, prober, default parameters, policy, own timeout and what it
+/// loaded.
 #[derive(Clone, Copy, Debug)]
 pub struct Module<'a> {
+    /// The name in `module=` (for messages).
+    pub name: &'a str,
     pub prober: &'a str,
-    /// Query parameters the module sets; a request's own override them.
+    /// Query parameters the module sets; a request's own override them where the policy lets
+    /// it.
     pub options: &'a [(String, String)],
-    /// Longest a probe of this module runs (the prober's own limit still applies).
+    /// Longest a probe of this module runs (the prober's own limit still applies); without
+    /// it, [`policy::DEFAULT_MAX_PROBE_TIME`].
     pub timeout: Option<Duration>,
+    /// What a request may set; `None`: the prober's default policy.
+    pub policy: Option<&'a policy::Policy>,
+    /// What the module's configuration loaded; `None`: nothing.
+    pub loaded: Option<&'a Loaded>,
+}
+
+impl<'a> Module<'a> {
+    /// The built-in module of `prober`: no options, the default policy.
+    pub fn builtin(prober: &'a str) -> Module<'a> {
+        Module {
+            name: prober,
+            prober,
+            options: &[],
+            timeout: None,
+            policy: None,
+            loaded: None,
+        }
+    }
 }
 
 /// The probers this daemon runs, with the state they keep between probes.
@@ -194,7 +247,7 @@ impl Probers {
     /// anything (for the options of configured modules).
     pub fn validate(prober: &str, query: &Query) -> Result<(), BadRequest> {
         match spec(prober) {
-            Some(spec) => (spec.validate)(query),
+            Some(spec) => (spec.validate)(query, &Loaded::default()),
             None => Err(BadRequest(format!(
                 "unknown prober {prober:?} (known: {})",
                 names().join(", ")

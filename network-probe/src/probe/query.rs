@@ -134,6 +134,17 @@ impl Query {
         names.dedup();
         names
     }
+
+    /// The distinct parameter names, in the order they first appear.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in &self.pairs {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        names
+    }
 }
 
 /// Percent-decodes one query component (`+` is a space).

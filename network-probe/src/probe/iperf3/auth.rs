@@ -1,6 +1,7 @@
 //! The iperf3 RSA login (servers started with `--rsa-private-key-path` and
-//! `--authorized-users-path`): reading the public key file a query names (bounded: the name
-//! comes from the request) and encrypting the time-stamped credentials into the auth token.
+//! `--authorized-users-path`): reading the public key file a module names (bounded, once, when
+//! the configuration is loaded; `/probe` never lets a request name one) and encrypting the
+//! time-stamped credentials into the auth token.
 
 use std::time::SystemTime;
 
@@ -54,6 +55,17 @@ pub(super) fn read_key_file(path: &str) -> Result<String, BadRequest> {
         )));
     }
     Ok(pem)
+}
+
+/// Reads and parses the public key file `path` (see [`read_key_file`]); the error names the
+/// parameter and the path.
+pub fn load_public_key(path: &str) -> Result<rsa::RsaPublicKey, BadRequest> {
+    let pem = read_key_file(path)?;
+    parse_public_key(&pem).map_err(|err| {
+        BadRequest(format!(
+            "parameter \"public_key_file\": {path:?} holds no RSA public key in PEM: {err}"
+        ))
+    })
 }
 
 /// A PEM RSA public key: SubjectPublicKeyInfo ("PUBLIC KEY", what iperf3 reads) or PKCS#1.

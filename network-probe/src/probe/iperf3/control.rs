@@ -73,11 +73,12 @@ impl Control {
             .retryable()),
             Some(State::ServerError) => Err(self.server_error().await),
             Some(state) => Ok(state),
+            // The byte itself stays out of the message: the peer may be another service
+            // (an SSH or HTTP server), whose bytes a caller must not read back.
             None => Err(Failure::new(
                 FailureReason::ProtocolError,
                 format!(
-                    "byte 0x{:02x} is not an iperf3 state (waiting for {what})",
-                    byte[0]
+                    "not an iperf3 server: its reply is not an iperf3 state (waiting for {what})"
                 ),
             )),
         }
@@ -125,7 +126,12 @@ impl Control {
                 ),
                 Ok(_) if byte[0] == State::ServerError.to_byte() => self.server_error().await,
                 Ok(_) => Failure::new(FailureReason::ServerError,
-                    format!("the server interrupted the test with state byte 0x{:02x}", byte[0]),
+                    match State::from_byte(byte[0]) {
+                        Some(state) => format!("the server interrupted the test with {state:?}"),
+                        None => "the server interrupted the test with a byte that is not an \
+                                 iperf3 state"
+                            .to_string(),
+                    },
                 ),
                 Err(err) => Failure::new(FailureReason::ServerError,
                     format!("control connection during the test: {err}"),

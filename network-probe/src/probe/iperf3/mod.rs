@@ -23,9 +23,12 @@ use std::time::Duration;
 
 use self::protocol::ProtocolError;
 pub use self::{
-    auth::{Auth, Padding, auth_token, parse_public_key},
+    auth::{Auth, Padding, auth_token, load_public_key, parse_public_key},
     control::{TCP_BLOCK_LEN, UDP_BLOCK_LEN},
-    params::{Config, DEFAULT_PERIOD, DEFAULT_PORT, DEFAULT_UDP_BITRATE, MAX_PARALLEL, PARAMETERS},
+    params::{
+        Config, DEFAULT_PERIOD, DEFAULT_PORT, DEFAULT_UDP_BITRATE, MAX_PARALLEL, PARAMETERS,
+        REQUEST_PARAMETERS,
+    },
     queue::{EXCHANGE_MARGIN, Iperf3Prober, MAX_WAITERS, MIN_PERIOD, fit_period},
     report::{Measurement, UdpMeasurement},
 };
@@ -43,8 +46,14 @@ pub const MAX_PROBE_TIME: Duration = Duration::from_secs(600);
 pub const SPEC: Spec = Spec {
     name: MODULE,
     parameters: PARAMETERS,
+    request_parameters: REQUEST_PARAMETERS,
+    // The control connection and every data stream go to this port.
+    ports: |query, target_port| match query.get("port") {
+        Ok(Some(text)) if !text.is_empty() => text.parse().ok().into_iter().collect(),
+        _ => vec![target_port.unwrap_or(DEFAULT_PORT)],
+    },
     max_time: MAX_PROBE_TIME,
-    validate: |query| Config::from_query(query).map(drop),
+    validate: |query, loaded| Config::from_query_loaded(query, loaded).map(drop),
     build: |_| Box::new(Iperf3Prober::new()),
 };
 
@@ -133,7 +142,7 @@ impl Prober for Iperf3Prober {
         targets: &'a [Target],
     ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
         Box::pin(async move {
-            let config = Config::from_query(query)?;
+            let config = Config::from_query_loaded(query, ctx.loaded())?;
             let target = targets
                 .first()
                 .ok_or_else(|| BadRequest("missing parameter \"target\"".into()))?;

@@ -1,12 +1,13 @@
 //! The iperf3 prober's query parameters: reading and checking them into a [`Config`] (target
 //! and port, test length, direction, transport, bitrate, bind address, parallel streams and the
 //! optional RSA login, whose key file [`super::auth`] reads). Every error names the parameter
-//! and the value.
+//! and the value. Through `/probe` the key comes parsed from the module's configuration
+//! ([`crate::probe::Loaded`]); a request never names a key file (the handler's policy).
 
 use std::{net::IpAddr, time::Duration};
 
 use super::{
-    auth::{Auth, Padding, parse_public_key, read_key_file},
+    auth::{Auth, Padding},
     protocol::{self, Transport},
 };
 use crate::probe::{BadRequest, Query, target::split_host_port};
@@ -26,6 +27,10 @@ pub const PARAMETERS: &[&str] = &[
     "public_key_file",
     "padding",
 ];
+/// The parameters a request may set unless the module's policy says otherwise: the seed
+/// exporters' (edgard/iperf3_exporter and its drop-ins). Streams, the bind address and the
+/// login are the module's.
+pub const REQUEST_PARAMETERS: &[&str] = &["port", "period", "reverse_mode", "udp_mode", "bitrate"];
 /// iperf3's default server port.
 pub const DEFAULT_PORT: u16 = 5201;
 /// Test length when `period` is not given (the seed's default).
@@ -51,8 +56,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and checks the query; errors name the parameter and the value.
+    /// Reads and checks the query; errors name the parameter and the value. A
+    /// `public_key_file` is read here (for callers outside `/probe`: the configuration at load
+    /// time, tests).
     pub fn from_query(query: &Query) -> Result<Config, BadRequest> {
+        Config::from_query_loaded(query, &crate::probe::Loaded::default())
+    }
+
+    /// [`Config::from_query`] with what the module loaded: its parsed public key stands for
+    /// `public_key_file`, which is then not read.
+    pub fn from_query_loaded(
+        query: &Query,
+        loaded: &crate::probe::Loaded,
+    ) -> Result<Config, BadRequest> {
         let unknown = super::super::unknown_parameters(query, PARAMETERS);
         if !unknown.is_empty() {
             return Err(BadRequest(format!(
@@ -118,7 +134,7 @@ impl Config {
             bitrate,
             bind,
             parallel,
-            auth: auth_from_query(query)?,
+            auth: auth_from_query(query, loaded)?,
         })
     }
 
@@ -129,7 +145,7 @@ impl Config {
 }
 
 /// Seconds (`5`, `2.5`) or a duration with unit (`5s`, `1500ms`, `1m`).
-fn parse_period(text: &str) -> Result<Duration, BadRequest> {
+pub(crate) fn parse_period(text: &str) -> Result<Duration, BadRequest> {
     let bad = || {
         BadRequest(format!(
             "parameter \"period\": {text:?} is not a positive duration (e.g. 5, 2.5 or 5s)"
@@ -151,19 +167,29 @@ fn parse_period(text: &str) -> Result<Duration, BadRequest> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn auth_from_query(query: &Query) -> Result<Option<Auth>, BadRequest> {
+fn auth_from_query(
+    query: &Query,
+    loaded: &crate::probe::Loaded,
+) -> Result<Option<Auth>, BadRequest> {
     let username = query.get("username")?.filter(|v| !v.is_empty());
     let password = query.get("password")?;
     let key_file = query.get("public_key_file")?.filter(|v| !v.is_empty());
-    let padding = match query.get("padding")? {
-        None | Some("") | Some("pkcs1") => Padding::Pkcs1,
-        Some("oaep") => Padding::Oaep,
-        Some(other) => {
-            return Err(BadRequest(format!(
-                "parameter \"padding\": {other:?} is not pkcs1 or oaep"
-            )));
-        }
-    };
+    if let (Some(public_key), None) = (&loaded.public_key, key_file) {
+        let padding = padding(query)?;
+        let Some(username) = username else {
+            return Err(BadRequest(
+                "authentication needs \"username\", \"password\" and \"public_key_file\" together"
+                    .into(),
+            ));
+        };
+        return Ok(Some(Auth {
+            username: username.to_string(),
+            password: password.unwrap_or("").to_string(),
+            public_key: rsa::RsaPublicKey::clone(public_key),
+            padding,
+        }));
+    }
+    let padding = padding(query)?;
     let (username, key_file) = match (username, key_file) {
         (None, None) if password.is_none() => return Ok(None),
         (Some(username), Some(key_file)) => (username, key_file),
@@ -174,17 +200,22 @@ fn auth_from_query(query: &Query) -> Result<Option<Auth>, BadRequest> {
             ));
         }
     };
-    let pem = read_key_file(key_file)?;
     Ok(Some(Auth {
         username: username.to_string(),
         password: password.unwrap_or("").to_string(),
-        public_key: parse_public_key(&pem).map_err(|err| {
-            BadRequest(format!(
-                "parameter \"public_key_file\": {key_file:?} holds no RSA public key in PEM: {err}"
-            ))
-        })?,
+        public_key: super::auth::load_public_key(key_file)?,
         padding,
     }))
+}
+
+fn padding(query: &Query) -> Result<Padding, BadRequest> {
+    match query.get("padding")? {
+        None | Some("") | Some("pkcs1") => Ok(Padding::Pkcs1),
+        Some("oaep") => Ok(Padding::Oaep),
+        Some(other) => Err(BadRequest(format!(
+            "parameter \"padding\": {other:?} is not pkcs1 or oaep"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -56,8 +56,21 @@ const PARAMETERS: &[&str] = &["ip_version", "tcp_port"];
 pub const SPEC: Spec = Spec {
     name: MODULE,
     parameters: PARAMETERS,
+    // The seed's: all of them.
+    request_parameters: PARAMETERS,
+    // TCP SYN pings go to every tcp_port; without one the probe is ICMP (no port).
+    ports: |query, _| {
+        let mut ports: Vec<u16> = query
+            .all("tcp_port")
+            .filter_map(|port| port.parse().ok())
+            .filter(|&port| port != 0)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    },
     max_time: Ping::TIMEOUT,
-    validate: |query| Params::from_query(query).map(drop),
+    validate: |query, _| Params::from_query(query).map(drop),
     build: |settings| Box::new(Ping::new(settings.ping)),
 };
 
@@ -769,11 +782,7 @@ mod tests {
             let query = Query::from_pairs(pairs);
             let probers = &probers;
             async move {
-                let module = Module {
-                    prober: MODULE,
-                    options: &[],
-                    timeout: None,
-                };
+                let module = Module::builtin(MODULE);
                 let budget = Budget::Limit(Duration::from_secs(5));
                 let allowlist = Allowlist::default();
                 match handle(probers, module, &query, budget, &allowlist, &SystemResolver).await {

@@ -41,8 +41,23 @@ pub const MAX_PROBE_TIME: Duration = Duration::from_secs(120);
 pub const SPEC: Spec = Spec {
     name: MODULE,
     parameters: PARAMETERS,
+    // The seed's (tftp_filename, tftp_port) and the transfer options, which choose neither
+    // the server nor the port and are bounded by the prober (byte cap, deadline).
+    request_parameters: PARAMETERS,
+    ports: |query, target_port| {
+        let parameter = query
+            .all("tftp_port")
+            .filter_map(|port| port.parse::<u16>().ok())
+            .filter(|&port| port != 0);
+        let mut ports: Vec<u16> = target_port.into_iter().chain(parameter).collect();
+        ports.dedup();
+        if ports.is_empty() {
+            ports.push(DEFAULT_PORT);
+        }
+        ports
+    },
     max_time: MAX_PROBE_TIME,
-    validate: |query| Params::from_query(query).map(drop),
+    validate: |query, _| Params::from_query(query).map(drop),
     build: |_| Box::new(Tftp),
 };
 
