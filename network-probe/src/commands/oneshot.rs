@@ -128,6 +128,8 @@ pub fn run(cli: &Cli, args: &ProbeArgs) -> u8 {
         Outcome::BadRequest(err) => return bad_parameters(&err),
         // Not reached without an allowlist; a refusal is a bad parameter all the same.
         Outcome::Refused(refusal) => return bad_parameters(&BadRequest(refusal.0)),
+        // Only a request larger than the cap by itself (one run starts with no probe active).
+        Outcome::Overloaded(err) => return bad_parameters(&BadRequest(err.0)),
     };
     for line in log {
         eprintln!("{line}");

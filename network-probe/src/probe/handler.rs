@@ -22,14 +22,15 @@
 //! The order of answers is that of docs/probe-routing.md: 400 for the query, `module=` and
 //! `debug=`, 403 for a disabled module, 400 for the policy (parameters, bounds), 400 for the
 //! header, 400 for a malformed target, 403 for a refused target or port, then the prober's
-//! 400s. The caller maps the [`Outcome`] to HTTP or to an exit code.
+//! 400s (or its 503 when at a capacity limit). The caller maps the [`Outcome`] to HTTP or to an
+//! exit code.
 
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
 use super::{
-    BadRequest, Module, ProbeContext, Probers, Query,
+    BadRequest, Module, Overloaded, ProbeContext, ProbeError, Probers, Query,
     allowlist::{Allowlist, Refusal, Screening},
     policy::{DEFAULT_MAX_PROBE_TIME, Policy},
     target::{Resolver, Target, resolve, split_host_port},
@@ -83,6 +84,8 @@ pub enum Outcome {
     BadRequest(BadRequest),
     /// A target outside `--probe.allow` (HTTP 403); the message names it.
     Refused(Refusal),
+    /// The prober is at a capacity limit (HTTP 503); the message names the limit.
+    Overloaded(Overloaded),
     /// The probe ran.
     Report {
         success: bool,
@@ -95,6 +98,15 @@ pub enum Outcome {
 impl From<BadRequest> for Outcome {
     fn from(err: BadRequest) -> Outcome {
         Outcome::BadRequest(err)
+    }
+}
+
+impl From<ProbeError> for Outcome {
+    fn from(err: ProbeError) -> Outcome {
+        match err {
+            ProbeError::BadRequest(err) => Outcome::BadRequest(err),
+            ProbeError::Overloaded(err) => Outcome::Overloaded(err),
+        }
     }
 }
 

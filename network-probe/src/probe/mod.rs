@@ -4,7 +4,8 @@
 //! parameters, its targets already parsed and resolved ([`Target`]) and a [`ProbeContext`]
 //! (deadline, probe log), and returns a [`ProbeReport`]: its own metrics (built with
 //! [`report`]) and whether the probe succeeded. Invalid parameters are a [`BadRequest`] naming
-//! the parameter and value (HTTP 400), never a panic or a 500.
+//! the parameter and value (HTTP 400), never a panic or a 500; a prober at a capacity limit
+//! refuses new work with [`Overloaded`] naming the limit (HTTP 503).
 //!
 //! This module owns what all probers share: query parsing, the deadline computed from
 //! Prometheus' scrape-timeout header, the probe log, dispatch by prober name, and the request
@@ -88,6 +89,38 @@ impl ProbeContext {
     }
 }
 
+/// A request a prober refuses because it is at a capacity limit (HTTP 503; the ping prober's
+/// `--ping.max-active-targets`); the message names the limit and the numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overloaded(pub String);
+
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a prober did not run a probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Invalid parameters (HTTP 400).
+    BadRequest(BadRequest),
+    /// A capacity limit (HTTP 503).
+    Overloaded(Overloaded),
+}
+
+impl From<BadRequest> for ProbeError {
+    fn from(err: BadRequest) -> ProbeError {
+        ProbeError::BadRequest(err)
+    }
+}
+
+impl From<Overloaded> for ProbeError {
+    fn from(err: Overloaded) -> ProbeError {
+        ProbeError::Overloaded(err)
+    }
+}
+
 /// What a prober returns.
 #[derive(Debug)]
 pub struct ProbeReport {
@@ -133,13 +166,13 @@ pub struct Settings<'a> {
 /// never resolves them again), with the query's other parameters.
 pub trait Prober: Send + Sync + std::fmt::Debug {
     /// Runs one probe. `targets` are the request's `target=` values in order, each resolved
-    /// once; a [`BadRequest`] is answered with 400.
+    /// once; a [`BadRequest`] is answered with 400, [`Overloaded`] with 503.
     fn run<'a>(
         &'a self,
         ctx: &'a ProbeContext,
         query: &'a Query,
         targets: &'a [Target],
-    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>>;
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeError>>;
 
     /// A collector of the prober's meta metrics for the daemon's `/metrics`, if it has any.
     fn meta_collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {

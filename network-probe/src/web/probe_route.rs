@@ -2,7 +2,7 @@
 //! parameters, deadline, resolving each target once, the `--probe.allow` allowlist judged on
 //! the addresses probed, the prober). This route adds what is HTTP's: the
 //! `--web.max-concurrent-probes` limit (503), looking the module up in the configuration in
-//! force, the status of each outcome (400, 403, 200) and the body: the probe's metrics in the
+//! force, the status of each outcome (400, 403, 503, 200) and the body: the probe's metrics in the
 //! negotiated format, or the debug output.
 
 use http_body_util::Full;
@@ -29,7 +29,8 @@ use crate::{
 /// probe log, the metrics and the module when `debug=true`. `NAME` is a module of the
 /// configuration (the built-in ones are named after their prober); its options are the
 /// defaults of the query's parameters. Bad parameters and unknown modules get a 400 naming
-/// them, a target outside `--probe.allow` a 403 naming it, too many probes at once a 503.
+/// them, a target outside `--probe.allow` a 403 naming it, too many probes at once a 503, and
+/// so is a prober at a capacity limit (`--ping.max-active-targets`), naming the limit.
 /// `module=` may be left out on a listener with a `default_module`.
 pub(super) async fn handle_probe(
     state: &AppState,
@@ -88,6 +89,14 @@ pub(super) async fn handle_probe(
                 StatusCode::FORBIDDEN,
                 "text/plain; charset=utf-8",
                 format!("{refusal}\n"),
+            );
+        }
+        Outcome::Overloaded(err) => {
+            debug!("/probe overloaded: {err}");
+            return with_type(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("{err}\n"),
             );
         }
     };

@@ -33,7 +33,7 @@ pub use self::{
     report::{Measurement, UdpMeasurement},
 };
 use super::{
-    BadRequest, BoxFuture, ProbeContext, ProbeReport, Prober, Query, Spec, Target,
+    BadRequest, BoxFuture, ProbeContext, ProbeError, ProbeReport, Prober, Query, Spec, Target,
     target::{ResolveError, SystemResolver},
 };
 
@@ -140,7 +140,7 @@ impl Prober for Iperf3Prober {
         ctx: &'a ProbeContext,
         query: &'a Query,
         targets: &'a [Target],
-    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeError>> {
         Box::pin(async move {
             let config = Config::from_query_loaded(query, ctx.loaded())?;
             let target = targets

@@ -7,9 +7,11 @@
 //! This file owns the parameters, choosing among the addresses the framework resolved the
 //! targets to ([`super::handler`]: once per request), the sockets' lifecycle and the metrics.
 //! Submodules: [`packet`] (sans-IO packets), [`timestamps`] (control messages, hardware
-//! stamping), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit,
-//! in-flight table), [`socket`] (raw-socket IO), [`icmp`] and [`tcp_syn`] (the drivers).
+//! stamping), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit, cap on
+//! active probes, in-flight table), [`socket`] (raw-socket IO), [`filter`] (the raw TCP
+//! socket's BPF filter), [`icmp`] and [`tcp_syn`] (the drivers).
 
+pub mod filter;
 pub mod icmp;
 pub mod packet;
 pub mod scheduler;
@@ -36,13 +38,13 @@ use prometheus_client::{
 
 use self::{
     icmp::{IcmpConfig, IcmpDriver, SocketMode},
-    scheduler::{ProbeKey, ProtocolCounters, Schedule, Scheduler, Sender, lock},
+    scheduler::{OverCapacity, ProbeKey, ProtocolCounters, Schedule, Scheduler, Sender, lock},
     stats::{Outcome, TargetStats},
     tcp_syn::{TcpConfig, TcpDriver},
 };
 use super::{
-    BadRequest, BoxFuture, ProbeContext, ProbeReport, Prober, Query, Spec, Target, report::Report,
-    target::split_host_port,
+    BadRequest, BoxFuture, Overloaded, ProbeContext, ProbeError, ProbeReport, Prober, Query, Spec,
+    Target, report::Report, target::split_host_port,
 };
 use crate::support::units::parse_duration;
 
@@ -80,7 +82,7 @@ impl Prober for Ping {
         ctx: &'a ProbeContext,
         query: &'a Query,
         targets: &'a [Target],
-    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeError>> {
         Box::pin(self.probe(ctx, query, targets))
     }
 
@@ -88,6 +90,16 @@ impl Prober for Ping {
         Some(Ping::meta_collector(self))
     }
 }
+/// Default of `--ping.max-active-targets`. The scheduler's costs per active probe: one task
+/// and timer, one packet per `--ping.interval` through the shared `--ping.max-pps` bucket, and
+/// its figures (a window of `--ping.samples` outcomes, 20 histogram buckets: about 2 KB at the
+/// default 60 samples). At the default 2 s interval, 10,000 probes send 5,000 packets/s, half
+/// the default `--ping.max-pps` 10,000: the bucket never makes a probe wait (past max-pps x
+/// interval = 20,000 probes, every probe would wait in the bucket and every waiting task wake
+/// each tick), the CPU is about 7 % of a core (14 µs per packet, docs/ping.md's benchmark)
+/// and the memory about 20 MB.
+pub const DEFAULT_MAX_ACTIVE_TARGETS: u32 = 10_000;
+
 /// Shortest interval and timeout (as in icmp-exporter).
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -130,6 +142,12 @@ pub struct Flags {
     #[arg(long = "ping.max-targets", value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_targets: u32,
+
+    /// Most probes (addresses times ports) active at once, all requests together; a request
+    /// that would start probes past it starts none and is answered 503.
+    #[arg(long = "ping.max-active-targets", value_name = "N", default_value_t = DEFAULT_MAX_ACTIVE_TARGETS,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_active_targets: u32,
 
     /// Interface IPv4 probes leave by: a name, `auto` (for each target, the interface the
     /// kernel routes it out of) or `any` (no binding).
@@ -229,7 +247,17 @@ impl Ping {
             expiry: flags.expiry,
             window: flags.samples as usize,
             max_packets_per_second: flags.max_pps,
+            max_active: flags.max_active_targets as usize,
         });
+        let sustainable = f64::from(flags.max_pps) * flags.interval.as_secs_f64();
+        if f64::from(flags.max_active_targets) > sustainable {
+            log::warn!(
+                "ping: --ping.max-active-targets {} is above --ping.max-pps x --ping.interval \
+                 ({sustainable:.0}): with that many targets, probes wait for the rate limit and \
+                 go out less often than every interval",
+                flags.max_active_targets
+            );
+        }
         Ping {
             flags: flags.clone(),
             identifier,
@@ -259,7 +287,7 @@ impl Ping {
         ctx: &ProbeContext,
         query: &Query,
         targets: &[Target],
-    ) -> Result<ProbeReport, BadRequest> {
+    ) -> Result<ProbeReport, ProbeError> {
         let Params { family, ports, .. } = Params::from_query(query)?;
         let mut addresses = BTreeSet::new();
         for target in targets {
@@ -274,10 +302,11 @@ impl Ping {
                 addresses.len(),
                 ports.len().max(1),
                 self.flags.max_targets
-            )));
+            ))
+            .into());
         }
         let mut success = true;
-        let mut snapshots = Vec::with_capacity(probes);
+        let mut wanted = Vec::with_capacity(probes);
         for address in addresses {
             let port_list: Vec<Option<u16>> = if ports.is_empty() {
                 vec![None]
@@ -286,25 +315,39 @@ impl Ping {
             };
             for tcp_port in port_list {
                 let key = ProbeKey { address, tcp_port };
-                let sender = match self.driver(key) {
-                    Ok(sender) => sender,
+                match self.driver(key) {
+                    Ok(sender) => wanted.push((key, sender)),
                     Err(reason) => {
                         ctx.log(reason);
                         success = false;
-                        continue;
                     }
-                };
-                let probe = self.scheduler.request(key, sender);
-                let stats = lock(&probe.stats).clone();
-                ctx.log(describe(&key, &stats));
-                snapshots.push((key, stats));
+                }
             }
+        }
+        let requested = self
+            .scheduler
+            .request(wanted)
+            .map_err(|over| Overloaded(self.over_capacity(over)))?;
+        let mut snapshots = Vec::with_capacity(requested.len());
+        for probe in requested {
+            let stats = lock(&probe.stats).clone();
+            ctx.log(describe(&probe.key, &stats));
+            snapshots.push((probe.key, stats));
         }
         let mut report = Report::new();
         report
             .collector(Box::new(ProbeCollector { success, snapshots }))
             .collector(self.meta_collector());
         Ok(report.finish(success))
+    }
+
+    /// The 503 message of a request refused by `--ping.max-active-targets`.
+    fn over_capacity(&self, over: OverCapacity) -> String {
+        format!(
+            "ping: {} new targets refused: {} of --ping.max-active-targets {} already active \
+             (a target stops being probed --ping.expiry {:?} after its last request)",
+            over.new, over.active, over.limit, self.flags.expiry
+        )
     }
 
     /// The driver for `key`, opening its socket on first use; the error is for the operator.
@@ -739,6 +782,14 @@ impl Collector for MetaCollector {
                 ConstCounter::new(value.load(Ordering::Relaxed)).encode(metric)?;
             }
         }
+        let refused = encoder.encode_descriptor(
+            "network_probe_ping_targets_refused",
+            "Targets (addresses times ports) refused because starting them would take the active \
+             ones (icmp_active_probes + tcp_active_probes) past --ping.max-active-targets.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.scheduler.refused()).encode(refused)?;
         Ok(())
     }
 }
@@ -764,6 +815,14 @@ mod tests {
         assert_eq!(defaults.timeout, Duration::from_secs(3));
         assert_eq!(defaults.expiry, Duration::from_secs(600));
         assert_eq!(defaults.max_pps, 10_000);
+        assert_eq!(defaults.max_active_targets, 10_000);
+        assert!(flags(&["--ping.max-active-targets", "0"]).is_err());
+        assert_eq!(
+            flags(&["--ping.max-active-targets", "500"])
+                .unwrap()
+                .max_active_targets,
+            500
+        );
         assert_eq!(defaults.interface4, "auto");
         let err = flags(&["--ping.interval", "5ms"]).unwrap_err().to_string();
         assert!(err.contains("below the minimum of 10ms"), "{err}");

@@ -1,7 +1,10 @@
 //! Background probing: one task per active probe (target address, and port for TCP) sends one
 //! packet every interval through a shared packets-per-second limiter, and stops once the probe
-//! has not been requested for the expiry period. Also owns the table of probes in flight, which
-//! both socket drivers use to match replies and to turn silence into loss after the timeout.
+//! has not been requested for the expiry period. The number of active probes is capped
+//! (`--ping.max-active-targets`): a request that would start probes past the cap starts none
+//! and is refused, while the probes already active go on and may always be requested again.
+//! Also owns the table of probes in flight, which both socket drivers use to match replies and
+//! to turn silence into loss after the timeout.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -64,6 +67,19 @@ pub struct Schedule {
     pub expiry: Duration,
     pub window: usize,
     pub max_packets_per_second: u32,
+    /// Most probes active at once.
+    pub max_active: usize,
+}
+
+/// A request refused because its new probes would take the active ones past the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverCapacity {
+    /// Probes the request would have started.
+    pub new: usize,
+    /// Probes active when it came.
+    pub active: usize,
+    /// The cap.
+    pub limit: usize,
 }
 
 /// The active probes and the shared rate limit.
@@ -72,6 +88,8 @@ pub struct Scheduler {
     schedule: Schedule,
     probes: Mutex<HashMap<ProbeKey, Arc<ActiveProbe>>>,
     limiter: RateLimiter,
+    /// Probes refused by the cap, for the meta metrics.
+    refused: AtomicU64,
 }
 
 impl Scheduler {
@@ -80,25 +98,61 @@ impl Scheduler {
             schedule,
             probes: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(schedule.max_packets_per_second),
+            refused: AtomicU64::new(0),
         })
     }
 
-    /// Marks `key` as requested now; starts probing it through `sender` if it is not yet
-    /// active. Must run inside the tokio runtime.
-    pub fn request(self: &Arc<Self>, key: ProbeKey, sender: Arc<dyn Sender>) -> Arc<ActiveProbe> {
+    /// Marks every probe of `wanted` as requested now and starts those not yet active, each
+    /// through its sender, in the request's order; all or none: if starting the new ones would
+    /// take the active probes past the cap, none is started, the new ones are counted as
+    /// refused and the answer says by how much. The active ones of the request are marked
+    /// requested either way (a refusal never shortens anybody's probing). Must run inside the
+    /// tokio runtime.
+    pub fn request(
+        self: &Arc<Self>,
+        wanted: Vec<(ProbeKey, Arc<dyn Sender>)>,
+    ) -> Result<Vec<Arc<ActiveProbe>>, OverCapacity> {
+        let now = Instant::now();
         let mut probes = lock(&self.probes);
-        if let Some(probe) = probes.get(&key) {
-            *lock(&probe.last_requested) = Instant::now();
-            return Arc::clone(probe);
+        let mut new = std::collections::HashSet::new();
+        for (key, _) in &wanted {
+            match probes.get(key) {
+                Some(probe) => *lock(&probe.last_requested) = now,
+                None => {
+                    new.insert(*key);
+                }
+            }
         }
-        let probe = Arc::new(ActiveProbe {
-            key,
-            stats: Mutex::new(TargetStats::new(self.schedule.window)),
-            last_requested: Mutex::new(Instant::now()),
-        });
-        probes.insert(key, Arc::clone(&probe));
-        tokio::spawn(Arc::clone(self).run(Arc::clone(&probe), sender));
-        probe
+        let active = probes.len();
+        if active + new.len() > self.schedule.max_active {
+            self.refused.fetch_add(new.len() as u64, Ordering::Relaxed);
+            return Err(OverCapacity {
+                new: new.len(),
+                active,
+                limit: self.schedule.max_active,
+            });
+        }
+        let mut requested = Vec::with_capacity(wanted.len());
+        for (key, sender) in wanted {
+            if let Some(probe) = probes.get(&key) {
+                requested.push(Arc::clone(probe));
+                continue;
+            }
+            let probe = Arc::new(ActiveProbe {
+                key,
+                stats: Mutex::new(TargetStats::new(self.schedule.window)),
+                last_requested: Mutex::new(now),
+            });
+            probes.insert(key, Arc::clone(&probe));
+            tokio::spawn(Arc::clone(self).run(Arc::clone(&probe), sender));
+            requested.push(probe);
+        }
+        Ok(requested)
+    }
+
+    /// Probes refused by the cap so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Number of active probes, ICMP and TCP.
@@ -495,6 +549,68 @@ mod tests {
         assert_eq!(lock(&target.stats).window.len(), 1);
         // The stale deadline entry of the first insert does not expire the second.
         assert_eq!(table.expire(start + Duration::from_secs(10)), 1);
+    }
+
+    /// A sender that only counts.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicU64);
+
+    impl Sender for Counting {
+        fn send(&self, _probe: &Arc<ActiveProbe>) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn keys(range: std::ops::Range<u8>) -> Vec<ProbeKey> {
+        range
+            .map(|last| ProbeKey {
+                address: IpAddr::from([10, 0, 0, last]),
+                tcp_port: None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_cap_refuses_new_probes_all_or_nothing_and_never_the_active_ones() {
+        let scheduler = Scheduler::new(Schedule {
+            interval: Duration::from_secs(3600),
+            expiry: Duration::from_secs(3600),
+            window: 10,
+            max_packets_per_second: 1000,
+            max_active: 5,
+        });
+        let sender: Arc<dyn Sender> = Arc::new(Counting::default());
+        let wanted = |keys: Vec<ProbeKey>| -> Vec<(ProbeKey, Arc<dyn Sender>)> {
+            keys.into_iter()
+                .map(|key| (key, Arc::clone(&sender)))
+                .collect()
+        };
+        let first = scheduler.request(wanted(keys(0..3))).unwrap();
+        assert_eq!(first.len(), 3);
+        assert_eq!(scheduler.active(), (3, 0));
+        // 2 active + 3 new = 8 > 5: none of the three starts.
+        let refused = scheduler.request(wanted(keys(1..6))).unwrap_err();
+        assert_eq!(
+            refused,
+            OverCapacity {
+                new: 3,
+                active: 3,
+                limit: 5
+            }
+        );
+        assert_eq!((scheduler.active(), scheduler.refused()), ((3, 0), 3));
+        // Up to the cap exactly, duplicates counted once.
+        let mut fill = keys(3..5);
+        fill.extend(keys(3..5));
+        assert_eq!(scheduler.request(wanted(fill)).unwrap().len(), 4);
+        assert_eq!(scheduler.active(), (5, 0));
+        // At the cap, active probes are still served (the same ones), a new one is not.
+        let again = scheduler.request(wanted(keys(0..5))).unwrap();
+        assert!(again.iter().zip(&first).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let refused = scheduler.request(wanted(keys(4..6))).unwrap_err();
+        assert_eq!((refused.new, refused.active), (1, 5));
+        assert_eq!(scheduler.refused(), 4);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The raw-socket plumbing both ping drivers share: opening a non-blocking socket with kernel
-//! timestamping (optionally bound to an interface), sending a packet tagged with a stamp key,
-//! and receiving a packet or an error-queue entry with its control messages.
+//! timestamping (optionally bound to an interface), attaching a classic BPF filter, sending a
+//! packet tagged with a stamp key, and receiving a packet or an error-queue entry with its
+//! control messages, a bounded batch per wake-up.
 
 use std::{
     io,
@@ -74,7 +75,9 @@ pub fn open(
 
 /// setsockopt with a value of type `T`.
 pub fn set_option<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
-    // SAFETY: value points at size_of::<T>() readable bytes.
+    // SAFETY: value points at size_of::<T>() readable bytes. A value holding a pointer (the
+    // `sock_fprog` of [`attach_filter`]) is the caller's to keep valid during the call; an
+    // invalid one makes the kernel fail the call with EFAULT, it never writes through it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
@@ -89,6 +92,20 @@ pub fn set_option<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<
     } else {
         Ok(())
     }
+}
+
+/// Attaches the classic BPF `program` to `fd` (`SO_ATTACH_FILTER`): the kernel runs it on
+/// every packet before queueing it and drops those it returns 0 for.
+pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel only reads the program (it copies it during the call).
+        filter: program.as_ptr().cast_mut(),
+    };
+    // `program` outlives the call, so the pointer inside `fprog` is valid for `len` entries.
+    set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 fn set_option_bytes(fd: RawFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
@@ -309,10 +326,18 @@ pub fn drain_error_queue(
     }
 }
 
+/// Most packets [`receive_loop`] handles per wake-up before it yields to the other tasks.
+pub const RECEIVE_BATCH: usize = 64;
+
 /// Serves a timestamping socket until it fails, for both ping drivers: on every wake-up it first
 /// drains the error queue (transmit stamps, through `drain_error_queue`) so the replies that
-/// follow find theirs, then hands every queued packet to `handle` with its arrival time and a
+/// follow find theirs, then hands queued packets to `handle` with their arrival time and a
 /// scratch buffer for re-reading the error queue. Receive errors count in `errors`.
+///
+/// At most [`RECEIVE_BATCH`] packets per wake-up: the daemon runs on one runtime thread, and a
+/// socket that never runs dry (a flood faster than we read) would otherwise keep this loop busy
+/// and starve `/metrics`, the scheduler and the expiry sweeps. After a full batch the loop
+/// yields with the socket still marked ready, so it resumes right after the other ready tasks.
 pub async fn receive_loop(
     fd: &AsyncFd<OwnedFd>,
     protocol: &str,
@@ -331,21 +356,32 @@ pub async fn receive_loop(
             }
         };
         drain_error_queue(&mut buffer);
-        loop {
+        let mut drained = false;
+        for _ in 0..RECEIVE_BATCH {
             match receive(raw(fd.get_ref()), &mut buffer, false) {
                 Ok(Some(received)) => {
                     let now = Instant::now();
                     handle(&buffer[..received.len], &received, now, &mut error_buffer);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
                 Err(err) => {
                     super::scheduler::ProtocolCounters::count(errors);
                     log::debug!("ping: {protocol} receive: {err}");
+                    drained = true;
                     break;
                 }
             }
         }
-        guard.clear_ready();
+        if drained {
+            guard.clear_ready();
+        } else {
+            // More may be queued: keep the readiness, let the other tasks run first.
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
     }
 }
 

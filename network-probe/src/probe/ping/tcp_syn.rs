@@ -1,6 +1,7 @@
 //! The TCP SYN driver: one raw TCP socket per address family shared by every TCP target. It
 //! sends SYNs from a source port it holds reserved (so the local stack never mistakes the
-//! replies for one of its connections, and answers them with RST), reads transmit stamps from
+//! replies for one of its connections, and answers them with RST), lets the kernel pass only
+//! SYN-ACKs and RSTs to that port to the socket ([`super::filter`]), reads transmit stamps from
 //! the error queue, and matches SYN-ACK and RST replies by address, port and acknowledgement
 //! number = our initial sequence number + 1, only while the attempt is in flight: a SYN-ACK the
 //! server retransmits after our timeout finds nothing and the attempt stays lost.
@@ -17,6 +18,7 @@ use std::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
+    filter,
     packet::{self, Syn, SynReply},
     scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
@@ -70,13 +72,7 @@ impl TcpDriver {
     /// Opens the sockets and starts the receive and expiry tasks (inside the tokio runtime).
     pub fn start(config: &TcpConfig, counters: Arc<ProtocolCounters>) -> io::Result<Arc<Self>> {
         let interface = config.interface.as_deref();
-        let fd = socket::open(
-            config.v6,
-            libc::SOCK_RAW,
-            libc::IPPROTO_TCP,
-            config.stamp_flags,
-            interface,
-        )?;
+        // The reservation first: the raw socket's filter needs its port.
         let reservation = socket::open(config.v6, libc::SOCK_STREAM, 0, 0, None)?;
         let unspecified: IpAddr = if config.v6 {
             "::".parse().unwrap()
@@ -93,6 +89,19 @@ impl TcpDriver {
         }
         socket::bind(socket::raw(&reservation), SocketAddr::new(unspecified, 0))?;
         let local_port = socket::local_address(socket::raw(&reservation))?.port();
+        let fd = socket::open(
+            config.v6,
+            libc::SOCK_RAW,
+            libc::IPPROTO_TCP,
+            config.stamp_flags,
+            interface,
+        )?;
+        // Only SYN-ACKs and RSTs to our port reach the socket (see [`filter`]); segments queued
+        // before this call are checked in `handle_segment` like any other.
+        socket::attach_filter(
+            socket::raw(&fd),
+            &filter::tcp_replies(config.v6, local_port),
+        )?;
         let driver = Arc::new(TcpDriver {
             v6: config.v6,
             // SAFETY: the AsyncFd owns the descriptor and keeps it open until dropped.

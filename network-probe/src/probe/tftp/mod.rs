@@ -21,7 +21,7 @@ use self::codec::{
     Transfer, WINDOWSIZE_RANGE, error_code,
 };
 use super::{
-    BadRequest, BoxFuture, ProbeContext, ProbeReport, Prober, Query, Spec, Target,
+    BadRequest, BoxFuture, ProbeContext, ProbeError, ProbeReport, Prober, Query, Spec, Target,
     report::{Reason, Report},
     target::{SystemResolver, split_host_port},
 };
@@ -71,7 +71,7 @@ impl Prober for Tftp {
         ctx: &'a ProbeContext,
         query: &'a Query,
         targets: &'a [Target],
-    ) -> BoxFuture<'a, Result<ProbeReport, BadRequest>> {
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeError>> {
         Box::pin(async move {
             let params = Params::from_query(query)?;
             let target = targets
