@@ -92,7 +92,11 @@ mod tests {
             let load = |at: u32, size: usize| -> Option<u32> {
                 let at = at as usize;
                 let bytes = packet.get(at..at + size)?;
-                Some(bytes.iter().fold(0, |value, byte| value << 8 | u32::from(*byte)))
+                Some(
+                    bytes
+                        .iter()
+                        .fold(0, |value, byte| value << 8 | u32::from(*byte)),
+                )
             };
             match code {
                 c if c == BPF_LDX | BPF_W | BPF_IMM => x = k,
@@ -110,7 +114,11 @@ mod tests {
                 },
                 c if c == BPF_ALU | BPF_AND | BPF_K => a &= k,
                 c if c == BPF_JMP | BPF_JEQ | BPF_K => {
-                    pc += usize::from(if a == k { instruction.jt } else { instruction.jf });
+                    pc += usize::from(if a == k {
+                        instruction.jt
+                    } else {
+                        instruction.jf
+                    });
                 }
                 c if c == BPF_JMP | BPF_JSET | BPF_K => {
                     pc += usize::from(if a & k != 0 {
