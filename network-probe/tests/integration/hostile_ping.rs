@@ -108,12 +108,22 @@ fn active_targets_are_capped_and_the_active_ones_keep_their_interval() {
     assert_eq!(status, 200, "{body}");
 
     // The rate b sees: every active target once per interval. Each target contributes
-    // floor or ceil of window / interval packets, hence the tolerance of one packet per target
-    // (plus 1 % for the reads' timing).
+    // floor or ceil of window / interval packets, hence the tolerance of one packet per target,
+    // plus 3 % for ticks a loaded machine delays (a late tick delays the ones after it).
     thread::sleep(Duration::from_secs(1));
+    // The same counter as nstat's.
+    let (low, reference, high) = (
+        icmp_in_echos(&pair.b),
+        nstat(&pair.b, "IcmpInEchos"),
+        icmp_in_echos(&pair.b),
+    );
+    assert!(
+        low <= reference && reference <= high,
+        "{low} {reference} {high}"
+    );
     let read = || {
         let before = Instant::now();
-        let count = nstat(&pair.b, "IcmpInEchos");
+        let count = icmp_in_echos(&pair.b);
         (before + (Instant::now() - before) / 2, count)
     };
     let (start, first) = read();
@@ -122,7 +132,7 @@ fn active_targets_are_capped_and_the_active_ones_keep_their_interval() {
     let window = (end - start).as_secs_f64();
     let expected = CAP as f64 * window / INTERVAL.as_secs_f64();
     let delta = (last - first) as f64;
-    let tolerance = CAP as f64 + 0.01 * expected;
+    let tolerance = CAP as f64 + 0.03 * expected;
     eprintln!(
         "IcmpInEchos in b: {delta} in {window:.3} s, expected {expected:.0} ± {tolerance:.0}"
     );
@@ -344,6 +354,22 @@ fn the_syn_socket_filter_passes_only_replies_to_our_port() {
         assert_eq!(control, all, "{case}: the control socket");
         assert_eq!(filtered, passing, "{case}: the filtered socket");
     }
+}
+
+/// `IcmpInEchos` of namespace `ns` (what `nstat` reports), read from the kernel's SNMP table
+/// by a thread inside the namespace: a read takes well under a millisecond, where starting
+/// nstat can take a hundred on a loaded machine, which would blur the measuring window.
+fn icmp_in_echos(ns: &str) -> u64 {
+    let snmp = in_netns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap()
+    });
+    let mut icmp = snmp.lines().filter(|line| line.starts_with("Icmp: "));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|name| name == "InEchos")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc/<pid>/stat.
