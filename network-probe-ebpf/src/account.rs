@@ -33,21 +33,21 @@ const BPF_NOEXIST: u64 = 1;
 
 /// How far [`observe`] goes. The daemon's programs do [`upto::ALL`]; benchmark programs stop
 /// earlier, so `cargo xtask bench` can show what each step of the per-packet path costs.
-pub mod upto {
+pub(crate) mod upto {
     /// The interface's slot and per-CPU statistics found, packets and bytes counted.
-    pub const DEVICE: u8 = 0;
+    pub(crate) const DEVICE: u8 = 0;
     /// Also the headers parsed and the interface's IP and TCP statistics updated.
-    pub const PARSE: u8 = 1;
+    pub(crate) const PARSE: u8 = 1;
     /// Also the flow found: its slot (the key hashed, compared) or else its LRU map entry.
-    pub const LOOKUP: u8 = 2;
+    pub(crate) const LOOKUP: u8 = 2;
     /// Everything: the flow entry updated (atomic counters, sequence tracking, clock).
-    pub const ALL: u8 = 3;
+    pub(crate) const ALL: u8 = 3;
 }
 
 /// Accounts one packet (`segments` wire packets) seen on `ifindex` in `direction`, as far as
 /// `UPTO` (see [`upto`]).
 #[inline(always)]
-pub fn observe<P: Packet, const UPTO: u8>(
+pub(crate) fn observe<P: Packet, const UPTO: u8>(
     packet: &P,
     ifindex: u32,
     direction: Direction,

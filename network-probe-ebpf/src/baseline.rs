@@ -18,20 +18,20 @@ use crate::{account, tc};
 /// Benchmark baseline for `tc_ingress` / `tc_egress`: returns `TC_ACT_UNSPEC` and touches
 /// nothing. Never loaded by the daemon.
 #[classifier]
-pub fn tc_baseline(_ctx: TcContext) -> i32 {
+pub(crate) fn tc_baseline(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
 /// Benchmark baseline for `xdp_ingress`: returns `XDP_PASS` and touches nothing. Never loaded
 /// by the daemon.
 #[xdp]
-pub fn xdp_baseline(_ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
 /// `tc_ingress` up to the interface's statistics (packets, bytes). Never loaded by the daemon.
 #[classifier]
-pub fn tc_upto_device(ctx: TcContext) -> i32 {
+pub(crate) fn tc_upto_device(ctx: TcContext) -> i32 {
     tc::observe::<{ account::upto::DEVICE }>(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }
@@ -39,14 +39,14 @@ pub fn tc_upto_device(ctx: TcContext) -> i32 {
 /// `tc_ingress` up to parsing and the interface's IP/TCP statistics. Never loaded by the
 /// daemon.
 #[classifier]
-pub fn tc_upto_parse(ctx: TcContext) -> i32 {
+pub(crate) fn tc_upto_parse(ctx: TcContext) -> i32 {
     tc::observe::<{ account::upto::PARSE }>(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
 /// `tc_ingress` up to the flow map lookup. Never loaded by the daemon.
 #[classifier]
-pub fn tc_upto_lookup(ctx: TcContext) -> i32 {
+pub(crate) fn tc_upto_lookup(ctx: TcContext) -> i32 {
     tc::observe::<{ account::upto::LOOKUP }>(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }

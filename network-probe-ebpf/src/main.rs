@@ -12,6 +12,9 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+// The empty library of this package exists for the daemon's build script (see lib.rs).
+use network_probe_ebpf as _;
+
 mod account;
 mod baseline;
 mod maps;

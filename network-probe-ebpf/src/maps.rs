@@ -16,40 +16,40 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Interface index -> slot in [`DEVICE_STATS`] plus one (0: not watched). Written by user space
 /// before it attaches to an interface; the programs only read it.
 #[map(name = "IFINDEX_SLOTS")]
-pub static IFINDEX_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_LIMIT, 0);
+pub(crate) static IFINDEX_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_LIMIT, 0);
 
 /// Per-interface, per-direction statistics at `2 * slot + direction`, one copy per CPU.
 #[map(name = "DEVICE_STATS")]
-pub static DEVICE_STATS: PerCpuArray<DeviceStats> =
+pub(crate) static DEVICE_STATS: PerCpuArray<DeviceStats> =
     PerCpuArray::with_max_entries(DEVICE_STATS_MAX_ENTRIES, 0);
 
 /// The flow slot table's keys and shared per-flow state (see `FLOW_SLOTS_MAP` in
 /// network-probe-common). User space maps it into its memory (`BPF_F_MMAPABLE`) to retire
 /// slots with atomic stores of the owner word.
 #[map(name = "FLOW_SLOTS")]
-pub static FLOW_SLOTS: Array<FlowSlot> =
+pub(crate) static FLOW_SLOTS: Array<FlowSlot> =
     Array::with_max_entries(FLOW_SLOTS_DEFAULT, BPF_F_MMAPABLE);
 
 /// The counters of the flow in the slot of the same index, one copy per CPU.
 #[map(name = "FLOW_SLOT_COUNTERS")]
-pub static FLOW_SLOT_COUNTERS: PerCpuArray<FlowCounts> =
+pub(crate) static FLOW_SLOT_COUNTERS: PerCpuArray<FlowCounts> =
     PerCpuArray::with_max_entries(FLOW_SLOTS_DEFAULT, 0);
 
 /// Per-flow, per-direction TCP statistics of IPv4 flows whose slot was taken; least recently
 /// used entries are evicted when full.
 #[map(name = "FLOWS4")]
-pub static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
+pub(crate) static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
 
 /// The same for IPv6 flows.
 #[map(name = "FLOWS6")]
-pub static FLOWS6: LruHashMap<FlowKey6, FlowStats> =
+pub(crate) static FLOWS6: LruHashMap<FlowKey6, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
 
 /// What the coarse clock read at the last jiffy (see `account::coarse_now`).
 #[derive(Clone, Copy)]
 #[repr(C)]
-pub struct ClockCache {
+pub(crate) struct ClockCache {
     pub jiffies: u64,
     pub coarse_ns: u64,
 }
@@ -58,7 +58,7 @@ pub struct ClockCache {
 /// map lookup (a per-CPU map cost one per packet). Written about once per jiffy, by the first
 /// CPU to see the jiffy change; not pinned, it only saves work.
 #[unsafe(no_mangle)]
-pub static mut CLOCK_CACHE: ClockCache = ClockCache {
+pub(crate) static mut CLOCK_CACHE: ClockCache = ClockCache {
     jiffies: 0,
     coarse_ns: 0,
 };
@@ -71,7 +71,7 @@ static FLOW_SLOT_COUNT: u32 = 0;
 
 /// See [`FLOW_SLOT_COUNT`].
 #[inline(always)]
-pub fn flow_slot_count() -> u32 {
+pub(crate) fn flow_slot_count() -> u32 {
     // SAFETY: a read of an initialised static; volatile so the compiler does not fold the
     // placeholder value in.
     unsafe { core::ptr::read_volatile(&FLOW_SLOT_COUNT) }
@@ -83,7 +83,7 @@ static FLOW_SLOT_SHIFT: u32 = 63;
 
 /// See [`FLOW_SLOT_SHIFT`].
 #[inline(always)]
-pub fn flow_slot_shift() -> u32 {
+pub(crate) fn flow_slot_shift() -> u32 {
     // SAFETY: as for `flow_slot_count`.
     unsafe { core::ptr::read_volatile(&FLOW_SLOT_SHIFT) }
 }

@@ -99,7 +99,7 @@ packet_load!(load_u32, u32, "u32");
 packet_load!(load_u16, u16, "u16");
 
 /// A packet the parser can read from.
-pub trait Packet {
+pub(crate) trait Packet {
     /// Reads a `T` at `offset` bytes from the start of the link-layer header; `None` past the
     /// end of the packet.
     fn load<T: Copy>(&self, offset: usize) -> Option<T>;

@@ -31,14 +31,14 @@ const IPV6_AH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 const IPV6_MOBILITY: u8 = 135;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// The IP layer of a classified packet.
 #[derive(Clone, Copy)]
-pub struct Ip {
+pub(crate) struct Ip {
     /// IP packet length (header included), from the header's length field; for GSO super-packets
     /// that is the super-packet's length. Falls back to the bytes present when the field is 0.
     pub len: u32,
@@ -50,7 +50,7 @@ pub struct Ip {
 /// the methods take out where they are used (decoded up front, the fields were packed into
 /// and out of registers on the way to their users), and what the parser worked out.
 #[derive(Clone, Copy)]
-pub struct Tcp {
+pub(crate) struct Tcp {
     /// Bytes 0-7: ports, sequence number.
     bytes_0_8: u64,
     /// Bytes 8-15: acknowledgment number, data offset, flags, window.
@@ -64,25 +64,25 @@ impl Tcp {
     /// The source and destination ports as they sit in the header (network byte order), as one
     /// little-endian word: the flow key takes them from here without a swap per port.
     #[inline(always)]
-    pub fn ports(&self) -> u32 {
+    pub(crate) fn ports(&self) -> u32 {
         self.bytes_0_8 as u32
     }
     #[inline(always)]
-    pub fn seq(&self) -> u32 {
+    pub(crate) fn seq(&self) -> u32 {
         be32(self.bytes_0_8, 4)
     }
     #[inline(always)]
-    pub fn flags(&self) -> u8 {
+    pub(crate) fn flags(&self) -> u8 {
         byte(self.bytes_8_16, 5)
     }
     #[inline(always)]
-    pub fn window(&self) -> u16 {
+    pub(crate) fn window(&self) -> u16 {
         be16(self.bytes_8_16, 6)
     }
 }
 
 /// What the parser made of a packet.
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// TCP over IPv4, with the source and destination addresses as one word in memory order
     /// (see `FlowKey4::words`).
     Tcp4(Ip, Tcp, u64),
@@ -96,7 +96,7 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse<P: Packet>(packet: &P) -> Parsed {
+pub(crate) fn parse<P: Packet>(packet: &P) -> Parsed {
     let Some(mut ethertype) = packet.load::<u16>(12).map(u16::from_be) else {
         return Parsed::NotIp(Unclassified::TruncatedL2);
     };

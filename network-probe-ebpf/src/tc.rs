@@ -9,13 +9,13 @@ use network_probe_common::Direction;
 use crate::account;
 
 #[classifier]
-pub fn tc_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn tc_ingress(ctx: TcContext) -> i32 {
     observe::<{ account::upto::ALL }>(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn tc_egress(ctx: TcContext) -> i32 {
+pub(crate) fn tc_egress(ctx: TcContext) -> i32 {
     observe::<{ account::upto::ALL }>(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
 }
@@ -23,7 +23,7 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// Reads the skb's metadata and accounts the packet as far as `UPTO` (see
 /// [`account::upto`]; the benchmark programs in `baseline` stop early).
 #[inline(always)]
-pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
+pub(crate) fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
     // SAFETY: the kernel hands the program a valid __sk_buff for its whole run.
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     // A non-GSO skb reports gso_segs 0: it is one packet on the wire.

@@ -8,7 +8,7 @@ use network_probe_common::Direction;
 use crate::account;
 
 #[xdp]
-pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_ingress(ctx: XdpContext) -> u32 {
     // SAFETY: the kernel hands the program a valid xdp_md for its whole run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     account::observe::<_, { account::upto::ALL }>(&ctx, ifindex, Direction::Ingress, 1);

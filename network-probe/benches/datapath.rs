@@ -5,6 +5,8 @@
 //! the same process. Measurements are interleaved (ours and the baseline alternate, in
 //! alternating order, round after round) and the medians over the rounds are reported as a
 //! markdown table on stdout. Nothing is attached to any interface; nothing here asserts timing.
+// Cargo gives this target every dependency of the package; it uses the library's API only.
+#![allow(unused_crate_dependencies)]
 
 use network_probe_common::FLOW_SLOTS_DEFAULT;
 use network_probe_testkit::testrun::*;

@@ -6,19 +6,19 @@ use std::io;
 use thiserror::Error;
 
 /// Exit codes (documented in README.md).
-pub mod exit_code {
+pub(crate) mod exit_code {
     /// Any failure not listed below.
-    pub const FAILURE: u8 = 1;
+    pub(crate) const FAILURE: u8 = 1;
     /// Bad command line (clap's own code).
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// Missing root / capabilities.
-    pub const PRIVILEGES: u8 = 3;
+    pub(crate) const PRIVILEGES: u8 = 3;
     /// Interface missing, or no default route to pick one from.
-    pub const INTERFACE: u8 = 4;
+    pub(crate) const INTERFACE: u8 = 4;
     /// `--web.listen-address` cannot be bound.
-    pub const LISTEN: u8 = 5;
+    pub(crate) const LISTEN: u8 = 5;
     /// The kernel lacks a feature the datapath needs (BTF, TCX).
-    pub const KERNEL: u8 = 6;
+    pub(crate) const KERNEL: u8 = 6;
 }
 
 #[derive(Debug, Error)]
@@ -123,4 +123,4 @@ impl Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

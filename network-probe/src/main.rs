@@ -1,5 +1,8 @@
 //! `network-probe` binary: parses the command line and hands over to the library: the daemon,
 //! or the `check` and `probe` subcommands.
+// The binary shares its package's dependencies with the library it hands over to and uses
+// none of them itself (cargo gives every target of a package all of its dependencies).
+#![allow(unused_crate_dependencies)]
 
 use std::process::ExitCode;
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 /// Writes `report` with its header to `BENCHMARKS.md` under `root`; returns the file's path.
-pub fn write_report(root: &Path, revision: Option<&str>, report: &str) -> Result<PathBuf> {
+pub(crate) fn write_report(root: &Path, revision: Option<&str>, report: &str) -> Result<PathBuf> {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;

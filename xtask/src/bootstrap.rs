@@ -82,13 +82,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Where the bootstrapped tools live.
-pub struct Toolchain {
+pub(crate) struct Toolchain {
     /// Directory holding the `bpf-linker` binary (prepended to PATH for builds).
     pub bpf_linker_dir: PathBuf,
 }
 
 /// Ensures rust-src and bpf-linker for the installed nightly.
-pub fn toolchain() -> Result<Toolchain> {
+pub(crate) fn toolchain() -> Result<Toolchain> {
     let sysroot = PathBuf::from(
         capture("rustc", &["+nightly", "--print", "sysroot"]).context(
             "the nightly toolchain is needed for the eBPF build; install it with \
@@ -129,7 +129,7 @@ pub fn toolchain() -> Result<Toolchain> {
 }
 
 /// Ensures the Debian packages of [`TEST_PACKAGES`] are installed.
-pub fn test_peers() -> Result<()> {
+pub(crate) fn test_peers() -> Result<()> {
     jool_guest()?;
     // tests/integration/deb.rs packages the daemon with it.
     crate::deb::ensure_cargo_deb(&cache_dir())?;
@@ -271,7 +271,7 @@ fn linker_works(path: &Path) -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
@@ -333,7 +333,7 @@ const JOOL_IMAGE_MODULES: &[&str] = &["x_tables", "nf_defrag_ipv4", "nf_defrag_i
 /// cls_bpf filters the daemon falls back to without TCX, and nf_tables with numgen for tests
 /// that drop a fraction of packets with nft. crc32c_generic is libcrc32c's soft dependency
 /// (nf_tables needs libcrc32c), which modules.dep does not list.
-pub const GUEST_MODULES: &[&str] = &[
+pub(crate) const GUEST_MODULES: &[&str] = &[
     "veth",
     "sch_ingress",
     "cls_bpf",
@@ -359,7 +359,7 @@ fn guest_modules_stamp() -> String {
 /// installed); `modules/lib/modules/<abi>/` with Jool 4.1.9 built by jool-dkms, the image's
 /// modules Jool and the guest tests need (with their dependencies) and depmod's index; `abi`
 /// naming the ABI and `modules.stamp` naming the module set. Fast when all of these are current.
-pub fn jool_guest() -> Result<()> {
+pub(crate) fn jool_guest() -> Result<()> {
     let dir = cache_dir().join("jool");
     let stamp_current = fs::read_to_string(dir.join(GUEST_MODULES_STAMP))
         .is_ok_and(|stamp| stamp == guest_modules_stamp());

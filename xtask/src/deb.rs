@@ -15,7 +15,7 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Path of the `cargo-deb` binary, installed when missing. tests/integration/deb.rs expects it at
 /// `<cache>/cargo-deb/bin/cargo-deb`.
-pub fn ensure_cargo_deb(cache: &Path) -> Result<PathBuf> {
+pub(crate) fn ensure_cargo_deb(cache: &Path) -> Result<PathBuf> {
     let prefix = cache.join("cargo-deb");
     let binary = prefix.join("bin/cargo-deb");
     if binary.is_file() {
@@ -41,7 +41,7 @@ pub fn ensure_cargo_deb(cache: &Path) -> Result<PathBuf> {
 
 /// Builds the release binary with `release_build` (a prepared `cargo build --release` command:
 /// the eBPF object needs bpf-linker on PATH), then packages it. Returns the `.deb` path.
-pub fn build(root: &Path, mut release_build: Command, cargo_deb: &Path) -> Result<PathBuf> {
+pub(crate) fn build(root: &Path, mut release_build: Command, cargo_deb: &Path) -> Result<PathBuf> {
     let status = release_build
         .status()
         .context("starting cargo build --release")?;

@@ -32,7 +32,7 @@ const TEST_EXTRA_RUNS: usize = 2000;
 const INPUT_TIMEOUT_SECONDS: u32 = 10;
 
 /// Directory holding the `cargo-fuzz` binary, installed when missing.
-pub fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
+pub(crate) fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
     let prefix = cache.join("cargo-fuzz");
     let bin = prefix.join("bin");
     if bin.join("cargo-fuzz").is_file() {
@@ -57,7 +57,7 @@ pub fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
 }
 
 /// Names of the fuzz targets (`fuzz/fuzz_targets/*.rs`), sorted.
-pub fn targets(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn targets(root: &Path) -> Result<Vec<String>> {
     let dir = root.join("fuzz/fuzz_targets");
     let mut names: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -73,7 +73,7 @@ pub fn targets(root: &Path) -> Result<Vec<String>> {
 
 /// Where cargo-fuzz runs: `cargo` commands prepared by the caller (toolchain PATH, env), the
 /// workspace root and the directory of the `cargo-fuzz` binary.
-pub struct Fuzzer<'a> {
+pub(crate) struct Fuzzer<'a> {
     pub cargo: &'a dyn Fn() -> Command,
     pub root: &'a Path,
     pub cargo_fuzz_bin: &'a Path,
@@ -97,7 +97,7 @@ impl Fuzzer<'_> {
     }
 
     /// Builds every target once, so that build errors show up once and before any run.
-    pub fn build(&self) -> Result<()> {
+    pub(crate) fn build(&self) -> Result<()> {
         let status = self
             .cargo_fuzz(&["build"])?
             .status()
@@ -169,7 +169,7 @@ impl Fuzzer<'_> {
     /// `cargo xtask test`: replays every committed corpus and regression input of every target
     /// once, then fuzzes [`TEST_EXTRA_RUNS`] more inputs (new ones go to a scratch directory
     /// under `fuzz/target/`). Fails naming the target and the crashing input.
-    pub fn replay_all(&self) -> Result<()> {
+    pub(crate) fn replay_all(&self) -> Result<()> {
         self.build()?;
         let start = Instant::now();
         let (mut inputs, mut executions) = (0, 0);
@@ -213,7 +213,7 @@ impl Fuzzer<'_> {
     /// `cargo xtask fuzz`: fuzzes each of `targets` for `seconds`, adding new inputs to its
     /// corpus and minimizing the corpus afterwards; prints a summary table and fails naming
     /// every crash input.
-    pub fn fuzz_all(&self, targets: &[String], seconds: u64) -> Result<()> {
+    pub(crate) fn fuzz_all(&self, targets: &[String], seconds: u64) -> Result<()> {
         self.build()?;
         let mut runs = Vec::new();
         for target in targets {

@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// Suites of the integration tests (modules of network-probe/tests/integration/, test names
 /// `<suite>::...`) run in the guest, in this order.
-pub const GUEST_TESTS: &[&str] = &["datapath", "restart"];
+pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart"];
 
 /// Programs the tests run, copied from the host at the path PATH finds them.
 const GUEST_TOOLS: &[&str] = &[
@@ -48,7 +48,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(900);
 /// Builds the guest tests, boots the guest and runs them; `cargo_test` is a `cargo` command in
 /// the workspace (with bpf-linker on PATH), `test_args` go to every suite's run (a name filter
 /// narrows the suites' tests, `--nocapture`, ...).
-pub fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result<()> {
+pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) -> Result<()> {
     let guest = crate::bootstrap::cache_dir().join("jool");
     let abi = fs::read_to_string(guest.join("abi"))
         .map(|abi| abi.trim().to_string())

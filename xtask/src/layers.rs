@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// The layers, bottom first: the top-level modules of `network-probe/src` and the layer each
 /// belongs to. README.md ("Layout") shows the same table.
-pub const LAYERS: &[(&str, u8)] = &[
+pub(crate) const LAYERS: &[(&str, u8)] = &[
     // Start-up errors and their exit codes, then the helpers every layer may use.
     ("error", 0),
     ("support", 1),
@@ -40,7 +40,7 @@ pub const LAYERS: &[(&str, u8)] = &[
 
 /// Checks every module file below `root/network-probe/src`; fails listing each reference that
 /// points against the direction, or each module missing from [`LAYERS`].
-pub fn check(root: &Path) -> Result<()> {
+pub(crate) fn check(root: &Path) -> Result<()> {
     let src = root.join("network-probe/src");
     let mut files = Vec::new();
     collect(&src, &mut files)?;

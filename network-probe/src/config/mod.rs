@@ -24,7 +24,7 @@
 //! flag's default ([`Config::apply`]). Reloading ([`reload`]) swaps the modules and the probe
 //! allowlist; the other settings need a restart and are reported as such.
 
-pub mod reload;
+pub(crate) mod reload;
 pub mod web;
 
 use std::{
@@ -628,7 +628,7 @@ fn check_module(name: &str, raw: &RawModule) -> Result<Module, ConfigError> {
             for item in list(&option_path, value)? {
                 options.push((option.clone(), item));
             }
-            let shown_value = if policy::SECRET_PARAMETERS.contains(&option.as_str()) {
+            let shown_value = if policy::is_secret(option) {
                 Value::from(policy::SECRET)
             } else {
                 value.clone()

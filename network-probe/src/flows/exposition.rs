@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Size a chunk of flow series text grows to before it is sent.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// One flow series as a scrape writes it.
 #[derive(Debug)]
@@ -149,7 +149,7 @@ const FAMILIES: [Family; 11] = [
 
 /// The flow series of one scrape.
 #[derive(Debug, Default)]
-pub struct FlowSeries {
+pub(crate) struct FlowSeries {
     /// Every row's label set, one after the other: written once per scrape, then copied into
     /// each of the row's eleven sample lines.
     label_sets: String,
@@ -161,7 +161,7 @@ pub struct FlowSeries {
 
 /// Where writing stands: the family, and the next row of it (`None`: its header is next).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCursor {
+pub(crate) struct FlowCursor {
     family: usize,
     row: Option<usize>,
 }
@@ -169,7 +169,7 @@ pub struct FlowCursor {
 impl FlowSeries {
     /// Reads the flow maps into the table (see [`FlowTracker::refresh`]) and snapshots its
     /// series.
-    pub fn read(flows: &FlowTracker) -> FlowSeries {
+    pub(crate) fn read(flows: &FlowTracker) -> FlowSeries {
         let names = flows.datapath().interface_names();
         let mut table = flows.refresh();
         let enabled = table.options().labels;
@@ -223,7 +223,7 @@ impl FlowSeries {
     /// Appends text from `cursor` on to `out` until `out` holds at least `budget` bytes or
     /// everything is written; returns whether everything is. OpenMetrics names a counter family
     /// without `_total`, format 0.0.4 with it; the samples are the same.
-    pub fn write(
+    pub(crate) fn write(
         &self,
         cursor: &mut FlowCursor,
         openmetrics: bool,
@@ -279,12 +279,8 @@ impl FlowSeries {
     }
 
     /// Number of series.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 }
 

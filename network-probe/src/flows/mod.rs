@@ -5,7 +5,7 @@
 //! Builds on [`crate::kernel`]; knows nothing of the command line, the configuration file or
 //! HTTP.
 
-pub mod exposition;
-pub mod state;
-pub mod table;
-pub mod tracker;
+pub(crate) mod exposition;
+pub(crate) mod state;
+pub(crate) mod table;
+pub(crate) mod tracker;

@@ -29,14 +29,14 @@ use serde::{Deserialize, Serialize};
 use crate::{flows::table::FlowTableState, kernel::datapath::DatapathTotals};
 
 /// Default `--datapath.state-file`.
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/network-probe/state.json";
+pub(crate) const DEFAULT_STATE_FILE: &str = "/var/lib/network-probe/state.json";
 
 /// Version of the file's own format.
 const FORMAT: u32 = 1;
 
 /// Everything the file holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedState {
+pub(crate) struct SavedState {
     pub format: u32,
     /// Kernel ids of the pinned maps this state completes, by map name.
     pub map_ids: Vec<(String, u32)>,
@@ -51,7 +51,7 @@ pub struct SavedState {
 }
 
 impl SavedState {
-    pub fn new(
+    pub(crate) fn new(
         map_ids: Vec<(String, u32)>,
         datapath: DatapathTotals,
         flows: FlowTableState,
@@ -70,7 +70,7 @@ impl SavedState {
 }
 
 /// Decodes a state file's bytes; the error names what is wrong.
-pub fn decode(bytes: &[u8]) -> Result<SavedState, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<SavedState, String> {
     let state: SavedState = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
     if state.format != FORMAT {
         return Err(format!(
@@ -82,13 +82,13 @@ pub fn decode(bytes: &[u8]) -> Result<SavedState, String> {
 }
 
 /// Whether `state` belongs to the maps with `map_ids` (an empty list never matches).
-pub fn belongs_to(state: &SavedState, map_ids: &[(String, u32)]) -> bool {
+pub(crate) fn belongs_to(state: &SavedState, map_ids: &[(String, u32)]) -> bool {
     !map_ids.is_empty() && state.map_ids == map_ids
 }
 
 /// Why the state file could not be loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// It could not be read (permissions, I/O): left alone.
     Read(String),
     /// It was read but does not decode (damaged, or another format): to be kept aside.
@@ -104,7 +104,7 @@ impl std::fmt::Display for LoadError {
 }
 
 /// Reads the state file: `Ok(None)` when there is none.
-pub fn load(path: &Path) -> Result<Option<SavedState>, LoadError> {
+pub(crate) fn load(path: &Path) -> Result<Option<SavedState>, LoadError> {
     match fs::read(path) {
         Ok(bytes) => decode(&bytes)
             .map(Some)
@@ -146,7 +146,7 @@ impl Restored {
 
 /// Where a damaged state file at `path` is kept aside at `unix_seconds`:
 /// `<file>.corrupt-<unix_seconds>`.
-pub fn corrupt_path(path: &Path, unix_seconds: u64) -> PathBuf {
+pub(crate) fn corrupt_path(path: &Path, unix_seconds: u64) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".corrupt-{unix_seconds}"));
     path.with_file_name(name)
@@ -155,7 +155,7 @@ pub fn corrupt_path(path: &Path, unix_seconds: u64) -> PathBuf {
 /// Moves the damaged state file at `path` aside (see [`corrupt_path`]; should that name be
 /// taken, `-1`, `-2`, ... is appended) and returns where it went. A rename: the bytes are
 /// kept as they were, and the next save writes a fresh file at `path`.
-pub fn keep_aside(path: &Path, unix_seconds: u64) -> io::Result<PathBuf> {
+pub(crate) fn keep_aside(path: &Path, unix_seconds: u64) -> io::Result<PathBuf> {
     let first = corrupt_path(path, unix_seconds);
     let mut aside = first.clone();
     let mut suffix = 0;
@@ -172,7 +172,7 @@ pub fn keep_aside(path: &Path, unix_seconds: u64) -> io::Result<PathBuf> {
 /// Writes `state` to `path` atomically: a reader (the next start) sees the old or the new file,
 /// never a torn one, even if the daemon is killed meanwhile. No fsync: what it protects against
 /// (a kernel crash, a power cut) also empties the pinned maps, and the file is then discarded.
-pub fn save(path: &Path, state: &SavedState) -> io::Result<()> {
+pub(crate) fn save(path: &Path, state: &SavedState) -> io::Result<()> {
     let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
     let temporary = temporary_path(path);
     fs::File::create(&temporary)?.write_all(&bytes)?;
@@ -181,7 +181,7 @@ pub fn save(path: &Path, state: &SavedState) -> io::Result<()> {
 
 /// Creates the directory of `path` if needed (the systemd unit's StateDirectory does it in
 /// production).
-pub fn prepare_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn prepare_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => fs::create_dir_all(dir),
         _ => Ok(()),

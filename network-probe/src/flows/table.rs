@@ -676,7 +676,7 @@ fn min_nonzero(a: u64, b: u64) -> u64 {
 }
 
 /// The IP address in a flow key's address bytes.
-pub fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
+pub(crate) fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
     if family == FAMILY_IPV4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {

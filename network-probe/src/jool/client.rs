@@ -30,7 +30,7 @@ use super::codec::{
 };
 
 /// Where the module reports its version.
-pub const MODULE_VERSION_PATH: &str = "/sys/module/jool_common/version";
+pub(crate) const MODULE_VERSION_PATH: &str = "/sys/module/jool_common/version";
 /// Most pages followed for one read (4.1.x sends everything in one).
 const MAX_PAGES: usize = 16;
 /// Most unrelated messages skipped while waiting for a reply (late answers to timed-out
@@ -91,7 +91,7 @@ enum Failure {
 }
 
 /// One netlink socket talking to Jool.
-pub struct JoolClient {
+pub(crate) struct JoolClient {
     socket: NlSocketHandle,
     family: Option<u16>,
     seq: u32,
@@ -100,7 +100,7 @@ pub struct JoolClient {
 
 impl JoolClient {
     /// Opens a generic-netlink socket whose receives give up after `timeout`.
-    pub fn connect(timeout: Duration) -> Result<JoolClient, ReadError> {
+    pub(crate) fn connect(timeout: Duration) -> Result<JoolClient, ReadError> {
         let socket =
             NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(|err| {
                 ReadError::Netlink(format!("opening a generic-netlink socket: {err}"))
@@ -134,7 +134,7 @@ impl JoolClient {
     }
 
     /// Reads every statistic of `instance`.
-    pub fn read_stats(
+    pub(crate) fn read_stats(
         &mut self,
         instance: &InstanceName,
         xlator: Xlator,
@@ -216,7 +216,10 @@ impl JoolClient {
 
     /// Lists the instances of `xlator` in every network namespace (needs CAP_NET_ADMIN). A type
     /// whose module is not loaded has no instances.
-    pub fn list_instances(&mut self, xlator: Xlator) -> Result<Vec<ListedInstance>, ReadError> {
+    pub(crate) fn list_instances(
+        &mut self,
+        xlator: Xlator,
+    ) -> Result<Vec<ListedInstance>, ReadError> {
         let version = self.request_version();
         let family = self.family()?;
         let mut instances: Vec<ListedInstance> = Vec::new();

@@ -11,7 +11,7 @@
 //!
 //! docs/jool.md documents every metric and the mapping from jool-exporter's names.
 
-pub mod client;
+pub(crate) mod client;
 pub mod codec;
 mod stat_names;
 

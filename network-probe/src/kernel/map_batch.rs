@@ -32,7 +32,7 @@ struct BatchAttr {
 
 /// Every entry of the hash map (or LRU hash map) behind `map_fd`. Not a snapshot: entries the
 /// programs add or the kernel evicts meanwhile may or may not be included, as with iteration.
-pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
+pub(crate) fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
     let mut entries = Vec::new();
     visit_all(map_fd, |keys: &[K], values: &[V]| {
         entries.extend(keys.iter().copied().zip(values.iter().copied()));
@@ -43,7 +43,10 @@ pub fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)>> {
 /// Every entry of the hash map (or LRU hash map) behind `map_fd`, handed to `visit` a batch of
 /// keys and values at a time (see [`lookup_batches`]), for callers that keep entries in their
 /// own form.
-pub fn visit_all<K: Pod, V: Pod>(map_fd: RawFd, visit: impl FnMut(&[K], &[V])) -> io::Result<()> {
+pub(crate) fn visit_all<K: Pod, V: Pod>(
+    map_fd: RawFd,
+    visit: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
     lookup_batches(map_fd, 1, CHUNK, visit)
 }
 
@@ -53,7 +56,7 @@ pub fn visit_all<K: Pod, V: Pod>(map_fd: RawFd, visit: impl FnMut(&[K], &[V])) -
 /// the number of possible CPUs for a per-CPU map (whose `V` must then be a multiple of 8 bytes,
 /// as the kernel pads each CPU's copy to 8). A hash map's batch ends at a bucket boundary, so
 /// `chunk` must hold its largest bucket ([`CHUNK`] does).
-pub fn lookup_batches<K: Pod, V: Pod>(
+pub(crate) fn lookup_batches<K: Pod, V: Pod>(
     map_fd: RawFd,
     values_per_entry: usize,
     chunk: usize,

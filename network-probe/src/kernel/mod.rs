@@ -9,10 +9,10 @@
 
 pub mod datapath;
 pub mod flow_maps;
-pub mod map_batch;
-pub mod pinning;
+pub(crate) mod map_batch;
+pub(crate) mod pinning;
 pub mod preflight;
 pub mod privileges;
-pub mod program_barrier;
+pub(crate) mod program_barrier;
 pub mod rtnetlink;
-pub mod stale_filters;
+pub(crate) mod stale_filters;

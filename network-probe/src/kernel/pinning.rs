@@ -30,14 +30,14 @@ use network_probe_common::MAP_LAYOUT_VERSION;
 use crate::error::{Error, Result};
 
 /// Default `--datapath.pin-path`.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/network-probe";
+pub(crate) const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/network-probe";
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A map this run wants, as the kernel would describe it.
 #[derive(Clone, Copy, Debug)]
-pub struct WantedMap {
+pub(crate) struct WantedMap {
     pub name: &'static str,
     pub map_type: MapType,
     pub key_size: u32,
@@ -80,7 +80,7 @@ impl MapOrigin {
 
 /// What [`prepare`] decided.
 #[derive(Clone, Debug)]
-pub struct PinPlan {
+pub(crate) struct PinPlan {
     /// Directory of this layout version's maps.
     pub dir: PathBuf,
     /// Origin of every wanted map, in the order given.
@@ -89,18 +89,18 @@ pub struct PinPlan {
 
 impl PinPlan {
     /// Pin path of the map named `name`.
-    pub fn map_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn map_path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
 
 /// Directory of the pinned programs under the pin path (no layout version: a program is
 /// identified by its kernel id, whatever maps it uses).
-pub const PROGRAMS_DIR: &str = "programs";
+pub(crate) const PROGRAMS_DIR: &str = "programs";
 
 /// Kernel ids of the programs pinned in `dir` (`<pin-path>/programs`), by pin name. A pin that
 /// cannot be read is logged and skipped; no directory means none.
-pub fn pinned_program_ids(dir: &Path) -> Vec<(String, u32)> {
+pub(crate) fn pinned_program_ids(dir: &Path) -> Vec<(String, u32)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -121,7 +121,7 @@ pub fn pinned_program_ids(dir: &Path) -> Vec<(String, u32)> {
 
 /// Pins `program` as `dir/name` (creating `dir`), replacing what is pinned there in one rename,
 /// so the path always names a program: the previous run's until this one's takes its place.
-pub fn pin_program(program: &mut SchedClassifier, dir: &Path, name: &str) -> Result<()> {
+pub(crate) fn pin_program(program: &mut SchedClassifier, dir: &Path, name: &str) -> Result<()> {
     create_dir(dir)?;
     let path = dir.join(name);
     // bpffs refuses names with a dot.
@@ -139,12 +139,12 @@ pub fn pin_program(program: &mut SchedClassifier, dir: &Path, name: &str) -> Res
 }
 
 /// Directory name for a layout version.
-pub fn layout_dir_name(version: u32) -> String {
+pub(crate) fn layout_dir_name(version: u32) -> String {
     format!("maps-v{version}")
 }
 
 /// Why a pinned map cannot be reused, or `None` when it can.
-pub fn mismatch(wanted: &WantedMap, found: &MapDescription) -> Option<String> {
+pub(crate) fn mismatch(wanted: &WantedMap, found: &MapDescription) -> Option<String> {
     let mut differences = Vec::new();
     if found.map_type != Some(wanted.map_type) {
         differences.push(format!(
@@ -169,7 +169,7 @@ pub fn mismatch(wanted: &WantedMap, found: &MapDescription) -> Option<String> {
 
 /// What the kernel says about a pinned map.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MapDescription {
+pub(crate) struct MapDescription {
     pub map_type: Option<MapType>,
     pub key_size: u32,
     pub value_size: u32,
@@ -188,7 +188,7 @@ impl fmt::Display for MapDescription {
 
 /// Checks `root` is on bpffs, removes maps pinned by other layout versions, and decides for
 /// every wanted map whether its pinned copy is reused (see the module documentation).
-pub fn prepare(root: &Path, wanted: &[WantedMap]) -> Result<PinPlan> {
+pub(crate) fn prepare(root: &Path, wanted: &[WantedMap]) -> Result<PinPlan> {
     ensure_bpffs(root)?;
     let current = layout_dir_name(MAP_LAYOUT_VERSION);
     let mut discarded_layout = false;
@@ -261,7 +261,7 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
 
 /// Fails unless `root` (or, when it does not exist yet, its parent) is on bpffs, with an error
 /// that says how to fix it. Creates nothing (`network-probe check` asks this too).
-pub fn check_location(root: &Path) -> Result<()> {
+pub(crate) fn check_location(root: &Path) -> Result<()> {
     let probe = if root.exists() {
         root
     } else {

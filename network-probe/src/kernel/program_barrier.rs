@@ -81,14 +81,14 @@ fn create_array(name: &[u8], map_type: u32, inner_map_fd: u32) -> io::Result<Own
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct ProgramBarrier {
+pub(crate) struct ProgramBarrier {
     outer: OwnedFd,
     inner: OwnedFd,
 }
 
 impl ProgramBarrier {
     /// Creates the two maps (needs CAP_BPF).
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let inner = create_array(b"np_barrier_in", BPF_MAP_TYPE_ARRAY, 0)?;
         let outer = create_array(
             b"np_barrier",
@@ -100,7 +100,7 @@ impl ProgramBarrier {
 
     /// Returns once every eBPF program run that had started when it was called has finished
     /// (an RCU grace period: milliseconds).
-    pub fn wait(&self) -> io::Result<()> {
+    pub(crate) fn wait(&self) -> io::Result<()> {
         let key: u32 = 0;
         let value: u32 = self.inner.as_raw_fd() as u32;
         let mut attr = MapElemAttr {

@@ -39,7 +39,7 @@ use crate::{
 
 /// What makes a cls_bpf filter the daemon's (see the module documentation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ownership {
+pub(crate) struct Ownership {
     /// Ids of the programs this run loaded and of those pinned by the previous run.
     pub program_ids: BTreeSet<u32>,
     /// Tag of the program this run loaded, by program name.
@@ -48,7 +48,7 @@ pub struct Ownership {
 
 /// Why a filter counts as ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ours {
+pub(crate) enum Ours {
     /// It runs a program of ours (loaded now or pinned by the previous run).
     ProgramId,
     /// Our program's name, and the tag of our program: the same build's instructions.
@@ -57,7 +57,7 @@ pub enum Ours {
 
 impl Ownership {
     /// Whether `filter`, found where `program` attaches, is ours (see the module documentation).
-    pub fn owns(&self, program: &str, filter: &ClsBpfFilter) -> Option<Ours> {
+    pub(crate) fn owns(&self, program: &str, filter: &ClsBpfFilter) -> Option<Ours> {
         if self.program_ids.contains(&filter.program_id) {
             return Some(Ours::ProgramId);
         }
@@ -79,7 +79,7 @@ fn parent(attach_type: TcAttachType) -> u32 {
 /// run of ours left there; returns how many. Filters that are not ours stay; one that bears
 /// `program`'s name is logged. With `listing_may_fail` (TCX mode, where the interface may have
 /// no clsact qdisc and only a netlink run leaves filters), failing to list them is not an error.
-pub fn remove(
+pub(crate) fn remove(
     ownership: &Ownership,
     program: &str,
     interface: &str,

@@ -38,7 +38,7 @@ use super::{
 
 /// The common parameters of a request, read once.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// The whole query (the prober reads its own parameters and `target=` from it).
     pub query: Query,
     /// The module asked for (or the listener's default).
@@ -49,7 +49,7 @@ pub struct Request {
 
 /// Reads the query string and its common parameters; `default_module` is used when `module=`
 /// is absent or empty (a `--web.probe-listen` listener).
-pub fn parse(raw_query: &str, default_module: Option<&str>) -> Result<Request, BadRequest> {
+pub(crate) fn parse(raw_query: &str, default_module: Option<&str>) -> Result<Request, BadRequest> {
     let query = Query::parse(raw_query)?;
     let module = match (query.get("module"), default_module) {
         (Ok(Some(module)), _) if !module.is_empty() => Ok(module),
@@ -70,7 +70,7 @@ pub fn parse(raw_query: &str, default_module: Option<&str>) -> Result<Request, B
 
 /// How long the probe may take.
 #[derive(Clone, Copy, Debug)]
-pub enum Budget<'a> {
+pub(crate) enum Budget<'a> {
     /// The value of Prometheus' scrape-timeout header, if sent (see [`super::deadline`]).
     ScrapeTimeout(Option<&'a str>),
     /// A fixed limit (`network-probe probe --timeout`).
@@ -79,7 +79,7 @@ pub enum Budget<'a> {
 
 /// What became of a request.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Bad parameters (HTTP 400, exit code 2); the message names them.
     BadRequest(BadRequest),
     /// A target outside `--probe.allow` (HTTP 403); the message names it.
@@ -117,7 +117,7 @@ impl From<Refusal> for Outcome {
 }
 
 /// Runs one probe of `module` for `query` (see the module documentation for the steps).
-pub async fn handle(
+pub(crate) async fn handle(
     probers: &Probers,
     module: Module<'_>,
     query: &Query,

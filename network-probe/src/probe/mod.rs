@@ -13,13 +13,13 @@
 //! target once, the allowlist) that `/probe` and `network-probe probe` both use.
 
 pub mod allowlist;
-pub mod handler;
+pub(crate) mod handler;
 pub mod iperf3;
 pub mod ping;
-pub mod policy;
-pub mod query;
-pub mod report;
-pub mod target;
+pub(crate) mod policy;
+pub(crate) mod query;
+pub(crate) mod report;
+pub(crate) mod target;
 pub mod tftp;
 
 use std::{

@@ -15,19 +15,19 @@ use std::time::Duration;
 use super::{BadRequest, COMMON_PARAMETERS, Query, Spec};
 
 /// What `/config` and `?debug=true` show instead of a secret.
-pub const SECRET: &str = "<secret>";
+pub(crate) const SECRET: &str = "<secret>";
 
 /// Module options whose values are secrets (passwords, key paths a request must not learn).
-pub const SECRET_PARAMETERS: &[&str] = &["password", "public_key_file"];
+pub(crate) const SECRET_PARAMETERS: &[&str] = &["password", "public_key_file"];
 
 /// Parameters a request may never set, whatever the module's policy: a path the daemon would
 /// read (its existence and size would leak, and a hung mount would block the runtime).
-pub const NEVER_FROM_REQUEST: &[&str] = &["public_key_file"];
+pub(crate) const NEVER_FROM_REQUEST: &[&str] = &["public_key_file"];
 
 /// The longest a probe of a module without a `timeout` of its own runs, whatever the scrape
 /// timeout header asks (the prober's own limit may be lower). A module's `timeout` may raise it
 /// up to the prober's limit.
-pub const DEFAULT_MAX_PROBE_TIME: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_MAX_PROBE_TIME: Duration = Duration::from_secs(120);
 
 /// A bound on a numeric parameter: the value a probe would use (a request's, else the module's
 /// option, else the prober's default) must lie within `min..=max`.
@@ -41,7 +41,7 @@ pub struct Bound {
 
 /// How a bounded parameter is measured, and in what unit bounds are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Measure {
+pub(crate) enum Measure {
     /// A duration (`period`): seconds, or with a unit (`1500ms`, `10s`, `1m`).
     Seconds,
     /// A count (`parallel`).
@@ -53,7 +53,7 @@ pub enum Measure {
 }
 
 /// The parameters a policy may bound, per prober, and how they are measured.
-pub const BOUNDABLE: &[(&str, &str, Measure)] = &[
+pub(crate) const BOUNDABLE: &[(&str, &str, Measure)] = &[
     ("iperf3", "period", Measure::Seconds),
     ("iperf3", "parallel", Measure::Count),
     ("iperf3", "bitrate", Measure::BitsPerSecond),
@@ -61,7 +61,7 @@ pub const BOUNDABLE: &[(&str, &str, Measure)] = &[
 ];
 
 /// How `parameter` of `prober` is measured, if a policy may bound it.
-pub fn measure(prober: &str, parameter: &str) -> Option<(&'static str, Measure)> {
+pub(crate) fn measure(prober: &str, parameter: &str) -> Option<(&'static str, Measure)> {
     BOUNDABLE
         .iter()
         .find(|(p, name, _)| *p == prober && *name == parameter)
@@ -69,7 +69,7 @@ pub fn measure(prober: &str, parameter: &str) -> Option<(&'static str, Measure)>
 }
 
 /// Parses a bound as written in the configuration (`60s`, `4`, `100M`).
-pub fn parse_bound(measure: Measure, text: &str) -> Option<f64> {
+pub(crate) fn parse_bound(measure: Measure, text: &str) -> Option<f64> {
     let value = match measure {
         Measure::Seconds => super::iperf3::params::parse_period(text)
             .ok()?
@@ -95,7 +95,7 @@ fn shown(measure: Measure, value: f64) -> String {
 
 /// The bounds a module has unless its configuration says otherwise: iperf3 tests of at most
 /// 60 s ([`DEFAULT_MAX_PERIOD`]) with at most 8 streams ([`DEFAULT_MAX_PARALLEL`]).
-pub fn default_bounds(prober: &str) -> Vec<Bound> {
+pub(crate) fn default_bounds(prober: &str) -> Vec<Bound> {
     match prober {
         "iperf3" => vec![
             Bound {
@@ -114,9 +114,9 @@ pub fn default_bounds(prober: &str) -> Vec<Bound> {
 }
 
 /// Longest iperf3 test (`period`) of a module that sets no bound of its own.
-pub const DEFAULT_MAX_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_PERIOD: Duration = Duration::from_secs(60);
 /// Most iperf3 streams (`parallel`) of a module that sets no bound of its own.
-pub const DEFAULT_MAX_PARALLEL: u32 = 8;
+pub(crate) const DEFAULT_MAX_PARALLEL: u32 = 8;
 
 /// What a module lets a request do.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,13 +271,9 @@ fn effective(prober: &str, parameter: &str, measure: Measure, query: &Query) -> 
     }
 }
 
-/// `value` of the option `name` as `/config` and `?debug=true` show it.
-pub fn redact<'a>(name: &str, value: &'a str) -> &'a str {
-    if SECRET_PARAMETERS.contains(&name) {
-        SECRET
-    } else {
-        value
-    }
+/// Whether the option `name` is a secret, shown as [`SECRET`] in `/config` and `?debug=true`.
+pub(crate) fn is_secret(name: &str) -> bool {
+    SECRET_PARAMETERS.contains(&name)
 }
 
 #[cfg(test)]
@@ -476,9 +472,9 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact("password", "hunter2"), SECRET);
-        assert_eq!(redact("public_key_file", "/etc/iperf3/key.pem"), SECRET);
-        assert_eq!(redact("username", "alice"), "alice");
+        assert!(is_secret("password"));
+        assert!(is_secret("public_key_file"));
+        assert!(!is_secret("username"));
     }
 
     #[test]

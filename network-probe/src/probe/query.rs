@@ -16,7 +16,7 @@ impl fmt::Display for BadRequest {
 impl std::error::Error for BadRequest {}
 
 /// Most parameters accepted in one query string.
-pub const MAX_PARAMETERS: usize = 256;
+pub(crate) const MAX_PARAMETERS: usize = 256;
 
 /// The decoded parameters of a query string, in order; names may repeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use prometheus_client::{
 use super::ProbeReport;
 
 /// A gauge holding an `f64`.
-pub type FloatGauge = Gauge<f64, AtomicU64>;
+pub(crate) type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// A prober's failure reasons, as the `reason` label of its failure family.
-pub trait Reason: Copy + PartialEq + 'static {
+pub(crate) trait Reason: Copy + PartialEq + 'static {
     /// Every reason, in the order the family lists them.
     const ALL: &'static [Self];
     /// The label value.
@@ -26,17 +26,17 @@ pub trait Reason: Copy + PartialEq + 'static {
 
 /// A probe's metrics under construction.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     registry: Registry,
 }
 
 impl Report {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A gauge `name` set to `value`.
-    pub fn gauge(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
+    pub(crate) fn gauge(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
         let gauge = FloatGauge::default();
         gauge.set(value);
         self.registry.register(name, help, gauge);
@@ -44,7 +44,7 @@ impl Report {
     }
 
     /// A gauge family `name` with one `label=value` row per item (possibly none).
-    pub fn family<'a>(
+    pub(crate) fn family<'a>(
         &mut self,
         name: &str,
         help: &str,
@@ -62,7 +62,12 @@ impl Report {
     }
 
     /// The one-hot failure family `name`: a `reason` row for each of `R::ALL`, 1 for `failed`.
-    pub fn failure<R: Reason>(&mut self, name: &str, help: &str, failed: Option<R>) -> &mut Self {
+    pub(crate) fn failure<R: Reason>(
+        &mut self,
+        name: &str,
+        help: &str,
+        failed: Option<R>,
+    ) -> &mut Self {
         self.family(
             name,
             help,
@@ -77,13 +82,13 @@ impl Report {
     }
 
     /// A collector whose metrics the prober writes itself (ping's per-target rows).
-    pub fn collector(&mut self, collector: Box<dyn Collector>) -> &mut Self {
+    pub(crate) fn collector(&mut self, collector: Box<dyn Collector>) -> &mut Self {
         self.registry.register_collector(collector);
         self
     }
 
     /// The finished report.
-    pub fn finish(self, success: bool) -> ProbeReport {
+    pub(crate) fn finish(self, success: bool) -> ProbeReport {
         ProbeReport {
             success,
             registry: self.registry,

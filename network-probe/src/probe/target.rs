@@ -114,7 +114,7 @@ impl Resolver for SystemResolver {
 }
 
 /// The addresses of `host` before `deadline`: an address is itself, a name is looked up once.
-pub async fn resolve(
+pub(crate) async fn resolve(
     resolver: &dyn Resolver,
     host: &str,
     deadline: Instant,
@@ -140,7 +140,7 @@ pub async fn resolve(
 /// Splits a `target=` value: `host`, `host:port`, `v4:port`, a bare IPv6 address, `[v6]` or
 /// `[v6]:port`. A port is 1 to 65535 (0 is refused for every prober); a host name is letters,
 /// digits, `-`, `_` and dots, at most 253 bytes. Errors name the parameter and the value.
-pub fn split_host_port(target: &str) -> Result<(String, Option<u16>), BadRequest> {
+pub(crate) fn split_host_port(target: &str) -> Result<(String, Option<u16>), BadRequest> {
     let bad = |why: String| BadRequest(format!("parameter \"target\": {target:?} {why}"));
     let port = |text: &str| {
         text.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {

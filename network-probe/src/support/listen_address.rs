@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// Resolves a `--web.listen-address` value (`HOST:PORT`, `[V6]:PORT` or `:PORT`) to socket
 /// addresses. `:PORT` means every local address, IPv6 and IPv4.
-pub fn resolve(address: &str) -> Result<Vec<SocketAddr>> {
+pub(crate) fn resolve(address: &str) -> Result<Vec<SocketAddr>> {
     let invalid = |reason: String| Error::ListenAddress {
         address: address.to_string(),
         reason,

@@ -4,7 +4,7 @@
 
 /// Returns free heap memory to the system. Walks the whole heap: call it off the async
 /// runtime's threads.
-pub fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap memory; it touches no live allocation.
     unsafe {
         libc::malloc_trim(0);

@@ -3,8 +3,8 @@
 //! one source of randomness ([`random`]) and heap trimming ([`memory`]). Nothing here knows of
 //! the CLI, the configuration file, HTTP or the kernel's maps.
 
-pub mod listen_address;
-pub mod memory;
-pub mod random;
-pub mod sync;
-pub mod units;
+pub(crate) mod listen_address;
+pub(crate) mod memory;
+pub(crate) mod random;
+pub(crate) mod sync;
+pub(crate) mod units;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Parses durations such as `500ms`, `90s`, `5m`, `1h`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{value:?} needs a unit: ms, s, m or h"))?;

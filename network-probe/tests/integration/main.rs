@@ -5,6 +5,8 @@
 //! Tests of every suite now share one process and may run at the same time; the few that need
 //! the machine to themselves say so through `network_probe_testkit::isolation` (see there for
 //! what was checked). Tests need root: they create network namespaces and load eBPF programs.
+// Cargo gives this target every dependency of the package; it uses the library's API only.
+#![allow(unused_crate_dependencies)]
 
 mod check;
 mod churn;

@@ -11,12 +11,12 @@
 //! single thread). Every byte the server sends is interpreted by the pure functions of
 //! [`protocol`].
 
-pub mod auth;
-pub mod control;
-pub mod params;
+pub(crate) mod auth;
+pub(crate) mod control;
+pub(crate) mod params;
 pub mod protocol;
-pub mod queue;
-pub mod report;
+pub(crate) mod queue;
+pub(crate) mod report;
 mod streams;
 
 use std::time::Duration;

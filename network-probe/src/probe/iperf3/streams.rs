@@ -19,19 +19,19 @@ use tokio::sync::oneshot;
 use super::protocol::{self, UdpReceiver};
 
 /// How long stream threads block in one socket call before checking for stop.
-pub const SOCKET_POLL: Duration = Duration::from_millis(100);
+pub(super) const SOCKET_POLL: Duration = Duration::from_millis(100);
 /// A receiving stream is finished once it has been quiet this long after the server stopped.
-pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
+pub(super) const DRAIN_QUIET: Duration = Duration::from_millis(50);
 /// Longest a sending TCP stream waits for its unacknowledged bytes after the timer fired.
-pub const SEND_DRAIN_LIMIT: Duration = Duration::from_millis(500);
+pub(super) const SEND_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// Stream thread control: run, then stop sending / finish draining.
-pub const RUN: u8 = 0;
-pub const STOP: u8 = 1;
+pub(super) const RUN: u8 = 0;
+pub(super) const STOP: u8 = 1;
 
 /// What one data stream reports when its thread ends.
 #[derive(Debug, Default)]
-pub struct StreamTally {
+pub(super) struct StreamTally {
     pub bytes: u64,
     pub packets: u64,
     pub retransmits: Option<u64>,
@@ -39,13 +39,13 @@ pub struct StreamTally {
 }
 
 /// A data socket handed to a stream thread.
-pub enum DataSocket {
+pub(super) enum DataSocket {
     Tcp(std::net::TcpStream),
     Udp(std::net::UdpSocket),
 }
 
 /// Sets the stop flag when dropped, so stream threads end even if the probe future is dropped.
-pub struct StopOnDrop(pub Arc<AtomicU8>);
+pub(super) struct StopOnDrop(pub Arc<AtomicU8>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -54,7 +54,7 @@ impl Drop for StopOnDrop {
 }
 
 /// One stream thread's job.
-pub struct StreamJob {
+pub(super) struct StreamJob {
     pub socket: DataSocket,
     pub sending: bool,
     /// Bits per second for this stream; 0 is unlimited.
@@ -65,7 +65,10 @@ pub struct StreamJob {
 
 impl StreamJob {
     /// Runs the job on its own thread; the receiver yields its tally when the thread ends.
-    pub fn spawn(self, stop: Arc<AtomicU8>) -> std::io::Result<oneshot::Receiver<StreamTally>> {
+    pub(super) fn spawn(
+        self,
+        stop: Arc<AtomicU8>,
+    ) -> std::io::Result<oneshot::Receiver<StreamTally>> {
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("iperf3-stream".into())
@@ -90,7 +93,7 @@ impl StreamJob {
 }
 
 /// Waits for every stream thread's tally (a thread that died counts nothing).
-pub async fn collect(
+pub(super) async fn collect(
     tallies: impl Iterator<Item = oneshot::Receiver<StreamTally>>,
 ) -> Vec<StreamTally> {
     let mut collected = Vec::new();

@@ -33,7 +33,7 @@ pub enum SocketMode {
 
 /// How to open the socket of one family.
 #[derive(Clone, Debug)]
-pub struct IcmpConfig {
+pub(crate) struct IcmpConfig {
     pub v6: bool,
     pub mode: SocketMode,
     pub identifier: u16,
@@ -51,7 +51,7 @@ struct SendState {
 
 /// The ICMP socket of one family and its probes in flight.
 #[derive(Debug)]
-pub struct IcmpDriver {
+pub(crate) struct IcmpDriver {
     v6: bool,
     raw: bool,
     fd: AsyncFd<OwnedFd>,
@@ -65,7 +65,10 @@ pub struct IcmpDriver {
 
 impl IcmpDriver {
     /// Opens the socket and starts its receive and expiry tasks (inside the tokio runtime).
-    pub fn start(config: &IcmpConfig, counters: Arc<ProtocolCounters>) -> io::Result<Arc<Self>> {
+    pub(crate) fn start(
+        config: &IcmpConfig,
+        counters: Arc<ProtocolCounters>,
+    ) -> io::Result<Arc<Self>> {
         let (fd, raw) = open_socket(config)?;
         let identifier = if raw {
             config.identifier
@@ -107,11 +110,6 @@ impl IcmpDriver {
             |driver: &IcmpDriver, now| lock(&driver.in_flight).expire(now),
         ));
         Ok(driver)
-    }
-
-    /// True for a raw socket, false for a datagram one.
-    pub fn is_raw(&self) -> bool {
-        self.raw
     }
 
     async fn receive_loop(self: Arc<Self>) {

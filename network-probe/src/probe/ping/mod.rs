@@ -12,12 +12,12 @@
 //! socket's BPF filter), [`icmp`] and [`tcp_syn`] (the drivers).
 
 pub mod filter;
-pub mod icmp;
+pub(crate) mod icmp;
 pub mod packet;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod socket;
-pub mod stats;
-pub mod tcp_syn;
+pub(crate) mod stats;
+pub(crate) mod tcp_syn;
 pub mod timestamps;
 
 use std::{

@@ -23,46 +23,46 @@ use super::{
     timestamps::{self, ControlMessages},
 };
 
-pub use crate::support::sync::lock;
+pub(crate) use crate::support::sync::lock;
 
 /// What is probed: an address, with ICMP echo (`tcp_port` None) or TCP SYN to a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProbeKey {
+pub(crate) struct ProbeKey {
     pub address: IpAddr,
     pub tcp_port: Option<u16>,
 }
 
 /// One target being probed in the background.
 #[derive(Debug)]
-pub struct ActiveProbe {
+pub(crate) struct ActiveProbe {
     pub key: ProbeKey,
     pub stats: Mutex<TargetStats>,
     last_requested: Mutex<Instant>,
 }
 
 /// Sends one probe packet; implemented by the ICMP and TCP SYN drivers.
-pub trait Sender: std::fmt::Debug + Send + Sync + 'static {
+pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
     /// Sends one probe to `probe.key` and registers it as in flight.
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()>;
 }
 
 /// Packets sent, received and socket errors of one protocol, for the meta metrics.
 #[derive(Debug, Default)]
-pub struct ProtocolCounters {
+pub(crate) struct ProtocolCounters {
     pub sent: AtomicU64,
     pub received: AtomicU64,
     pub errors: AtomicU64,
 }
 
 impl ProtocolCounters {
-    pub fn count(counter: &AtomicU64) {
+    pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Settings of the scheduler.
 #[derive(Clone, Copy, Debug)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     pub interval: Duration,
     pub expiry: Duration,
     pub window: usize,
@@ -73,7 +73,7 @@ pub struct Schedule {
 
 /// A request refused because its new probes would take the active ones past the cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OverCapacity {
+pub(crate) struct OverCapacity {
     /// Probes the request would have started.
     pub new: usize,
     /// Probes active when it came.
@@ -84,7 +84,7 @@ pub struct OverCapacity {
 
 /// The active probes and the shared rate limit.
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     schedule: Schedule,
     probes: Mutex<HashMap<ProbeKey, Arc<ActiveProbe>>>,
     limiter: RateLimiter,
@@ -93,7 +93,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(schedule: Schedule) -> Arc<Self> {
+    pub(crate) fn new(schedule: Schedule) -> Arc<Self> {
         Arc::new(Scheduler {
             schedule,
             probes: Mutex::new(HashMap::new()),
@@ -108,7 +108,7 @@ impl Scheduler {
     /// refused and the answer says by how much. The active ones of the request are marked
     /// requested either way (a refusal never shortens anybody's probing). Must run inside the
     /// tokio runtime.
-    pub fn request(
+    pub(crate) fn request(
         self: &Arc<Self>,
         wanted: Vec<(ProbeKey, Arc<dyn Sender>)>,
     ) -> Result<Vec<Arc<ActiveProbe>>, OverCapacity> {
@@ -151,12 +151,12 @@ impl Scheduler {
     }
 
     /// Probes refused by the cap so far.
-    pub fn refused(&self) -> u64 {
+    pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
     /// Number of active probes, ICMP and TCP.
-    pub fn active(&self) -> (usize, usize) {
+    pub(crate) fn active(&self) -> (usize, usize) {
         let probes = lock(&self.probes);
         let tcp = probes.keys().filter(|key| key.tcp_port.is_some()).count();
         (probes.len() - tcp, tcp)
@@ -207,14 +207,14 @@ impl Scheduler {
 /// A token bucket shared by every probe: at most `rate` packets per second, with a burst of
 /// 20 ms worth of packets (the timer's resolution is 1 ms).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl RateLimiter {
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let rate = f64::from(per_second.max(1));
         let burst = (rate / 50.0).max(1.0);
         RateLimiter {
@@ -225,7 +225,7 @@ impl RateLimiter {
     }
 
     /// Takes a token if one is available, else says how long until one is.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         let mut state = lock(&self.state);
         let (tokens, last) = *state;
         let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
@@ -240,7 +240,7 @@ impl RateLimiter {
     }
 
     /// Waits for a token.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         while let Err(wait) = self.try_acquire(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
@@ -258,7 +258,7 @@ struct InFlight {
 
 /// What a socket driver gets back when a reply matches.
 #[derive(Debug)]
-pub struct Matched {
+pub(crate) struct Matched {
     pub probe: Arc<ActiveProbe>,
     pub outcome: Outcome,
 }
@@ -267,7 +267,7 @@ pub struct Matched {
 /// key of their transmit stamp. Entries leave on a matching reply or at their deadline (then as
 /// loss); a reply after that matches nothing.
 #[derive(Debug)]
-pub struct InFlightTable<K> {
+pub(crate) struct InFlightTable<K> {
     timeout: Duration,
     by_reply: HashMap<K, InFlight>,
     by_stamp: HashMap<u32, K>,
@@ -276,7 +276,7 @@ pub struct InFlightTable<K> {
 }
 
 impl<K: Copy + Eq + Hash> InFlightTable<K> {
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         InFlightTable {
             timeout,
             by_reply: HashMap::new(),
@@ -287,7 +287,13 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
 
     /// Registers a probe sent at `sent`. An older probe with the same key (a wrapped sequence
     /// number) is lost.
-    pub fn insert(&mut self, key: K, stamp_key: u32, probe: Arc<ActiveProbe>, sent: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        key: K,
+        stamp_key: u32,
+        probe: Arc<ActiveProbe>,
+        sent: Instant,
+    ) {
         if let Some(old) = self.by_reply.insert(
             key,
             InFlight {
@@ -306,7 +312,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
     }
 
     /// Attaches a transmit stamp read from the error queue.
-    pub fn transmit_stamp(&mut self, tx: ControlMessages) {
+    pub(crate) fn transmit_stamp(&mut self, tx: ControlMessages) {
         let Some(stamp_key) = tx.error.and_then(|error| error.tx_stamp_key()) else {
             return;
         };
@@ -319,7 +325,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
 
     /// Whether a probe waits for `key` without its transmit stamp yet (then the error queue is
     /// worth reading before completing it).
-    pub fn lacks_transmit_stamp(&self, key: &K) -> bool {
+    pub(crate) fn lacks_transmit_stamp(&self, key: &K) -> bool {
         self.by_reply
             .get(key)
             .is_some_and(|in_flight| in_flight.tx.is_none())
@@ -328,7 +334,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
     /// Completes the probe waiting for `key` with a reply received at `received` (user clock)
     /// carrying control messages `rx`. `None` if nothing waits for it (late, foreign, dup), or
     /// if its round trip exceeds the timeout (then the probe is lost).
-    pub fn reply(
+    pub(crate) fn reply(
         &mut self,
         key: &K,
         rx: &ControlMessages,
@@ -363,7 +369,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
     }
 
     /// Moves every probe whose deadline passed to loss; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
         let mut expired = 0;
         while let Some(&(deadline, key, stamp_key)) = self.deadlines.front() {
             if deadline > now {
@@ -384,17 +390,19 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
         expired
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.by_reply.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_reply.is_empty()
     }
 }
 
 /// Runs `expire` on the driver every tenth of the timeout (5 ms to 100 ms) while it lives.
-pub async fn expire_loop<D>(
+pub(crate) async fn expire_loop<D>(
     driver: std::sync::Weak<D>,
     timeout: Duration,
     expire: fn(&D, Instant) -> usize,

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 /// Upper bounds of the RTT histogram: 50 µs doubling 20 times (to about 26 s), the
 /// smokeping-style spread that resolves loopback and intercontinental paths alike.
-pub fn histogram_bounds() -> [f64; 20] {
+pub(crate) fn histogram_bounds() -> [f64; 20] {
     let mut bounds = [0.0; 20];
     let mut bound = 50e-6;
     for slot in &mut bounds {
@@ -19,7 +19,7 @@ pub fn histogram_bounds() -> [f64; 20] {
 
 /// How one probe ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A reply arrived in time.
     Reply {
         /// The RTT reported: kernel stamps, or the user clock when a stamp was missing.
@@ -37,7 +37,7 @@ pub enum Outcome {
 
 /// Everything one target has measured since probing started.
 #[derive(Clone, Debug)]
-pub struct TargetStats {
+pub(crate) struct TargetStats {
     pub sent: u64,
     pub received: u64,
     pub rst: u64,
@@ -54,7 +54,7 @@ pub struct TargetStats {
 
 /// Figures over the window.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct WindowSummary {
+pub(crate) struct WindowSummary {
     pub samples: usize,
     pub loss_ratio: f64,
     /// Mean RTT of the replies; `None` when none arrived.
@@ -64,7 +64,7 @@ pub struct WindowSummary {
 }
 
 impl TargetStats {
-    pub fn new(window_size: usize) -> Self {
+    pub(crate) fn new(window_size: usize) -> Self {
         TargetStats {
             sent: 0,
             received: 0,
@@ -80,12 +80,12 @@ impl TargetStats {
     }
 
     /// Counts one probe sent.
-    pub fn record_sent(&mut self) {
+    pub(crate) fn record_sent(&mut self) {
         self.sent += 1;
     }
 
     /// Records how a probe ended.
-    pub fn record(&mut self, outcome: Outcome) {
+    pub(crate) fn record(&mut self, outcome: Outcome) {
         if let Outcome::Reply {
             rtt,
             user_rtt,
@@ -112,7 +112,7 @@ impl TargetStats {
 
     /// Histogram buckets as the encoder takes them: (upper bound, count in that bucket alone),
     /// with the RTTs above the last bound in a final +Inf bucket.
-    pub fn histogram_buckets(&self) -> Vec<(f64, u64)> {
+    pub(crate) fn histogram_buckets(&self) -> Vec<(f64, u64)> {
         let mut buckets: Vec<(f64, u64)> =
             histogram_bounds().into_iter().zip(self.buckets).collect();
         let bounded: u64 = self.buckets.iter().sum();
@@ -121,7 +121,7 @@ impl TargetStats {
     }
 
     /// Loss, mean and deviation over the window.
-    pub fn summary(&self) -> WindowSummary {
+    pub(crate) fn summary(&self) -> WindowSummary {
         let rtts: Vec<f64> = self
             .window
             .iter()

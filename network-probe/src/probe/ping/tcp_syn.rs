@@ -29,14 +29,14 @@ use super::{
 /// `TCP_TIMEOUT_INIT`). A reply later than that may be such a retransmission, which would pass
 /// a lost SYN-ACK off as a 1 s round trip; ending the attempt at 1 s counts it as the loss it
 /// is.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Source addresses remembered before the cache is cleared (routes may change).
 const MAX_CACHED_SOURCES: usize = 65_536;
 
 /// How to open the socket of one family.
 #[derive(Clone, Debug)]
-pub struct TcpConfig {
+pub(crate) struct TcpConfig {
     pub v6: bool,
     pub interface: Option<String>,
     pub stamp_flags: u32,
@@ -54,7 +54,7 @@ struct SendState {
 
 /// The raw TCP socket of one family and its SYNs in flight.
 #[derive(Debug)]
-pub struct TcpDriver {
+pub(crate) struct TcpDriver {
     v6: bool,
     fd: AsyncFd<OwnedFd>,
     /// A bound, never listening TCP socket that keeps `local_port` ours.
@@ -70,7 +70,10 @@ pub struct TcpDriver {
 
 impl TcpDriver {
     /// Opens the sockets and starts the receive and expiry tasks (inside the tokio runtime).
-    pub fn start(config: &TcpConfig, counters: Arc<ProtocolCounters>) -> io::Result<Arc<Self>> {
+    pub(crate) fn start(
+        config: &TcpConfig,
+        counters: Arc<ProtocolCounters>,
+    ) -> io::Result<Arc<Self>> {
         let interface = config.interface.as_deref();
         // The reservation first: the raw socket's filter needs its port.
         let reservation = socket::open(config.v6, libc::SOCK_STREAM, 0, 0, None)?;
