@@ -71,6 +71,15 @@ pub struct Cli {
     #[arg(long = "probe.allow", value_name = "NETWORK|HOST", value_parser = crate::probe::allowlist::parse_entry)]
     pub probe_allow: Vec<crate::probe::allowlist::Entry>,
 
+    /// Name lookups of probe targets running at once: threads of the daemon's own resolver
+    /// (getaddrinfo), with 8 lookups per thread waiting in front. A lookup that finds no
+    /// thread before its probe's deadline, or the queue full, fails as resolve_failed
+    /// (counted in network_probe_probe_lookups_total); nothing else waits for these threads.
+    #[arg(long = "probe.max-concurrent-lookups", value_name = "N",
+          default_value_t = crate::probe::target::DEFAULT_MAX_CONCURRENT_LOOKUPS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrent_lookups: u32,
+
     /// Interface to attach the datapath to (repeatable). Default: the interfaces of the IPv4 and
     /// IPv6 default routes.
     #[arg(long = "interface", value_name = "NAME", global = true)]

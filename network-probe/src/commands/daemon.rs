@@ -34,7 +34,7 @@ use crate::{
     kernel::privileges,
     kernel::rtnetlink::{self, LinkEvent, LinkSubscription, Received},
     metrics,
-    probe::Probers,
+    probe::{self, Probers},
     web::{self, AppState},
 };
 
@@ -92,6 +92,10 @@ pub fn run(flags: Cli) -> Result<()> {
     } else {
         info!("/probe may reach only: {}", allowlist.describe());
     }
+
+    // Before anything resolves a name; the threads themselves start with the first lookups.
+    probe::target::set_max_concurrent_lookups(cli.max_concurrent_lookups as usize)
+        .map_err(Error::Other)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -28,6 +28,7 @@ pub fn registry(
     registry.register_collector(Box::new(BuildInfo));
     registry.register_collector(Box::new(DatapathCollector { flows }));
     registry.register_collector(Box::new(crate::jool::JoolCollector::new(jool)));
+    registry.register_collector(Box::new(crate::probe::target::LookupCollector));
     for collector in probers.meta_collectors() {
         registry.register_collector(collector);
     }

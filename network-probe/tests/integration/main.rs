@@ -18,6 +18,7 @@ mod errors;
 mod flow_slots;
 mod flows;
 mod foreign_filters;
+mod hostile_dns;
 mod hostile_ping;
 mod hostile_probe;
 mod hostile_web;
