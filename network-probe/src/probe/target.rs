@@ -137,12 +137,12 @@ pub trait Resolver: Send + Sync + fmt::Debug {
 }
 
 /// Default of `--probe.max-concurrent-lookups`: resolver threads of the daemon.
-pub const DEFAULT_MAX_CONCURRENT_LOOKUPS: usize = 16;
+pub(crate) const DEFAULT_MAX_CONCURRENT_LOOKUPS: usize = 16;
 
 /// Lookups that may wait for a busy resolver thread, per thread: enough for a burst of probes
 /// of names that answer in milliseconds (64 `/probe` requests at once by default, some with
 /// several targets), few enough that waiting is short.
-pub const QUEUED_LOOKUPS_PER_THREAD: usize = 8;
+pub(crate) const QUEUED_LOOKUPS_PER_THREAD: usize = 8;
 
 /// The system resolver (getaddrinfo, as before, so /etc/hosts, nsswitch.conf, resolv.conf
 /// search domains and options and gai.conf ordering all apply), run on the daemon's own
@@ -162,7 +162,7 @@ static SYSTEM_POOL: OnceLock<LookupPool> = OnceLock::new();
 /// without a call it has [`DEFAULT_MAX_CONCURRENT_LOOKUPS`]. No thread starts here (they start
 /// with the first lookups, after the daemon dropped its capabilities, which are per thread).
 /// Fails once the pool exists, i.e. after a first lookup or an earlier call.
-pub fn set_max_concurrent_lookups(threads: usize) -> Result<(), String> {
+pub(crate) fn set_max_concurrent_lookups(threads: usize) -> Result<(), String> {
     let mut created = false;
     SYSTEM_POOL.get_or_init(|| {
         created = true;
@@ -179,7 +179,7 @@ pub fn set_max_concurrent_lookups(threads: usize) -> Result<(), String> {
 }
 
 /// The pool behind [`SystemResolver`].
-pub fn system_pool() -> &'static LookupPool {
+pub(crate) fn system_pool() -> &'static LookupPool {
     SYSTEM_POOL.get_or_init(|| {
         LookupPool::new(
             DEFAULT_MAX_CONCURRENT_LOOKUPS,
@@ -204,7 +204,7 @@ fn getaddrinfo(host: &str) -> io::Result<Vec<IpAddr>> {
 /// How one lookup of a [`LookupPool`] ended: the `result` label of
 /// `network_probe_probe_lookups_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LookupResult {
+pub(crate) enum LookupResult {
     /// Addresses came back.
     Success = 0,
     /// The resolver answered with an error or with no address.
@@ -235,7 +235,7 @@ impl LookupResult {
 }
 
 /// A blocking lookup function a pool runs on its threads.
-pub type BlockingLookup = fn(&str) -> io::Result<Vec<IpAddr>>;
+pub(crate) type BlockingLookup = fn(&str) -> io::Result<Vec<IpAddr>>;
 
 /// A fixed number of threads running a blocking lookup function, with a bounded queue in
 /// front: a lookup waits for a thread at most until its caller gives up (the [`resolve`]
@@ -245,7 +245,7 @@ pub type BlockingLookup = fn(&str) -> io::Result<Vec<IpAddr>>;
 /// `timeout` and `attempts`, 5 s and 2 by default, per query and search domain); at most
 /// `threads` lookups run at once whatever the callers do.
 #[derive(Clone)]
-pub struct LookupPool {
+pub(crate) struct LookupPool {
     shared: Arc<PoolShared>,
 }
 
@@ -286,7 +286,7 @@ impl fmt::Debug for LookupPool {
 impl LookupPool {
     /// A pool of at most `threads` threads (at least 1) running `lookup`, started as lookups
     /// need them, with `queue_capacity` lookups (at least 1) waiting at most.
-    pub fn new(threads: usize, queue_capacity: usize, lookup: BlockingLookup) -> LookupPool {
+    pub(crate) fn new(threads: usize, queue_capacity: usize, lookup: BlockingLookup) -> LookupPool {
         LookupPool {
             shared: Arc::new(PoolShared {
                 threads: threads.max(1),
@@ -300,12 +300,12 @@ impl LookupPool {
     }
 
     /// The lookups that ended with `result` so far.
-    pub fn count(&self, result: LookupResult) -> u64 {
+    pub(crate) fn count(&self, result: LookupResult) -> u64 {
         self.shared.results[result as usize].load(Ordering::Relaxed)
     }
 
     /// (threads started, lookups running on them, lookups waiting for one).
-    pub fn load(&self) -> (usize, usize, usize) {
+    pub(crate) fn load(&self) -> (usize, usize, usize) {
         let state = lock(&self.shared.state);
         (state.started, state.running, state.queue.len())
     }
@@ -424,7 +424,7 @@ impl Resolver for LookupPool {
 
 /// `network_probe_probe_lookups_total{result}` and the load of [`SystemResolver`]'s pool.
 #[derive(Debug, Default)]
-pub struct LookupCollector;
+pub(crate) struct LookupCollector;
 
 impl Collector for LookupCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
