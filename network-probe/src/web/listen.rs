@@ -35,9 +35,6 @@ const ADMISSION_POLL: Duration = Duration::from_millis(100);
 /// idle timeout.
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest request URI (path and query) answered; longer ones get 414.
-pub(super) const MAX_URI_BYTES: usize = 8 * 1024;
-
 /// Largest request head (request line and headers); hyper answers 431 beyond it, and also
 /// beyond 100 header fields.
 pub(super) const MAX_HEAD_BYTES: usize = 32 * 1024;

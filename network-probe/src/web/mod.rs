@@ -14,6 +14,7 @@ mod auth;
 mod connections;
 mod listen;
 mod probe_route;
+mod response;
 mod routes;
 mod scrape;
 
@@ -25,7 +26,7 @@ pub use self::{
     auth::{WebPolicy, basic_credentials, load_web_config},
     connections::Connections,
     listen::{bind, serve},
-    routes::wants_openmetrics,
+    response::wants_openmetrics,
     scrape::{Scrape, ScrapeCoalescer},
 };
 use crate::{config::reload::ConfigState, probe::Probers};

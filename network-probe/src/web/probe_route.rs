@@ -15,7 +15,7 @@ use log::debug;
 
 use super::{
     AppState,
-    routes::{exposition, text, with_type},
+    response::{exposition, text, with_type},
 };
 use crate::{
     metrics,

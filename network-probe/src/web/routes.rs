@@ -1,8 +1,7 @@
 //! Answering one request: the limits hyper leaves to us (URI over 8 KiB: 414, any body: 413),
 //! basic auth, the configured response headers, then the endpoints: the landing page, the
 //! telemetry path (rendered by [`super::scrape`]), `/-/healthy`, `/-/ready`, `/config`,
-//! `/-/reload` and `/probe` (in [`super::probe_route`]); and the choice between OpenMetrics and
-//! the Prometheus text format 0.0.4 by the Accept header.
+//! `/-/reload` and `/probe` (in [`super::probe_route`]), answered through [`super::response`].
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -10,22 +9,19 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{
-        ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
-        WWW_AUTHENTICATE,
-    },
+    header::{ALLOW, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING, WWW_AUTHENTICATE},
 };
 
 use super::{
     AppState,
-    listen::MAX_URI_BYTES,
     probe_route::handle_probe,
+    response::{text, with_type},
     scrape::{Body, telemetry},
 };
-use crate::{config::reload::ReloadError, metrics};
+use crate::config::reload::ReloadError;
 
-const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const TEXT_004_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Longest request URI (path and query) answered; longer ones get 414.
+const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Checks the limits and credentials, routes the request and adds the configured headers.
 /// Never fails: every outcome is a response. `default_module` as in [`serve`](super::serve).
@@ -53,7 +49,7 @@ pub(super) async fn handle(
 }
 
 /// The 4xx for a request beyond the limits: a URI over [`MAX_URI_BYTES`] (414), or any body
-/// (413: no endpoint takes one). hyper itself answers a head over [`MAX_HEAD_BYTES`](super::listen::MAX_HEAD_BYTES) or with
+/// (413: no endpoint takes one). hyper itself answers a head over `listen::MAX_HEAD_BYTES` or with
 /// more than 100 fields (431) and a malformed head (400).
 fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let uri_bytes = request
@@ -189,55 +185,6 @@ async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Respons
     }
 }
 
-/// A 200 with `openmetrics` as OpenMetrics when the client's Accept header asks for it at
-/// least as much as for plain text (Prometheus does), else in the Prometheus text format 0.0.4
-/// (curl, promtool and other clients that do not know OpenMetrics).
-pub(super) fn exposition(request: &Request<Incoming>, openmetrics: &str) -> Response<Full<Bytes>> {
-    match negotiate(request) {
-        (true, content_type) => with_type(StatusCode::OK, content_type, openmetrics.to_string()),
-        (false, content_type) => with_type(
-            StatusCode::OK,
-            content_type,
-            metrics::openmetrics_to_text_004(openmetrics),
-        ),
-    }
-}
-
-/// Whether `request` gets OpenMetrics (see [`wants_openmetrics`]), and the content type of
-/// the answer: shared by [`exposition`] and the telemetry path.
-pub(super) fn negotiate(request: &Request<Incoming>) -> (bool, &'static str) {
-    let accept = request
-        .headers()
-        .get(ACCEPT)
-        .and_then(|value| value.to_str().ok());
-    if wants_openmetrics(accept) {
-        (true, OPENMETRICS_CONTENT_TYPE)
-    } else {
-        (false, TEXT_004_CONTENT_TYPE)
-    }
-}
-
-/// Whether an Accept header gives `application/openmetrics-text` a quality above 0 and at
-/// least that of plain text (`text/plain`, `text/*`, `*/*`).
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
-    for range in accept.unwrap_or("").split(',') {
-        let range = range.to_ascii_lowercase();
-        let mut parts = range.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("");
-        let quality = parts
-            .find_map(|parameter| parameter.strip_prefix("q="))
-            .map_or(Some(1.0), |q| q.parse::<f32>().ok())
-            .unwrap_or(0.0);
-        match media {
-            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
-            "text/plain" | "text/*" | "*/*" => plain = plain.max(quality),
-            _ => {}
-        }
-    }
-    openmetrics > 0.0 && openmetrics >= plain
-}
-
 fn landing_page(telemetry_path: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><title>network-probe</title></head><body>\n\
@@ -249,48 +196,4 @@ fn landing_page(telemetry_path: &str) -> String {
          </ul>\n</body></html>\n",
         env!("CARGO_PKG_VERSION")
     )
-}
-
-pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    with_type(status, "text/plain; charset=utf-8", body.to_string())
-}
-
-pub(super) fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn openmetrics_only_when_asked_for() {
-        // What Prometheus 2.42 sends.
-        let prometheus = "application/openmetrics-text;version=1.0.0,\
-            application/openmetrics-text;version=0.0.1;q=0.75,\
-            text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics(Some(prometheus)));
-        assert!(wants_openmetrics(Some("application/openmetrics-text")));
-        for other in [
-            None,
-            Some(""),
-            Some("*/*"),
-            Some("text/plain"),
-            Some("text/plain;version=0.0.4,application/openmetrics-text;q=0.5"),
-            Some("application/openmetrics-text;q=0"),
-            Some("application/openmetrics-text;q=bad"),
-        ] {
-            assert!(!wants_openmetrics(other), "{other:?}");
-        }
-    }
 }

@@ -18,7 +18,7 @@ use hyper::{
     header::{CONTENT_TYPE, HeaderValue},
 };
 
-use super::{AppState, routes::negotiate};
+use super::{AppState, response::negotiate};
 use crate::{
     flows::exposition::{self, FlowCursor, FlowSeries},
     metrics,
@@ -216,7 +216,7 @@ async fn render_scrape(state: &Arc<AppState>) -> Option<Arc<Scrape>> {
 }
 
 /// The 200 of the telemetry path: `scrape` in the format the client asks for (see
-/// [`super::routes::exposition`]), written as it is sent.
+/// [`super::response::exposition`]), written as it is sent.
 pub(super) fn telemetry(request: &Request<Incoming>, scrape: Arc<Scrape>) -> Response<Body> {
     let (openmetrics, content_type) = negotiate(request);
     let mut response = Response::new(Body::Right(ScrapeBody {
