@@ -89,6 +89,10 @@ impl Prober for Ping {
     fn meta_collector(&self) -> Option<Box<dyn Collector>> {
         Some(Ping::meta_collector(self))
     }
+
+    fn shutdown(&self) -> Vec<Result<String, String>> {
+        self.hardware_configs.restore()
+    }
 }
 /// Default of `--ping.max-active-targets`. The scheduler's costs per active probe: one task
 /// and timer, one packet per `--ping.interval` through the shared `--ping.max-pps` bucket, and
@@ -226,6 +230,8 @@ pub struct Ping {
     drivers: Mutex<Drivers>,
     meta: Arc<Meta>,
     hardware_warned: AtomicBool,
+    /// The NICs' hardware stamping configurations `--ping.hard` replaced, put back at shutdown.
+    hardware_configs: timestamps::SavedConfigs,
 }
 
 /// Protocol-level counters and the scheduler, for the meta metrics.
@@ -269,6 +275,7 @@ impl Ping {
             scheduler,
             drivers: Mutex::default(),
             hardware_warned: AtomicBool::new(false),
+            hardware_configs: timestamps::SavedConfigs::default(),
         }
     }
 
@@ -421,7 +428,7 @@ impl Ping {
             return timestamps::SOFTWARE_FLAGS;
         }
         let result = match interface {
-            Some(interface) => timestamps::enable_hardware(interface),
+            Some(interface) => timestamps::enable_hardware(interface, &self.hardware_configs),
             None => Err("no interface to enable it on (set --ping.interface4/6)".into()),
         };
         match result {
