@@ -437,7 +437,7 @@ fn hardware_stamps_fall_back_to_software_on_a_veth() {
     let (set, enable) = in_netns(&pair.a, move || {
         (
             timestamps::set_hardware_stamping(&ifname),
-            timestamps::enable_hardware(&ifname),
+            timestamps::enable_hardware(&ifname, &timestamps::SavedConfigs::default()),
         )
     });
     assert_eq!(set.unwrap_err().raw_os_error(), Some(libc::EOPNOTSUPP));
