@@ -279,6 +279,14 @@ fn hardware_stamps_measure_the_simulated_delay() {
             0.0,
             "{key}"
         );
+        assert_eq!(
+            value(
+                &body,
+                "network_probe_ping_hardware_timestamp_fallbacks_total",
+                ""
+            ),
+            0.0
+        );
         let samples = window(&body, key);
         assert!(samples.len() >= 20, "{key}: {samples:?}");
         // Each round trip is the delay (in the receive stamp only) plus the peer's turnaround:
@@ -393,8 +401,8 @@ fn check_reports_hardware_stamps_on_the_simulated_nic_only() {
 }
 
 /// A driver that advertises FILTER_ALL but refuses it in SIOCSHWTSTAMP (-ERANGE): the daemon
-/// warns once, for both of its sockets, and measures with software stamps, which know
-/// nothing of the simulated delay.
+/// warns once, counts both of its sockets in `network_probe_ping_hardware_timestamp_fallbacks_total`, and
+/// measures with software stamps, which know nothing of the simulated delay.
 #[test]
 #[ignore = "needs the hwtstamp_veth module of the qemu guest (cargo xtask kernel-test)"]
 fn a_refused_receive_filter_falls_back_to_software_stamps() {
@@ -411,6 +419,15 @@ fn a_refused_receive_filter_falls_back_to_software_stamps() {
         ("icmp", format!("ip=\"{B6}\"")),
     ];
     let body = gather(&daemon, &icmp, &targets, 10.0);
+    // Both sockets (IPv4, IPv6) fell back; the warning below is logged once.
+    assert_eq!(
+        value(
+            &body,
+            "network_probe_ping_hardware_timestamp_fallbacks_total",
+            ""
+        ),
+        2.0
+    );
     for (key, (prefix, labels)) in [B4, B6].iter().zip(&targets) {
         // Software stamps on both ends of every sample but perhaps the socket's first reply
         // (as on a veth, tests/integration/ping.rs).

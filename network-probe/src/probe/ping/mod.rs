@@ -25,7 +25,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -240,6 +240,10 @@ pub struct Meta {
     icmp: Arc<ProtocolCounters>,
     tcp: Arc<ProtocolCounters>,
     scheduler: Arc<Scheduler>,
+    /// `--ping.hard` is set (the fallback counter is exported only then).
+    hard: bool,
+    /// Sockets opened with software stamps although `--ping.hard` asked for hardware ones.
+    hardware_fallbacks: AtomicU64,
 }
 
 impl Ping {
@@ -271,6 +275,8 @@ impl Ping {
                 icmp: Arc::default(),
                 tcp: Arc::default(),
                 scheduler: Arc::clone(&scheduler),
+                hard: flags.hard,
+                hardware_fallbacks: AtomicU64::new(0),
             }),
             scheduler,
             drivers: Mutex::default(),
@@ -434,6 +440,7 @@ impl Ping {
         match result {
             Ok(()) => timestamps::HARDWARE_FLAGS,
             Err(reason) => {
+                self.meta.hardware_fallbacks.fetch_add(1, Ordering::Relaxed);
                 if !self.hardware_warned.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "ping: hardware timestamps unavailable ({reason}); using software timestamps"
@@ -797,6 +804,17 @@ impl Collector for MetaCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.0.scheduler.refused()).encode(refused)?;
+        if self.0.hard {
+            let metric = encoder.encode_descriptor(
+                "network_probe_ping_hardware_timestamp_fallbacks",
+                "Probe sockets opened with software timestamps although --ping.hard asked for \
+                 hardware ones (the interface cannot stamp, or refused; the reason is in the \
+                 daemon's one warning).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(self.0.hardware_fallbacks.load(Ordering::Relaxed)).encode(metric)?;
+        }
         Ok(())
     }
 }
