@@ -501,6 +501,71 @@ pub(crate) fn jool_guest() -> Result<()> {
     Ok(())
 }
 
+/// The simulated hardware-timestamping NIC pair of the guest tests
+/// (testing/hwtstamp-veth/, tests/integration/hwtstamp.rs), as a module name and its sources.
+pub(crate) const HWTSTAMP_MODULE: &str = "hwtstamp_veth";
+const HWTSTAMP_SOURCES: &[&str] = &["Makefile", "hwtstamp_veth.c"];
+
+/// Builds testing/hwtstamp-veth/ against the guest kernel's Debian headers
+/// (`linux-headers-<abi>`, installed by [`jool_guest`] for jool-dkms; the module's Makefile
+/// makes its warnings errors) in `~/.cache/network-probe/jool/hwtstamp-veth/`, and installs
+/// the module into the guest's module tree (`extra/`, depmod rerun) so the tests can
+/// `modprobe` it. The build directory keeps a copy of the sources it was built from: when they
+/// and the ABI equal the repository's and the guest's, nothing is rebuilt (about 5 s when they
+/// differ). Returns the module's path in the cache.
+pub(crate) fn hwtstamp_module(root: &Path, abi: &str) -> Result<PathBuf> {
+    let source = root.join("testing/hwtstamp-veth");
+    let guest = cache_dir().join("jool");
+    let build = guest.join("hwtstamp-veth");
+    let module = build.join(format!("{HWTSTAMP_MODULE}.ko"));
+    let same = |name: &str| -> bool {
+        match (fs::read(source.join(name)), fs::read(build.join(name))) {
+            (Ok(ours), Ok(built)) => ours == built,
+            _ => false,
+        }
+    };
+    let current = module.is_file()
+        && fs::read_to_string(build.join("abi")).is_ok_and(|built| built.trim() == abi)
+        && HWTSTAMP_SOURCES.iter().all(|name| same(name));
+    if !current {
+        let headers = PathBuf::from(format!("/usr/src/linux-headers-{abi}"));
+        if !headers.join("Makefile").is_file() {
+            bail!(
+                "{} is missing (linux-headers-{abi}); run `cargo xtask bootstrap --test-peers`",
+                headers.display()
+            );
+        }
+        eprintln!("xtask: building {HWTSTAMP_MODULE}.ko for {abi} (testing/hwtstamp-veth)");
+        let _ = fs::remove_dir_all(&build);
+        fs::create_dir_all(&build).with_context(|| format!("creating {}", build.display()))?;
+        for name in HWTSTAMP_SOURCES {
+            fs::copy(source.join(name), build.join(name))
+                .with_context(|| format!("copying {}", source.join(name).display()))?;
+        }
+        let status = Command::new("make")
+            .arg("-s")
+            .arg(format!("KDIR={}", headers.display()))
+            .current_dir(&build)
+            .status()
+            .context("starting make (the kernel module build)")?;
+        if !status.success() || !module.is_file() {
+            bail!("building testing/hwtstamp-veth against {abi} failed ({status}); see above");
+        }
+        fs::write(build.join("abi"), format!("{abi}\n"))?;
+    }
+    let tree = guest.join("modules");
+    let installed = tree
+        .join(format!("lib/modules/{abi}/extra"))
+        .join(format!("{HWTSTAMP_MODULE}.ko"));
+    if fs::read(&installed).ok() != Some(fs::read(&module)?) {
+        fs::create_dir_all(installed.parent().expect("a parent"))?;
+        fs::copy(&module, &installed)
+            .with_context(|| format!("copying the module to {}", installed.display()))?;
+        run("depmod", &["-b", &tree.to_string_lossy(), abi])?;
+    }
+    Ok(module)
+}
+
 /// The module files (paths relative to `lib/modules/<abi>/`) that loading `names` takes,
 /// dependencies included, from the text of a `modules.dep` (`path: dependency paths...`).
 /// Names match file stems with `-` read as `_`, as modprobe does.

@@ -1,4 +1,4 @@
-//! The datapath integration tests on an older kernel: Debian's stable kernel (6.1, without
+//! The datapath integration tests (and the guest-only suites) on an older kernel: Debian's stable kernel (6.1, without
 //! TCX, so the daemon attaches classic cls_bpf filters over netlink), booted under qemu. TCG,
 //! not KVM: the build machines' KVM only runs PVM guests.
 //!
@@ -10,8 +10,14 @@
 //! (listed on the host, `--exact`), and prints `@@EXIT <suite> <status>` on the serial console;
 //! the host reads the console and fails naming every suite whose run did not exit 0.
 //!
+//! Suites of [`GUEST_ONLY_SUITES`] (hwtstamp: the simulated hardware-timestamping NIC of
+//! testing/hwtstamp-veth, which only the guest has) are `#[ignore]`d on the host and run here
+//! with `--include-ignored`.
+//!
 //! The kernel and its module tree come from the bootstrap
-//! ([`crate::bootstrap::jool_guest`]), in `~/.cache/network-probe/jool/`.
+//! ([`crate::bootstrap::jool_guest`]), in `~/.cache/network-probe/jool/`; the run adds
+//! hwtstamp_veth.ko to that tree first ([`crate::bootstrap::hwtstamp_module`], rebuilt only
+//! when its sources change).
 //! `cargo xtask test` runs this after the host tests; `cargo xtask kernel-test` runs it alone.
 
 use std::{
@@ -27,7 +33,11 @@ use anyhow::{Context as _, Result, bail};
 
 /// Suites of the integration tests (modules of network-probe/tests/integration/, test names
 /// `<suite>::...`) run in the guest, in this order.
-pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart"];
+pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart", "hwtstamp"];
+
+/// Guest suites whose tests are `#[ignore]`d on the host (they need a kernel module only the
+/// guest has): the guest runs them with `--include-ignored`.
+const GUEST_ONLY_SUITES: &[&str] = &["hwtstamp"];
 
 /// Programs the tests run, copied from the host at the path PATH finds them.
 const GUEST_TOOLS: &[&str] = &[
@@ -58,6 +68,8 @@ pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) ->
                 guest.display()
             )
         })?;
+    // Installed into the guest's module tree, which the initramfs copies below.
+    crate::bootstrap::hwtstamp_module(root, &abi)?;
     let artefacts = build(&mut cargo_test, test_args)?;
 
     let staging = StagingDir::new()?;
@@ -276,13 +288,18 @@ echo \"@@INIT $(uname -r) uptime=$uptime\"
     let args: Vec<String> = test_args.iter().map(|arg| shell_quote(arg)).collect();
     for suite in suites {
         let tests: Vec<String> = suite.tests.iter().map(|test| shell_quote(test)).collect();
+        let ignored = if GUEST_ONLY_SUITES.contains(&suite.name.as_str()) {
+            " --include-ignored"
+        } else {
+            ""
+        };
         let _ = write!(
             script,
             "cd {package}
 read start rest < /proc/uptime
 echo \"@@BEGIN {name}\"
 NETWORK_PROBE_TEST_SLOWDOWN={SLOWDOWN} RUST_BACKTRACE=1 timeout {limit} {executable} \
---test-threads=1 {args} --exact {tests} 2>&1
+--test-threads=1{ignored} {args} --exact {tests} 2>&1
 status=$?
 read end rest < /proc/uptime
 echo \"@@EXIT {name} $status start=$start end=$end\"
@@ -658,6 +675,19 @@ test a ... ok
         assert!(failed[0].starts_with("datapath (no exit status"));
         assert!(failed[1].starts_with("restart (no exit status"));
         assert!(failed[2].starts_with("modprobe cls_bpf"));
+    }
+
+    #[test]
+    fn guest_only_suites_run_their_ignored_tests() {
+        let suites = vec![GuestSuite {
+            name: "hwtstamp".into(),
+            executable: PathBuf::from("/t/integration-1"),
+            tests: vec!["hwtstamp::a".into()],
+        }];
+        let script = init_script(&suites, Path::new("/w/network-probe"), &[]);
+        assert!(script.contains("--test-threads=1 --include-ignored  --exact 'hwtstamp::a'"));
+        let script = init_script(&tests(), Path::new("/w/network-probe"), &[]);
+        assert!(!script.contains("--include-ignored"));
     }
 
     #[test]

@@ -234,6 +234,12 @@ pub fn run(flags: Cli) -> Result<()> {
         link_watcher.abort();
         hangups.abort();
         datapath.detach_all();
+        for line in state.probers.shutdown() {
+            match line {
+                Ok(done) => info!("{done}"),
+                Err(failed) => warn!("{failed}"),
+            }
+        }
         // The pinned maps stay; the state file completes them for the next start.
         saver.save();
         info!("detached from all interfaces; bye");

@@ -178,6 +178,13 @@ pub trait Prober: Send + Sync + std::fmt::Debug {
     fn meta_collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
         None
     }
+
+    /// Puts back what the prober changed outside the daemon (the ping prober: the NICs'
+    /// hardware timestamping configuration), at shutdown; returns lines for the log
+    /// (`Err`: what could not be put back).
+    fn shutdown(&self) -> Vec<Result<String, String>> {
+        Vec::new()
+    }
 }
 
 /// Every prober, in the order `unknown module` messages list them.
@@ -259,6 +266,14 @@ impl Probers {
         self.probers
             .iter()
             .filter_map(|(_, prober)| prober.meta_collector())
+            .collect()
+    }
+
+    /// [`Prober::shutdown`] of every prober, their log lines in order.
+    pub fn shutdown(&self) -> Vec<Result<String, String>> {
+        self.probers
+            .iter()
+            .flat_map(|(_, prober)| prober.shutdown())
             .collect()
     }
 

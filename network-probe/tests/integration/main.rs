@@ -22,6 +22,7 @@ mod hostile_dns;
 mod hostile_ping;
 mod hostile_probe;
 mod hostile_web;
+mod hwtstamp;
 mod iperf3;
 mod jool;
 mod malformed;

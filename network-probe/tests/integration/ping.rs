@@ -437,7 +437,7 @@ fn hardware_stamps_fall_back_to_software_on_a_veth() {
     let (set, enable) = in_netns(&pair.a, move || {
         (
             timestamps::set_hardware_stamping(&ifname),
-            timestamps::enable_hardware(&ifname),
+            timestamps::enable_hardware(&ifname, &timestamps::SavedConfigs::default()),
         )
     });
     assert_eq!(set.unwrap_err().raw_os_error(), Some(libc::EOPNOTSUPP));
@@ -452,6 +452,14 @@ fn hardware_stamps_fall_back_to_software_on_a_veth() {
     let labels = format!("ip=\"{b4}\"");
     assert!(value(&body, "icmp_probe_packets_recv_total", &labels) >= 20.0);
     assert!(value(&body, "icmp_probe_user_clock_samples_total", &labels) <= 1.0);
+    assert_eq!(
+        value(
+            &body,
+            "network_probe_ping_hardware_timestamp_fallbacks_total",
+            ""
+        ),
+        1.0
+    );
 }
 
 #[test]

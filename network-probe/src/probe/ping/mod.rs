@@ -25,7 +25,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -88,6 +88,10 @@ impl Prober for Ping {
 
     fn meta_collector(&self) -> Option<Box<dyn Collector>> {
         Some(Ping::meta_collector(self))
+    }
+
+    fn shutdown(&self) -> Vec<Result<String, String>> {
+        self.hardware_configs.restore()
     }
 }
 /// Default of `--ping.max-active-targets`. The scheduler's costs per active probe: one task
@@ -226,6 +230,8 @@ pub struct Ping {
     drivers: Mutex<Drivers>,
     meta: Arc<Meta>,
     hardware_warned: AtomicBool,
+    /// The NICs' hardware stamping configurations `--ping.hard` replaced, put back at shutdown.
+    hardware_configs: timestamps::SavedConfigs,
 }
 
 /// Protocol-level counters and the scheduler, for the meta metrics.
@@ -234,6 +240,10 @@ pub struct Meta {
     icmp: Arc<ProtocolCounters>,
     tcp: Arc<ProtocolCounters>,
     scheduler: Arc<Scheduler>,
+    /// `--ping.hard` is set (the fallback counter is exported only then).
+    hard: bool,
+    /// Sockets opened with software stamps although `--ping.hard` asked for hardware ones.
+    hardware_fallbacks: AtomicU64,
 }
 
 impl Ping {
@@ -265,10 +275,13 @@ impl Ping {
                 icmp: Arc::default(),
                 tcp: Arc::default(),
                 scheduler: Arc::clone(&scheduler),
+                hard: flags.hard,
+                hardware_fallbacks: AtomicU64::new(0),
             }),
             scheduler,
             drivers: Mutex::default(),
             hardware_warned: AtomicBool::new(false),
+            hardware_configs: timestamps::SavedConfigs::default(),
         }
     }
 
@@ -421,12 +434,13 @@ impl Ping {
             return timestamps::SOFTWARE_FLAGS;
         }
         let result = match interface {
-            Some(interface) => timestamps::enable_hardware(interface),
+            Some(interface) => timestamps::enable_hardware(interface, &self.hardware_configs),
             None => Err("no interface to enable it on (set --ping.interface4/6)".into()),
         };
         match result {
             Ok(()) => timestamps::HARDWARE_FLAGS,
             Err(reason) => {
+                self.meta.hardware_fallbacks.fetch_add(1, Ordering::Relaxed);
                 if !self.hardware_warned.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "ping: hardware timestamps unavailable ({reason}); using software timestamps"
@@ -790,6 +804,17 @@ impl Collector for MetaCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.0.scheduler.refused()).encode(refused)?;
+        if self.0.hard {
+            let metric = encoder.encode_descriptor(
+                "network_probe_ping_hardware_timestamp_fallbacks",
+                "Probe sockets opened with software timestamps although --ping.hard asked for \
+                 hardware ones (the interface cannot stamp, or refused; the reason is in the \
+                 daemon's one warning).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(self.0.hardware_fallbacks.load(Ordering::Relaxed)).encode(metric)?;
+        }
         Ok(())
     }
 }

@@ -6,6 +6,9 @@
 //! - The control message that tags a send with our own stamp key (`SCM_TS_OPT_ID`).
 //! - Turning on hardware stamping on an interface: `ETHTOOL_GET_TS_INFO` to see whether the
 //!   NIC can, `SIOCSHWTSTAMP` to enable it; failures give a reason to fall back to software.
+//!   The configuration it replaced (`SIOCGHWTSTAMP`) is saved and put back when the prober
+//!   stops. The whole path is tested end to end in the qemu guest on a simulated NIC that
+//!   stamps in hardware (testing/hwtstamp-veth, tests/integration/hwtstamp.rs).
 
 use std::{io, mem::size_of, os::fd::AsRawFd as _, time::Duration};
 
@@ -266,23 +269,107 @@ pub fn ts_info(interface: &str) -> io::Result<EthtoolTsInfo> {
     Ok(info)
 }
 
-/// Asks the driver to stamp every packet in hardware (`SIOCSHWTSTAMP`, TX on, RX filter all).
-pub fn set_hardware_stamping(interface: &str) -> io::Result<()> {
-    let mut config = libc::hwtstamp_config {
+/// A driver's hardware stamping configuration (`struct hwtstamp_config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardwareConfig {
+    pub flags: i32,
+    pub tx_type: i32,
+    pub rx_filter: i32,
+}
+
+impl HardwareConfig {
+    /// What the prober asks for: TX on, RX filter all.
+    pub const STAMP_ALL: HardwareConfig = HardwareConfig {
         flags: 0,
         tx_type: HWTSTAMP_TX_ON,
         rx_filter: HWTSTAMP_FILTER_ALL,
     };
-    ifreq_ioctl(interface, libc::SIOCSHWTSTAMP, (&raw mut config).cast())
 }
 
-/// Enables hardware stamping on `interface` if it can do it; the error is the reason to fall
-/// back to software stamps, for the one warning the prober logs.
-pub fn enable_hardware(interface: &str) -> Result<(), String> {
+/// Sets the driver's configuration (`SIOCSHWTSTAMP`); the driver may answer with what it
+/// actually applied (e.g. a wider filter), which is returned.
+pub fn set_hardware_config(interface: &str, config: HardwareConfig) -> io::Result<HardwareConfig> {
+    let mut raw = libc::hwtstamp_config {
+        flags: config.flags,
+        tx_type: config.tx_type,
+        rx_filter: config.rx_filter,
+    };
+    ifreq_ioctl(interface, libc::SIOCSHWTSTAMP, (&raw mut raw).cast())?;
+    Ok(HardwareConfig {
+        flags: raw.flags,
+        tx_type: raw.tx_type,
+        rx_filter: raw.rx_filter,
+    })
+}
+
+/// Reads the driver's current configuration (`SIOCGHWTSTAMP`, `hwstamp_ctl` without
+/// arguments); drivers without it answer EOPNOTSUPP.
+pub fn hardware_config(interface: &str) -> io::Result<HardwareConfig> {
+    let mut raw = libc::hwtstamp_config {
+        flags: 0,
+        tx_type: 0,
+        rx_filter: 0,
+    };
+    ifreq_ioctl(interface, libc::SIOCGHWTSTAMP, (&raw mut raw).cast())?;
+    Ok(HardwareConfig {
+        flags: raw.flags,
+        tx_type: raw.tx_type,
+        rx_filter: raw.rx_filter,
+    })
+}
+
+/// Asks the driver to stamp every packet in hardware (`SIOCSHWTSTAMP`, TX on, RX filter all).
+pub fn set_hardware_stamping(interface: &str) -> io::Result<()> {
+    set_hardware_config(interface, HardwareConfig::STAMP_ALL).map(drop)
+}
+
+/// The configurations hardware stamping replaced, per interface, to put back when the prober
+/// stops (as a well-behaved PTP client does: another program, or the operator, may have set
+/// the NIC up on purpose).
+#[derive(Debug, Default)]
+pub struct SavedConfigs(std::sync::Mutex<std::collections::BTreeMap<String, HardwareConfig>>);
+
+impl SavedConfigs {
+    /// Puts every saved configuration back and forgets it; one message per interface (what was
+    /// restored, or why not), for the log.
+    pub fn restore(&self) -> Vec<Result<String, String>> {
+        let saved = std::mem::take(&mut *crate::support::sync::lock(&self.0));
+        saved
+            .into_iter()
+            .map(|(interface, config)| {
+                set_hardware_config(&interface, config)
+                    .map(|_| {
+                        format!(
+                            "{interface}: hardware timestamping restored (tx type {}, rx filter {})",
+                            config.tx_type, config.rx_filter
+                        )
+                    })
+                    .map_err(|err| {
+                        format!("{interface}: restoring hardware timestamping: SIOCSHWTSTAMP: {err}")
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Enables hardware stamping on `interface` if it can do it, first saving the configuration
+/// it replaces in `saved` (the first time only: later calls would read our own); the error is
+/// the reason to fall back to software stamps, for the one warning the prober logs. A driver
+/// that cannot report its configuration (no SIOCGHWTSTAMP) gets nothing put back.
+pub fn enable_hardware(interface: &str, saved: &SavedConfigs) -> Result<(), String> {
     let info = ts_info(interface)
         .map_err(|err| format!("{interface}: reading timestamping capabilities: {err}"))?;
     check_hardware_capabilities(&info).map_err(|reason| format!("{interface}: {reason}"))?;
-    set_hardware_stamping(interface).map_err(|err| format!("{interface}: SIOCSHWTSTAMP: {err}"))
+    let mut saved = crate::support::sync::lock(&saved.0);
+    let original = match saved.get(interface) {
+        Some(_) => None,
+        None => hardware_config(interface).ok(),
+    };
+    set_hardware_stamping(interface).map_err(|err| format!("{interface}: SIOCSHWTSTAMP: {err}"))?;
+    if let Some(original) = original.filter(|original| *original != HardwareConfig::STAMP_ALL) {
+        saved.insert(interface.to_string(), original);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -403,7 +490,9 @@ mod tests {
         // Real kernel: lo reports software stamping only, so enabling hardware falls back.
         let info = ts_info("lo").expect("ETHTOOL_GET_TS_INFO on lo");
         assert_ne!(info.so_timestamping & SOF_RX_SOFTWARE, 0);
-        assert!(enable_hardware("lo").is_err());
+        let saved = SavedConfigs::default();
+        assert!(enable_hardware("lo", &saved).is_err());
+        assert!(saved.restore().is_empty());
         assert!(ts_info("no-such-if0").is_err());
     }
 }
