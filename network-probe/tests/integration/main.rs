@@ -34,4 +34,5 @@ mod prometheus;
 mod restart;
 mod state_restore;
 mod tftp;
+mod truth;
 mod web;
