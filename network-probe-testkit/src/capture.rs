@@ -1,4 +1,5 @@
-//! tcpdump captures of an interface inside a namespace, read back as tcpdump decodes them.
+//! tcpdump captures of an interface inside a namespace, read back as tcpdump decodes them, or
+//! as the raw pcap records (each frame's capture time, length on the wire and first bytes).
 
 use std::{
     io::Read as _,
@@ -71,11 +72,7 @@ impl Capture {
 
     /// Stops the capture and returns its packets (TCP and everything else).
     pub fn finish(mut self) -> Vec<CapturedPacket> {
-        // Let the last packets reach the file, then stop tcpdump cleanly.
-        thread::sleep(Duration::from_millis(300));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        self.stop();
         let text = sh(
             "tcpdump",
             &["-tt", "-nn", "-v", "-r", self.file.to_str().unwrap()],
@@ -83,6 +80,127 @@ impl Capture {
         let _ = std::fs::remove_file(&self.file);
         parse_tcpdump(&text)
     }
+}
+
+impl Capture {
+    /// Lets the last packets reach the file, then stops tcpdump cleanly.
+    fn stop(&mut self) {
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+
+    /// Stops the capture and returns every frame as the pcap file recorded it, in capture
+    /// order: read from the file's records, not from tcpdump's decoding.
+    pub fn finish_frames(mut self) -> Vec<Frame> {
+        self.stop();
+        let bytes = std::fs::read(&self.file).expect("reading the capture file");
+        let _ = std::fs::remove_file(&self.file);
+        parse_pcap(&bytes)
+    }
+}
+
+/// One frame of a capture, from its pcap record.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// When the kernel stamped the frame (CLOCK_REALTIME), nanoseconds since the Unix epoch
+    /// (the file holds microseconds).
+    pub time_ns: u128,
+    /// The frame's length at the tap (link-layer header included), `orig_len` of the record.
+    pub len: u32,
+    /// Its first bytes (at most the capture's snap length, 256), from the Ethernet header on.
+    pub data: Vec<u8>,
+}
+
+/// The IP header fields of a frame (Ethernet, no VLAN tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader {
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    /// IP packet length, header included: IPv4 total length, IPv6 payload length + 40.
+    pub len: u32,
+    /// IPv4 protocol / IPv6 next header (6: TCP, 17: UDP).
+    pub protocol: u8,
+    /// Source and destination ports for TCP and UDP.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl Frame {
+    /// The frame's IP header, or `None` when it carries neither IPv4 nor IPv6.
+    pub fn ip(&self) -> Option<IpHeader> {
+        let be16 = |at: usize| -> Option<u16> {
+            Some(u16::from_be_bytes(
+                self.data.get(at..at + 2)?.try_into().ok()?,
+            ))
+        };
+        let (src, dst, len, protocol, l4): (std::net::IpAddr, std::net::IpAddr, u32, u8, usize) =
+            match be16(12)? {
+                0x0800 => {
+                    let header = self.data.get(14..34)?;
+                    let octets = |at: usize| -> [u8; 4] { header[at..at + 4].try_into().unwrap() };
+                    (
+                        octets(12).into(),
+                        octets(16).into(),
+                        u32::from(be16(16)?),
+                        header[9],
+                        14 + usize::from(header[0] & 0x0f) * 4,
+                    )
+                }
+                0x86dd => {
+                    let header = self.data.get(14..54)?;
+                    let octets =
+                        |at: usize| -> [u8; 16] { header[at..at + 16].try_into().unwrap() };
+                    (
+                        octets(8).into(),
+                        octets(24).into(),
+                        u32::from(be16(18)?) + 40,
+                        header[6],
+                        54,
+                    )
+                }
+                _ => return None,
+            };
+        let ports = match protocol {
+            6 | 17 => Some((be16(l4)?, be16(l4 + 2)?)),
+            _ => None,
+        };
+        Some(IpHeader {
+            src,
+            dst,
+            len,
+            protocol,
+            ports,
+        })
+    }
+}
+
+/// Reads a classic pcap file (as `tcpdump -w` writes it: host byte order, microsecond or
+/// nanosecond stamps, Ethernet link type).
+fn parse_pcap(bytes: &[u8]) -> Vec<Frame> {
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert!(bytes.len() >= 24, "a pcap file has a 24-byte header");
+    let nanos_per_unit: u128 = match u32_at(0) {
+        0xa1b2_c3d4 => 1_000,
+        0xa1b2_3c4d => 1,
+        magic => panic!("not a pcap file in host byte order (magic {magic:#x})"),
+    };
+    assert_eq!(u32_at(20), 1, "link type Ethernet");
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let (seconds, fraction, captured, len) =
+            (u32_at(at), u32_at(at + 4), u32_at(at + 8), u32_at(at + 12));
+        let data = bytes[at + 16..at + 16 + captured as usize].to_vec();
+        frames.push(Frame {
+            time_ns: u128::from(seconds) * 1_000_000_000 + u128::from(fraction) * nanos_per_unit,
+            len,
+            data,
+        });
+        at += 16 + captured as usize;
+    }
+    assert_eq!(at, bytes.len(), "the capture file ends inside a record");
+    frames
 }
 
 impl Drop for Capture {

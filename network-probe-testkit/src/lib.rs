@@ -27,7 +27,7 @@ pub mod netns;
 pub mod testrun;
 
 pub use bpffs::Bpffs;
-pub use capture::{Capture, CapturedPacket};
+pub use capture::{Capture, CapturedPacket, Frame, IpHeader};
 pub use command::sh;
 pub use daemon::{Daemon, daemon_path};
 pub use http::{get, http};

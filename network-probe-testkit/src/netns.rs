@@ -177,8 +177,11 @@ impl VethPair {
         format!("fd00:231:{}::2", self.a_addr[2])
     }
 
-    /// Turns off segmentation/receive offloads on both ends, so every packet the TC programs
-    /// see is one wire packet and one line in a capture.
+    /// Turns off segmentation/receive offloads on both ends, so every packet a capture records
+    /// is one wire packet. TCP still hands TC egress GSO super-packets (the kernel allows
+    /// software GSO for TCP whatever the device's flags) that are segmented after it; the
+    /// datapath counts their segments, but sees their length whole (`gso_max_segs 1` on the
+    /// link makes TCP send one segment per packet).
     pub fn disable_offloads(&self) {
         for (ns, ifname) in [(&self.a, &self.a_if), (&self.b, &self.b_if)] {
             self.exec(

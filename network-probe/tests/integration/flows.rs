@@ -97,7 +97,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, u32) {
 }
 
 /// connect(2) with an optional SO_RCVBUF; the error kind on failure.
-fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, ErrorKind> {
+pub(crate) fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, ErrorKind> {
     let fd = tcp_socket(addr, rcvbuf);
     let (storage, len) = sockaddr(addr);
     // SAFETY: valid fd and sockaddr.
@@ -113,7 +113,7 @@ fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, ErrorKind
 }
 
 /// A listener with an optional SO_RCVBUF (inherited by accepted sockets).
-fn listen(addr: SocketAddr, rcvbuf: Option<i32>) -> TcpListener {
+pub(crate) fn listen(addr: SocketAddr, rcvbuf: Option<i32>) -> TcpListener {
     let fd = tcp_socket(addr, rcvbuf);
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     let (storage, len) = sockaddr(addr);
@@ -135,7 +135,7 @@ fn flow_labels(ifname: &str, src: IpAddr, dst: IpAddr) -> String {
 
 /// (upper bound, cumulative count) of every bucket of histogram `name` with `labels` (after
 /// `le`, which the exposition puts first).
-fn histogram_buckets(scrape: &str, name: &str, labels: &str) -> Vec<(f64, u64)> {
+pub(crate) fn histogram_buckets(scrape: &str, name: &str, labels: &str) -> Vec<(f64, u64)> {
     let prefix = format!("{name}_bucket{{le=\"");
     let suffix = format!("\",{labels}}}");
     scrape

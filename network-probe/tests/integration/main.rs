@@ -35,4 +35,5 @@ mod prometheus;
 mod restart;
 mod state_restore;
 mod tftp;
+mod truth;
 mod web;
