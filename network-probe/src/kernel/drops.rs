@@ -47,8 +47,9 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEPOINT: &str = "kfree_skb";
 /// The enum the reason argument is of.
 const REASON_ENUM: &str = "skb_drop_reason";
-/// Prefix of the enum's drop reasons (`SKB_DROP_REASON_NO_SOCKET`); other values
-/// (`SKB_CONSUMED`, `SKB_NOT_DROPPED_YET`) lose `SKB_`.
+/// Prefix of the enum's drop reasons (`SKB_DROP_REASON_NO_SOCKET`). Its other values
+/// (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`) are no drops: the kernel reports consumed packets
+/// on another tracepoint.
 const REASON_PREFIX: &str = "SKB_DROP_REASON_";
 /// Label of every drop on kernels whose tracepoint has no reason.
 pub const NOT_SPECIFIED: &str = "not_specified";
@@ -144,17 +145,17 @@ impl KernelLayout {
     }
 }
 
-/// Labels of the reason enum's values: `SKB_DROP_REASON_NO_SOCKET` -> `no_socket`; the
-/// enum's end marker (`SKB_DROP_REASON_MAX`) is no reason.
+/// Labels of the reason enum's drop reasons: `SKB_DROP_REASON_NO_SOCKET` -> `no_socket`, the
+/// set the tracepoint's own print format lists (its end marker `SKB_DROP_REASON_MAX` too,
+/// which never occurs). `SKB_DROP_REASON_SUBSYS_MASK` (6.4+) is a bit mask, not a reason; a
+/// subsystem's reasons (values above it, e.g. mac80211's) are named in enums of their own and
+/// are exported as `reason_<number>`.
 pub(crate) fn reason_labels(values: &[(String, u64)]) -> BTreeMap<u32, String> {
     values
         .iter()
-        .filter(|(name, _)| name != "SKB_DROP_REASON_MAX")
+        .filter(|(name, _)| !name.starts_with("SKB_DROP_REASON_SUBSYS_"))
         .filter_map(|(name, value)| {
-            let label = name
-                .strip_prefix(REASON_PREFIX)
-                .or_else(|| name.strip_prefix("SKB_"))
-                .unwrap_or(name);
+            let label = name.strip_prefix(REASON_PREFIX)?;
             Some((u32::try_from(*value).ok()?, label.to_ascii_lowercase()))
         })
         .collect()
@@ -251,8 +252,13 @@ impl Drops {
     }
 
     pub(crate) fn status(&self) -> DropsStatus {
+        // The end marker is listed, but is no reason.
         DropsStatus::Counting {
-            reasons: self.reasons.len(),
+            reasons: self
+                .reasons
+                .values()
+                .filter(|label| *label != "max")
+                .count(),
         }
     }
 
@@ -327,13 +333,15 @@ mod tests {
             ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
             ("SKB_DROP_REASON_NETFILTER_DROP", 12),
             ("SKB_DROP_REASON_MAX", 130),
+            ("SKB_DROP_REASON_SUBSYS_MASK", 0xffff_0000),
         ]
         .map(|(name, value)| (name.to_string(), value));
         let labels = reason_labels(&values);
         assert_eq!(labels.get(&2).map(String::as_str), Some("not_specified"));
         assert_eq!(labels.get(&12).map(String::as_str), Some("netfilter_drop"));
-        assert_eq!(labels.get(&1).map(String::as_str), Some("consumed"));
-        assert_eq!(labels.get(&130), None);
+        assert_eq!(labels.get(&1), None);
+        assert_eq!(labels.get(&130).map(String::as_str), Some("max"));
+        assert_eq!(labels.len(), 3);
     }
 
     #[test]
