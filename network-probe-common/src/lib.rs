@@ -633,6 +633,93 @@ pub struct FlowStats {
     pub tracking: FlowTracking,
 }
 
+/// Per-CPU hash map of packet drops (the `kfree_skb` tracepoint): [`DropKey`] -> drops. Not
+/// pinned: the kernel's drop counters are host-wide facts re-read from zero each run, and a
+/// restart of the daemon is an ordinary counter reset to Prometheus.
+pub const DROPS_MAP: &str = "DROPS";
+/// Capacity of [`DROPS_MAP`]: a key exists per reason that occurred, watched interface (plus
+/// one for every other) and protocol class, so a few hundred in practice. A drop that finds
+/// the map full is counted in [`DROPS_LOST_MAP`] instead.
+pub const DROPS_MAX_ENTRIES: u32 = 16_384;
+/// Per-CPU array of one `u64`: drops that found [`DROPS_MAP`] full.
+pub const DROPS_LOST_MAP: &str = "DROPS_LOST";
+/// Name of the drop program (BTF-enabled tracepoint on `kfree_skb`).
+pub const KFREE_SKB_PROGRAM: &str = "kfree_skb";
+/// Name of the read-only global of type [`DropLayout`] the daemon sets before loading.
+pub const DROP_LAYOUT_GLOBAL: &str = "DROP_LAYOUT";
+/// [`DropLayout`] field value for a field the running kernel does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// [`DropKey::l3`] values, from `skb->protocol`.
+pub const DROP_L3_OTHER: u8 = 0;
+pub const DROP_L3_IPV4: u8 = 1;
+pub const DROP_L3_IPV6: u8 = 2;
+pub const DROP_L3_ARP: u8 = 3;
+/// [`DropKey::l4`] values, from the IP header's protocol (IPv6: the first next header); none
+/// when the network header is unset or unreadable.
+pub const DROP_L4_NONE: u8 = 0;
+pub const DROP_L4_TCP: u8 = 1;
+pub const DROP_L4_UDP: u8 = 2;
+pub const DROP_L4_ICMP: u8 = 3;
+
+/// Key of [`DROPS_MAP`], 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DropKey {
+    /// The tracepoint's `enum skb_drop_reason` value (0 on kernels without the argument).
+    pub reason: u32,
+    /// `skb->dev->ifindex` when that device is in the daemon's network namespace and watched
+    /// (has a slot in [`IFINDEX_SLOTS_MAP`]); 0 for every other drop.
+    pub ifindex: u32,
+    /// One of the `DROP_L3_*` values.
+    pub l3: u8,
+    /// One of the `DROP_L4_*` values.
+    pub l4: u8,
+    pub _pad: u16,
+}
+
+/// Where the drop program finds what it reads in kernel structures: byte offsets the daemon
+/// takes from the running kernel's BTF (there are no CO-RE relocations for Rust eBPF
+/// programs), [`NO_OFFSET`] for a field the kernel lacks. Read-only data the program reads at
+/// run time and the verifier knows the value of.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropLayout {
+    /// `sk_buff.dev` (a `struct net_device *`).
+    pub skb_dev: u32,
+    /// `sk_buff.protocol` (`__be16`).
+    pub skb_protocol: u32,
+    /// `sk_buff.head` (`unsigned char *`).
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (`__u16`, offset from head; `0xffff` when unset).
+    pub skb_network_header: u32,
+    /// `net_device.ifindex` (`int`).
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net` (`struct net *`); [`NO_OFFSET`] without network namespaces.
+    pub dev_net: u32,
+    /// `net.ns.inum` (`unsigned int`).
+    pub net_inum: u32,
+    /// Inode number of the daemon's network namespace: only devices in it can be watched ones.
+    pub netns_inum: u32,
+    /// 1 when the tracepoint passes the drop reason (third argument, Linux 5.17+).
+    pub has_reason: u32,
+}
+
+impl DropLayout {
+    /// The placeholder in the object: nothing known, nothing read.
+    pub const UNKNOWN: DropLayout = DropLayout {
+        skb_dev: NO_OFFSET,
+        skb_protocol: NO_OFFSET,
+        skb_head: NO_OFFSET,
+        skb_network_header: NO_OFFSET,
+        dev_ifindex: NO_OFFSET,
+        dev_net: NO_OFFSET,
+        net_inum: NO_OFFSET,
+        netns_inum: 0,
+        has_reason: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] u64 fields and arrays, no padding.
@@ -649,6 +736,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowSlot {}
     // SAFETY: #[repr(C)], u64 fields only.
     unsafe impl aya::Pod for super::FlowCounts {}
+    // SAFETY: #[repr(C)], explicit padding field, 12 bytes, alignment 4.
+    unsafe impl aya::Pod for super::DropKey {}
+    // SAFETY: #[repr(C)], u32 fields only.
+    unsafe impl aya::Pod for super::DropLayout {}
 }
 
 #[cfg(test)]
@@ -671,6 +762,8 @@ mod tests {
             core::mem::size_of::<DeviceStats>(),
             8 * (12 + RTT_BUCKETS + 2 * SIZE_BUCKETS + 2 + UNCLASSIFIED_REASONS)
         );
+        assert_eq!(core::mem::size_of::<DropKey>(), 4 + 4 + 1 + 1 + 2);
+        assert_eq!(core::mem::size_of::<DropLayout>(), 9 * 4);
     }
 
     /// Every field's offset in layout version 4, and where the slot table puts a flow. A

@@ -1,5 +1,6 @@
 //! Accounting: one parsed packet updates its interface's per-CPU statistics and, for TCP, its
-//! flow's entry in the LRU flow map of its address family.
+//! flow's entry in the LRU flow map of its address family; one dropped packet (the `kfree_skb`
+//! hook, [`crate::drops`]) its (reason, interface, protocol) entry in the drop map.
 //!
 //! The cost per packet is mostly map lookups, so they are kept cheap: the interface's statistics
 //! are found by two array lookups (interface index -> slot, slot -> per-CPU statistics), which
@@ -14,15 +15,15 @@
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
-    DeviceStats, Direction, FAMILY_IPV4, FAMILY_IPV6, FlowCounts, FlowKey4, FlowKey6, FlowSlot,
-    FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, flow_slot_index,
+    DeviceStats, Direction, DropKey, FAMILY_IPV4, FAMILY_IPV6, FlowCounts, FlowKey4, FlowKey6,
+    FlowSlot, FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, flow_slot_index,
     ifindex_direction, size_bucket,
 };
 
 use crate::{
     maps::{
-        CLOCK_CACHE, DEVICE_STATS, FLOW_SLOT_COUNTERS, FLOW_SLOTS, FLOWS4, FLOWS6, IFINDEX_SLOTS,
-        flow_slot_count, flow_slot_shift,
+        CLOCK_CACHE, DEVICE_STATS, DROPS, DROPS_LOST, FLOW_SLOT_COUNTERS, FLOW_SLOTS, FLOWS4,
+        FLOWS6, IFINDEX_SLOTS, flow_slot_count, flow_slot_shift,
     },
     packet::Packet,
     parse::{Ip, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, parse},
@@ -691,5 +692,27 @@ fn atomic_add(target: &mut u64, value: u64) {
             in(reg) target as *mut u64,
             in(reg) value,
         );
+    }
+}
+
+/// Counts one dropped packet under `key` in [`DROPS`] (in [`DROPS_LOST`] when the map is
+/// full). The value is per CPU, but a drop in an interrupt can nest in another on the same
+/// CPU, so the add is atomic all the same (one instruction, and drops are rare next to
+/// packets).
+#[inline(always)]
+pub(crate) fn count_drop(key: &DropKey) {
+    if let Some(count) = DROPS.get_ptr_mut(key) {
+        // SAFETY: a valid u64 in a map value of this CPU.
+        atomic_add(unsafe { &mut *count }, 1);
+        return;
+    }
+    if DROPS.insert(key, 1u64, BPF_NOEXIST).is_ok() {
+        return;
+    }
+    // Created meanwhile by a nested drop on this CPU (add to it), or the map is full.
+    let target = DROPS.get_ptr_mut(key).or_else(|| DROPS_LOST.get_ptr_mut(0));
+    if let Some(count) = target {
+        // SAFETY: as above.
+        atomic_add(unsafe { &mut *count }, 1);
     }
 }

@@ -3,7 +3,9 @@
 //! - [`tc`] and [`xdp`]: the hooks; thin wrappers that read the packet's metadata.
 //! - [`packet`]: loading bytes from an skb or an XDP buffer behind one trait.
 //! - [`parse`]: Ethernet / VLAN / IPv4 / IPv6 / TCP parsing into a small summary.
-//! - [`account`]: per-interface and per-flow accounting from that summary.
+//! - [`drops`]: the hook on the kernel's `kfree_skb` tracepoint (dropped packets, any
+//!   interface), which reads the skb's reason, protocol and device.
+//! - [`account`]: per-interface and per-flow accounting from that summary, and drop counts.
 //! - [`maps`]: every map of the object.
 //!
 //! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
@@ -17,6 +19,7 @@ use network_probe_ebpf as _;
 
 mod account;
 mod baseline;
+mod drops;
 mod maps;
 mod packet;
 mod parse;

@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use network_probe_common::{
-    DEVICE_STATS_MAX_ENTRIES, DeviceStats, FLOW_SLOTS_DEFAULT, FLOWS_DEFAULT_MAX_ENTRIES,
-    FlowCounts, FlowKey4, FlowKey6, FlowSlot, FlowStats, IFINDEX_LIMIT,
+    DEVICE_STATS_MAX_ENTRIES, DROPS_MAX_ENTRIES, DeviceStats, DropKey, FLOW_SLOTS_DEFAULT,
+    FLOWS_DEFAULT_MAX_ENTRIES, FlowCounts, FlowKey4, FlowKey6, FlowSlot, FlowStats, IFINDEX_LIMIT,
 };
+
+/// `BPF_F_NO_PREALLOC` from linux/bpf.h.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// `BPF_F_MMAPABLE` from linux/bpf.h.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -45,6 +48,18 @@ pub(crate) static FLOWS4: LruHashMap<FlowKey4, FlowStats> =
 #[map(name = "FLOWS6")]
 pub(crate) static FLOWS6: LruHashMap<FlowKey6, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX_ENTRIES, 0);
+
+/// Packet drops by reason, watched interface and protocol class, one copy per CPU (see
+/// `crate::drops`). Entries are allocated as drops first occur (`BPF_F_NO_PREALLOC`): a
+/// preallocated per-CPU hash would take its full size on every CPU up front, even with drops
+/// off.
+#[map(name = "DROPS")]
+pub(crate) static DROPS: PerCpuHashMap<DropKey, u64> =
+    PerCpuHashMap::with_max_entries(DROPS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Drops that found [`DROPS`] full, one copy per CPU.
+#[map(name = "DROPS_LOST")]
+pub(crate) static DROPS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the coarse clock read at the last jiffy (see `account::coarse_now`).
 #[derive(Clone, Copy)]

@@ -7,6 +7,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::
 use crate::{
     flows::table::FlowLabels,
     kernel::datapath::{IngressHook, TcAttach},
+    kernel::drops::DropsMode,
     support::units::parse_duration,
 };
 
@@ -94,6 +95,12 @@ pub struct Cli {
     /// filters on a clsact qdisc over netlink (`auto`); or force one.
     #[arg(long = "datapath.tc-attach", value_name = "MODE", value_enum, default_value_t = TcAttach::Auto, global = true)]
     pub tc_attach: TcAttach,
+
+    /// Count the packets the kernel drops, by reason, interface and protocol
+    /// (network_probe_drops_total; a BTF tracepoint on kfree_skb): `auto` where the kernel can
+    /// (BTF, Linux 5.5+; reasons 5.17+), `on` to refuse to start without it, `off`.
+    #[arg(long = "datapath.drops", value_name = "MODE", value_enum, default_value_t = DropsMode::Auto, global = true)]
+    pub drops: DropsMode,
 
     /// bpffs directory the kernel maps are pinned in, so counters survive a restart or an
     /// upgrade of the daemon (even after a crash); "" to keep them only while the daemon runs.
@@ -287,6 +294,7 @@ impl Cli {
             flow_map_entries: self.flow_map_entries,
             flow_slots: self.flow_slots,
             pin_path: (!self.pin_path.is_empty()).then(|| self.pin_path.clone().into()),
+            drops: self.drops,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::{
     cli::Cli,
     jool::client::{JoolClient, ReadError},
     kernel::datapath::{Datapath, DatapathConfig},
+    kernel::drops::DropsStatus,
     kernel::preflight,
     kernel::privileges::{StatusCapabilities, bit, cap},
     kernel::rtnetlink,
@@ -131,7 +132,7 @@ pub fn findings(cli: &Cli) -> Vec<Finding> {
         &fs::read_to_string("/proc/mounts").unwrap_or_default(),
         &cli.pin_path,
     ));
-    findings.push(trial_load(cli));
+    findings.extend(trial_load(cli));
     findings.extend(interface_findings(cli));
     findings.extend(socket_findings());
     findings.extend(jool_findings(cli));
@@ -291,8 +292,8 @@ pub fn bpffs_finding(mounts: &str, pin_path: &str) -> Finding {
 }
 
 /// Loads and verifies the embedded programs for `--datapath.ingress`, attaches nothing, and
-/// unloads them again.
-fn trial_load(cli: &Cli) -> Finding {
+/// unloads them again; then the drop reasons line (see [`drops_finding`]).
+fn trial_load(cli: &Cli) -> Vec<Finding> {
     let item = "eBPF programs";
     // Pins nothing: a trial must not touch the running daemon's pinned maps.
     let config = DatapathConfig {
@@ -301,22 +302,62 @@ fn trial_load(cli: &Cli) -> Finding {
     };
     match Datapath::load(config) {
         Ok(datapath) => {
+            let drops = datapath.drops_status();
             drop(datapath);
-            Finding::ok(
-                item,
-                format!(
-                    "loaded and verified for --datapath.ingress {} (attached nowhere)",
-                    clap::ValueEnum::to_possible_value(&cli.ingress)
-                        .map_or_else(|| format!("{:?}", cli.ingress), |v| v.get_name().into())
+            vec![
+                Finding::ok(
+                    item,
+                    format!(
+                        "loaded and verified for --datapath.ingress {} (attached nowhere)",
+                        clap::ValueEnum::to_possible_value(&cli.ingress)
+                            .map_or_else(|| format!("{:?}", cli.ingress), |v| v.get_name().into())
+                    ),
                 ),
-            )
+                drops_finding(&drops),
+            ]
         }
-        Err(err) => Finding::not_ok(
+        Err(err) => vec![Finding::not_ok(
             Status::Fail,
             item,
             format!("trial load failed: {err}"),
             "fix the capability and kernel lines above; the verifier log is printed with \
              --log.level debug",
+        )],
+    }
+}
+
+/// Whether drop reasons are available (the kfree_skb program verified, the reason enum in the
+/// kernel's BTF), and what the daemon does without them.
+pub fn drops_finding(status: &DropsStatus) -> Finding {
+    let item = "drop reasons";
+    match status {
+        DropsStatus::Counting { reasons: 0 } => Finding::not_ok(
+            Status::Warn,
+            item,
+            "tp_btf/kfree_skb verified, but the tracepoint passes no reason (Linux < 5.17): \
+             network_probe_drops_total counts every drop as reason=\"not_specified\"",
+            "run Linux 5.17 or later for reasons",
+        ),
+        DropsStatus::Counting { reasons } => Finding::ok(
+            item,
+            format!(
+                "tp_btf/kfree_skb verified; {reasons} reasons named by the kernel's BTF (enum \
+                 skb_drop_reason): network_probe_drops_total is exported"
+            ),
+        ),
+        DropsStatus::Off => Finding::ok(
+            item,
+            "off (--datapath.drops off): no network_probe_drops_total",
+        ),
+        DropsStatus::Unavailable(why) => Finding::not_ok(
+            Status::Warn,
+            item,
+            format!(
+                "unavailable: {why}; the daemon runs without network_probe_drops_total \
+                 (interface counters and flows are unaffected)"
+            ),
+            "drop reasons need kernel BTF (CONFIG_DEBUG_INFO_BTF) and Linux 5.5 or later, \
+             reasons 5.17 or later",
         ),
     }
 }

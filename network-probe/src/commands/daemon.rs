@@ -30,6 +30,7 @@ use crate::{
     flows::table::FlowOptions,
     flows::tracker::FlowTracker,
     kernel::datapath::Datapath,
+    kernel::drops::{DropsMode, DropsStatus},
     kernel::preflight,
     kernel::privileges,
     kernel::rtnetlink::{self, LinkEvent, LinkSubscription, Received},
@@ -121,6 +122,7 @@ pub fn run(flags: Cli) -> Result<()> {
         for interface in &interfaces {
             datapath.attach(interface)?;
         }
+        start_drops(&datapath, cli.drops)?;
         let link_watcher = tokio::spawn(watch_links(
             link_events,
             LinkWatcher {
@@ -332,6 +334,29 @@ pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
         rtnetlink::interface_index(interface)?;
     }
     Ok(interfaces)
+}
+
+/// Attaches the drop program when it is loaded, and says in the log whether drops are counted
+/// and if not why (a failed attach stops the start only with `--datapath.drops on`).
+fn start_drops(datapath: &Datapath, mode: DropsMode) -> Result<()> {
+    let status = match datapath.attach_drops() {
+        Ok(()) => datapath.drops_status(),
+        Err(err) if mode == DropsMode::On => return Err(err),
+        Err(err) => DropsStatus::Unavailable(err.to_string()),
+    };
+    match status {
+        DropsStatus::Counting { reasons: 0 } => info!(
+            "drop reasons: counting kernel drops (tp_btf/kfree_skb); this kernel's tracepoint              passes no reason (Linux < 5.17): every drop is reason=\"not_specified\""
+        ),
+        DropsStatus::Counting { reasons } => info!(
+            "drop reasons: counting kernel drops (tp_btf/kfree_skb), {reasons} reasons named              by the kernel's BTF"
+        ),
+        DropsStatus::Off => info!("drop reasons: off (--datapath.drops off)"),
+        DropsStatus::Unavailable(why) => {
+            warn!("drop reasons: unavailable ({why}); running without network_probe_drops_total")
+        }
+    }
+    Ok(())
 }
 
 /// Reads link events as they arrive and keeps the datapath attached to the configured

@@ -104,6 +104,7 @@ struct RawFile {
 struct RawDatapath {
     ingress: Option<Value>,
     tc_attach: Option<Value>,
+    drops: Option<Value>,
     pin_path: Option<Value>,
     state_file: Option<Value>,
 }
@@ -222,6 +223,15 @@ const SETTINGS: &[Setting] = &[
         reloadable: false,
         get: |f| f.datapath.as_ref()?.tc_attach.as_ref(),
         copy: |to, from| to.tc_attach = from.tc_attach,
+    },
+    Setting {
+        path: "datapath.drops",
+        flag: "--datapath.drops",
+        id: "drops",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.datapath.as_ref()?.drops.as_ref(),
+        copy: |to, from| to.drops = from.drops,
     },
     Setting {
         path: "datapath.pin_path",

@@ -47,6 +47,7 @@ use network_probe_common::{
 
 use crate::{
     error::{Error, Result},
+    kernel::drops::{DropCount, Drops, DropsMode, DropsStatus, KernelLayout},
     kernel::flow_maps::{FlowMapEntries, FlowMaps},
     kernel::map_batch,
     kernel::pinning::{self, MapOrigin, WantedMap},
@@ -118,6 +119,8 @@ pub struct DatapathConfig {
     pub flow_slots: u32,
     /// bpffs directory to pin the maps in (`None`: maps live as long as the process).
     pub pin_path: Option<PathBuf>,
+    /// Whether to load the drop program (see [`crate::kernel::drops`]).
+    pub drops: DropsMode,
 }
 
 /// A program our object attaches.
@@ -154,6 +157,18 @@ struct Attachment {
     link: LinkId,
 }
 
+/// Interface label of drops on devices that are not watched.
+pub const OTHER_INTERFACE: &str = "other";
+
+/// Drops of one (interface, reason, protocol) row, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropSample {
+    pub interface: String,
+    pub reason: String,
+    pub protocol: &'static str,
+    pub drops: u64,
+}
+
 /// Statistics of one interface and direction, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSample {
@@ -184,6 +199,9 @@ struct Inner {
     ownership: Ownership,
     /// Bumped whenever `retired` or `seen_names` change.
     generation: u64,
+    /// The drop program, when loaded.
+    drops: Option<Drops>,
+    drops_status: DropsStatus,
 }
 
 /// What only user space knows about interfaces, for the state file: the statistics of forgotten
@@ -251,10 +269,22 @@ impl Datapath {
             .map(|root| pinning::prepare(root, &wanted))
             .transpose()?;
         let slot_sizes = FlowSlotSizes::new(config.flow_slots);
+        let drop_layout = match config.drops {
+            DropsMode::Off => Err("turned off (--datapath.drops off)".to_string()),
+            DropsMode::Auto | DropsMode::On => KernelLayout::read(),
+        };
+        if let (Err(why), DropsMode::On) = (&drop_layout, config.drops) {
+            return Err(Error::Other(format!(
+                "--datapath.drops on: drop reasons are unavailable: {why}"
+            )));
+        }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(FLOWS4_MAP, config.flow_map_entries);
         loader.map_max_entries(FLOWS6_MAP, config.flow_map_entries);
         slot_sizes.apply(&mut loader);
+        if let Ok(layout) = &drop_layout {
+            layout.apply(&mut loader);
+        }
         let map_origins = match &plan {
             Some(plan) => {
                 for map in &wanted {
@@ -309,6 +339,23 @@ impl Datapath {
             .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
+        let (drops, drops_status) = match drop_layout {
+            Err(why) => (None, DropsStatus::Unavailable(why)),
+            Ok(layout) => match Drops::load(&mut ebpf, layout.clone()) {
+                Ok(drops) => {
+                    let status = drops.status();
+                    (Some(drops), status)
+                }
+                Err(err) if config.drops == DropsMode::On => return Err(err),
+                Err(err) => (None, DropsStatus::Unavailable(err.to_string())),
+            },
+        };
+        // Off is no unavailability: it is what was asked for.
+        let drops_status = if config.drops == DropsMode::Off {
+            DropsStatus::Off
+        } else {
+            drops_status
+        };
         Ok(Datapath {
             inner: Mutex::new(Inner {
                 ebpf,
@@ -324,8 +371,71 @@ impl Datapath {
                 map_ids,
                 ownership,
                 generation: 0,
+                drops,
+                drops_status,
             }),
         })
+    }
+
+    /// Attaches the drop program to its tracepoint (host-wide, once), when it is loaded.
+    pub fn attach_drops(&self) -> Result<()> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        match &mut inner.drops {
+            Some(drops) => drops.attach(&mut inner.ebpf),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether drops are counted in this run, and if not why.
+    pub fn drops_status(&self) -> DropsStatus {
+        self.lock().drops_status.clone()
+    }
+
+    /// Drops counted since the program was loaded, labelled: the watched interface's name
+    /// (`other` for every other device, none included), the reason and the protocol class;
+    /// plus the drops that found the map full. Empty without the drop program.
+    pub fn drop_samples(&self) -> (Vec<DropSample>, u64) {
+        let inner = self.lock();
+        let Some(drops) = &inner.drops else {
+            return (Vec::new(), 0);
+        };
+        let rows = match drops.read() {
+            Ok(rows) => rows,
+            Err(err) => {
+                warn!("{err}");
+                return (Vec::new(), drops.lost());
+            }
+        };
+        let names = inner.names();
+        let mut samples: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
+        for DropCount {
+            ifindex,
+            reason,
+            protocol,
+            drops,
+        } in rows
+        {
+            let interface = names
+                .get(&ifindex)
+                .copied()
+                .or_else(|| inner.seen_names.get(&ifindex).map(String::as_str))
+                .filter(|_| ifindex != 0)
+                .unwrap_or(OTHER_INTERFACE);
+            *samples
+                .entry((interface.to_string(), reason, protocol))
+                .or_default() += drops;
+        }
+        let samples = samples
+            .into_iter()
+            .map(|((interface, reason, protocol), drops)| DropSample {
+                interface,
+                reason,
+                protocol,
+                drops,
+            })
+            .collect();
+        (samples, drops.lost())
     }
 
     /// Prepares the statistics entries of `interface` and attaches the ingress and egress

@@ -3,11 +3,15 @@
 //! [`map_batch`], pinned in bpffs by [`pinning`]), waiting out running programs
 //! ([`program_barrier`]), interfaces, routes and link events over rtnetlink ([`rtnetlink`]), the
 //! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]);
-//! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]).
+//! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
+//! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
+//! [`btf`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
+pub(crate) mod btf;
 pub mod datapath;
+pub mod drops;
 pub mod flow_maps;
 pub(crate) mod map_batch;
 pub(crate) mod pinning;

@@ -457,6 +457,31 @@ impl Collector for DatapathCollector {
                 )
             }),
         )?;
+        let (drops, lost) = datapath.drop_samples();
+        counter_family(
+            &mut encoder,
+            "network_probe_drops",
+            "Packets the kernel dropped (kfree_skb), host-wide, by the kernel's drop reason \
+             (names from its BTF enum skb_drop_reason), protocol class and interface (a watched \
+             one, else other). Only reasons that occurred; absent without drop reasons (see \
+             `check`).",
+            drops.into_iter().map(|sample| {
+                (
+                    [
+                        ("interface", sample.interface),
+                        ("reason", sample.reason),
+                        ("protocol", sample.protocol.to_string()),
+                    ],
+                    sample.drops,
+                )
+            }),
+        )?;
+        single_counter(
+            &mut encoder,
+            "network_probe_drops_lost",
+            "Kernel drops not counted in network_probe_drops_total: its map was full.",
+            lost,
+        )?;
         let tc_attach = datapath.tc_attach().as_str();
         gauge_family(
             &mut encoder,

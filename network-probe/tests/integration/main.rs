@@ -14,6 +14,7 @@ mod config;
 mod datapath;
 mod deb;
 mod deploy;
+mod drops;
 mod errors;
 mod flow_slots;
 mod flows;
