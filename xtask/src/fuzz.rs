@@ -11,6 +11,11 @@
 //! - `cargo xtask fuzz` fuzzes each target for a given time, adds what it found to the corpus,
 //!   minimizes the corpus (`cargo fuzz cmin`) and prints a summary table
 //!   ([`Fuzzer::fuzz_all`]).
+//!
+//! `fuzz/` is its own workspace with its own lockfile, committed so the targets build the
+//! versions the daemon ships. Before any build, [`check_lockfiles`] fails when a crate in both
+//! `Cargo.lock` and `fuzz/Cargo.lock` is locked at two semver-compatible versions (a
+//! `cargo update` in one and not the other), naming the crate and both versions.
 
 use std::{
     fs,
@@ -96,8 +101,10 @@ impl Fuzzer<'_> {
         Ok(command)
     }
 
-    /// Builds every target once, so that build errors show up once and before any run.
+    /// Builds every target once, so that build errors show up once and before any run; first
+    /// checks that `fuzz/Cargo.lock` is in step with the workspace's ([`check_lockfiles`]).
     pub(crate) fn build(&self) -> Result<()> {
+        check_lockfiles(self.root)?;
         let status = self
             .cargo_fuzz(&["build"])?
             .status()
@@ -329,6 +336,93 @@ fn summary(runs: &[Run]) -> String {
     table
 }
 
+/// How to bring `fuzz/Cargo.lock` back in step: start from the workspace's lock and let cargo
+/// drop what the fuzz workspace does not use and add what only it uses (libfuzzer-sys).
+const SYNC_LOCKFILE: &str = "cp Cargo.lock fuzz/Cargo.lock && (cd fuzz && AYA_BUILD_SKIP=1 \
+     cargo metadata --format-version 1 >/dev/null)";
+
+/// Fails when a crate in both `Cargo.lock` and `fuzz/Cargo.lock` is locked at two different
+/// semver-compatible versions (see [`lockfile_drift`]).
+pub(crate) fn check_lockfiles(root: &Path) -> Result<()> {
+    let read = |path: &Path| {
+        fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (fuzz/Cargo.lock is committed; recreate it with: {SYNC_LOCKFILE})",
+                path.display()
+            )
+        })
+    };
+    let workspace = read(&root.join("Cargo.lock"))?;
+    let fuzz = read(&root.join("fuzz/Cargo.lock"))?;
+    let drift = lockfile_drift(&workspace, &fuzz);
+    if !drift.is_empty() {
+        bail!(
+            "fuzz/Cargo.lock is out of step with Cargo.lock: {}; regenerate it with: \
+             {SYNC_LOCKFILE}",
+            drift.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `(name, version)` of every `[[package]]` of a Cargo.lock.
+fn locked_packages(lockfile: &str) -> Vec<(&str, &str)> {
+    let mut packages = Vec::new();
+    let mut name = None;
+    for line in lockfile.lines() {
+        let quoted = |key: &str| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix(" = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+        };
+        if line == "[[package]]" {
+            name = None;
+        } else if let Some(value) = quoted("name") {
+            name = Some(value);
+        } else if let (Some(value), Some(package)) = (quoted("version"), name) {
+            packages.push((package, value));
+            name = None;
+        }
+    }
+    packages
+}
+
+/// The part of a version that semver compatibility keeps: the major version, or `0.minor`
+/// (`0.0.patch`) below 1.0. Two versions of a crate with different keys are different APIs
+/// that both lockfiles may well hold (`getrandom` 0.3 and 0.4), so they are not drift.
+fn compatibility_key(version: &str) -> String {
+    let mut parts = version.split(['.', '-', '+']);
+    let (major, minor, patch) = (parts.next(), parts.next(), parts.next());
+    match (major, minor) {
+        (Some("0"), Some("0")) => format!("0.0.{}", patch.unwrap_or("")),
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        _ => major.unwrap_or("").to_string(),
+    }
+}
+
+/// "crate: fuzz/Cargo.lock has A, Cargo.lock has B" for every crate locked at semver-compatible
+/// but different versions in the two lockfiles.
+fn lockfile_drift(workspace: &str, fuzz: &str) -> Vec<String> {
+    let workspace = locked_packages(workspace);
+    let mut drift = Vec::new();
+    for (name, version) in locked_packages(fuzz) {
+        let key = compatibility_key(version);
+        let ours = workspace
+            .iter()
+            .filter(|(other, _)| *other == name)
+            .map(|(_, other_version)| *other_version)
+            .filter(|other_version| compatibility_key(other_version) == key);
+        let ours: Vec<&str> = ours.collect();
+        if !ours.is_empty() && !ours.contains(&version) {
+            drift.push(format!(
+                "{name}: fuzz/Cargo.lock has {version}, Cargo.lock has {}",
+                ours.join(" and ")
+            ));
+        }
+    }
+    drift
+}
+
 /// The files directly in `dir` (none if it does not exist).
 fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
@@ -344,4 +438,61 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKSPACE: &str = "version = 4\n\n[[package]]\nname = \"getrandom\"\nversion = \"0.3.4\"\n\
+        source = \"registry+x\"\n\n[[package]]\nname = \"syn\"\nversion = \"1.0.109\"\n\n\
+        [[package]]\nname = \"syn\"\nversion = \"2.0.111\"\ndependencies = [\n \"quote\",\n]\n";
+
+    /// The committed lockfiles themselves (also checked before every fuzz build).
+    #[test]
+    fn committed_lockfiles_are_in_step() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        check_lockfiles(root).unwrap();
+    }
+
+    #[test]
+    fn lockfile_packages_are_read() {
+        assert_eq!(
+            locked_packages(WORKSPACE),
+            [
+                ("getrandom", "0.3.4"),
+                ("syn", "1.0.109"),
+                ("syn", "2.0.111")
+            ]
+        );
+    }
+
+    #[test]
+    fn only_compatible_versions_that_differ_are_drift() {
+        let fuzz = |packages: &[(&str, &str)]| {
+            packages
+                .iter()
+                .map(|(name, version)| {
+                    format!("[[package]]\nname = \"{name}\"\nversion = \"{version}\"\n\n")
+                })
+                .collect::<String>()
+        };
+        // Same versions, a crate only the fuzz workspace has, another major: in step.
+        let same = fuzz(&[
+            ("syn", "2.0.111"),
+            ("libfuzzer-sys", "0.4.13"),
+            ("getrandom", "0.4.3"),
+        ]);
+        assert_eq!(lockfile_drift(WORKSPACE, &same), Vec::<String>::new());
+        let drifted = fuzz(&[("syn", "2.0.114"), ("getrandom", "0.3.3")]);
+        assert_eq!(
+            lockfile_drift(WORKSPACE, &drifted),
+            [
+                "syn: fuzz/Cargo.lock has 2.0.114, Cargo.lock has 2.0.111",
+                "getrandom: fuzz/Cargo.lock has 0.3.3, Cargo.lock has 0.3.4"
+            ]
+        );
+        assert_eq!(compatibility_key("0.0.7"), "0.0.7");
+        assert_eq!(compatibility_key("1.2.3-rc.1"), "1");
+    }
 }

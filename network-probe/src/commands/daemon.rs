@@ -179,6 +179,7 @@ pub fn run(flags: Cli) -> Result<()> {
             scrapes: web::ScrapeCoalescer::default(),
             connections,
             enable_lifecycle: cli.enable_lifecycle,
+            history: web::ProbeHistory::default(),
         });
         // Everything privileged at start is done: keep only what re-attaching and the probers
         // need (see privileges.rs).

@@ -23,6 +23,12 @@
 //! Precedence: a flag given on the command line wins over the file, the file wins over the
 //! flag's default ([`Config::apply`]). Reloading ([`reload`]) swaps the modules and the probe
 //! allowlist; the other settings need a restart and are reported as such.
+//!
+//! YAML is read and written with `yaml_serde`, the YAML organization's maintained fork of the
+//! archived `serde_yaml`: the same `Value` and the same errors that start with the field's path,
+//! YAML 1.2 scalars (`yes`/`on` stay strings, `017` is not octal). The pure-Rust `serde-saphyr`
+//! has no `Value` or field paths and reads an untyped `yes` as a boolean; docs/configuration.md
+//! ("The YAML parser") compares the candidates.
 
 pub(crate) mod reload;
 pub mod web;
@@ -37,7 +43,7 @@ use std::{
 
 use clap::Parser as _;
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use crate::{
     cli::Cli,
@@ -394,7 +400,7 @@ impl Module {
 
     /// The module in the file's format.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.shown).unwrap_or_default()
+        yaml_serde::to_string(&self.shown).unwrap_or_default()
     }
 }
 
@@ -461,12 +467,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and checks a configuration file's text. Pure except that iperf3 modules naming a
 /// `public_key_file` read that file (as the prober's query validation does).
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    let document: Value = serde_yaml::from_str(text)
+    let document: Value = yaml_serde::from_str(text)
         .map_err(|err| ConfigError::new("", format!("not valid YAML: {err}")))?;
     let raw: RawFile = match document {
         Value::Null => RawFile::default(),
-        Value::Mapping(_) => serde_yaml::from_str(text).map_err(|err| {
-            // serde_yaml puts the path first ("modules.x: unknown field ..."): keep it as is.
+        Value::Mapping(_) => yaml_serde::from_str(text).map_err(|err| {
+            // yaml_serde puts the path first ("modules.x: unknown field ..."): keep it as is.
             ConfigError::new("", err.to_string())
         })?,
         other => {
@@ -1057,7 +1063,7 @@ impl Config {
         for pending in running.needs_restart(self, flags) {
             text.push_str(&format!("# Not in force: {pending}\n"));
         }
-        text.push_str(&serde_yaml::to_string(&Value::Mapping(root)).unwrap_or_default());
+        text.push_str(&yaml_serde::to_string(&Value::Mapping(root)).unwrap_or_default());
         text
     }
 }

@@ -113,7 +113,7 @@ struct RawFile {
     http_server_config: Option<RawHttp>,
     basic_auth_users: Option<BTreeMap<String, String>>,
     /// exporter-toolkit keys we do not implement are listed so that the error can name them.
-    rate_limit: Option<serde_yaml::Value>,
+    rate_limit: Option<yaml_serde::Value>,
 }
 
 #[derive(Deserialize)]
@@ -125,13 +125,13 @@ struct RawTls {
     client_ca_file: Option<String>,
     min_version: Option<String>,
     max_version: Option<String>,
-    cert: Option<serde_yaml::Value>,
-    key: Option<serde_yaml::Value>,
-    client_ca: Option<serde_yaml::Value>,
-    client_allowed_sans: Option<serde_yaml::Value>,
-    cipher_suites: Option<serde_yaml::Value>,
-    prefer_server_cipher_suites: Option<serde_yaml::Value>,
-    curve_preferences: Option<serde_yaml::Value>,
+    cert: Option<yaml_serde::Value>,
+    key: Option<yaml_serde::Value>,
+    client_ca: Option<yaml_serde::Value>,
+    client_allowed_sans: Option<yaml_serde::Value>,
+    cipher_suites: Option<yaml_serde::Value>,
+    prefer_server_cipher_suites: Option<yaml_serde::Value>,
+    curve_preferences: Option<yaml_serde::Value>,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +153,7 @@ pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
 /// Parses and validates the YAML `text`; relative paths are resolved against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<WebConfig, ConfigError> {
     // An empty file (or only comments) is a valid configuration with nothing enabled.
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|err| {
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|err| {
         error(
             "",
             format!("not valid YAML: {}", one_line(&err.to_string())),
@@ -163,7 +163,7 @@ pub fn parse(text: &str, base: &Path) -> Result<WebConfig, ConfigError> {
         return Ok(WebConfig::default());
     }
     let raw: RawFile =
-        serde_yaml::from_value(value).map_err(|err| error("", one_line(&err.to_string())))?;
+        yaml_serde::from_value(value).map_err(|err| error("", one_line(&err.to_string())))?;
 
     let mut present = Vec::new();
     if raw.rate_limit.is_some() {
@@ -374,7 +374,7 @@ pub fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     }
 }
 
-/// serde_yaml errors can span lines; start-up errors are one line.
+/// YAML parser errors can span lines; start-up errors are one line.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -656,6 +656,17 @@ impl Datapath {
         inner.generation += 1;
     }
 
+    /// How `hook` is attached in this run: `tcx` or `netlink` for the TC programs,
+    /// `xdp-generic` or `xdp-native` for XDP.
+    pub fn attach_mode(&self, hook: Hook) -> &'static str {
+        let config = &self.lock().config;
+        match hook {
+            Hook::TcIngress | Hook::TcEgress => config.tc_attach.as_str(),
+            Hook::XdpIngress if config.ingress == IngressHook::XdpNative => "xdp-native",
+            Hook::XdpIngress => "xdp-generic",
+        }
+    }
+
     /// How TC programs are attached in this run.
     pub fn tc_attach(&self) -> TcAttach {
         self.lock().config.tc_attach

@@ -1,5 +1,6 @@
-//! What `--web.config.file` asks of every connection and request: the TLS acceptor (rustls,
-//! ring, client certificates) and basic auth, checked with bcrypt (at most 2 verifications at
+//! What `--web.config.file` asks of every connection and request: the TLS acceptor (rustls with
+//! its aws-lc-rs provider, which prefers the post-quantum X25519MLKEM768 key exchange; client
+//! certificates) and basic auth, checked with bcrypt (at most 2 verifications at
 //! once, each tens of milliseconds of CPU; accepted credentials remembered by their SHA-256 so a
 //! scraper's repeated credentials cost one run; unknown users checked against a dummy hash so
 //! timing does not reveal user names), plus the response headers and the `/probe` concurrency
@@ -160,7 +161,14 @@ pub fn load_web_config(path: Option<&Path>) -> Result<(WebConfig, Option<TlsAcce
     Ok((config, acceptor))
 }
 
-/// A rustls acceptor for `settings` (HTTP/1.1 over TLS 1.2/1.3, ring as crypto provider).
+/// rustls' aws-lc-rs provider; with the `prefer-post-quantum` feature its first key exchange
+/// group is X25519MLKEM768.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A rustls acceptor for `settings` (HTTP/1.1 over TLS 1.2/1.3, aws-lc-rs as crypto provider:
+/// *ring*'s has no post-quantum key exchange and is deprecated since rustls 0.23.48).
 fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
     let read = |field: &str, path: &Path| {
         std::fs::read(path).map_err(|err| {
@@ -191,7 +199,7 @@ fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
                 settings.key_file.display()
             )
         })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crypto_provider();
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::Tls12, &rustls::version::TLS12),
         (TlsVersion::Tls13, &rustls::version::TLS13),
@@ -244,6 +252,24 @@ fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_exchange_prefers_post_quantum() {
+        let groups: Vec<rustls::NamedGroup> = crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|group| group.name())
+            .collect();
+        // The classical groups follow, for clients without ML-KEM.
+        assert_eq!(groups[0], rustls::NamedGroup::X25519MLKEM768, "{groups:?}");
+        for classical in [
+            rustls::NamedGroup::X25519,
+            rustls::NamedGroup::secp256r1,
+            rustls::NamedGroup::secp384r1,
+        ] {
+            assert!(groups.contains(&classical), "{groups:?}");
+        }
+    }
 
     #[test]
     fn basic_credentials_are_decoded() {

@@ -9,9 +9,12 @@
 //! - `routes`: request limits, authentication and the endpoints, content negotiation.
 //! - `probe_route`: `/probe`, the HTTP face of [`crate::probe::handler`].
 //! - `scrape`: the telemetry path's shared renders and streamed bodies.
+//! - `history`: the ring of recent `/probe` requests; `landing`: the landing page and `/logs`.
 
 mod auth;
 mod connections;
+mod history;
+mod landing;
 mod listen;
 mod probe_route;
 mod response;
@@ -25,6 +28,7 @@ use prometheus_client::registry::Registry;
 pub use self::{
     auth::{WebPolicy, basic_credentials, load_web_config},
     connections::Connections,
+    history::ProbeHistory,
     listen::{bind, serve},
     response::wants_openmetrics,
     scrape::{Scrape, ScrapeCoalescer},
@@ -51,4 +55,6 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     /// `--web.enable-lifecycle`: whether `POST /-/reload` is served (else 403).
     pub enable_lifecycle: bool,
+    /// The recent `/probe` requests the landing page lists.
+    pub history: ProbeHistory,
 }

@@ -3,7 +3,10 @@
 //! the addresses probed, the prober). This route adds what is HTTP's: the
 //! `--web.max-concurrent-probes` limit (503), looking the module up in the configuration in
 //! force, the status of each outcome (400, 403, 503, 200) and the body: the probe's metrics in the
-//! negotiated format, or the debug output.
+//! negotiated format, or the debug output. Every request naming a module is recorded for the
+//! landing page ([`super::history`]), with the text `?debug=true` shows.
+
+use std::time::{Instant, SystemTime};
 
 use http_body_util::Full;
 use hyper::{
@@ -58,10 +61,27 @@ pub(super) async fn handle_probe(
         Ok(parsed) => parsed,
         Err(err) => return bad(err),
     };
+    // Every request that names a module goes into the landing page's history, whatever
+    // its outcome.
+    let started = (SystemTime::now(), Instant::now());
+    let targets: Vec<&str> = parsed.query.all("target").collect();
+    let record = |result: &'static str, text: &str| {
+        state.history.record(
+            started.0,
+            &parsed.module,
+            &targets.join(", "),
+            result,
+            started.1.elapsed(),
+            text,
+        );
+    };
     let live = state.config.current();
     let module = match live.config.module(&parsed.module) {
         Ok(module) => module,
-        Err(err) => return bad(err),
+        Err(err) => {
+            record("bad request", &err.to_string());
+            return bad(err);
+        }
     };
     let header = request
         .headers()
@@ -82,9 +102,13 @@ pub(super) async fn handle_probe(
             registry,
             log,
         } => (success, registry, log),
-        Outcome::BadRequest(err) => return bad(err),
+        Outcome::BadRequest(err) => {
+            record("bad request", &err.to_string());
+            return bad(err);
+        }
         Outcome::Refused(refusal) => {
             debug!("/probe refused: {refusal}");
+            record("refused", &refusal.to_string());
             return with_type(
                 StatusCode::FORBIDDEN,
                 "text/plain; charset=utf-8",
@@ -93,6 +117,7 @@ pub(super) async fn handle_probe(
         }
         Outcome::Overloaded(err) => {
             debug!("/probe overloaded: {err}");
+            record("overloaded", &err.to_string());
             return with_type(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
@@ -103,25 +128,27 @@ pub(super) async fn handle_probe(
     let body = match metrics::render(&registry) {
         Ok(body) => body,
         Err(_) => {
+            record("failure", "encoding metrics failed");
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
             );
         }
     };
+    let mut debug_text = String::from("Logs for the probe:\n");
+    for line in log {
+        debug_text.push_str(&line);
+        debug_text.push('\n');
+    }
+    debug_text.push_str(&format!(
+        "\nProbe succeeded: {success}\n\nMetrics that would have been returned:\n{body}\n\
+         Module configuration ({}):\n{}",
+        parsed.module,
+        module.to_yaml()
+    ));
+    record(if success { "success" } else { "failure" }, &debug_text);
     if parsed.debug {
-        let mut text = String::from("Logs for the probe:\n");
-        for line in log {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text.push_str(&format!(
-            "\nProbe succeeded: {success}\n\nMetrics that would have been returned:\n{body}\n\
-             Module configuration ({}):\n{}",
-            parsed.module,
-            module.to_yaml()
-        ));
-        return with_type(StatusCode::OK, "text/plain; charset=utf-8", text);
+        return with_type(StatusCode::OK, "text/plain; charset=utf-8", debug_text);
     }
     exposition(request, &body)
 }

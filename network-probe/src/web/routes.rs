@@ -1,7 +1,8 @@
 //! Answering one request: the limits hyper leaves to us (URI over 8 KiB: 414, any body: 413),
-//! basic auth, the configured response headers, then the endpoints: the landing page, the
-//! telemetry path (rendered by [`super::scrape`]), `/-/healthy`, `/-/ready`, `/config`,
-//! `/-/reload` and `/probe` (in [`super::probe_route`]), answered through [`super::response`].
+//! basic auth, the configured response headers, then the endpoints: the landing page and
+//! `/logs` (in [`super::landing`]), the telemetry path (rendered by [`super::scrape`]),
+//! `/-/healthy`, `/-/ready`, `/config`, `/-/reload` and `/probe` (in [`super::probe_route`]),
+//! answered through [`super::response`].
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -13,7 +14,7 @@ use hyper::{
 };
 
 use super::{
-    AppState,
+    AppState, landing,
     probe_route::handle_probe,
     response::{text, with_type},
     scrape::{Body, telemetry},
@@ -123,8 +124,12 @@ async fn route_text(
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            landing_page(&state.telemetry_path),
+            landing::page(state),
         ),
+        "/logs" => match landing::log(state, request.uri().query().unwrap_or("")) {
+            Ok(log) => with_type(StatusCode::OK, "text/plain; charset=utf-8", log),
+            Err(why) => with_type(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", why),
+        },
         "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
         "/config" => with_type(
             StatusCode::OK,
@@ -183,17 +188,4 @@ async fn handle_reload(state: &AppState, request: &Request<Incoming>) -> Respons
             format!("{err}\n"),
         ),
     }
-}
-
-fn landing_page(telemetry_path: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html><head><title>network-probe</title></head><body>\n\
-         <h1>network-probe</h1>\n<p>eBPF network telemetry for Prometheus, version {}.</p>\n<ul>\n\
-         <li><a href=\"{telemetry_path}\">Metrics</a></li>\n\
-         <li><a href=\"/-/healthy\">Health</a></li>\n\
-         <li><a href=\"/-/ready\">Readiness</a></li>\n\
-         <li><a href=\"/config\">Configuration</a></li>\n\
-         </ul>\n</body></html>\n",
-        env!("CARGO_PKG_VERSION")
-    )
 }

@@ -1,8 +1,9 @@
 //! Web security of the HTTP server, end to end against the daemon running in a namespace this
 //! test creates: TLS (certificates made here with the `openssl` CLI, checked with `curl`),
 //! client certificates, basic auth (hashes made with Apache's `htpasswd`, not our bcrypt crate),
-//! start-up errors of bad `--web.config.file`s, the `/probe` concurrency limit and the request
-//! limits (400/413/414/431, never a 5xx for a client's mistake).
+//! start-up errors of bad `--web.config.file`s, the `/probe` concurrency limit, the request
+//! limits (400/413/414/431, never a 5xx for a client's mistake), and the landing page (recent
+//! probes escaped, their logs, its links followed, the 100-entry ring).
 
 use std::{
     io::{Read as _, Write as _},
@@ -584,4 +585,119 @@ fn oversized_and_malformed_requests_get_4xx() {
     // Bad probe parameters are the prober's 400, not a 5xx.
     assert_eq!(status(get("/probe?module=nope", "")), 400);
     assert_eq!(status(get("/probe?module=tftp&target=%zz", "")), 400);
+}
+
+/// The `href="..."` values of an HTML page.
+fn links(page: &str) -> Vec<String> {
+    page.split("href=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(link, _)| link.to_string()))
+        .collect()
+}
+
+#[test]
+fn landing_page_lists_recent_probes_escaped_with_their_logs() {
+    let pair = VethPair::new();
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let (status, page) = daemon.get("/").unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("No <code>/probe</code> request yet"),
+        "{page}"
+    );
+    for module in ["ping", "tftp", "iperf3"] {
+        assert!(
+            page.contains(&format!(
+                "<tr><td>{module}</td><td>{module}</td><td>enabled</td></tr>"
+            )),
+            "{page}"
+        );
+    }
+    // The datapath's programs on the test's interface, with their attach mode.
+    let tc_row = |mode: &str| {
+        format!(
+            "<tr><td>{}</td><td>tc_ingress</td><td>{mode}</td>",
+            pair.a_if
+        )
+    };
+    assert!(
+        page.contains(&tc_row("tcx")) || page.contains(&tc_row("netlink")),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("src="),
+        "{page}"
+    );
+
+    // A probe that runs and fails (a TFTP "server" that never answers), and one whose target
+    // is markup.
+    let silent = in_netns(&pair.a, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    let port = silent.local_addr().unwrap().port();
+    let (status, _, body) = raw(
+        &pair.a,
+        get(
+            &format!("/probe?module=tftp&target=127.0.0.1:{port}"),
+            "X-Prometheus-Scrape-Timeout-Seconds: 1\r\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = daemon
+        .get("/probe?module=tftp&target=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        .unwrap();
+    assert_ne!(status, 500, "{body}");
+    let (status, page) = daemon.get("/").unwrap();
+    assert_eq!(status, 200);
+    assert!(!page.contains("<script"), "{page}");
+    assert!(
+        page.contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>"),
+        "{page}"
+    );
+    let row = page
+        .lines()
+        .find(|line| line.contains(&format!("<td>127.0.0.1:{port}</td>")))
+        .unwrap_or_else(|| panic!("no row for the TFTP probe: {page}"));
+    assert!(
+        row.contains("<td>tftp</td>") && row.contains("<td>failure</td>"),
+        "{row}"
+    );
+    // Every link on the page answers, the probe's log among them.
+    let found = links(&page);
+    for link in [
+        "/metrics",
+        "/config",
+        "/-/healthy",
+        "/-/ready",
+        "/logs?id=1",
+        "/logs?id=2",
+    ] {
+        assert!(found.iter().any(|l| l == link), "{link} missing: {found:?}");
+    }
+    for link in &found {
+        assert_eq!(daemon.get(link).unwrap().0, 200, "{link}");
+    }
+    let (_, log) = daemon.get("/logs?id=1").unwrap();
+    assert!(
+        log.starts_with(&format!(
+            "Probe 1: module tftp, target 127.0.0.1:{port}, failure"
+        )) && log.contains("Logs for the probe:")
+            && log.contains("tftp_probe_success 0"),
+        "{log}"
+    );
+
+    // The ring keeps the last 100 requests (unknown modules are recorded too).
+    for _ in 0..100 {
+        assert_eq!(daemon.get("/probe?module=nope&target=x").unwrap().0, 400);
+    }
+    let (_, page) = daemon.get("/").unwrap();
+    assert_eq!(page.matches("/logs?id=").count(), 100, "{page}");
+    assert!(page.contains("href=\"/logs?id=102\"") && !page.contains("href=\"/logs?id=2\""));
+    let (status, body) = daemon.get("/logs?id=2").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not among the last 100"), "{body}");
+    let (_, log) = daemon.get("/logs?id=102").unwrap();
+    assert!(
+        log.contains("bad request") && log.contains("unknown module \"nope\""),
+        "{log}"
+    );
 }
