@@ -76,6 +76,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "bpftool map show: the key size of pinned maps in tests/integration/restart.rs",
     ),
     (
+        "man-db",
+        "man -l: renders the packaged manual page in tests/integration/deb.rs",
+    ),
+    (
+        "chromium",
+        "chromium --headless: loads the landing page in tests/integration/browser.rs",
+    ),
+    (
         "python3-yaml",
         "python3 -c 'import yaml': parses deploy/kubernetes/*.yaml in tests/integration/deploy.rs",
     ),

@@ -39,15 +39,44 @@ pub(crate) fn ensure_cargo_deb(cache: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// Builds the release binary with `release_build` (a prepared `cargo build --release` command:
-/// the eBPF object needs bpf-linker on PATH), then packages it. Returns the `.deb` path.
-pub(crate) fn build(root: &Path, mut release_build: Command, cargo_deb: &Path) -> Result<PathBuf> {
-    let status = release_build
+/// Writes the manual page (network-probe/src/cli/man.rs, through the `man_page` example built
+/// in release mode like the daemon) to target/release/network-probe.8, and gzipped (as Debian
+/// ships man pages) next to it; cargo-deb compresses only assets outside target/release.
+/// Returns the .gz path.
+pub(crate) fn man_page(root: &Path, mut cargo: Command) -> Result<PathBuf> {
+    let page = root.join("target/release/network-probe.8");
+    let status = cargo
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "network-probe",
+            "--example",
+            "man_page",
+            "--",
+        ])
+        .arg(&page)
         .status()
-        .context("starting cargo build --release")?;
+        .context("starting cargo run --example man_page")?;
     if !status.success() {
-        bail!("cargo build --release failed with {status}");
+        bail!("cargo run --example man_page failed with {status}");
     }
+    // -n: no name or time stamp in the header, so the package is reproducible.
+    let status = Command::new("gzip")
+        .args(["-9nkf"])
+        .arg(&page)
+        .status()
+        .context("starting gzip")?;
+    if !status.success() {
+        bail!("gzip {} failed with {status}", page.display());
+    }
+    Ok(page.with_extension("8.gz"))
+}
+
+/// Packages the release binary and the manual page already built (see [`man_page`]). Returns
+/// the `.deb` path.
+pub(crate) fn package(root: &Path, cargo_deb: &Path) -> Result<PathBuf> {
     // cargo-deb prints the path of the package on stdout; its progress goes to stderr.
     let output = Command::new(cargo_deb)
         .current_dir(root)

@@ -77,6 +77,10 @@ enum Task {
     /// Bootstrap the toolchain and cargo-deb, build in release mode and package the daemon as
     /// target/debian/network-probe_<version>-1_<arch>.deb (see docs/deployment.md).
     Deb,
+    /// Write the manual page generated from the daemon's clap definitions (clap_mangen, see
+    /// network-probe/src/cli/man.rs) to target/release/network-probe.8 and .8.gz; `deb` does
+    /// it too and ships the .gz as /usr/share/man/man8/network-probe.8.gz.
+    Man,
     /// Check that the daemon's modules use only lower layers (see xtask/src/layers.rs);
     /// `cargo xtask test` does it first.
     Layers,
@@ -111,8 +115,21 @@ fn run(args: Args) -> Result<()> {
             let cargo_deb = deb::ensure_cargo_deb(&bootstrap::cache_dir())?;
             let mut release_build = cargo(&root, &toolchain);
             release_build.args(["build", "--release", "--package", "network-probe"]);
-            let package = deb::build(&root, release_build, &cargo_deb)?;
+            let status = release_build
+                .status()
+                .context("starting cargo build --release")?;
+            if !status.success() {
+                bail!("cargo build --release failed with {status}");
+            }
+            deb::man_page(&root, cargo(&root, &toolchain))?;
+            let package = deb::package(&root, &cargo_deb)?;
             println!("{}", package.display());
+            Ok(())
+        }
+        Task::Man => {
+            let toolchain = timed_bootstrap(false)?;
+            let page = deb::man_page(&root, cargo(&root, &toolchain))?;
+            println!("{}", page.display());
             Ok(())
         }
         Task::Run { daemon_args } => {

@@ -124,6 +124,10 @@ fn purge() {
 /// Builds the package from the test's daemon binary; returns the .deb path.
 fn build_package(scratch: &Scratch) -> PathBuf {
     fs::copy(daemon_path(), scratch.dir.join("release/network-probe")).expect("copying the daemon");
+    // The manual page as `cargo xtask man` writes it: the same generator, gzipped the same way.
+    let page = scratch.dir.join("release/network-probe.8");
+    fs::write(&page, network_probe::cli::man::man_page()).expect("writing the manual page");
+    ok("gzip", &["-9nkf", page.to_str().expect("a UTF-8 path")]);
     let output = Command::new(cargo_deb())
         .current_dir(workspace_root())
         .args(["--no-build", "--package", PACKAGE, "--fast"])
@@ -214,6 +218,7 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
             "-rw-r--r--",
         ),
         ("./usr/share/doc/network-probe/README.md", "-rw-r--r--"),
+        ("./usr/share/man/man8/network-probe.8.gz", "-rw-r--r--"),
         ("./usr/share/doc/network-probe/copyright", "-rw-r--r--"),
         (
             "./usr/share/doc/network-probe/examples/prometheus-alerts.yml",
@@ -279,6 +284,8 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         !verify_text.contains("network-probe.service"),
         "warnings about the unit: {verify_text}"
     );
+
+    manual_page_installed(&unit_source);
 
     // Run it as the unit would: as network-probe, with exactly the unit's capabilities (ambient),
     // and the default file's flags, on a test namespace's interface.
@@ -436,4 +443,79 @@ fn package_installs_runs_as_its_user_and_purges_cleanly() {
         "purge removes the state"
     );
     assert!(!group_exists("network-probe"));
+}
+
+/// The unit's Documentation= names the installed manual page and README; `man` finds the page
+/// by name, renders it without warnings, and it lists every flag clap knows (of the daemon and
+/// of each subcommand) and the subcommands themselves.
+fn manual_page_installed(unit: &str) {
+    let documentation = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Documentation="))
+        .expect("a Documentation= line");
+    assert_eq!(
+        documentation,
+        "man:network-probe(8) file:///usr/share/doc/network-probe/README.md"
+    );
+    assert!(Path::new("/usr/share/doc/network-probe/README.md").is_file());
+    let found = Command::new("man")
+        .args(["-w", "8", "network-probe"])
+        .output()
+        .expect("starting man: `cargo xtask bootstrap --test-peers` installs man-db");
+    assert!(found.status.success(), "man -w 8 network-probe: {found:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        "/usr/share/man/man8/network-probe.8.gz"
+    );
+    // Wide lines: no flag is hyphenated across a line break. groff's warnings (-ww) go to
+    // stderr, which must stay empty.
+    let rendered = Command::new("man")
+        .args(["-l", "/usr/share/man/man8/network-probe.8.gz"])
+        .env("MANWIDTH", "250")
+        .env("MANPAGER", "cat")
+        .env("MANROFFOPT", "-ww")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .expect("starting man");
+    let stderr = String::from_utf8_lossy(&rendered.stderr);
+    assert!(
+        rendered.status.success() && stderr.is_empty(),
+        "man -l: {stderr}"
+    );
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    for heading in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "COMMAND CHECK",
+        "COMMAND PROBE",
+        "FILES",
+        "SEE ALSO",
+    ] {
+        assert!(
+            text.lines().any(|line| line == heading),
+            "no {heading} section:\n{text}"
+        );
+    }
+    assert!(text.starts_with("network-probe(8)"), "{text}");
+    let command = <network_probe::cli::Cli as clap::CommandFactory>::command();
+    let mut flags = 0;
+    for command in std::iter::once(&command).chain(command.get_subcommands()) {
+        for arg in command.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                // An OPTIONS entry starts with the flag, indented.
+                let entry = format!("--{long}");
+                assert!(
+                    text.lines()
+                        .any(|line| line.trim_start().starts_with(&entry)
+                            && line.trim_start()[entry.len()..].starts_with([' ', ',', '\n'])
+                            || line.trim_start() == entry),
+                    "{entry} has no entry in the rendered page:\n{text}"
+                );
+                flags += 1;
+            }
+        }
+    }
+    assert!(flags > 30, "only {flags} flags");
 }

@@ -11,6 +11,8 @@ use crate::{
     support::units::parse_duration,
 };
 
+pub mod man;
+
 /// Default `--web.listen-address`: every address, port 9435.
 pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
 
