@@ -9,11 +9,13 @@
 //! - [`testrun`]: the datapath programs run on hand-built frames (BPF_PROG_TEST_RUN);
 //! - [`jool_vm`]: the qemu guest with a real Jool kernel module;
 //! - [`injector`]: hand-built SYN frames sent at a few microseconds each;
+//! - [`browser`]: headless chromium, and `target/test-artefacts/` for what it draws;
 //! - [`isolation`]: which tests may run at the same time in the one test process.
 //!
 //! The items the suites use most are re-exported at the crate root.
 
 pub mod bpffs;
+pub mod browser;
 pub mod capture;
 pub mod command;
 pub mod daemon;

@@ -8,6 +8,7 @@
 // Cargo gives this target every dependency of the package; it uses the library's API only.
 #![allow(unused_crate_dependencies)]
 
+mod browser;
 mod check;
 mod churn;
 mod config;
