@@ -12,6 +12,7 @@ mod browser;
 mod check;
 mod churn;
 mod config;
+mod dashboard;
 mod datapath;
 mod deb;
 mod deploy;

@@ -26,10 +26,10 @@ use serde_json::Value;
 
 /// Where the test's Prometheus listens, inside the daemon's namespace.
 const PROMETHEUS: &str = "127.0.0.1:9090";
-const TFTP_PORT: u16 = 6969;
-const IPERF3_PORT: u16 = 5201;
+pub(crate) const TFTP_PORT: u16 = 6969;
+pub(crate) const IPERF3_PORT: u16 = 5201;
 /// The iperf3 listener of the daemon (`--web.probe-listen`), on the seed exporter's port.
-const IPERF3_LISTEN: &str = "127.0.0.1:9579";
+pub(crate) const IPERF3_LISTEN: &str = "127.0.0.1:9579";
 const TCP_PORT: u16 = 4000;
 /// How long Prometheus gets to scrape and store what a test waits for.
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(30);
@@ -44,10 +44,10 @@ const ACCEPTED_COMPLAINTS: &[&str] = &[
 
 /// A scratch directory under /tmp, world-readable (tftpd-hpa serves it as nobody), removed on
 /// drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("np-prom-{tag}-{}-{id}", std::process::id()));
@@ -56,7 +56,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.0.join(name).to_str().unwrap().to_string()
     }
 }
@@ -68,7 +68,7 @@ impl Drop for TempDir {
 }
 
 /// A child process killed on drop.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -97,7 +97,7 @@ fn wait_listening(ns: &str, flags: &str, port: u16, child: &mut Child) {
 }
 
 /// tftpd-hpa in `ns` on 127.0.0.1:TFTP_PORT serving `dir`.
-fn tftpd_hpa(ns: &str, dir: &TempDir) -> Process {
+pub(crate) fn tftpd_hpa(ns: &str, dir: &TempDir) -> Process {
     let address = format!("127.0.0.1:{TFTP_PORT}");
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "in.tftpd", "-L", "-s"])
@@ -113,7 +113,7 @@ fn tftpd_hpa(ns: &str, dir: &TempDir) -> Process {
 
 /// `iperf3 -s` in `ns` on IPERF3_PORT; with `reports`, it writes one JSON report per test
 /// there (`-J --logfile`).
-fn iperf3_server(ns: &str, reports: Option<&str>) -> Process {
+pub(crate) fn iperf3_server(ns: &str, reports: Option<&str>) -> Process {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "iperf3", "-s", "-p"])
         .arg(IPERF3_PORT.to_string())
@@ -146,7 +146,7 @@ fn tcp_traffic(pair: &VethPair, bytes: usize) {
 /// The ping flags: probes every 50 ms so Prometheus' second scrape already sees replies.
 const PING_FLAGS: [&str; 4] = ["--ping.interval", "50ms", "--ping.timeout", "500ms"];
 
-fn start_daemon(pair: &VethPair, extra: &[&str]) -> Daemon {
+pub(crate) fn start_daemon(pair: &VethPair, extra: &[&str]) -> Daemon {
     let mut args = vec!["--interface", pair.a_if.as_str()];
     args.extend_from_slice(&PING_FLAGS);
     args.extend_from_slice(extra);
@@ -274,7 +274,7 @@ fn promtool_finds_nothing_to_complain_about() {
 
 /// A Prometheus server in a namespace, with its own config and data directory; killed and
 /// removed on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     process: Process,
     _dir: TempDir,
     ns: String,
@@ -282,7 +282,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(ns: &str, config: &str) -> Prometheus {
+    pub(crate) fn start(ns: &str, config: &str) -> Prometheus {
         let dir = TempDir::new("server");
         std::fs::write(dir.path("prometheus.yml"), config).unwrap();
         let check = Command::new("promtool")
@@ -328,7 +328,7 @@ impl Prometheus {
     }
 
     /// An API call's `data`, asserting `status: success`.
-    fn api(&self, path: &str) -> Value {
+    pub(crate) fn api(&self, path: &str) -> Value {
         let (status, _, body) = get(&self.ns, self.listen, path, None);
         assert_eq!(status, 200, "{path}: {body}");
         let reply: Value = serde_json::from_str(&body).unwrap();
@@ -404,7 +404,7 @@ impl Prometheus {
     /// Polls `query` until it returns exactly one series whose value satisfies `accept`, and
     /// returns that value; fails after [`PROMETHEUS_DEADLINE`] with the last result and the
     /// targets' scrape state.
-    fn wait_for(&self, query: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    pub(crate) fn wait_for(&self, query: &str, accept: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + PROMETHEUS_DEADLINE;
         loop {
             let result = self.query(query);
@@ -454,7 +454,7 @@ fn iperf3_report_with(log: &str, received_bytes: f64) -> Value {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -469,7 +469,11 @@ fn percent_encode(text: &str) -> String {
 /// the iperf3 seed's job: its relabelling (target = address + `:5201`, instance = the node's
 /// host name, a `hostname` label standing in for its Docker Swarm metadata), scraping the
 /// daemon's iperf3 listener; scrape interval and timeout shortened from the seed's 30m / 5m.
-fn prometheus_config(daemon: SocketAddr, ping_target: &str, tftp_target: &str) -> String {
+pub(crate) fn prometheus_config(
+    daemon: SocketAddr,
+    ping_target: &str,
+    tftp_target: &str,
+) -> String {
     format!(
         "\
 global:
@@ -527,7 +531,7 @@ scrape_configs:
 }
 
 /// The `instance` of the iperf3 job (the seed relabels the node's host name into it).
-const IPERF3_INSTANCE: &str = "peer-b";
+pub(crate) const IPERF3_INSTANCE: &str = "peer-b";
 
 #[test]
 fn a_real_prometheus_scrapes_metrics_and_probes() {
