@@ -42,6 +42,9 @@ use crate::prometheus::{
     prometheus_config, start_daemon, tftpd_hpa,
 };
 
+/// One query's range result: the query and, per series, its labels and (time, value) points.
+type QueryResult = (String, Vec<(Value, Vec<(f64, f64)>)>);
+
 /// A panel: its title and its queries.
 struct Panel {
     title: String,
@@ -152,7 +155,7 @@ fn escape(text: &str) -> String {
 }
 
 /// One panel's range results drawn as lines: x the time, y the value (own scale per panel).
-fn svg(panel: &Panel, results: &[(String, Vec<(Value, Vec<(f64, f64)>)>)]) -> String {
+fn svg(panel: &Panel, results: &[QueryResult]) -> String {
     let (width, height, left, top, bottom) = (720.0, 260.0, 70.0, 40.0, 70.0);
     let points: Vec<(f64, f64)> = results
         .iter()
@@ -365,7 +368,7 @@ fn every_dashboard_panel_has_series_in_prometheus() {
          network-probe.json through Prometheus</h1>\n",
     );
     for (number, panel) in panels.iter().enumerate() {
-        let results: Vec<(String, Vec<(Value, Vec<(f64, f64)>)>)> = panel
+        let results: Vec<QueryResult> = panel
             .exprs
             .iter()
             .map(|expr| {
