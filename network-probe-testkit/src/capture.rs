@@ -44,6 +44,9 @@ impl Capture {
                 ns,
                 "tcpdump",
                 "--immediate-mode",
+                // Nanosecond stamps in the file: the kernel stamps in nanoseconds, and the
+                // handshake RTT comparison is tighter than a microsecond per stamp allows.
+                "--time-stamp-precision=nano",
                 "-i",
                 ifname,
                 "-s",
