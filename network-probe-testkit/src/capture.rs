@@ -35,6 +35,18 @@ pub struct CapturedPacket {
 impl Capture {
     /// Starts `tcpdump -i ifname` in `ns` and waits until it is listening.
     pub fn start(ns: &str, ifname: &str) -> Capture {
+        Capture::start_with(ns, ifname, true)
+    }
+
+    /// As [`Capture::start`], but without `--immediate-mode`: the kernel hands tcpdump whole
+    /// ring blocks (when one fills or its timeout passes) instead of waking it for every
+    /// packet. The tap then does less on a packet's way out (a copy into the ring, no wake-up
+    /// of another process), which is what a test timing the path after the tap wants.
+    pub fn start_quiet(ns: &str, ifname: &str) -> Capture {
+        Capture::start_with(ns, ifname, false)
+    }
+
+    fn start_with(ns: &str, ifname: &str, immediate: bool) -> Capture {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let file = std::env::temp_dir().join(format!("np-cap-{}-{id}.pcap", std::process::id()));
         let mut child = Command::new("ip")
@@ -43,7 +55,6 @@ impl Capture {
                 "exec",
                 ns,
                 "tcpdump",
-                "--immediate-mode",
                 // Nanosecond stamps in the file: the kernel stamps in nanoseconds, and the
                 // handshake RTT comparison is tighter than a microsecond per stamp allows.
                 "--time-stamp-precision=nano",
@@ -52,8 +63,9 @@ impl Capture {
                 "-s",
                 "256",
                 "-U",
-                "-w",
             ])
+            .args(immediate.then_some("--immediate-mode"))
+            .arg("-w")
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

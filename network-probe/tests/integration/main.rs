@@ -31,6 +31,7 @@ mod jool;
 mod malformed;
 mod oneshot;
 mod ping;
+mod ping_truth;
 mod pressure;
 mod privileges;
 mod probe_routing;
