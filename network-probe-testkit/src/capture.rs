@@ -15,6 +15,8 @@ use crate::{command::sh, netns::NEXT_ID};
 pub struct Capture {
     child: Child,
     file: std::path::PathBuf,
+    /// Whether tcpdump is woken for every packet (else per ring block).
+    immediate: bool,
 }
 
 /// One packet of a capture, as tcpdump decoded it.
@@ -82,7 +84,11 @@ impl Capture {
             }
         }
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Capture { child, file }
+        Capture {
+            child,
+            file,
+            immediate,
+        }
     }
 
     /// Stops the capture and returns its packets (TCP and everything else).
@@ -98,9 +104,13 @@ impl Capture {
 }
 
 impl Capture {
-    /// Lets the last packets reach the file, then stops tcpdump cleanly.
+    /// Lets the last packets reach the file, then stops tcpdump cleanly. Without immediate mode
+    /// the kernel hands over a ring block only when it fills or its timeout (tcpdump's 1 s
+    /// read timeout) passes, and tcpdump does not read the block in progress when it stops:
+    /// so wait out the timeout.
     fn stop(&mut self) {
-        thread::sleep(Duration::from_millis(300));
+        let settle = if self.immediate { 300 } else { 1_300 };
+        thread::sleep(Duration::from_millis(settle));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
