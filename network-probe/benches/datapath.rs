@@ -226,6 +226,10 @@ fn main() {
     // `NETWORK_PROBE_BENCH_ONLY=steps`: the step table alone (about twenty seconds), for trying a
     // change to the per-packet path.
     if std::env::var("NETWORK_PROBE_BENCH_ONLY").as_deref() == Ok("steps") {
+        println!(
+            "**NETWORK_PROBE_BENCH_ONLY=steps: the step table alone; the other sections of this \
+             benchmark were not run.**\n"
+        );
         let steps: Vec<&str> = STEPS.iter().map(|(program, _)| *program).collect();
         let datapath = TestRunDatapath::load(&steps);
         // Warm-up, which also creates the flows.

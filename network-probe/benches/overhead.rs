@@ -755,14 +755,27 @@ fn main() {
             .is_none_or(|list| list.split(',').any(|name| name.trim() == section))
     };
     println!("## Overhead on the host: throughput, CPU, scrapes, memory, start-up\n");
+    // A section left out says so in the report, so a partial run cannot pass for a whole one.
+    let skipped = |section: &str| {
+        println!(
+            "\n**Section `{section}` not run: NETWORK_PROBE_BENCH_SECTIONS={}.**\n",
+            only.as_deref().unwrap_or_default()
+        );
+    };
     if wanted("throughput") {
         side_by_side_section();
         throughput_section();
+    } else {
+        skipped("throughput");
     }
     if wanted("scrape") {
         scrape_section();
+    } else {
+        skipped("scrape");
     }
     if wanted("startup") {
         startup_section();
+    } else {
+        skipped("startup");
     }
 }

@@ -37,6 +37,17 @@ pub(crate) fn write_report(root: &Path, revision: Option<&str>, report: &str) ->
     Ok(path)
 }
 
+/// The `NETWORK_PROBE_BENCH_*` variables among `vars`, as `NAME=value`, sorted: each makes a
+/// benchmark run only part of its sections.
+pub(crate) fn selection_variables(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut selection: Vec<String> = vars
+        .filter(|(name, _)| name.starts_with("NETWORK_PROBE_BENCH_"))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    selection.sort();
+    selection
+}
+
 /// The first `model name` of /proc/cpuinfo.
 fn cpu_model(cpuinfo: &str) -> Option<&str> {
     cpuinfo.lines().find_map(|line| {
@@ -79,6 +90,25 @@ mod tests {
         assert_eq!(civil_date(20_453), (2025, 12, 31));
         assert_eq!(civil_date(47_540), (2100, 2, 28));
         assert_eq!(civil_date(47_541), (2100, 3, 1));
+    }
+
+    #[test]
+    fn selection_variables_are_the_bench_ones() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("NETWORK_PROBE_BENCH_SECTIONS", "scrape"),
+            ("NETWORK_PROBE_SOAK_SECONDS", "60"),
+            ("NETWORK_PROBE_BENCH_ONLY", "steps"),
+        ]
+        .map(|(name, value)| (name.to_string(), value.to_string()));
+        assert_eq!(
+            selection_variables(vars.into_iter()),
+            [
+                "NETWORK_PROBE_BENCH_ONLY=steps",
+                "NETWORK_PROBE_BENCH_SECTIONS=scrape"
+            ]
+        );
+        assert!(selection_variables(std::iter::empty()).is_empty());
     }
 
     #[test]

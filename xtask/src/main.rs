@@ -52,7 +52,15 @@ enum Task {
     /// Bootstrap the toolchain and the Debian test peers, run every benchmark in
     /// network-probe/benches/ (as root: they load eBPF programs and create network namespaces)
     /// and write their reports, under a header naming the machine, to BENCHMARKS.md.
-    Bench,
+    /// Refuses to run while a `NETWORK_PROBE_BENCH_*` selection variable is set (inherited from
+    /// the shell, it would drop sections silently) unless --keep-selection is given; then the
+    /// report names them.
+    Bench {
+        /// Keep the `NETWORK_PROBE_BENCH_*` variables of the environment (a partial run); the
+        /// report's header lists them.
+        #[arg(long)]
+        keep_selection: bool,
+    },
     /// Run only the soak benchmark (network-probe/benches/soak.rs, as root): the daemon under
     /// 100k live flows, flow churn, concurrent scrapers and probe bursts, then its memory, fds
     /// and threads compared with the start; fails when they grow or a request fails.
@@ -238,11 +246,20 @@ fn run(args: Args) -> Result<()> {
             };
             fuzzer.fuzz_all(&targets, seconds)
         }
-        Task::Bench => {
+        Task::Bench { keep_selection } => {
             require_root(
                 "bench",
                 "the benchmarks load eBPF programs and create network namespaces",
             )?;
+            let selection = bench::selection_variables(std::env::vars());
+            if !selection.is_empty() && !keep_selection {
+                bail!(
+                    "{} set in the environment: the benchmarks would run only part of their \
+                     sections. Unset it, or pass --keep-selection for a partial report that \
+                     names it",
+                    selection.join(", ")
+                );
+            }
             // Several benchmarks drive Debian peers (iperf3, tcpdump, tftpd-hpa, the Jool guest).
             let toolchain = timed_bootstrap(true)?;
             // The report names the revision checked out when the run starts. Each benchmark is
@@ -263,6 +280,16 @@ fn run(args: Args) -> Result<()> {
                     .with_context(|| format!("starting cargo bench --bench {target}"))?;
                 let section = String::from_utf8_lossy(&output.stdout);
                 print!("{section}");
+                if section.trim().is_empty() {
+                    report.push_str(&format!(
+                        "## {target}\n\n**The {target} benchmark printed nothing: its section \
+                         is missing.**\n\n"
+                    ));
+                    if output.status.success() {
+                        failed.push(target);
+                    }
+                    continue;
+                }
                 // A section without its own heading gets one naming its benchmark.
                 if !section.trim_start().starts_with('#') {
                     report.push_str(&format!("## {target}\n\n"));
@@ -289,6 +316,16 @@ fn run(args: Args) -> Result<()> {
                 }
                 described
             });
+            if !selection.is_empty() {
+                report.insert_str(
+                    0,
+                    &format!(
+                        "**Partial run: {} (only the sections they select; see each \
+                         benchmark).**\n\n",
+                        selection.join(", ")
+                    ),
+                );
+            }
             let path = bench::write_report(&root, revision.as_deref(), &report)?;
             eprintln!("xtask: wrote {}", path.display());
             if !failed.is_empty() {
