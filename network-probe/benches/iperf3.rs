@@ -118,8 +118,8 @@ fn main() {
     println!(
         "## iperf3 client throughput (loopback, {ROUNDS} interleaved rounds of {SECONDS} s)\n"
     );
-    println!("| streams | ours (Gbit/s) | iperf3 -c (Gbit/s) | ours / iperf3 |");
-    println!("|---|---|---|---|");
+    println!("| streams | ours (Gbit/s) | iperf3 -c (Gbit/s) | ours / iperf3 | goal >= 0.95 |");
+    println!("|---|---|---|---|---|");
     for parallel in [1, 2] {
         let (mut our_rates, mut their_rates) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -145,14 +145,17 @@ fn main() {
             runs(&their_rates)
         );
         let (our_median, their_median) = (median(&mut our_rates), median(&mut their_rates));
+        let ratio = our_median / their_median;
         println!(
-            "| {parallel} | {:.2} | {:.2} | {:.2} |",
+            "| {parallel} | {:.2} | {:.2} | {ratio:.2} | {} |",
             our_median / 1e9,
             their_median / 1e9,
-            our_median / their_median
+            if ratio >= 0.95 { "met" } else { "not met" }
         );
     }
     println!(
-        "\nGoal: ours / iperf3 >= 0.95 (medians; runs on a shared VM vary by tens of percent)."
+        "\nGoal: ours / iperf3 >= 0.95, judged per row on the medians of this run (runs on a \
+         shared VM vary by tens of percent; no method calibration applies: both clients run \
+         the same way, one after the other)."
     );
 }

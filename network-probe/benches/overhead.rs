@@ -454,11 +454,15 @@ fn side_by_side_section() {
         "| daemon on neither: pair / other pair | {calibration:.3} | {} |",
         spread(&neither)
     );
+    // The method's own reading with nothing to find is its calibration: the verdict divides by
+    // it, so a method that reads 1.02 on identical pairs does not flatter (or hurt) ours.
+    let normalised = ours / calibration;
     println!(
-        "\nThroughput with our programs attached, side by side: **{ours:.2}** of none (goal at \
-         least 0.97: {}). Our programs ran {:.3} s per test on the observed pair (BPF run-time \
-         statistics, median).\n",
-        if ours >= 0.97 { "met" } else { "not met" },
+        "\nThroughput with our programs attached, side by side: {ours:.3} of the other pair, \
+         {calibration:.3} with neither attached (the method's calibration), so **{normalised:.3}** \
+         normalised (goal at least 0.97, judged normalised: {}). Our programs ran {:.3} s per \
+         test on the observed pair (BPF run-time statistics, median).\n",
+        if normalised >= 0.97 { "met" } else { "not met" },
         median(&run_times)
     );
 }
