@@ -246,12 +246,15 @@ fn forward_tcp_on_loopback_matches_the_server_report() {
     assert!((probed.value("iperf3_sent_seconds") - 1.0).abs() < 0.1);
     let rate = probed.value("iperf3_received_bytes_per_second");
     assert!((rate - server_received / server_seconds).abs() / rate < 1e-6);
-    // Our own sockets' TCP_INFO against the namespace's kernel counter (only this test sends
-    // there, and the server sends no data in forward mode).
-    assert_eq!(
-        probed.value("iperf3_retransmits"),
-        (network_probe_testkit::nstat(&pair.a, "TcpRetransSegs") - retransmitted) as f64
-    );
+    // Our data sockets' TCP_INFO against the namespace's kernel counter (only this test sends
+    // there): never more. Not equal in every run: the kernel also counts what the control
+    // connections and the closing segments retransmit after we read TCP_INFO, which a loaded
+    // machine makes happen on loopback (seen once with every suite running at once). The
+    // equality is checked with real loss in `forward_retransmits_match_the_kernel_counter`.
+    let kernel = network_probe_testkit::nstat(&pair.a, "TcpRetransSegs") - retransmitted;
+    let ours = probed.value("iperf3_retransmits");
+    eprintln!("retransmits: ours {ours}, the namespace's kernel {kernel}");
+    assert!(ours <= kernel as f64, "ours {ours}, the kernel's {kernel}");
     assert_eq!(report["start"]["test_start"]["protocol"], "TCP", "{report}");
     assert_eq!(report["start"]["test_start"]["reverse"], 0, "{report}");
 }
