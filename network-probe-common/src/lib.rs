@@ -1069,3 +1069,188 @@ mod tests {
         }
     }
 }
+
+// ===========================================================================================
+// Passive signals (issue 26): ECN codepoints and path-MTU messages per interface and per flow.
+// Kept in maps of their own, beside the interface statistics and flow maps above, so that the
+// existing layouts (and the pinned maps that hold them) do not change. Not pinned: a restart of
+// the daemon restarts these counters, as an ordinary counter reset to Prometheus.
+// ===========================================================================================
+
+/// Per-CPU array of [`SignalStats`], indexed like [`DEVICE_STATS_MAP`] (`2 * slot + direction`).
+pub const SIGNAL_STATS_MAP: &str = "SIGNAL_STATS";
+/// LRU hash maps of per-flow signals: [`FlowKey4`] / [`FlowKey6`] -> [`FlowSignals`]. An entry
+/// is created only when a flow has something to count here (a CE mark, ECE, CWR, a path-MTU
+/// message quoting it), so most flows never have one.
+pub const FLOW_SIGNALS4_MAP: &str = "FLOW_SIGNALS4";
+pub const FLOW_SIGNALS6_MAP: &str = "FLOW_SIGNALS6";
+/// Capacity of each of [`FLOW_SIGNALS4_MAP`] and [`FLOW_SIGNALS6_MAP`].
+pub const FLOW_SIGNALS_MAX_ENTRIES: u32 = 16_384;
+
+/// ECN codepoints (RFC 3168), indexed by their value in the IP header's two ECN bits.
+pub const ECN_CODEPOINTS: [&str; 4] = ["not_ect", "ect1", "ect0", "ce"];
+/// The CE ("congestion experienced") codepoint.
+pub const ECN_CE: u8 = 3;
+
+/// Upper bounds (bytes) of the announced-MTU histogram's buckets, before `+Inf`: the minimum
+/// IPv4 MTU, IPv6's minimum, then the tunnel and PPPoE sizes just below Ethernet's 1500, and
+/// jumbo frames.
+pub const PMTU_BOUNDS: [u32; 9] = [576, 1024, 1280, 1400, 1450, 1480, 1492, 1500, 9000];
+/// Buckets of the announced-MTU histogram ([`PMTU_BOUNDS`] and `+Inf`).
+pub const PMTU_BUCKETS: usize = PMTU_BOUNDS.len() + 1;
+
+/// The bucket of an announced MTU: the first bound it does not exceed, else `+Inf`.
+#[inline(always)]
+pub fn pmtu_bucket(mtu: u32) -> usize {
+    let mut index = 0;
+    while index < PMTU_BOUNDS.len() {
+        if mtu <= PMTU_BOUNDS[index] {
+            return index;
+        }
+        index += 1;
+    }
+    PMTU_BOUNDS.len()
+}
+
+/// Value of [`SIGNAL_STATS_MAP`]: one interface and direction on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalStats {
+    /// IP packets (GSO segments counted) by ECN codepoint, indexed by its value.
+    pub ecn: [u64; 4],
+    /// ICMPv4 fragmentation-needed and ICMPv6 packet-too-big messages.
+    pub pmtu_messages: u64,
+    /// The MTU those messages announce, by [`pmtu_bucket`].
+    pub pmtu_announced: [u64; PMTU_BUCKETS],
+    /// Sum of the announced MTUs, bytes.
+    pub pmtu_announced_sum: u64,
+}
+
+impl SignalStats {
+    pub const ZERO: SignalStats = SignalStats {
+        ecn: [0; 4],
+        pmtu_messages: 0,
+        pmtu_announced: [0; PMTU_BUCKETS],
+        pmtu_announced_sum: 0,
+    };
+
+    /// Adds `other` (another CPU's copy, or a forgotten interface's totals).
+    pub fn accumulate(&mut self, other: &SignalStats) {
+        for (total, value) in self.ecn.iter_mut().zip(other.ecn) {
+            *total += value;
+        }
+        self.pmtu_messages += other.pmtu_messages;
+        for (total, value) in self.pmtu_announced.iter_mut().zip(other.pmtu_announced) {
+            *total += value;
+        }
+        self.pmtu_announced_sum += other.pmtu_announced_sum;
+    }
+}
+
+impl Default for SignalStats {
+    fn default() -> Self {
+        SignalStats::ZERO
+    }
+}
+
+/// Value of [`FLOW_SIGNALS4_MAP`] and [`FLOW_SIGNALS6_MAP`]: one flow direction on one
+/// interface, shared by every CPU (atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSignals {
+    /// IP packets of the flow marked CE (GSO segments counted).
+    pub ce: u64,
+    /// TCP segments with ECE (ECN-Echo) set, SYNs included (where ECN is negotiated).
+    pub ece: u64,
+    /// TCP segments with CWR (Congestion Window Reduced) set, SYNs included.
+    pub cwr: u64,
+    /// Path-MTU messages (ICMPv4 fragmentation-needed, ICMPv6 packet-too-big) seen on the
+    /// interface that quote a packet of this flow direction.
+    pub pmtu_messages: u64,
+}
+
+impl FlowSignals {
+    /// What was counted since `earlier`, a previous read of the same entry; the whole of
+    /// `self` when a counter went backwards (the entry was evicted and created anew).
+    pub fn since(&self, earlier: &FlowSignals) -> FlowSignals {
+        if self.ce < earlier.ce
+            || self.ece < earlier.ece
+            || self.cwr < earlier.cwr
+            || self.pmtu_messages < earlier.pmtu_messages
+        {
+            return *self;
+        }
+        FlowSignals {
+            ce: self.ce - earlier.ce,
+            ece: self.ece - earlier.ece,
+            cwr: self.cwr - earlier.cwr,
+            pmtu_messages: self.pmtu_messages - earlier.pmtu_messages,
+        }
+    }
+
+    /// Adds `other`.
+    pub fn add(&mut self, other: &FlowSignals) {
+        self.ce += other.ce;
+        self.ece += other.ece;
+        self.cwr += other.cwr;
+        self.pmtu_messages += other.pmtu_messages;
+    }
+}
+
+#[cfg(feature = "user")]
+mod signals_pod {
+    // SAFETY: #[repr(C)], u64 fields and arrays only, no padding.
+    unsafe impl aya::Pod for super::SignalStats {}
+    // SAFETY: #[repr(C)], u64 fields only.
+    unsafe impl aya::Pod for super::FlowSignals {}
+}
+
+#[cfg(test)]
+mod signals_tests {
+    use super::*;
+
+    #[test]
+    fn signal_layouts_have_no_implicit_padding() {
+        assert_eq!(
+            core::mem::size_of::<SignalStats>(),
+            (4 + 1 + PMTU_BUCKETS + 1) * 8
+        );
+        assert_eq!(core::mem::size_of::<FlowSignals>(), 4 * 8);
+    }
+
+    #[test]
+    fn pmtu_bucket_is_the_first_bound_not_exceeded() {
+        assert_eq!(pmtu_bucket(0), 0);
+        assert_eq!(pmtu_bucket(576), 0);
+        assert_eq!(pmtu_bucket(577), 1);
+        assert_eq!(pmtu_bucket(1280), 2);
+        assert_eq!(pmtu_bucket(1400), 3);
+        assert_eq!(pmtu_bucket(1500), 7);
+        assert_eq!(pmtu_bucket(1501), 8);
+        assert_eq!(pmtu_bucket(9001), PMTU_BUCKETS - 1);
+        assert_eq!(pmtu_bucket(u32::MAX), PMTU_BUCKETS - 1);
+    }
+
+    #[test]
+    fn flow_signals_since_restarts_on_a_counter_going_back() {
+        let earlier = FlowSignals {
+            ce: 5,
+            ece: 2,
+            cwr: 1,
+            pmtu_messages: 0,
+        };
+        let now = FlowSignals { ce: 7, ..earlier };
+        assert_eq!(
+            now.since(&earlier),
+            FlowSignals {
+                ce: 2,
+                ..FlowSignals::default()
+            }
+        );
+        let recreated = FlowSignals {
+            ce: 1,
+            ..FlowSignals::default()
+        };
+        assert_eq!(recreated.since(&earlier), recreated);
+    }
+}

@@ -71,17 +71,28 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
     if UPTO == upto::DEVICE {
         return;
     }
+    // The passive signals' counters of this interface (see `crate::signals`).
+    let signals = crate::signals::interface(slot, direction);
     match parse(packet) {
         Parsed::NotIp(reason) => add_at(&mut device.unclassified, reason as usize, segments),
         Parsed::OtherIp(ip, reason) => {
+            if let Some(signals) = signals {
+                crate::ecn::count_codepoint(signals, ip.ecn, segments);
+            }
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
         }
         Parsed::Tcp4(ip, tcp, addresses) => {
+            if let Some(signals) = signals {
+                crate::ecn::count_codepoint(signals, ip.ecn, segments);
+            }
             let key = || FlowKey4::from_words([addresses, ports_word(&tcp, ifindex, direction)]);
             observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key);
         }
         Parsed::Tcp6(ip, tcp, [src0, src1, dst0, dst1]) => {
+            if let Some(signals) = signals {
+                crate::ecn::count_codepoint(signals, ip.ecn, segments);
+            }
             let key = || {
                 let ports = ports_word(&tcp, ifindex, direction);
                 FlowKey6::from_words([src0, src1, dst0, dst1, ports])
@@ -109,7 +120,9 @@ fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
     if UPTO == upto::PARSE {
         return;
     }
-    observe_flow::<_, UPTO>(device, key(), bits, tcp, segments, len);
+    let key = key();
+    crate::ecn::observe_segment(&key, ip.ecn, tcp.flags(), segments);
+    observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len);
 }
 
 /// The last word of a kernel flow key: ports (each in host byte order), then interface and
@@ -160,7 +173,7 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, bits: u32, segments: 
 }
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
-trait FlowMapKey: Copy + 'static {
+trait FlowMapKey: Copy + 'static + crate::signals::SignalKey {
     /// The key's words, as the slot table stores and hashes them.
     type Words: AsRef<[u64]>;
     /// The family, as [`FlowSlot::owner`] holds it for flows of this kind.
@@ -684,7 +697,7 @@ fn add_at(counters: &mut [u64], index: usize, value: u64) {
 /// `*target += value` as one atomic instruction (BPF_ATOMIC | BPF_ADD): flow counters are
 /// shared between CPUs. The bpfel target offers no AtomicU64::fetch_add, hence the asm.
 #[inline(always)]
-fn atomic_add(target: &mut u64, value: u64) {
+pub(crate) fn atomic_add(target: &mut u64, value: u64) {
     // SAFETY: `target` is a valid, 8-byte aligned u64 in a map value.
     unsafe {
         core::arch::asm!(

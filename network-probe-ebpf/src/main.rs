@@ -6,7 +6,9 @@
 //! - [`drops`]: the hook on the kernel's `kfree_skb` tracepoint (dropped packets, any
 //!   interface), which reads the skb's reason, protocol and device.
 //! - [`account`]: per-interface and per-flow accounting from that summary, and drop counts.
-//! - [`maps`]: every map of the object.
+//! - [`maps`]: every map of the object (but those of [`signals`]).
+//! - [`signals`], [`ecn`]: the passive signals of issue 26 (ECN codepoints, CE / ECE / CWR per
+//!   flow), in maps of their own.
 //!
 //! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
 //! drops, delays or modifies a packet.
@@ -20,9 +22,11 @@ use network_probe_ebpf as _;
 mod account;
 mod baseline;
 mod drops;
+mod ecn;
 mod maps;
 mod packet;
 mod parse;
+mod signals;
 mod tc;
 mod xdp;
 

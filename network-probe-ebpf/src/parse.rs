@@ -44,6 +44,8 @@ pub(crate) struct Ip {
     pub len: u32,
     /// IPv4 Don't Fragment bit.
     pub df: bool,
+    /// The ECN field (RFC 3168): the low two bits of IPv4's TOS / IPv6's traffic class.
+    pub ecn: u8,
 }
 
 /// The TCP layer of a classified packet: the header's first 16 bytes as read, whose fields
@@ -146,6 +148,7 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
     let ip = Ip {
         len: ip_len(total_len, remaining(packet, offset)),
         df: flags_fragment & 0x4000 != 0,
+        ecn: byte(header.bytes_0_8, 1) & 3,
     };
     let declared = declared_len(total_len);
     if header_len as u32 > ip.len {
@@ -193,6 +196,8 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
     let ip = Ip {
         len: ip_len(total_len, remaining(packet, offset)),
         df: false,
+        // The traffic class spans bytes 0-1; its low two bits are bits 4-5 of byte 1.
+        ecn: (byte(first_word, 1) >> 4) & 3,
     };
     if ip.len < 40 {
         return Parsed::OtherIp(ip, Unclassified::TruncatedIp);

@@ -307,7 +307,7 @@ fn label_text(labels: &[(&'static str, String)]) -> String {
 }
 
 /// The name of interface `index` as a label value (`ifindexN` if it has none).
-fn interface_name(index: u32, names: &BTreeMap<u32, String>) -> String {
+pub(crate) fn interface_name(index: u32, names: &BTreeMap<u32, String>) -> String {
     names
         .get(&index)
         .cloned()
@@ -316,7 +316,7 @@ fn interface_name(index: u32, names: &BTreeMap<u32, String>) -> String {
 
 /// Label pairs of a flow series but the interface, in a fixed order: the configured labels,
 /// where `other` rows say "other" in each.
-fn series_labels(key: &SeriesKey, enabled: &FlowLabels) -> Vec<(&'static str, String)> {
+pub(crate) fn series_labels(key: &SeriesKey, enabled: &FlowLabels) -> Vec<(&'static str, String)> {
     let value = |v: Option<String>| {
         if key.other {
             "other".to_string()

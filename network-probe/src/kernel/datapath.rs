@@ -52,6 +52,7 @@ use crate::{
     kernel::map_batch,
     kernel::pinning::{self, MapOrigin, WantedMap},
     kernel::rtnetlink,
+    kernel::signals::{SignalSample, Signals},
     kernel::stale_filters::{self, Ownership},
 };
 
@@ -202,6 +203,8 @@ struct Inner {
     /// The drop program, when loaded.
     drops: Option<Drops>,
     drops_status: DropsStatus,
+    /// The passive signals' maps (ECN, path MTU; see [`crate::kernel::signals`]).
+    signals: Signals,
 }
 
 /// What only user space knows about interfaces, for the state file: the statistics of forgotten
@@ -337,6 +340,7 @@ impl Datapath {
         );
         let flows = FlowMaps::new(flows4, flows6, (config.flow_slots > 0).then_some(slot_maps))
             .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
+        let signals = Signals::take(&mut ebpf)?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         let (drops, drops_status) = match drop_layout {
@@ -373,6 +377,7 @@ impl Datapath {
                 generation: 0,
                 drops,
                 drops_status,
+                signals,
             }),
         })
     }
@@ -569,6 +574,23 @@ impl Datapath {
             .collect()
     }
 
+    /// The passive signals per interface (see [`crate::kernel::signals`]): for every interface
+    /// attached now or since start, its forgotten devices' totals plus its current slot's.
+    pub fn signal_samples(&self) -> Vec<SignalSample> {
+        let inner = self.lock();
+        let names = inner.names();
+        let attached = inner
+            .slots
+            .iter()
+            .filter_map(|(ifindex, &slot)| Some((slot, *names.get(ifindex)?)));
+        inner.signals.samples(attached)
+    }
+
+    /// Every entry of the per-flow signal maps (see [`crate::kernel::signals`]).
+    pub fn flow_signals(&self) -> Vec<(FlowKey, network_probe_common::FlowSignals)> {
+        self.lock().signals.flows()
+    }
+
     /// Every flow in the slot table and the LRU maps, once (see [`crate::kernel::flow_maps`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         self.lock().flows.read()
@@ -717,6 +739,7 @@ impl Inner {
                 }
             }
             self.generation += 1;
+            self.signals.retire(&name, slot);
             for (direction, stats) in folded {
                 self.retired
                     .entry((name.clone(), direction))
@@ -746,6 +769,7 @@ impl Inner {
                      {DEVICE_STATS_MAP} are in use"
                 ))
             })?;
+        self.signals.zero(slot)?;
         let cpus =
             nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
         for direction in [Direction::Ingress, Direction::Egress] {

@@ -5,7 +5,7 @@
 //! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]);
 //! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
 //! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
-//! [`btf`]).
+//! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
@@ -19,4 +19,5 @@ pub mod preflight;
 pub mod privileges;
 pub(crate) mod program_barrier;
 pub mod rtnetlink;
+pub mod signals;
 pub(crate) mod stale_filters;

@@ -3,7 +3,9 @@
 //! are written next to it by [`crate::flows::exposition`]. Names follow Prometheus conventions:
 //! base units, `_total` on counters; README.md documents each one.
 
-use std::sync::Arc;
+mod signals;
+
+use std::sync::{Arc, Mutex};
 
 use network_probe_common::{
     DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP,
@@ -26,7 +28,10 @@ pub fn registry(
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BuildInfo));
-    registry.register_collector(Box::new(DatapathCollector { flows }));
+    registry.register_collector(Box::new(DatapathCollector {
+        flows,
+        flow_signals: Mutex::default(),
+    }));
     registry.register_collector(Box::new(crate::jool::JoolCollector::new(jool)));
     registry.register_collector(Box::new(crate::probe::target::LookupCollector));
     for collector in probers.meta_collectors() {
@@ -118,6 +123,8 @@ impl Collector for BuildInfo {
 #[derive(Debug)]
 struct DatapathCollector {
     flows: Arc<FlowTracker>,
+    /// The per-flow passive signals' totals per series (see [`crate::flows::signals`]).
+    flow_signals: Mutex<crate::flows::signals::FlowSignalTotals>,
 }
 
 /// Writes one counter family: `values` yields (labels, value).
@@ -443,6 +450,7 @@ impl Collector for DatapathCollector {
         let datapath = self.flows.datapath();
         let devices = datapath.device_samples();
         self.encode_devices(&mut encoder, &devices)?;
+        self.encode_signals(&mut encoder)?;
         gauge_family(
             &mut encoder,
             "network_probe_datapath_programs_attached",

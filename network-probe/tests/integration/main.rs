@@ -17,6 +17,7 @@ mod datapath;
 mod deb;
 mod deploy;
 mod drops;
+mod ecn;
 mod errors;
 mod flow_slots;
 mod flows;

@@ -1,0 +1,272 @@
+//! ECN (issue 26) on real traffic, each number against a reference that is not the daemon: the
+//! counter of the nft rule that set CE on the packets (`ip ecn set ce`), or a tcpdump capture
+//! of the interface (ECN codepoints of every IP packet, ECE and CWR of every TCP segment). Each
+//! test runs on a veth pair between two namespaces it creates; the daemon watches end `a`.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr},
+    thread,
+};
+
+use network_probe_testkit::{Capture, Daemon, Frame, VethPair, dotted, in_netns, sample};
+
+use crate::flows::{connect, listen};
+
+fn addresses(pair: &VethPair) -> (IpAddr, IpAddr) {
+    (
+        dotted(pair.a_addr).parse().unwrap(),
+        dotted(pair.b_addr).parse().unwrap(),
+    )
+}
+
+/// A counter that must be exported (a missing sample is a failure, not a zero).
+fn exported(scrape: &str, name: &str, labels: &str) -> u64 {
+    sample(scrape, name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in\n{scrape}")) as u64
+}
+
+/// A per-flow signal counter: its series exists once the flow has counted one (absent: 0).
+fn flow_signal(scrape: &str, name: &str, labels: &str) -> u64 {
+    sample(scrape, name, labels).map_or(0, |value| value as u64)
+}
+
+/// One packet per write: offloads off, at most one segment per GSO packet.
+fn one_frame_per_packet(pair: &VethPair) {
+    pair.disable_offloads();
+    for (ns, ifname) in [(&pair.a, &pair.a_if), (&pair.b, &pair.b_if)] {
+        pair.exec(
+            ns,
+            "ip",
+            &["link", "set", "dev", ifname, "gso_max_segs", "1"],
+        );
+    }
+}
+
+/// The packets counter of the only counter in nft chain `chain` of table `table` in `ns`.
+fn nft_rule_packets(pair: &VethPair, ns: &str, table: &str, chain: &str) -> u64 {
+    let listing = pair.exec(ns, "nft", &["list", "chain", "ip", table, chain]);
+    let counters: Vec<u64> = listing
+        .split("counter packets ")
+        .skip(1)
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .and_then(|number| number.parse().ok())
+                .unwrap_or_else(|| panic!("a packet count in {listing}"))
+        })
+        .collect();
+    assert_eq!(counters.len(), 1, "one counter in {listing}");
+    counters[0]
+}
+
+/// Messages the client of [`ce_marks_set_by_nft_are_counted_exactly`] sends, each echoed before
+/// the next: one data segment each.
+const MESSAGES: usize = 7;
+
+/// An nft rule in b's output path sets CE on the data segments of one connection from b to a
+/// (`ip ecn set ce`, with a counter); the daemon on a counts exactly the rule's packets as CE
+/// on that flow and on the interface's ingress, and none on egress.
+#[test]
+fn ce_marks_set_by_nft_are_counted_exactly() {
+    let pair = VethPair::new();
+    one_frame_per_packet(&pair);
+    let (a, b) = addresses(&pair);
+    let port = 7201;
+    let table = "np_ecn";
+    for command in [
+        vec!["add", "table", "ip", table],
+        vec![
+            "add", "chain", "ip", table, "out", "{", "type", "filter", "hook", "output",
+            "priority", "0", ";", "}",
+        ],
+    ] {
+        pair.exec(&pair.b, "nft", &command);
+    }
+    let a_text = a.to_string();
+    let port_text = port.to_string();
+    // Data segments only (an ACK is 52 bytes), of this connection only.
+    pair.exec(
+        &pair.b,
+        "nft",
+        &[
+            "add", "rule", "ip", table, "out", "ip", "daddr", &a_text, "tcp", "dport", &port_text,
+            "ip", "length", ">", "500", "counter", "ip", "ecn", "set", "ce",
+        ],
+    );
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+
+    let server_addr = SocketAddr::new(a, port);
+    let listener = in_netns(&pair.a, move || listen(server_addr, None));
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut message = [0u8; 777];
+        for _ in 0..MESSAGES {
+            stream.read_exact(&mut message).unwrap();
+            stream.write_all(b"ok").unwrap();
+        }
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+    });
+    in_netns(&pair.b, move || {
+        let mut stream = connect(server_addr, None).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut reply = [0u8; 2];
+        for _ in 0..MESSAGES {
+            stream.write_all(&[5u8; 777]).unwrap();
+            stream.read_exact(&mut reply).unwrap();
+        }
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+    });
+    server.join().unwrap();
+    thread::sleep(std::time::Duration::from_millis(200));
+
+    let marked = nft_rule_packets(&pair, &pair.b, table, "out");
+    assert!(
+        marked >= MESSAGES as u64,
+        "the rule marked {marked} packets, fewer than the {MESSAGES} messages"
+    );
+    let scrape = daemon.scrape();
+    let interface = |direction: &str, codepoint: &str| {
+        exported(
+            &scrape,
+            "network_probe_interface_ecn_packets_total",
+            &format!(
+                "interface=\"{}\",direction=\"{direction}\",codepoint=\"{codepoint}\"",
+                pair.a_if
+            ),
+        )
+    };
+    assert_eq!(
+        interface("ingress", "ce"),
+        marked,
+        "interface CE vs the rule"
+    );
+    assert_eq!(interface("egress", "ce"), 0, "nothing marks a's packets");
+    // Nobody asked for ECN: everything else is not-ECT, every packet counted once.
+    for direction in ["ingress", "egress"] {
+        let packets = exported(
+            &scrape,
+            "network_probe_interface_packets_total",
+            &format!("interface=\"{}\",direction=\"{direction}\"", pair.a_if),
+        );
+        assert_eq!(
+            interface(direction, "not_ect") + interface(direction, "ce"),
+            packets,
+            "{direction}: codepoints vs packets"
+        );
+        assert_eq!(interface(direction, "ect0"), 0, "{direction}");
+        assert_eq!(interface(direction, "ect1"), 0, "{direction}");
+    }
+    let flow = |src: IpAddr, dst: IpAddr| {
+        format!("interface=\"{}\",src=\"{src}\",dst=\"{dst}\"", pair.a_if)
+    };
+    assert_eq!(
+        flow_signal(&scrape, "network_probe_flow_ce_packets_total", &flow(b, a)),
+        marked,
+        "flow CE vs the rule"
+    );
+    assert_eq!(
+        flow_signal(&scrape, "network_probe_flow_ce_packets_total", &flow(a, b)),
+        0
+    );
+}
+
+/// ECN fields of a captured IPv4 frame: (codepoint, TCP flags if TCP).
+fn ecn_of(frame: &Frame) -> (u8, Option<u8>) {
+    let ip = frame.ip().unwrap_or_else(|| panic!("non-IP {frame:?}"));
+    let data = &frame.data;
+    let codepoint = data[15] & 3;
+    let flags = (ip.protocol == 6).then(|| {
+        let l4 = 14 + usize::from(data[14] & 0x0f) * 4;
+        data[l4 + 13]
+    });
+    (codepoint, flags)
+}
+
+/// A sender with `net.ipv4.tcp_ecn=1` in its namespace negotiates ECN with a (which accepts it,
+/// the default 2): its data segments and a's are ECT(0). Every IP packet's codepoint, both
+/// directions, counted equal to the capture of the same interface; ECE and CWR per flow
+/// direction equal to the capture's TCP flags.
+#[test]
+fn ect0_traffic_is_counted_as_the_capture_shows() {
+    let pair = VethPair::new();
+    one_frame_per_packet(&pair);
+    pair.exec(&pair.b, "sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]);
+    let (a, b) = addresses(&pair);
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let capture = Capture::start(&pair.a, &pair.a_if);
+
+    let server_addr = SocketAddr::new(a, 7202);
+    let listener = in_netns(&pair.a, move || listen(server_addr, None));
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        stream.write_all(&vec![7u8; 20_000]).unwrap();
+        received.len()
+    });
+    in_netns(&pair.b, move || {
+        let mut stream = connect(server_addr, None).unwrap();
+        stream.write_all(&vec![6u8; 200_000]).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply.len(), 20_000);
+    });
+    assert_eq!(server.join().unwrap(), 200_000);
+    let frames = capture.finish_frames();
+    let scrape = daemon.scrape();
+
+    for (direction, src, dst) in [("egress", a, b), ("ingress", b, a)] {
+        let mine: Vec<(u8, Option<u8>)> = frames
+            .iter()
+            .filter(|frame| frame.ip().map(|ip| ip.src) == Some(src))
+            .map(ecn_of)
+            .collect();
+        for (value, codepoint) in ["not_ect", "ect1", "ect0", "ce"].iter().enumerate() {
+            let captured = mine.iter().filter(|(cp, _)| *cp == value as u8).count() as u64;
+            let counted = exported(
+                &scrape,
+                "network_probe_interface_ecn_packets_total",
+                &format!(
+                    "interface=\"{}\",direction=\"{direction}\",codepoint=\"{codepoint}\"",
+                    pair.a_if
+                ),
+            );
+            assert_eq!(counted, captured, "{direction} {codepoint} vs the capture");
+            if *codepoint == "ect0" {
+                assert!(
+                    captured > 10,
+                    "{direction}: ECN was negotiated ({captured} ECT(0))"
+                );
+            }
+        }
+        let labels = format!("interface=\"{}\",src=\"{src}\",dst=\"{dst}\"", pair.a_if);
+        for (bit, name) in [
+            (0x40u8, "network_probe_flow_tcp_ece_segments_total"),
+            (0x80, "network_probe_flow_tcp_cwr_segments_total"),
+        ] {
+            let captured = mine
+                .iter()
+                .filter(|(_, flags)| flags.is_some_and(|flags| flags & bit != 0))
+                .count() as u64;
+            assert_eq!(
+                flow_signal(&scrape, name, &labels),
+                captured,
+                "{direction} {name} vs the capture"
+            );
+        }
+    }
+    // The ECN-setup SYN carries ECE and CWR, the SYN-ACK ECE: both families have samples.
+    let b_to_a = format!("interface=\"{}\",src=\"{b}\",dst=\"{a}\"", pair.a_if);
+    assert!(
+        flow_signal(
+            &scrape,
+            "network_probe_flow_tcp_cwr_segments_total",
+            &b_to_a
+        ) >= 1
+    );
+}
