@@ -76,8 +76,12 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
     match parse(packet) {
         Parsed::NotIp(reason) => add_at(&mut device.unclassified, reason as usize, segments),
         Parsed::OtherIp(ip, reason) => {
-            if let Some(signals) = signals {
+            let mut signals = signals;
+            if let Some(signals) = signals.as_deref_mut() {
                 crate::ecn::count_codepoint(signals, ip.ecn, segments);
+            }
+            if reason == network_probe_common::Unclassified::NotTcp {
+                crate::pmtu::observe(packet, &ip, ifindex, direction, signals);
             }
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);

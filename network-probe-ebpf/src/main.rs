@@ -7,8 +7,8 @@
 //!   interface), which reads the skb's reason, protocol and device.
 //! - [`account`]: per-interface and per-flow accounting from that summary, and drop counts.
 //! - [`maps`]: every map of the object (but those of [`signals`]).
-//! - [`signals`], [`ecn`]: the passive signals of issue 26 (ECN codepoints, CE / ECE / CWR per
-//!   flow), in maps of their own.
+//! - [`signals`], [`ecn`], [`pmtu`]: the passive signals of issue 26 (ECN codepoints, CE / ECE
+//!   / CWR per flow, path-MTU messages), in maps of their own.
 //!
 //! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
 //! drops, delays or modifies a packet.
@@ -26,6 +26,7 @@ mod ecn;
 mod maps;
 mod packet;
 mod parse;
+mod pmtu;
 mod signals;
 mod tc;
 mod xdp;

@@ -46,6 +46,10 @@ pub(crate) struct Ip {
     pub df: bool,
     /// The ECN field (RFC 3168): the low two bits of IPv4's TOS / IPv6's traffic class.
     pub ecn: u8,
+    /// IPv4 protocol / IPv6 next header after the extension headers walked (the transport).
+    pub protocol: u8,
+    /// Offset of the transport header from the start of the frame.
+    pub l4_offset: u16,
 }
 
 /// The TCP layer of a classified packet: the header's first 16 bytes as read, whose fields
@@ -149,6 +153,8 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
         len: ip_len(total_len, remaining(packet, offset)),
         df: flags_fragment & 0x4000 != 0,
         ecn: byte(header.bytes_0_8, 1) & 3,
+        protocol: byte(header.bytes_8_16, 1),
+        l4_offset: (offset + header_len) as u16,
     };
     let declared = declared_len(total_len);
     if header_len as u32 > ip.len {
@@ -193,11 +199,13 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
     } else {
         payload_len + 40
     };
-    let ip = Ip {
+    let mut ip = Ip {
         len: ip_len(total_len, remaining(packet, offset)),
         df: false,
         // The traffic class spans bytes 0-1; its low two bits are bits 4-5 of byte 1.
         ecn: (byte(first_word, 1) >> 4) & 3,
+        protocol: 0,
+        l4_offset: 0,
     };
     if ip.len < 40 {
         return Parsed::OtherIp(ip, Unclassified::TruncatedIp);
@@ -236,6 +244,8 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
             _ => break,
         }
     }
+    ip.protocol = next;
+    ip.l4_offset = l4_offset as u16;
     match next {
         IPPROTO_TCP => {}
         IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_FRAGMENT

@@ -1,12 +1,13 @@
 //! The families of the passive signals (issue 26): ECN codepoints per interface and direction,
-//! CE marks, ECE and CWR segments per flow series (README.md documents each one).
+//! path-MTU messages and the MTUs they announce per interface and direction; CE marks, ECE and
+//! CWR segments and path-MTU messages per flow series (README.md documents each one).
 
 use std::collections::BTreeMap;
 
-use network_probe_common::{ECN_CODEPOINTS, FlowSignals};
-use prometheus_client::encoding::DescriptorEncoder;
+use network_probe_common::{ECN_CODEPOINTS, FlowSignals, PMTU_BOUNDS, PMTU_BUCKETS};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{DatapathCollector, counter_family};
+use super::{DatapathCollector, counter_family, histogram};
 use crate::{
     flows::{
         exposition::{interface_name, series_labels},
@@ -63,7 +64,43 @@ fn encode_interfaces(
                     )
                 })
         }),
-    )
+    )?;
+    counter_family(
+        encoder,
+        "network_probe_interface_pmtu_messages",
+        "Path-MTU messages crossing an interface, per direction: ICMPv4 fragmentation needed \
+         (type 3 code 4) and ICMPv6 packet too big (type 2).",
+        samples.iter().map(|sample| {
+            (
+                [
+                    ("interface", sample.interface.as_str()),
+                    ("direction", sample.direction.as_str()),
+                ],
+                sample.stats.pmtu_messages,
+            )
+        }),
+    )?;
+    let mut announced = encoder.encode_descriptor(
+        "network_probe_interface_pmtu_announced_bytes",
+        "The MTU path-MTU messages announce (ICMPv4 next-hop MTU, ICMPv6 MTU), per interface \
+         and direction.",
+        None,
+        MetricType::Histogram,
+    )?;
+    debug_assert_eq!(PMTU_BUCKETS, PMTU_BOUNDS.len() + 1);
+    for sample in samples {
+        histogram(
+            &mut announced,
+            &[
+                ("interface", sample.interface.as_str()),
+                ("direction", sample.direction.as_str()),
+            ],
+            &sample.stats.pmtu_announced,
+            |i| f64::from(PMTU_BOUNDS[i]),
+            sample.stats.pmtu_announced_sum as f64,
+        )?;
+    }
+    Ok(())
 }
 
 /// The per-flow-series families, with the flow series' labels.
@@ -85,7 +122,7 @@ fn encode_flows(
         })
         .collect();
     type Field = fn(&FlowSignals) -> u64;
-    let families: [(&str, &str, Field); 3] = [
+    let families: [(&str, &str, Field); 4] = [
         (
             "network_probe_flow_ce_packets",
             "IP packets of the TCP flows with these labels marked CE (ECN congestion experienced) \
@@ -104,6 +141,13 @@ fn encode_flows(
              set, SYNs included (a GSO super-packet counts once: segmentation keeps CWR on its \
              first segment only).",
             |s| s.cwr,
+        ),
+        (
+            "network_probe_flow_pmtu_messages",
+            "Path-MTU messages (ICMPv4 fragmentation needed, ICMPv6 packet too big) seen on the \
+             interface that quote a TCP packet of the flows with these labels, as that packet \
+             crossed the interface (the direction opposite to the message's).",
+            |s| s.pmtu_messages,
         ),
     ];
     for (name, help, field) in families {

@@ -33,6 +33,7 @@ mod malformed;
 mod oneshot;
 mod ping;
 mod ping_truth;
+mod pmtu;
 mod pressure;
 mod privileges;
 mod probe_routing;
