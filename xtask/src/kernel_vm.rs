@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// Suites of the integration tests (modules of network-probe/tests/integration/, test names
 /// `<suite>::...`) run in the guest, in this order.
-pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart", "hwtstamp"];
+pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart", "hwtstamp", "ecn", "pmtu"];
 
 /// Guest suites whose tests are `#[ignore]`d on the host (they need a kernel module only the
 /// guest has): the guest runs them with `--include-ignored`.

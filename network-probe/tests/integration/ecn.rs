@@ -174,28 +174,34 @@ fn ce_marks_set_by_nft_are_counted_exactly() {
     );
 }
 
-/// ECN fields of a captured IPv4 frame: (codepoint, TCP flags if TCP).
+/// ECN fields of a captured IP frame: (codepoint, TCP flags if TCP). IPv4: the low two bits of
+/// the TOS byte; IPv6: of the traffic class, which spans the header's first two bytes (TCP
+/// right after the fixed header here: the test's segments carry no extension header).
 fn ecn_of(frame: &Frame) -> (u8, Option<u8>) {
     let ip = frame.ip().unwrap_or_else(|| panic!("non-IP {frame:?}"));
     let data = &frame.data;
-    let codepoint = data[15] & 3;
-    let flags = (ip.protocol == 6).then(|| {
-        let l4 = 14 + usize::from(data[14] & 0x0f) * 4;
-        data[l4 + 13]
-    });
+    let (codepoint, l4) = match ip.src {
+        IpAddr::V4(_) => (data[15] & 3, 14 + usize::from(data[14] & 0x0f) * 4),
+        IpAddr::V6(_) => ((data[15] >> 4) & 3, 54),
+    };
+    let flags = (ip.protocol == 6).then(|| data[l4 + 13]);
     (codepoint, flags)
 }
 
-/// A sender with `net.ipv4.tcp_ecn=1` in its namespace negotiates ECN with a (which accepts it,
-/// the default 2): its data segments and a's are ECT(0). Every IP packet's codepoint, both
-/// directions, counted equal to the capture of the same interface; ECE and CWR per flow
-/// direction equal to the capture's TCP flags.
-#[test]
-fn ect0_traffic_is_counted_as_the_capture_shows() {
+/// A sender with `net.ipv4.tcp_ecn=1` in its namespace (it applies to IPv6 too) negotiates ECN
+/// with a (which accepts it, the default 2): its data segments and a's are ECT(0). Every IP
+/// packet's codepoint, both directions, counted equal to the capture of the same interface;
+/// ECE and CWR per flow direction equal to the capture's TCP flags.
+fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
     let pair = VethPair::new();
     one_frame_per_packet(&pair);
     pair.exec(&pair.b, "sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]);
-    let (a, b) = addresses(&pair);
+    let (a, b) = if ipv6 {
+        pair.enable_ipv6();
+        (pair.a6().parse().unwrap(), pair.b6().parse().unwrap())
+    } else {
+        addresses(&pair)
+    };
     let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
     let capture = Capture::start(&pair.a, &pair.a_if);
 
@@ -220,14 +226,33 @@ fn ect0_traffic_is_counted_as_the_capture_shows() {
     let frames = capture.finish_frames();
     let scrape = daemon.scrape();
 
+    // A frame's direction from its source MAC: with IPv6 on, the capture also holds the link's
+    // own ICMPv6 (link-local sources), which the interface counters count too.
+    let a_mac: Vec<u8> = pair
+        .mac(&pair.a, &pair.a_if)
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).unwrap())
+        .collect();
     for (direction, src, dst) in [("egress", a, b), ("ingress", b, a)] {
+        let sent_by_a = direction == "egress";
+        let all: Vec<(u8, Option<u8>)> = frames
+            .iter()
+            .filter(|frame| frame.ip().is_some() && (frame.data[6..12] == a_mac[..]) == sent_by_a)
+            .map(ecn_of)
+            .collect();
         let mine: Vec<(u8, Option<u8>)> = frames
             .iter()
             .filter(|frame| frame.ip().map(|ip| ip.src) == Some(src))
             .map(ecn_of)
             .collect();
+        eprintln!(
+            "{direction}: {} IP packets, {} from {src}, {} ECT(0)",
+            all.len(),
+            mine.len(),
+            all.iter().filter(|(cp, _)| *cp == 2).count()
+        );
         for (value, codepoint) in ["not_ect", "ect1", "ect0", "ce"].iter().enumerate() {
-            let captured = mine.iter().filter(|(cp, _)| *cp == value as u8).count() as u64;
+            let captured = all.iter().filter(|(cp, _)| *cp == value as u8).count() as u64;
             let counted = exported(
                 &scrape,
                 "network_probe_interface_ecn_packets_total",
@@ -269,4 +294,14 @@ fn ect0_traffic_is_counted_as_the_capture_shows() {
             &b_to_a
         ) >= 1
     );
+}
+
+#[test]
+fn ect0_traffic_over_ipv4_is_counted_as_the_capture_shows() {
+    ect0_traffic_is_counted_as_the_capture_shows(false);
+}
+
+#[test]
+fn ect0_traffic_over_ipv6_is_counted_as_the_capture_shows() {
+    ect0_traffic_is_counted_as_the_capture_shows(true);
 }
