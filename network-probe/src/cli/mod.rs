@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource};
 
 use crate::{
-    flows::table::FlowLabels,
+    flows::{admission::RankBy, families::FlowFamilies, table::FlowLabels},
     kernel::datapath::{IngressHook, TcAttach},
     kernel::drops::DropsMode,
     support::units::parse_duration,
@@ -20,6 +20,15 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = ":9435";
 /// daemon's own descriptors (maps, programs, links, netlink, listeners) about 700
 /// descriptors, within the usual soft limit of 1024.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+
+/// Default `--flows.max-series`, the series budget, sized for fleets: with the default three
+/// families (`--flows.families`) a host exports at most 3 x (500 + one `other` row per
+/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 374 (measured,
+/// two interfaces): about 1,900, the order of a node_exporter. A thousand hosts make 1.9
+/// million series, what one large Prometheus holds, or thirteen remote-write tenants at Mimir's
+/// default of 150,000 series per tenant (docs/fleet.md). The former default, 5,000 label sets
+/// with all eleven families, allowed 55,000 flow series per host.
+pub const DEFAULT_MAX_SERIES: usize = 500;
 
 /// Network telemetry daemon: eBPF traffic accounting for Prometheus.
 #[derive(Debug, Clone, Parser)]
@@ -135,10 +144,27 @@ pub struct Cli {
     #[arg(long = "flows.labels", value_name = "LIST", default_value = FlowLabels::DEFAULT)]
     pub flow_labels: FlowLabels,
 
-    /// Most flow series exported individually; label sets beyond it are summed into one
-    /// `other` row per interface.
-    #[arg(long = "flows.max-series", value_name = "N", default_value_t = 5000)]
+    /// The series budget: most flow label sets exported individually, the heaviest by
+    /// --flows.rank-by over --flows.rank-window; the others are summed into one `other` row per
+    /// interface. Prometheus series per host from flows: (N + interfaces) x families.
+    #[arg(long = "flows.max-series", value_name = "N", default_value_t = DEFAULT_MAX_SERIES)]
     pub flow_max_series: usize,
+
+    /// Families each flow series carries, comma-separated (the metric name without
+    /// network_probe_flow_), or `all`: packets, bytes, retransmits, rst, syn, fin, zero_window,
+    /// df_packets, window_scale, first_seen_timestamp_seconds, last_seen_timestamp_seconds.
+    #[arg(long = "flows.families", value_name = "LIST", default_value = FlowFamilies::DEFAULT)]
+    pub flow_families: FlowFamilies,
+
+    /// The measure label sets are ranked by for the series budget.
+    #[arg(long = "flows.rank-by", value_name = "MEASURE", value_enum, default_value_t = RankBy::Bytes)]
+    pub flow_rank_by: RankBy,
+
+    /// The window of the ranking: a label set's weight is what it moved, decayed with this as
+    /// time constant (e.g. 30s, 1m). An admitted series keeps its place unless a challenger
+    /// weighs twice as much.
+    #[arg(long = "flows.rank-window", value_name = "DURATION", default_value = crate::flows::admission::DEFAULT_WINDOW, value_parser = parse_duration)]
+    pub flow_rank_window: Duration,
 
     /// A flow without packets for this long is folded into its series' total and removed from
     /// the kernel map (e.g. 90s, 5m).

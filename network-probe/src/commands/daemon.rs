@@ -136,6 +136,9 @@ pub fn run(flags: Cli) -> Result<()> {
                 labels: cli.flow_labels,
                 max_series: cli.flow_max_series,
                 idle_timeout: cli.flow_idle_timeout,
+                families: cli.flow_families,
+                rank_by: cli.flow_rank_by,
+                rank_window: cli.flow_rank_window,
             },
             cli.state_file(),
         ));

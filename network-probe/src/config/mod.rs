@@ -486,6 +486,16 @@ mod tests {
         assert_eq!(effective.flow_labels, "interface,dst_port".parse().unwrap());
         assert_eq!(effective.flow_max_series, 10);
         assert_eq!(effective.flow_idle_timeout, Duration::from_secs(90));
+        let ranked =
+            parse("flows:\n  families: [bytes, rst]\n  rank_by: retransmits\n  rank_window: 30s\n")
+                .unwrap()
+                .apply(&flags(&[]));
+        assert_eq!(ranked.flow_families.to_string(), "bytes,rst");
+        assert_eq!(
+            ranked.flow_rank_by,
+            crate::flows::admission::RankBy::Retransmits
+        );
+        assert_eq!(ranked.flow_rank_window, Duration::from_secs(30));
         assert_eq!(effective.jool.instances.len(), 1);
         assert!(effective.jool.all_instances);
         assert_eq!(effective.probe_allow.len(), 2);
@@ -511,6 +521,16 @@ mod tests {
                 "flows:\n  labels: [src, port]\n",
                 "flows.labels: ",
                 "\"port\"",
+            ),
+            (
+                "flows:\n  families: [bytes, byte]\n",
+                "flows.families: ",
+                "unknown flow family \"byte\" (known: packets, bytes,",
+            ),
+            (
+                "flows:\n  rank_by: weight\n",
+                "flows.rank_by: \"weight\"",
+                "(use bytes, packets, retransmits)",
             ),
             (
                 "flows:\n  slots: 1000\n",

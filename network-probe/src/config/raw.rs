@@ -36,6 +36,9 @@ pub(super) struct RawFlows {
     pub(super) labels: Option<Value>,
     pub(super) max_series: Option<Value>,
     pub(super) idle_timeout: Option<Value>,
+    pub(super) families: Option<Value>,
+    pub(super) rank_by: Option<Value>,
+    pub(super) rank_window: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    flows::families::FlowFamilies,
     flows::table::{FlowCounters, FlowLabels, Series, SeriesKey},
     flows::tracker::{FlowTracker, monotonic_ns, realtime_ns},
 };
@@ -147,9 +148,21 @@ const FAMILIES: [Family; 11] = [
     },
 ];
 
+/// The names of the families as `--flows.families` says them: without `network_probe_flow_`.
+pub(crate) fn family_names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|family| {
+        family
+            .name
+            .strip_prefix("network_probe_flow_")
+            .unwrap_or(family.name)
+    })
+}
+
 /// The flow series of one scrape.
 #[derive(Debug, Default)]
 pub(crate) struct FlowSeries {
+    /// The families written (`--flows.families`); `None`: every one.
+    families: Option<FlowFamilies>,
     /// Every row's label set, one after the other: written once per scrape, then copied into
     /// each of the row's eleven sample lines.
     label_sets: String,
@@ -175,6 +188,7 @@ impl FlowSeries {
         let enabled = table.options().labels;
         let mut interfaces: HashMap<u32, String> = HashMap::new();
         let mut snapshot = FlowSeries {
+            families: Some(table.options().families),
             label_sets: String::new(),
             rows: Vec::with_capacity(table.series_count()),
             unix_offset_ns: i128::from(realtime_ns()) - i128::from(monotonic_ns()),
@@ -232,6 +246,14 @@ impl FlowSeries {
     ) -> bool {
         let mut number = itoa::Buffer::new();
         while let Some(family) = FAMILIES.get(cursor.family) {
+            if self
+                .families
+                .is_some_and(|families| !families.has(cursor.family))
+            {
+                cursor.family += 1;
+                cursor.row = None;
+                continue;
+            }
             let counter = matches!(family.value, Value::Counter(_));
             let Some(start) = cursor.row else {
                 let (name, kind) = match (counter, openmetrics) {
@@ -429,6 +451,26 @@ mod tests {
         assert!(many > 11, "{many} chunks");
         let (empty, _) = write_all(&FlowSeries::default(), true, 1);
         assert_eq!(empty.matches("# TYPE").count(), 11);
+    }
+
+    #[test]
+    fn only_the_chosen_families_are_written() {
+        let mut chosen = series();
+        chosen.families = Some("bytes,window_scale".parse().unwrap());
+        let (text, _) = write_all(&chosen, true, 1);
+        let types: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("# TYPE"))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE network_probe_flow_bytes counter",
+                "# TYPE network_probe_flow_window_scale gauge"
+            ]
+        );
+        assert!(text.contains("network_probe_flow_bytes_total{a=\"1\"} 0\n"));
+        assert!(!text.contains("network_probe_flow_packets"));
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //!   and summed per series: every refresh adds to a series what each of its flows gained since
 //!   the last read (the whole count of a flow not seen before, or of a new flow that took the
 //!   key of one that left between two reads).
-//! - At most `max_series` series are exported individually; a flow whose label set arrives when
-//!   the cap is reached counts in its interface's `other` row for as long as it lives (a later
-//!   flow with those labels gets their own series once an expired one makes room). Admission is
-//!   sticky, and what a series counted stays in it.
+//! - At most `max_series` label sets (the budget) have a series of their own: while there is
+//!   room a new label set gets one at once; when the budget is spent its flows count in its
+//!   interface's `other` row, and after every read the label sets are ranked by weight
+//!   ([`crate::flows::admission`]): the heaviest by the chosen measure over the window take the
+//!   places, with hysteresis. A series that leaves the top K is folded into its interface's
+//!   `other` row (what it counted stays counted there), one that enters starts at zero; every
+//!   gain of a flow is added to exactly one row, so an interface's rows sum to what its flows
+//!   counted, and no exported counter goes backwards.
 //! - A flow idle for `idle_timeout` is deleted from the kernel map (its counts stay in its
 //!   series); a flow the kernel evicted (map full) keeps in its series what the last read found
 //!   and is counted as an eviction. A series with no live flow left, idle for `idle_timeout`, is
@@ -28,6 +32,11 @@ use std::{
 
 use network_probe_common::{FAMILY_IPV4, FlowKey, FlowStats};
 use serde::{Deserialize, Serialize};
+
+use crate::flows::{
+    admission::{self, Candidate, RankBy},
+    families::FlowFamilies,
+};
 
 /// The table's maps: keyed by flows and series seen on the wire, hashed with foldhash (seeded
 /// per process, so crafted addresses cannot aim at collisions) rather than SipHash, which was
@@ -115,8 +124,14 @@ impl std::str::FromStr for FlowLabels {
 #[derive(Clone, Copy, Debug)]
 pub struct FlowOptions {
     pub labels: FlowLabels,
+    /// The budget: label sets with a series of their own.
     pub max_series: usize,
     pub idle_timeout: Duration,
+    /// The families a series carries (the exposition's business; kept here with the rest).
+    pub families: FlowFamilies,
+    /// What label sets are ranked by for the budget, and over what window.
+    pub rank_by: RankBy,
+    pub rank_window: Duration,
 }
 
 /// The counters of a flow or series.
@@ -193,8 +208,16 @@ pub struct Series {
     /// Everything its flows counted up to the last read, departed flows included: each read
     /// adds what a flow gained since the one before, so a count never moves between series.
     counted: FlowCounters,
-    /// Flows of the last read counted here.
+    /// Flows of the last read with this label set.
     live_flows: u32,
+    /// A label set without a series of its own (beyond the budget): not exported, counts
+    /// nothing; its flows count in the `other` row at `other_place`. Kept for its weight.
+    shadow: bool,
+    other_place: u32,
+    /// The label set's weight for the ranking, and what its flows gained of the measure since
+    /// the last ranking.
+    weight: f64,
+    gained: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Window scale shift of the most recently active flow that offered one.
@@ -221,6 +244,9 @@ pub struct FlowTableStats {
     pub idle_removed: u64,
     /// Series folded into their interface's `other` row after going idle.
     pub series_expired: u64,
+    /// Series folded into their interface's `other` row after leaving the top K.
+    #[serde(default)]
+    pub series_ranked_out: u64,
     /// IPv4 and IPv6 flows in the maps at the last refresh.
     #[serde(skip)]
     pub live_flows: [usize; 2],
@@ -255,9 +281,9 @@ struct LastRead {
     first_seen_ns: u64,
     /// The number of the refresh that read it (wrapping).
     refresh: u32,
-    /// Where its series is in [`SeriesSet::places`]: the series it was first counted in, which
-    /// it keeps for its life (a series cannot expire while a flow of it is in the maps).
-    series: u32,
+    /// Where its label set is in [`SeriesSet::places`] (a label set cannot leave while a flow
+    /// of it is in the maps): its series, or, for a shadow, the entry naming its `other` row.
+    label: u32,
 }
 
 /// The series and their admission under the cap. Each series has a place in a vector, which
@@ -274,8 +300,10 @@ struct SeriesSet {
     places: Vec<Option<(SeriesKey, Series)>>,
     /// Places without a series.
     free: Vec<u32>,
-    /// Series with their own label set (not `other` rows).
+    /// Series with their own label set (not `other` rows, not shadows).
     admitted: usize,
+    /// Label sets beyond the budget, counted in `other` rows.
+    shadows: usize,
 }
 
 /// See the module documentation.
@@ -290,6 +318,8 @@ pub struct FlowTable {
     /// Bumped whenever something only user space knows changes (a retired total, a series
     /// folded into `other`): the caller saves the state when it moved.
     generation: u64,
+    /// CLOCK_MONOTONIC of the last ranking.
+    ranked_at_ns: u64,
 }
 
 impl FlowTable {
@@ -301,6 +331,7 @@ impl FlowTable {
             series: SeriesSet::new(&options),
             stats: FlowTableStats::default(),
             generation: 0,
+            ranked_at_ns: 0,
         }
     }
 
@@ -315,11 +346,12 @@ impl FlowTable {
     pub fn saved(&self) -> FlowTableState {
         let mut in_maps = vec![FlowCounters::default(); self.series.places.len()];
         for last in self.last_read.values() {
-            in_maps[last.series as usize].add(&last.counts);
+            in_maps[self.series.count_place(last.label) as usize].add(&last.counts);
         }
         let mut series: Vec<(SeriesKey, SavedSeries)> = self
             .series
             .iter_places()
+            .filter(|(_, _, series)| !series.shadow)
             .map(|(place, key, series)| {
                 let live = in_maps[place as usize];
                 (
@@ -404,17 +436,17 @@ impl FlowTable {
             // The same flow as last time: what it gained since, in its series. New, or a new
             // flow under the key of one that left between two reads: all of its count, in the
             // series its labels admit it to now.
-            let (gained, place) = match &entry {
+            let (gained, label) = match &entry {
                 Entry::Occupied(last) if last.get().first_seen_ns == first_seen_ns => {
-                    (counts.since(&last.get().counts), last.get().series)
+                    (counts.since(&last.get().counts), last.get().label)
                 }
-                _ => (counts, self.series.place_of(&key)),
+                _ => (counts, self.series.label_place(&key)),
             };
             let read = LastRead {
                 counts,
                 first_seen_ns,
                 refresh: this_refresh,
-                series: place,
+                label,
             };
             match entry {
                 Entry::Occupied(last) if is_idle => {
@@ -426,15 +458,21 @@ impl FlowTable {
                 }
                 Entry::Vacant(_) => {}
             }
+            let place = self.series.count_place(label);
             let series = self.series.get_mut(place);
             series.counted.add(&gained);
             series.note_times(&stats);
+            let label_set = self.series.get_mut(label);
+            if place != label {
+                label_set.note_times(&stats);
+            }
+            label_set.gained += self.options.rank_by.of(&gained);
             if is_idle {
                 self.generation += 1;
                 idle.push(key);
                 continue;
             }
-            series.live_flows += 1;
+            label_set.live_flows += 1;
             live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
         }
         let evicted_before = self.last_read.len();
@@ -445,13 +483,24 @@ impl FlowTable {
         self.generation += evicted;
         self.stats.idle_removed += idle.len() as u64;
         self.expire_series(now_ns, idle_ns);
+        self.rank(now_ns);
         self.stats.live_flows = live_flows;
         idle
     }
 
-    /// Number of series (the `other` rows included).
+    /// Number of series exported (the `other` rows included).
     pub fn series_count(&self) -> usize {
-        self.series.len()
+        self.series.len() - self.series.shadows
+    }
+
+    /// Label sets with a series of their own, against the budget (`max_series`).
+    pub fn admitted(&self) -> usize {
+        self.series.admitted
+    }
+
+    /// Label sets with live flows beyond the budget, their flows counted in `other` rows.
+    pub fn in_other(&self) -> usize {
+        self.series.shadows
     }
 
     /// The exported series in no particular order, for a scrape (which may cache label text
@@ -459,6 +508,7 @@ impl FlowTable {
     pub fn series_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut Series)> {
         self.series
             .iter_places_mut()
+            .filter(|(_, _, series)| !series.shadow)
             .map(|(_, key, series)| (key, series))
     }
 
@@ -468,6 +518,7 @@ impl FlowTable {
         let mut all: Vec<_> = self
             .series
             .iter_places()
+            .filter(|(_, _, series)| !series.shadow)
             .map(|(_, key, series)| (key, series))
             .collect();
         // Keys are unique: an unstable sort gives the same order, faster.
@@ -483,27 +534,65 @@ impl FlowTable {
         &self.options
     }
 
-    /// Folds series without live flows, idle for `idle_ns`, into their `other` row.
+    /// Folds series without live flows, idle for `idle_ns`, into their `other` row, and
+    /// forgets the label sets beyond the budget that have no live flow left (they hold no
+    /// counts).
     fn expire_series(&mut self, now_ns: u64, idle_ns: u64) {
-        let expired: Vec<u32> = self
+        let expired: Vec<(u32, bool)> = self
             .series
             .iter_places()
             .filter(|(_, key, series)| {
                 !key.other
                     && series.live_flows == 0
-                    && now_ns.saturating_sub(series.last_seen_ns) >= idle_ns
+                    && (series.shadow || now_ns.saturating_sub(series.last_seen_ns) >= idle_ns)
             })
-            .map(|(place, _, _)| place)
+            .map(|(place, _, series)| (place, series.shadow))
             .collect();
-        for place in expired {
+        for (place, shadow) in expired {
             let (key, series) = self.series.remove(place);
+            if shadow {
+                continue;
+            }
             self.stats.series_expired += 1;
             self.generation += 1;
-            let other_place = self.series.place_of_key(other_row(key.ifindex));
-            let other = self.series.get_mut(other_place);
-            other.counted.add(&series.total());
-            other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
-            other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
+            self.series.fold_into_other(&key, &series);
+        }
+    }
+
+    /// Ranks the label sets by weight when some are beyond the budget, and applies the result:
+    /// the series leaving the top K are folded into their `other` row (their flows count there
+    /// from now on), the label sets entering it get a series starting at zero.
+    fn rank(&mut self, now_ns: u64) {
+        let elapsed = Duration::from_nanos(now_ns.saturating_sub(self.ranked_at_ns));
+        self.ranked_at_ns = now_ns;
+        let window = self.options.rank_window;
+        let contested = self.series.shadows > 0;
+        let mut candidates = Vec::new();
+        for (place, key, series) in self.series.iter_places_mut() {
+            if key.other {
+                continue;
+            }
+            series.weight = admission::decayed(series.weight, elapsed, window, series.gained);
+            series.gained = 0;
+            if contested {
+                candidates.push(Candidate {
+                    id: place,
+                    weight: series.weight,
+                    admitted: !series.shadow,
+                });
+            }
+        }
+        if !contested {
+            return;
+        }
+        let changes = admission::select(&candidates, self.options.max_series);
+        for &place in &changes.fold {
+            self.stats.series_ranked_out += 1;
+            self.generation += 1;
+            self.series.demote(place);
+        }
+        for &place in &changes.admit {
+            self.series.promote(place);
         }
     }
 }
@@ -518,6 +607,7 @@ impl SeriesSet {
             places: Vec::new(),
             free: Vec::new(),
             admitted: 0,
+            shadows: 0,
         }
     }
 
@@ -535,9 +625,9 @@ impl SeriesSet {
         }
     }
 
-    /// The place of the series flow `key` counts in: its own label set if admitted (admitting
-    /// it while under the cap), else its interface's `other` row.
-    fn place_of(&mut self, key: &FlowKey) -> u32 {
+    /// The place of flow `key`'s label set: its series (admitting it while under the budget),
+    /// or a shadow naming its interface's `other` row.
+    fn label_place(&mut self, key: &FlowKey) -> u32 {
         let full = self.labels_of(key);
         if let Some(place) = self.find(&full) {
             return place;
@@ -545,7 +635,63 @@ impl SeriesSet {
         if self.admitted < self.max_series {
             return self.insert(full, Series::default());
         }
-        self.place_of_key(other_row(full.ifindex))
+        let other_place = self.place_of_key(other_row(full.ifindex));
+        self.insert(
+            full,
+            Series {
+                shadow: true,
+                other_place,
+                ..Series::default()
+            },
+        )
+    }
+
+    /// Where the flows of the label set at `label` count: its series, or its `other` row.
+    fn count_place(&self, label: u32) -> u32 {
+        match &self.places[label as usize] {
+            Some((_, series)) if series.shadow => series.other_place,
+            _ => label,
+        }
+    }
+
+    /// Adds what the series `key` counted to its interface's `other` row.
+    fn fold_into_other(&mut self, key: &SeriesKey, series: &Series) {
+        let other_place = self.place_of_key(other_row(key.ifindex));
+        let other = self.get_mut(other_place);
+        other.counted.add(&series.total());
+        other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
+        other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
+    }
+
+    /// Folds the admitted series at `place` into its `other` row and makes it a shadow.
+    fn demote(&mut self, place: u32) {
+        let Some((key, series)) = self.places[place as usize].clone() else {
+            return;
+        };
+        if series.shadow || key.other {
+            return;
+        }
+        self.fold_into_other(&key, &series);
+        let other_place = self.place_of_key(other_row(key.ifindex));
+        let series = self.get_mut(place);
+        series.shadow = true;
+        series.other_place = other_place;
+        series.counted = FlowCounters::default();
+        series.label_text = None;
+        self.admitted -= 1;
+        self.shadows += 1;
+    }
+
+    /// Gives the shadow at `place` a series of its own, starting at zero.
+    fn promote(&mut self, place: u32) {
+        let series = self.get_mut(place);
+        if !series.shadow {
+            return;
+        }
+        series.shadow = false;
+        series.counted = FlowCounters::default();
+        self.shadows -= 1;
+        self.admitted += 1;
     }
 
     /// The place of the series `key`, added (empty) if absent, beyond the cap or not.
@@ -575,7 +721,9 @@ impl SeriesSet {
 
     /// Adds a series (absent so far); returns its place.
     fn insert(&mut self, key: SeriesKey, series: Series) -> u32 {
-        if !key.other {
+        if series.shadow {
+            self.shadows += 1;
+        } else if !key.other {
             self.admitted += 1;
         }
         let place = match self.free.pop() {
@@ -608,7 +756,9 @@ impl SeriesSet {
         {
             entry.remove();
         }
-        if !key.other {
+        if series.shadow {
+            self.shadows -= 1;
+        } else if !key.other {
             self.admitted -= 1;
         }
         self.free.push(place);
@@ -697,6 +847,9 @@ mod tests {
             labels: FlowLabels::DEFAULT.parse().unwrap(),
             max_series,
             idle_timeout: Duration::from_secs(60),
+            families: FlowFamilies::DEFAULT.parse().unwrap(),
+            rank_by: RankBy::Bytes,
+            rank_window: Duration::from_secs(60),
         }
     }
 
@@ -910,31 +1063,152 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_counted_in_other_stays_there_for_its_life() {
+    fn a_label_set_in_other_gets_a_series_when_a_place_frees() {
+        // Ranked by retransmits, of which these flows have none: only room decides.
         let mut table = FlowTable::new(FlowOptions {
             idle_timeout: Duration::from_secs(5),
+            rank_by: RankBy::Retransmits,
             ..options(1)
         });
-        // 10.0.0.1 takes the only place; 10.0.0.2 goes to other.
+        // 10.0.0.1 takes the only place; 10.0.0.2 goes to other, and stays there (no weight
+        // to challenge with).
         table.refresh(
             2 * SECOND,
             vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(4, 2))],
         );
         assert_eq!(packets_of(&table, true, None), Some(4));
-        // 10.0.0.1 goes idle and its series expires, freeing the place; 10.0.0.2 lives on,
-        // and a second flow of 10.0.0.2 gets its labels admitted.
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), None);
+        assert_eq!((table.admitted(), table.in_other()), (1, 1));
+        // 10.0.0.1 goes idle and its series expires (folded: other 4 + 2 + 1), freeing the
+        // place; 10.0.0.2 takes it, its series starting at zero.
         table.refresh(
             8 * SECOND,
             vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(6, 8))],
         );
+        assert_eq!(packets_of(&table, true, None), Some(7));
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(0));
+        assert_eq!((table.admitted(), table.in_other()), (1, 0));
+        // Both flows of 10.0.0.2 now count in its series; nothing moved out of other.
         table.refresh(
             9 * SECOND,
             vec![(key(2, 9, 1), stats(7, 9)), (key(2, 9, 2), stats(2, 9))],
         );
-        // other: 10.0.0.1's 1 (folded) and all 7 of the first 10.0.0.2 flow; the new series
-        // has the second flow's 2. Nothing moved out of a row.
-        assert_eq!(packets_of(&table, true, None), Some(8));
-        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(2));
+        assert_eq!(packets_of(&table, true, None), Some(7));
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(3));
+        assert_eq!(table.stats().series_ranked_out, 0);
+    }
+
+    /// Every exported row and its packets.
+    fn rows(table: &FlowTable) -> Vec<(SeriesKey, u64)> {
+        table
+            .series()
+            .into_iter()
+            .map(|(key, series)| (key.clone(), series.total().packets))
+            .collect()
+    }
+
+    #[test]
+    fn a_heavy_label_set_takes_the_place_of_a_light_one_and_totals_stay_exact() {
+        let mut table = FlowTable::new(options(1));
+        // 10.0.0.1 (1 packet) arrives first and takes the place; 10.0.0.2 (4 packets, 400
+        // bytes) counts in other, then outweighs 10.0.0.1 more than twice: 10.0.0.1 is folded
+        // into other (1 + 4), 10.0.0.2's series starts at zero.
+        table.refresh(
+            2 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(4, 2))],
+        );
+        assert_eq!(packets_of(&table, false, Some("10.0.0.1")), None);
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(0));
+        assert_eq!(packets_of(&table, true, None), Some(5));
+        assert_eq!(table.stats().series_ranked_out, 1);
+        // From now on 10.0.0.2's gains are its own; 10.0.0.1's go to other.
+        table.refresh(
+            3 * SECOND,
+            vec![(key(1, 9, 1), stats(2, 3)), (key(2, 9, 1), stats(10, 3))],
+        );
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(6));
+        assert_eq!(packets_of(&table, true, None), Some(6));
+        // 10.0.0.1 picks up, but not to twice 10.0.0.2's weight: no change (hysteresis).
+        table.refresh(
+            4 * SECOND,
+            vec![(key(1, 9, 1), stats(14, 4)), (key(2, 9, 1), stats(16, 4))],
+        );
+        assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(12));
+        assert_eq!(packets_of(&table, true, None), Some(18));
+        assert_eq!(table.stats().series_ranked_out, 1);
+    }
+
+    #[test]
+    fn rows_sum_to_the_flows_and_never_go_backwards_under_churn() {
+        // Three places, flows of 40 label sets coming and going with shifting weights: after
+        // every read the rows sum exactly to what the flows counted, and no exported row is
+        // lower than it was (a series that left is absent, not lower).
+        let mut table = FlowTable::new(FlowOptions {
+            idle_timeout: Duration::from_secs(3),
+            rank_window: Duration::from_secs(2),
+            ..options(3)
+        });
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut live: HashMap<FlowKey, FlowStats> = HashMap::new();
+        let mut departed = 0u64;
+        let mut before: HashMap<SeriesKey, u64> = HashMap::new();
+        let mut ranked_out = 0;
+        for second in 2..200u64 {
+            for _ in 0..5 {
+                let src = random(40) as u8;
+                let flow = key(src, 9, random(3) as u16);
+                let entry = live.entry(flow).or_insert_with(|| {
+                    let mut fresh = stats(0, second);
+                    fresh.counts.first_seen_ns = second * SECOND;
+                    fresh
+                });
+                // Some label sets are much heavier than the others, for a while.
+                let weight = if (u64::from(src) + second / 50) % 13 == 0 {
+                    50
+                } else {
+                    1
+                };
+                entry.counts.packets += 1 + random(weight);
+                entry.counts.bytes = entry.counts.packets * 100;
+                entry.counts.last_seen_ns = second * SECOND;
+            }
+            // Now and then the kernel evicts a flow (what was read of it stays counted).
+            if random(4) == 0
+                && let Some(&flow) = live.keys().next()
+            {
+                let gone = live.remove(&flow).unwrap();
+                departed += table
+                    .last_read
+                    .get(&flow)
+                    .filter(|last| last.first_seen_ns == gone.counts.first_seen_ns)
+                    .map_or(0, |last| last.counts.packets);
+            }
+            let flows: Vec<_> = live.iter().map(|(k, v)| (*k, *v)).collect();
+            let idle = table.refresh(second * SECOND, flows);
+            for flow in idle {
+                departed += live.remove(&flow).unwrap().counts.packets;
+            }
+            let now = rows(&table);
+            let total: u64 = now.iter().map(|(_, packets)| packets).sum();
+            let in_maps: u64 = live.values().map(|s| s.counts.packets).sum();
+            assert_eq!(total, in_maps + departed, "second {second}");
+            // A series in two reads in a row was not folded in between: it only grows.
+            for (key, packets) in &now {
+                if let Some(&earlier) = before.get(key) {
+                    assert!(*packets >= earlier, "{key:?} {earlier} -> {packets}");
+                }
+            }
+            assert!(table.admitted() <= 3);
+            ranked_out = table.stats().series_ranked_out;
+            before = now.into_iter().collect();
+        }
+        assert!(ranked_out > 0, "the workload never changed the top K");
     }
 
     #[test]

@@ -412,6 +412,32 @@ impl DatapathCollector {
             "Flow series currently exported (the other rows included).",
             table.series_count() as f64,
         )?;
+        single_gauge(
+            encoder,
+            "network_probe_flow_series_budget",
+            "Flow label sets that may have a series of their own (--flows.max-series).",
+            table.options().max_series as f64,
+        )?;
+        single_gauge(
+            encoder,
+            "network_probe_flow_series_admitted",
+            "Flow label sets with a series of their own now, against the budget.",
+            table.admitted() as f64,
+        )?;
+        single_gauge(
+            encoder,
+            "network_probe_flow_label_sets_in_other",
+            "Flow label sets with live flows beyond the budget, counted in their interface's \
+             other row.",
+            table.in_other() as f64,
+        )?;
+        single_counter(
+            encoder,
+            "network_probe_flow_series_ranked_out",
+            "Flow series folded into their interface's other row after leaving the top \
+             --flows.max-series by --flows.rank-by.",
+            stats.series_ranked_out,
+        )?;
         let datapath = self.flows.datapath();
         let capacity = datapath.flow_map_capacity();
         let slots = datapath.flow_slots();

@@ -576,7 +576,11 @@ fn kubernetes_manifests_parse_and_their_settings_run() {
 #[test]
 fn every_served_metric_is_documented_in_the_readme() {
     let pair = VethPair::new();
-    let daemon = network_probe_testkit::Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    // Every flow family, not only the default three.
+    let daemon = network_probe_testkit::Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--flows.families", "all"],
+    );
     let scrape = daemon.scrape();
     let served: BTreeSet<String> = scrape
         .lines()

@@ -227,7 +227,14 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
     let (a, b) = addresses(&pair, ipv6);
     let daemon = Daemon::start(
         &pair.a,
-        &["--interface", &pair.a_if, "--datapath.ingress", ingress],
+        &[
+            "--interface",
+            &pair.a_if,
+            "--datapath.ingress",
+            ingress,
+            "--flows.families",
+            "all",
+        ],
     );
     let capture = Capture::start(&pair.a, &pair.a_if);
     handshakes_and_closes(&pair, b, CLEAN);
@@ -540,7 +547,10 @@ fn zero_windows(ipv6: bool) {
     let pair = VethPair::new();
     pair.disable_offloads();
     let (a, b) = addresses(&pair, ipv6);
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--flows.families", "all"],
+    );
     let capture = Capture::start(&pair.a, &pair.a_if);
     let server_addr = SocketAddr::new(b, 5002);
     // b accepts and never reads, with a small buffer: it soon advertises a zero window.

@@ -189,6 +189,8 @@ fn a_scrape_of_thousands_of_series_arrives_whole_in_both_formats() {
             "interface,direction,src,dst,src_port",
             "--flows.max-series",
             "5000",
+            "--flows.families",
+            "all",
             "--flows.idle-timeout",
             "10m",
         ],

@@ -181,7 +181,10 @@ fn ip_sizes_flow_bytes_timestamps_and_flows_created_match_a_capture() {
         );
     }
     let (a, b) = addresses(&pair);
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--flows.families", "all"],
+    );
     let capture = Capture::start(&pair.a, &pair.a_if);
     mixed_traffic(&pair);
     let frames = capture.finish_frames();
