@@ -37,7 +37,14 @@ pub struct CapturedPacket {
 impl Capture {
     /// Starts `tcpdump -i ifname` in `ns` and waits until it is listening.
     pub fn start(ns: &str, ifname: &str) -> Capture {
-        Capture::start_with(ns, ifname, true)
+        Capture::start_with(ns, ifname, true, "")
+    }
+
+    /// Like [`Capture::start`], keeping only the packets the pcap `filter` expression matches,
+    /// with a 32 MiB buffer: under a burst of other traffic the kernel drops what does not
+    /// match before it reaches tcpdump's buffer, so the packets that do are not lost.
+    pub fn start_filtered(ns: &str, ifname: &str, filter: &str) -> Capture {
+        Capture::start_with(ns, ifname, true, filter)
     }
 
     /// As [`Capture::start`], but without `--immediate-mode`: the kernel hands tcpdump whole
@@ -45,10 +52,10 @@ impl Capture {
     /// packet. The tap then does less on a packet's way out (a copy into the ring, no wake-up
     /// of another process), which is what a test timing the path after the tap wants.
     pub fn start_quiet(ns: &str, ifname: &str) -> Capture {
-        Capture::start_with(ns, ifname, false)
+        Capture::start_with(ns, ifname, false, "")
     }
 
-    fn start_with(ns: &str, ifname: &str, immediate: bool) -> Capture {
+    fn start_with(ns: &str, ifname: &str, immediate: bool, filter: &str) -> Capture {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let file = std::env::temp_dir().join(format!("np-cap-{}-{id}.pcap", std::process::id()));
         let mut child = Command::new("ip")
@@ -67,8 +74,14 @@ impl Capture {
                 "-U",
             ])
             .args(immediate.then_some("--immediate-mode"))
+            .args(if filter.is_empty() {
+                &[][..]
+            } else {
+                &["-B", "32768"][..]
+            })
             .arg("-w")
             .arg(&file)
+            .args(filter.split_whitespace())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -41,5 +41,6 @@ mod prometheus;
 mod restart;
 mod state_restore;
 mod tftp;
+mod top_talkers;
 mod truth;
 mod web;
