@@ -19,6 +19,7 @@ mod deploy;
 mod drops;
 mod ecn;
 mod errors;
+mod fleet;
 mod flow_slots;
 mod flows;
 mod foreign_filters;
