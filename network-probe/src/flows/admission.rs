@@ -46,14 +46,20 @@ impl RankBy {
     }
 }
 
-/// A weight `elapsed` after it was `weight`, with the window as time constant, plus `gained`.
-pub(crate) fn decayed(weight: f64, elapsed: Duration, window: Duration, gained: u64) -> f64 {
-    let factor = if window.is_zero() {
+/// What a weight is multiplied by `elapsed` later, with the window as time constant.
+pub(crate) fn decay_factor(elapsed: Duration, window: Duration) -> f64 {
+    if window.is_zero() {
         0.0
     } else {
         (-elapsed.as_secs_f64() / window.as_secs_f64()).exp()
-    };
-    weight * factor + gained as f64
+    }
+}
+
+/// A weight `elapsed` after it was `weight`, with the window as time constant, plus `gained`
+/// (what the table computes, one factor for all; here for the tests).
+#[cfg(test)]
+pub(crate) fn decayed(weight: f64, elapsed: Duration, window: Duration, gained: u64) -> f64 {
+    weight * decay_factor(elapsed, window) + gained as f64
 }
 
 /// A label set as the ranking sees it.

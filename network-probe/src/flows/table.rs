@@ -565,14 +565,15 @@ impl FlowTable {
     fn rank(&mut self, now_ns: u64) {
         let elapsed = Duration::from_nanos(now_ns.saturating_sub(self.ranked_at_ns));
         self.ranked_at_ns = now_ns;
-        let window = self.options.rank_window;
+        // One exp() per ranking, not per label set (100k of them at 100k flows).
+        let factor = admission::decay_factor(elapsed, self.options.rank_window);
         let contested = self.series.shadows > 0;
         let mut candidates = Vec::new();
         for (place, key, series) in self.series.iter_places_mut() {
             if key.other {
                 continue;
             }
-            series.weight = admission::decayed(series.weight, elapsed, window, series.gained);
+            series.weight = series.weight * factor + series.gained as f64;
             series.gained = 0;
             if contested {
                 candidates.push(Candidate {
