@@ -348,12 +348,34 @@ impl FlowTable {
         for last in self.last_read.values() {
             in_maps[self.series.count_place(last.label) as usize].add(&last.counts);
         }
+        // A series that entered the top K while its flows lived holds only what they gained
+        // since; the rest of their counts is in its `other` row. Subtracted there, so the next
+        // run, which reads those flows again whole (into the series), counts nothing twice: the
+        // total is kept, the `other` row restarts lower by that part (as it does for any flow
+        // of `other` whose label set finds room in the next run).
+        let mut before_admission: HashMap<Option<u32>, FlowCounters> = HashMap::new();
+        for (place, key, series) in self.series.iter_places() {
+            if !key.other && !series.shadow {
+                let deficit = in_maps[place as usize].since(&series.counted);
+                if deficit != FlowCounters::default() {
+                    before_admission
+                        .entry(key.ifindex)
+                        .or_default()
+                        .add(&deficit);
+                }
+            }
+        }
         let mut series: Vec<(SeriesKey, SavedSeries)> = self
             .series
             .iter_places()
             .filter(|(_, _, series)| !series.shadow)
             .map(|(place, key, series)| {
-                let live = in_maps[place as usize];
+                let mut live = in_maps[place as usize];
+                if key.other
+                    && let Some(deficit) = before_admission.get(&key.ifindex)
+                {
+                    live.add(deficit);
+                }
                 (
                     key.clone(),
                     SavedSeries {
@@ -1137,6 +1159,32 @@ mod tests {
         assert_eq!(packets_of(&table, false, Some("10.0.0.2")), Some(12));
         assert_eq!(packets_of(&table, true, None), Some(18));
         assert_eq!(table.stats().series_ranked_out, 1);
+    }
+
+    #[test]
+    fn a_restart_after_a_promotion_counts_nothing_twice() {
+        let mut table = FlowTable::new(options(1));
+        // 10.0.0.2 starts in other (4 packets there) and is promoted; it gains 6 more in its
+        // series. Total 1 + 10.
+        table.refresh(
+            2 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 2)), (key(2, 9, 1), stats(4, 2))],
+        );
+        table.refresh(
+            3 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 3)), (key(2, 9, 1), stats(10, 3))],
+        );
+        let total =
+            |table: &FlowTable| -> u64 { rows(table).iter().map(|(_, packets)| packets).sum() };
+        assert_eq!(total(&table), 11);
+        // The next run reads the same flows again, whole.
+        let mut next = FlowTable::new(options(1));
+        next.restore(table.saved()).unwrap();
+        next.refresh(
+            4 * SECOND,
+            vec![(key(1, 9, 1), stats(1, 4)), (key(2, 9, 1), stats(10, 4))],
+        );
+        assert_eq!(total(&next), 11, "{:?}", rows(&next));
     }
 
     #[test]
