@@ -1254,3 +1254,7 @@ mod signals_tests {
         assert_eq!(recreated.since(&earlier), recreated);
     }
 }
+
+// ---- Connection outcomes (see outcomes.rs) ----
+mod outcomes;
+pub use outcomes::*;

@@ -16,8 +16,8 @@ use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_k
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
     DeviceStats, Direction, DropKey, FAMILY_IPV4, FAMILY_IPV6, FlowCounts, FlowKey4, FlowKey6,
-    FlowSlot, FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, flow_slot_index,
-    ifindex_direction, size_bucket,
+    FlowSlot, FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, Unclassified,
+    flow_slot_index, ifindex_direction, size_bucket,
 };
 
 use crate::{
@@ -85,6 +85,9 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
             }
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
+            if UPTO == upto::ALL && reason == Unclassified::NotTcp {
+                crate::outcomes::icmp(packet, ifindex, direction);
+            }
         }
         Parsed::Tcp4(ip, tcp, addresses) => {
             if let Some(signals) = signals {
@@ -109,7 +112,7 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
 /// A TCP segment: its interface's IP and TCP statistics, then (past [`upto::PARSE`]) its flow,
 /// whose key `key` builds only then.
 #[inline(always)]
-fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
+fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     device: &mut DeviceStats,
     ip: &Ip,
     tcp: &Tcp,
@@ -126,6 +129,9 @@ fn observe_tcp<K: FlowMapKey, const UPTO: u8>(
     }
     let key = key();
     crate::ecn::observe_segment(&key, ip.ecn, tcp.flags(), segments);
+    if UPTO == upto::ALL && bits & crate::outcomes::TCP_FLAGS != 0 {
+        crate::outcomes::segment(&key, tcp);
+    }
     observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len);
 }
 

@@ -6,9 +6,11 @@
 //! - [`drops`]: the hook on the kernel's `kfree_skb` tracepoint (dropped packets, any
 //!   interface), which reads the skb's reason, protocol and device.
 //! - [`account`]: per-interface and per-flow accounting from that summary, and drop counts.
-//! - [`maps`]: every map of the object (but those of [`signals`]).
+//! - [`maps`]: every map of the object (but those of [`signals`] and [`outcomes`]).
 //! - [`signals`], [`ecn`], [`pmtu`]: the passive signals of issue 26 (ECN codepoints, CE / ECE
 //!   / CWR per flow, path-MTU messages), in maps of their own.
+//! - [`outcomes`]: TCP connection attempts followed from the SYN to their answer (hooks in
+//!   [`account`]), with their own maps.
 //!
 //! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
 //! drops, delays or modifies a packet.
@@ -24,6 +26,7 @@ mod baseline;
 mod drops;
 mod ecn;
 mod maps;
+mod outcomes;
 mod packet;
 mod parse;
 mod pmtu;

@@ -78,6 +78,10 @@ impl Tcp {
         be32(self.bytes_0_8, 4)
     }
     #[inline(always)]
+    pub(crate) fn ack(&self) -> u32 {
+        be32(self.bytes_8_16, 0)
+    }
+    #[inline(always)]
     pub(crate) fn flags(&self) -> u8 {
         byte(self.bytes_8_16, 5)
     }

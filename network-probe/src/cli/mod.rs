@@ -171,6 +171,12 @@ pub struct Cli {
     #[arg(long = "flows.idle-timeout", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub flow_idle_timeout: Duration,
 
+    /// A TCP connection attempt (SYN) with no SYN-ACK, RST or ICMP unreachable within this long
+    /// counts as a timeout (e.g. 3s, 500ms; at most 10m).
+    #[arg(long = "flows.connect-timeout", value_name = "DURATION", default_value = "3s",
+          value_parser = parse_connect_timeout)]
+    pub flow_connect_timeout: Duration,
+
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -313,6 +319,22 @@ pub fn parse_flow_slots(value: &str) -> Result<u32, String> {
     }
 }
 
+/// Longest `--flows.connect-timeout`: an attempt waits in a kernel map that long, and SYN
+/// retries end well before it.
+const CONNECT_TIMEOUT_LIMIT: Duration = Duration::from_secs(600);
+
+/// `--flows.connect-timeout`: a positive duration up to [`CONNECT_TIMEOUT_LIMIT`].
+pub fn parse_connect_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(value)?;
+    if timeout > CONNECT_TIMEOUT_LIMIT {
+        return Err(format!(
+            "{value:?} is longer than the longest connect timeout, {}s",
+            CONNECT_TIMEOUT_LIMIT.as_secs()
+        ));
+    }
+    Ok(timeout)
+}
+
 impl Cli {
     /// The datapath's load-time choices from the flags, for a kernel with or without TCX.
     pub fn datapath_config(&self, kernel_has_tcx: bool) -> crate::kernel::datapath::DatapathConfig {
@@ -323,6 +345,7 @@ impl Cli {
             flow_slots: self.flow_slots,
             pin_path: (!self.pin_path.is_empty()).then(|| self.pin_path.clone().into()),
             drops: self.drops,
+            connect_timeout: self.flow_connect_timeout,
         }
     }
 

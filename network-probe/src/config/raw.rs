@@ -39,6 +39,7 @@ pub(super) struct RawFlows {
     pub(super) families: Option<Value>,
     pub(super) rank_by: Option<Value>,
     pub(super) rank_window: Option<Value>,
+    pub(super) connect_timeout: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -168,6 +168,15 @@ pub(super) const SETTINGS: &[Setting] = &[
         copy: |to, from| to.flow_rank_window = from.flow_rank_window,
     },
     Setting {
+        path: "flows.connect_timeout",
+        flag: "--flows.connect-timeout",
+        id: "flow_connect_timeout",
+        shape: Shape::One,
+        reloadable: false,
+        get: |f| f.flows.as_ref()?.connect_timeout.as_ref(),
+        copy: |to, from| to.flow_connect_timeout = from.flow_connect_timeout,
+    },
+    Setting {
         path: "jool.instances",
         flag: "--jool.instance",
         id: "instances",

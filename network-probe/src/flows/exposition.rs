@@ -14,6 +14,7 @@ use std::{
 
 use crate::{
     flows::families::FlowFamilies,
+    flows::outcomes::Outcome,
     flows::table::{FlowCounters, FlowLabels, Series, SeriesKey},
     flows::tracker::{FlowTracker, monotonic_ns, realtime_ns},
 };
@@ -59,6 +60,9 @@ enum Value {
     /// A timestamp gauge: CLOCK_MONOTONIC nanoseconds (0: never, no sample), written as Unix
     /// seconds.
     Timestamp(fn(&RowValues) -> u64),
+    /// The connection-attempt counters, one sample per outcome (an `outcome` label after the
+    /// row's labels); only for rows with an attempt.
+    Attempts,
 }
 
 /// A metric family of the flow series: name (without `_total`), help, value.
@@ -88,7 +92,7 @@ fn push_unix_seconds(out: &mut String, monotonic: u64, offset_ns: i128) {
 }
 
 /// Every family, in the order they are written.
-const FAMILIES: [Family; 11] = [
+const FAMILIES: [Family; 12] = [
     Family {
         name: "network_probe_flow_packets",
         help: "Packets of the TCP flows with these labels (GSO segments counted).",
@@ -145,6 +149,14 @@ const FAMILIES: [Family; 11] = [
         name: "network_probe_flow_last_seen_timestamp_seconds",
         help: "Unix time of the last packet of the flows with these labels.",
         value: Value::Timestamp(|row| row.last_seen_ns),
+    },
+    Family {
+        name: "network_probe_flow_connection_attempts",
+        help: "TCP connection attempts (SYNs) of the flows with these labels by outcome: \
+               answered (SYN-ACK), reset (RST), unreachable (ICMP destination unreachable) or \
+               timeout (none of these within --flows.connect-timeout). Only rows with an \
+               attempt.",
+        value: Value::Attempts,
     },
 ];
 
@@ -254,7 +266,7 @@ impl FlowSeries {
                 cursor.row = None;
                 continue;
             }
-            let counter = matches!(family.value, Value::Counter(_));
+            let counter = matches!(family.value, Value::Counter(_) | Value::Attempts);
             let Some(start) = cursor.row else {
                 let (name, kind) = match (counter, openmetrics) {
                     (true, true) => (family.name.to_string(), "counter"),
@@ -277,7 +289,12 @@ impl FlowSeries {
                     cursor.row = Some(index);
                     return false;
                 }
+                if matches!(family.value, Value::Attempts) {
+                    self.write_attempts(&sample_name, row, out);
+                    continue;
+                }
                 let value = match family.value {
+                    Value::Attempts => None,
                     Value::Counter(field) => Some(field(&row.values.counters)),
                     Value::Whole(value) => value(&row.values).map(u64::from),
                     Value::Timestamp(value) => Some(value(&row.values)).filter(|&ns| ns != 0),
@@ -298,6 +315,31 @@ impl FlowSeries {
             cursor.row = None;
         }
         true
+    }
+
+    /// A row's connection-attempt samples (none for a row without attempts).
+    fn write_attempts(&self, sample_name: &str, row: &FlowRow, out: &mut String) {
+        let attempts = &row.values.counters.attempts;
+        if attempts.iter().all(|&count| count == 0) {
+            return;
+        }
+        // The row's label set is `{labels} `: the outcome goes before the closing brace.
+        let labels = &self.label_sets[row.label_set.clone()];
+        let inner = &labels[1..labels.len() - 2];
+        let mut number = itoa::Buffer::new();
+        for outcome in Outcome::ALL {
+            out.push_str(sample_name);
+            out.push('{');
+            out.push_str(inner);
+            if !inner.is_empty() {
+                out.push(',');
+            }
+            out.push_str("outcome=\"");
+            out.push_str(outcome.as_str());
+            out.push_str("\"} ");
+            out.push_str(number.format(attempts[outcome as usize]));
+            out.push('\n');
+        }
     }
 
     /// Number of series.
@@ -450,7 +492,47 @@ mod tests {
         assert_eq!(chunked, whole);
         assert!(many > 11, "{many} chunks");
         let (empty, _) = write_all(&FlowSeries::default(), true, 1);
-        assert_eq!(empty.matches("# TYPE").count(), 11);
+        assert_eq!(empty.matches("# TYPE").count(), 12);
+    }
+
+    #[test]
+    fn connection_attempts_carry_an_outcome_label() {
+        let mut snapshot = FlowSeries::default();
+        let values = |attempts| RowValues {
+            counters: FlowCounters {
+                attempts,
+                ..FlowCounters::default()
+            },
+            ..RowValues::default()
+        };
+        snapshot.push_row(
+            Some("interface=\"eth0\""),
+            "dst=\"10.0.0.2\"",
+            values([3, 1, 0, 2]),
+        );
+        snapshot.push_row(Some("interface=\"eth0\""), "", values([0; 4]));
+        snapshot.push_row(None, "", values([1, 0, 0, 0]));
+        let (text, _) = write_all(&snapshot, true, usize::MAX);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("network_probe_flow_connection_attempts_total"))
+            .collect();
+        let name = "network_probe_flow_connection_attempts_total";
+        let row = "interface=\"eth0\",dst=\"10.0.0.2\"";
+        assert_eq!(
+            samples,
+            [
+                format!("{name}{{{row},outcome=\"answered\"}} 3"),
+                format!("{name}{{{row},outcome=\"reset\"}} 1"),
+                format!("{name}{{{row},outcome=\"unreachable\"}} 0"),
+                format!("{name}{{{row},outcome=\"timeout\"}} 2"),
+                format!("{name}{{outcome=\"answered\"}} 1"),
+                format!("{name}{{outcome=\"reset\"}} 0"),
+                format!("{name}{{outcome=\"unreachable\"}} 0"),
+                format!("{name}{{outcome=\"timeout\"}} 0"),
+            ]
+        );
+        assert!(text.contains("# TYPE network_probe_flow_connection_attempts counter\n"));
     }
 
     #[test]

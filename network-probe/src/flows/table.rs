@@ -145,6 +145,11 @@ pub struct FlowCounters {
     pub fin: u64,
     pub zero_window: u64,
     pub df: u64,
+    /// TCP connection attempts (SYNs of this series' flows) by outcome, in
+    /// [`crate::flows::outcomes::Outcome`] order; counted by [`FlowTable::count_attempts`],
+    /// never by the flow maps. Absent from state files written before it existed.
+    #[serde(default)]
+    pub attempts: [u64; 4],
 }
 
 impl FlowCounters {
@@ -159,6 +164,7 @@ impl FlowCounters {
             fin: self.fin.saturating_sub(earlier.fin),
             zero_window: self.zero_window.saturating_sub(earlier.zero_window),
             df: self.df.saturating_sub(earlier.df),
+            attempts: std::array::from_fn(|i| self.attempts[i].saturating_sub(earlier.attempts[i])),
         }
     }
 
@@ -171,6 +177,9 @@ impl FlowCounters {
         self.fin += other.fin;
         self.zero_window += other.zero_window;
         self.df += other.df;
+        for (total, added) in self.attempts.iter_mut().zip(other.attempts) {
+            *total += added;
+        }
     }
 }
 
@@ -185,6 +194,7 @@ impl From<&FlowStats> for FlowCounters {
             fin: stats.counts.fin,
             zero_window: stats.counts.zero_window,
             df: stats.counts.df,
+            attempts: [0; 4],
         }
     }
 }
@@ -508,6 +518,27 @@ impl FlowTable {
         self.rank(now_ns);
         self.stats.live_flows = live_flows;
         idle
+    }
+
+    /// Counts finished connection attempts in the series of their SYN's flow (admitting it
+    /// under the cap like a flow, else its interface's `other` row): `attempts` holds the SYN's
+    /// flow key, the outcome and when the SYN was last seen. Call after [`FlowTable::refresh`],
+    /// which has put the SYN's flow in its series already.
+    pub fn count_attempts(&mut self, attempts: &[(FlowKey, crate::flows::outcomes::Outcome, u64)]) {
+        for (key, outcome, seen_ns) in attempts {
+            let label = self.series.label_place(key);
+            let place = self.series.count_place(label);
+            let series = self.series.get_mut(place);
+            series.counted.attempts[*outcome as usize] += 1;
+            // A series created for the attempt alone must not expire before it is exported.
+            series.last_seen_ns = series.last_seen_ns.max(*seen_ns);
+            if series.first_seen_ns == 0 {
+                series.first_seen_ns = *seen_ns;
+            }
+        }
+        if !attempts.is_empty() {
+            self.generation += 1;
+        }
     }
 
     /// Number of series exported (the `other` rows included).

@@ -20,6 +20,7 @@ use log::{info, warn};
 use network_probe_common::FlowKey;
 
 use crate::{
+    flows::outcomes::Attempts,
     flows::state::{self, LoadError, Restored, SavedState},
     flows::table::{FlowOptions, FlowTable},
     kernel::datapath::Datapath,
@@ -36,13 +37,17 @@ pub struct FlowTracker {
     save_errors: AtomicU64,
     /// State files kept aside because they did not decode (at most one per start).
     corrupt_files: AtomicU64,
+    /// TCP connection attempts (see [`crate::flows::outcomes`]).
+    attempts: Mutex<Attempts>,
 }
 
 impl FlowTracker {
     /// A tracker over `datapath`; with `state_file`, restores the previous run's user-space
     /// totals from it when they belong to the same pinned maps.
     pub fn new(datapath: Arc<Datapath>, options: FlowOptions, state_file: Option<PathBuf>) -> Self {
+        let attempts = Mutex::new(Attempts::new(datapath.connect_timeout()));
         let tracker = FlowTracker {
+            attempts,
             datapath,
             table: Mutex::new(FlowTable::new(options)),
             state_file,
@@ -146,7 +151,18 @@ impl FlowTracker {
         if !idle.is_empty() {
             self.datapath.remove_flows(&idle);
         }
+        // After the flows: an attempt's SYN flow is in its series when the attempt is counted.
+        let harvest = crate::support::sync::lock(&self.attempts)
+            .harvest(monotonic_ns(), self.datapath.pending_attempts());
+        table.count_attempts(&harvest.counted);
+        self.datapath.remove_attempts(&harvest.delete);
         table
+    }
+
+    /// TCP connection attempts counted so far by (interface index, direction of the SYN), by
+    /// outcome ([`crate::flows::outcomes::Outcome`] order), as of the last refresh.
+    pub fn attempt_totals(&self) -> std::collections::BTreeMap<(u32, u8), [u64; 4]> {
+        crate::support::sync::lock(&self.attempts).totals().clone()
     }
 
     /// The table as the last refresh left it (no map read).

@@ -50,6 +50,7 @@ use crate::{
     kernel::drops::{DropCount, Drops, DropsMode, DropsStatus, KernelLayout},
     kernel::flow_maps::{FlowMapEntries, FlowMaps},
     kernel::map_batch,
+    kernel::outcomes::{AttemptMaps, ConnectTimeout},
     kernel::pinning::{self, MapOrigin, WantedMap},
     kernel::rtnetlink,
     kernel::signals::{SignalSample, Signals},
@@ -122,6 +123,9 @@ pub struct DatapathConfig {
     pub pin_path: Option<PathBuf>,
     /// Whether to load the drop program (see [`crate::kernel::drops`]).
     pub drops: DropsMode,
+    /// How long a TCP connection attempt may wait for its answer (see
+    /// [`crate::kernel::outcomes`]).
+    pub connect_timeout: std::time::Duration,
 }
 
 /// A program our object attaches.
@@ -205,6 +209,8 @@ struct Inner {
     drops_status: DropsStatus,
     /// The passive signals' maps (ECN, path MTU; see [`crate::kernel::signals`]).
     signals: Signals,
+    /// The connection-attempt maps (see [`crate::kernel::outcomes`]).
+    attempts: AttemptMaps,
 }
 
 /// What only user space knows about interfaces, for the state file: the statistics of forgotten
@@ -285,6 +291,8 @@ impl Datapath {
         loader.map_max_entries(FLOWS4_MAP, config.flow_map_entries);
         loader.map_max_entries(FLOWS6_MAP, config.flow_map_entries);
         slot_sizes.apply(&mut loader);
+        let connect_timeout = ConnectTimeout::new(config.connect_timeout);
+        connect_timeout.apply(&mut loader);
         if let Ok(layout) = &drop_layout {
             layout.apply(&mut loader);
         }
@@ -343,6 +351,7 @@ impl Datapath {
         let signals = Signals::take(&mut ebpf)?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
+        let attempts = AttemptMaps::take(&mut ebpf)?;
         let (drops, drops_status) = match drop_layout {
             Err(why) => (None, DropsStatus::Unavailable(why)),
             Ok(layout) => match Drops::load(&mut ebpf, layout.clone()) {
@@ -378,6 +387,7 @@ impl Datapath {
                 drops,
                 drops_status,
                 signals,
+                attempts,
             }),
         })
     }
@@ -591,6 +601,31 @@ impl Datapath {
         self.lock().signals.flows()
     }
 
+    /// Every TCP connection attempt in the pending-SYN maps (see [`crate::kernel::outcomes`]).
+    pub fn pending_attempts(&self) -> Vec<(FlowKey, network_probe_common::PendingSyn)> {
+        self.lock().attempts.pending()
+    }
+
+    /// Deletes connection attempts the caller counted.
+    pub fn remove_attempts(&self, keys: &[FlowKey]) {
+        if !keys.is_empty() {
+            self.lock().attempts.remove(keys);
+        }
+    }
+
+    /// SYN retransmits and untracked attempts of each watched interface and direction, by
+    /// interface index (interfaces forgotten since start are not kept).
+    pub fn connect_samples(&self) -> Vec<(u32, Direction, network_probe_common::ConnectStats)> {
+        let inner = self.lock();
+        let mut samples = Vec::new();
+        for (&ifindex, &slot) in &inner.slots {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                samples.push((ifindex, direction, inner.attempts.stats(slot, direction)));
+            }
+        }
+        samples
+    }
+
     /// Every flow in the slot table and the LRU maps, once (see [`crate::kernel::flow_maps`]).
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         self.lock().flows.read()
@@ -619,6 +654,11 @@ impl Datapath {
     /// forgotten interface keep its name).
     pub fn interface_names(&self) -> BTreeMap<u32, String> {
         self.lock().seen_names.clone()
+    }
+
+    /// `--flows.connect-timeout`, as the programs were loaded with it.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.lock().config.connect_timeout
     }
 
     /// Capacity of each LRU flow map (one per address family).
@@ -772,6 +812,7 @@ impl Inner {
         self.signals.zero(slot)?;
         let cpus =
             nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
+        self.attempts.zero(slot, cpus)?;
         for direction in [Direction::Ingress, Direction::Egress] {
             let zero = PerCpuValues::try_from(vec![DeviceStats::ZERO; cpus])
                 .map_err(|err| Error::Other(format!("per-CPU values: {err}")))?;

@@ -5,7 +5,8 @@
 //! checks before start-up ([`preflight`]) and dropping capabilities after it ([`privileges`]);
 //! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
 //! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
-//! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]).
+//! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]); the TCP
+//! connection-attempt maps ([`outcomes`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
@@ -14,6 +15,7 @@ pub mod datapath;
 pub mod drops;
 pub mod flow_maps;
 pub(crate) mod map_batch;
+pub mod outcomes;
 pub(crate) mod pinning;
 pub mod preflight;
 pub mod privileges;

@@ -382,6 +382,84 @@ impl DatapathCollector {
         Ok(())
     }
 
+    /// TCP connection attempts per watched interface and direction (the SYN's): outcomes as
+    /// the last flow refresh counted them (see [`crate::flows::outcomes`]), SYN retransmits
+    /// and untracked attempts from the kernel. Interfaces forgotten since start keep their
+    /// outcome totals; their kernel counters leave with their slot.
+    fn encode_attempts(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::flows::outcomes::Outcome;
+        use network_probe_common::{ConnectStats, Direction};
+        let datapath = self.flows.datapath();
+        let names = datapath.interface_names();
+        let mut rows: std::collections::BTreeMap<(u32, u8), ([u64; 4], Option<ConnectStats>)> =
+            std::collections::BTreeMap::new();
+        for (ifindex, direction, stats) in datapath.connect_samples() {
+            rows.entry((ifindex, direction as u8)).or_default().1 = Some(stats);
+        }
+        for (key, counts) in self.flows.attempt_totals() {
+            rows.entry(key).or_default().0 = counts;
+        }
+        let labels = |&(ifindex, direction): &(u32, u8)| {
+            let interface = names
+                .get(&ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{ifindex}"));
+            let direction =
+                Direction::from_raw(u32::from(direction)).map_or("unknown", |d| d.as_str());
+            (interface, direction)
+        };
+        counter_family(
+            encoder,
+            "network_probe_tcp_connection_attempts",
+            "TCP connection attempts (SYNs without ACK) seen on an interface, by the direction \
+             of the SYN and outcome: answered (SYN-ACK), reset (RST answering the SYN), \
+             unreachable (ICMP/ICMPv6 destination unreachable quoting it) or timeout (none of \
+             these within --flows.connect-timeout). Counted at the flow refresh after the \
+             outcome.",
+            rows.iter().flat_map(|(key, (counts, _))| {
+                let (interface, direction) = labels(key);
+                Outcome::ALL.map(|outcome| {
+                    (
+                        [
+                            ("interface", interface.clone()),
+                            ("direction", direction.to_string()),
+                            ("outcome", outcome.as_str().to_string()),
+                        ],
+                        counts[outcome as usize],
+                    )
+                })
+            }),
+        )?;
+        let kernel = |field: fn(&ConnectStats) -> u64| {
+            rows.iter().filter_map(move |(key, (_, stats))| {
+                let (interface, direction) = labels(key);
+                stats.as_ref().map(|stats| {
+                    (
+                        [
+                            ("interface", interface),
+                            ("direction", direction.to_string()),
+                        ],
+                        field(stats),
+                    )
+                })
+            })
+        };
+        counter_family(
+            encoder,
+            "network_probe_tcp_syn_retransmits",
+            "SYNs repeating the sequence number of the connection attempt in progress on their \
+             4-tuple, by interface and direction.",
+            kernel(|stats| stats.syn_retransmits),
+        )?;
+        counter_family(
+            encoder,
+            "network_probe_tcp_connection_attempts_untracked",
+            "TCP connection attempts not followed because the kernel's pending-SYN map was full \
+             (counted in no outcome).",
+            kernel(|stats| stats.untracked),
+        )
+    }
+
     /// The flow table's own metrics. The per-series families are written by
     /// [`crate::flows::exposition`], from the snapshot the same scrape took just before.
     fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -491,6 +569,7 @@ impl Collector for DatapathCollector {
                 )
             }),
         )?;
+        self.encode_attempts(&mut encoder)?;
         let (drops, lost) = datapath.drop_samples();
         counter_family(
             &mut encoder,

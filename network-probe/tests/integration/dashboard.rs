@@ -292,7 +292,13 @@ fn every_dashboard_panel_has_series_in_prometheus() {
     let pair = VethPair::new();
     let daemon = start_daemon(
         &pair,
-        &["--web.probe-listen", &format!("iperf3={IPERF3_LISTEN}")],
+        &[
+            "--web.probe-listen",
+            &format!("iperf3={IPERF3_LISTEN}"),
+            // The default families, and the connection outcomes of the per-destination panels.
+            "--flows.families",
+            "packets,bytes,retransmits,connection_attempts",
+        ],
     );
     lossy_receiver(&pair);
     let dir = TempDir::new("dashboard");
