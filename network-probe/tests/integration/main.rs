@@ -32,6 +32,7 @@ mod iperf3;
 mod jool;
 mod malformed;
 mod oneshot;
+mod outcomes;
 mod ping;
 mod ping_truth;
 mod pmtu;
