@@ -247,3 +247,77 @@ fn reason_names_equal_the_tracepoint_format() {
     let from_btf = network_probe::kernel::drops::kernel_reason_labels().unwrap();
     assert_eq!(from_btf, from_format);
 }
+
+/// Segments of the bad-checksum test.
+const BAD_SEGMENTS: u64 = 40;
+
+#[test]
+fn bad_tcp_checksums_equal_tcp_in_csum_errors() {
+    let pair = VethPair::new();
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let a_if = pair.a_if.as_str();
+    // TCP SYNs from b through an AF_PACKET socket, each with a wrong TCP checksum.
+    let injector = network_probe_testkit::injector::FlowInjector::new(&pair);
+    let before = daemon.scrape();
+    let errors_before = nstat(&pair.a, "TcpInCsumErrors");
+    for port in 0..BAD_SEGMENTS as u16 {
+        injector.syn(pair.b_addr, 40_000 + port, 7002).unwrap();
+    }
+    let errors_after = wait_for(errors_before + BAD_SEGMENTS, || {
+        nstat(&pair.a, "TcpInCsumErrors")
+    });
+    let after = daemon.scrape();
+    let errors = errors_after - errors_before;
+    assert_eq!(errors, BAD_SEGMENTS, "TcpInCsumErrors in {}", pair.a);
+    // The kernel's name for the reason, from its tracepoint.
+    let names = print_symbols(&kfree_skb_format());
+    assert!(names.values().any(|name| name == "tcp_csum"), "{names:?}");
+    assert_eq!(
+        drops(&after, a_if, "tcp_csum", "ipv4_tcp") - drops(&before, a_if, "tcp_csum", "ipv4_tcp"),
+        errors,
+        "tcp_csum on {a_if} vs TcpInCsumErrors\n{after}"
+    );
+    for protocol in ["ipv4", "ipv4_udp", "ipv6_tcp", "other"] {
+        assert_eq!(drops(&after, a_if, "tcp_csum", protocol), 0, "{after}");
+    }
+}
+
+#[test]
+fn udp_to_a_closed_ipv6_port_equals_udp6_no_ports() {
+    let pair = VethPair::new();
+    pair.enable_ipv6();
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let a_if = pair.a_if.as_str();
+    let before = daemon.scrape();
+    let no_ports_before = nstat(&pair.a, "Udp6NoPorts");
+    let from: SocketAddr = format!("[{}]:0", pair.b6()).parse().unwrap();
+    let to: SocketAddr = format!("[{}]:{CLOSED_PORT}", pair.a6()).parse().unwrap();
+    in_netns(&pair.b, move || {
+        let socket = UdpSocket::bind(from).unwrap();
+        for _ in 0..DATAGRAMS {
+            socket.send_to(&[0x5a; 64], to).unwrap();
+        }
+    });
+    let no_ports_after = wait_for(no_ports_before + DATAGRAMS as u64, || {
+        nstat(&pair.a, "Udp6NoPorts")
+    });
+    let after = daemon.scrape();
+    let no_ports = no_ports_after - no_ports_before;
+    assert_eq!(no_ports, DATAGRAMS as u64, "Udp6NoPorts in {}", pair.a);
+    let names = print_symbols(&kfree_skb_format());
+    assert!(names.values().any(|name| name == "no_socket"), "{names:?}");
+    assert_eq!(
+        drops(&after, a_if, "no_socket", "ipv6_udp")
+            - drops(&before, a_if, "no_socket", "ipv6_udp"),
+        no_ports,
+        "no_socket on {a_if} vs Udp6NoPorts\n{after}"
+    );
+    for protocol in ["ipv4_udp", "ipv6", "other"] {
+        assert_eq!(
+            drops(&after, a_if, "no_socket", protocol)
+                - drops(&before, a_if, "no_socket", protocol),
+            0,
+            "{after}"
+        );
+    }
+}
