@@ -321,3 +321,48 @@ fn udp_to_a_closed_ipv6_port_equals_udp6_no_ports() {
         );
     }
 }
+
+/// Drops of the cost measurement.
+const COST_DROPS: u64 = 2000;
+
+/// (runs, run time) summed over every loaded `kfree_skb` program (this daemon's and those of
+/// tests running meanwhile: each runs once per drop of the host).
+fn kfree_skb_run_stats() -> (u64, Duration) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| program.name_as_str() == Some("kfree_skb"))
+        .fold((0, Duration::ZERO), |(runs, time), program| {
+            (runs + program.run_count(), time + program.run_time())
+        })
+}
+
+/// The drop program's own cost per drop, from the kernel's BPF run-time statistics (turned on
+/// for the measurement through BPF_ENABLE_STATS, which lasts while its descriptor is open: no
+/// sysctl is changed). Printed; run with `--nocapture` to read it.
+#[test]
+fn the_drop_programs_cost_per_drop_is_measured() {
+    let pair = VethPair::new();
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let (runs_before, time_before) = kfree_skb_run_stats();
+    let no_ports_before = nstat(&pair.a, "UdpNoPorts");
+    send_to_a(&pair, CLOSED_PORT, COST_DROPS as usize);
+    let no_ports = wait_for(no_ports_before + COST_DROPS, || {
+        nstat(&pair.a, "UdpNoPorts")
+    }) - no_ports_before;
+    let (runs_after, time_after) = kfree_skb_run_stats();
+    drop(stats);
+    assert_eq!(no_ports, COST_DROPS, "UdpNoPorts in {}", pair.a);
+    let runs = runs_after - runs_before;
+    // Every drop ran the program (and drops elsewhere on the host ran it too).
+    assert!(runs >= COST_DROPS, "{runs} runs for {COST_DROPS} drops");
+    let per_drop_ns = (time_after - time_before).as_nanos() as f64 / runs as f64;
+    assert!(
+        per_drop_ns > 0.0 && per_drop_ns < 100_000.0,
+        "{per_drop_ns} ns per drop"
+    );
+    eprintln!(
+        "kfree_skb program: {runs} runs, {per_drop_ns:.0} ns per run (BPF run-time statistics)"
+    );
+    drop(daemon);
+}
