@@ -543,6 +543,16 @@ mod tests {
                 "needs a unit",
             ),
             (
+                "flows:\n  connect_timeout: 0s\n",
+                "flows.connect_timeout: \"0s\" is not accepted",
+                "must be positive",
+            ),
+            (
+                "flows:\n  connect_timeout: 20m\n",
+                "flows.connect_timeout: \"20m\" is not accepted",
+                "longer than the longest connect timeout",
+            ),
+            (
                 "datapath:\n  ingress: xdp\n",
                 "datapath.ingress: \"xdp\"",
                 "(use tc, xdp-generic, xdp-native)",

@@ -943,6 +943,52 @@ mod tests {
     }
 
     #[test]
+    fn connection_attempts_count_in_their_flows_series_or_the_other_row_and_are_saved() {
+        use crate::flows::outcomes::Outcome;
+        let attempts_of = |table: &FlowTable, other: bool, src: Option<&str>| {
+            table
+                .series()
+                .into_iter()
+                .find(|(key, _)| {
+                    key.other == other && key.src.map(|a| a.to_string()).as_deref() == src
+                })
+                .map(|(_, series)| series.total().attempts)
+        };
+        // One series admitted (cap 1): the second flow's attempts go to the other row.
+        let mut table = FlowTable::new(options(1));
+        table.refresh(
+            10 * SECOND,
+            vec![
+                (key(1, 9, 1000), stats(1, 10)),
+                (key(2, 9, 1000), stats(1, 10)),
+            ],
+        );
+        table.count_attempts(&[
+            (key(1, 9, 1000), Outcome::Answered, 10 * SECOND),
+            (key(1, 9, 1000), Outcome::Timeout, 10 * SECOND),
+            (key(2, 9, 1000), Outcome::Reset, 10 * SECOND),
+        ]);
+        assert_eq!(
+            attempts_of(&table, false, Some("10.0.0.1")),
+            Some([1, 0, 0, 1])
+        );
+        assert_eq!(attempts_of(&table, true, None), Some([0, 1, 0, 0]));
+        // A later refresh of the flows keeps them; a state file carries them over.
+        table.refresh(11 * SECOND, vec![(key(1, 9, 1000), stats(2, 11))]);
+        assert_eq!(
+            attempts_of(&table, false, Some("10.0.0.1")),
+            Some([1, 0, 0, 1])
+        );
+        let mut next = FlowTable::new(options(1));
+        next.restore(table.saved()).unwrap();
+        assert_eq!(
+            attempts_of(&next, false, Some("10.0.0.1")),
+            Some([1, 0, 0, 1])
+        );
+        assert_eq!(attempts_of(&next, true, None), Some([0, 1, 0, 0]));
+    }
+
+    #[test]
     fn parses_label_sets() {
         let labels: FlowLabels = "interface, src,dst,dst_port".parse().unwrap();
         assert!(labels.interface && labels.src && labels.dst && labels.dst_port);
