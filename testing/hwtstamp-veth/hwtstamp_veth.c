@@ -279,7 +279,12 @@ static void hwts_setup(struct net_device *dev)
 	dev->ethtool_ops = &hwts_ethtool_ops;
 	dev->priv_flags |= IFF_NO_QUEUE;
 	dev->priv_flags &= ~IFF_TX_SKB_SHARING;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+	/* 6.12 made lockless transmit a netdev flag (NETIF_F_LLTX is gone). */
+	dev->lltx = true;
+#else
 	dev->features |= NETIF_F_LLTX;
+#endif
 	dev->needs_free_netdev = true;
 	eth_hw_addr_random(dev);
 }
