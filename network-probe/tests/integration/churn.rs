@@ -155,6 +155,8 @@ fn configure(pair: &VethPair) {
 /// Starts the daemon in `ns` like `Daemon::start`, with its log (stderr) written to a file.
 fn start_logged(ns: &str, args: &[&str]) -> (Daemon, PathBuf) {
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("churn-{ns}.log"));
+    // The qemu guest has the test executable at its host path, but not cargo's tmp directory.
+    std::fs::create_dir_all(log.parent().expect("a parent")).expect("creating the log directory");
     let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", ns, daemon_path(), "--web.listen-address"])
