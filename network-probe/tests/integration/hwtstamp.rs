@@ -714,14 +714,16 @@ fn a_link_reset_that_loses_the_configuration_is_repaired() {
     };
     // Applied again by the daemon.
     assert_eq!(nic.config(), HardwareConfig::STAMP_ALL);
-    // Every reply not on hardware stamps was counted, and only those; the first one after the
-    // reset triggered the repair, so there are few, all after the replies seen before it.
+    // Every reply not on hardware stamps was counted, and only those. They are one run right
+    // after the reset: the first one triggered the repair, and the others are replies to
+    // requests that left before it (on 6.12 the probes sent while the link was down were held
+    // back and left together when it came back: 10 in one run, against 1 on 6.1).
     let missing = value(&body, MISSING, "");
     assert_eq!(software.len() as f64, missing, "{samples:?}");
-    assert!((1.0..=3.0).contains(&missing), "{missing}: {samples:?}");
+    assert!(missing >= 1.0, "{samples:?}");
     assert!(
-        software.iter().all(|&at| at >= before.len()),
-        "{software:?} in {samples:?}"
+        software[0] >= before.len() && software.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "not one run after the reset: {software:?} in {samples:?}"
     );
     assert_exact(B4, &samples[software.last().unwrap() + 1..], DELAY_US);
     // Software stamps on both ends of the unstamped replies: the socket is not new.
