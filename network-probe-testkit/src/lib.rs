@@ -10,10 +10,13 @@
 //! - [`jool_vm`]: the qemu guest with a real Jool kernel module;
 //! - [`injector`]: hand-built SYN frames sent at a few microseconds each;
 //! - [`browser`]: headless chromium, and `target/test-artefacts/` for what it draws;
-//! - [`isolation`]: which tests may run at the same time in the one test process.
+//! - [`isolation`]: which tests may run at the same time in the one test process;
+//! - [`applicability`]: cases a kernel lacks the feature for, failed or counted as not
+//!   applicable, never passed silently.
 //!
 //! The items the suites use most are re-exported at the crate root.
 
+pub mod applicability;
 pub mod bpffs;
 pub mod browser;
 pub mod capture;

@@ -18,6 +18,15 @@
  *   delay_ns           nanoseconds added to every receive stamp (default 0)
  *   refuse_filter_all  SIOCSHWTSTAMP refuses HWTSTAMP_FILTER_ALL with -ERANGE although
  *                      get_ts_info advertises it (a driver quirk, for fallback tests)
+ *   skip_tx_stamps     with TX on, no hardware transmit stamp is taken: the socket gets the
+ *                      software one instead (stamps missing on the error queue, as drivers
+ *                      that drop some under load)
+ *   forget_on_down     setting a device down resets its configuration to TX off, filter
+ *                      none (a driver whose reset loses it)
+ *   freeze_clock       the devices' clock stands still at the instant the module was loaded
+ *                      (+ offset_s): every departure stamp is that instant, so a round trip
+ *                      measured with hardware stamps is exactly delay_ns, whatever the peer's
+ *                      turnaround
  */
 
 #include <linux/module.h>
@@ -43,6 +52,21 @@ static bool refuse_filter_all;
 module_param(refuse_filter_all, bool, 0644);
 MODULE_PARM_DESC(refuse_filter_all, "Refuse HWTSTAMP_FILTER_ALL in SIOCSHWTSTAMP with -ERANGE");
 
+static bool skip_tx_stamps;
+module_param(skip_tx_stamps, bool, 0644);
+MODULE_PARM_DESC(skip_tx_stamps, "Take no hardware transmit stamp although TX is on");
+
+static bool forget_on_down;
+module_param(forget_on_down, bool, 0644);
+MODULE_PARM_DESC(forget_on_down, "Setting a device down resets its stamping configuration");
+
+static bool freeze_clock;
+module_param(freeze_clock, bool, 0644);
+MODULE_PARM_DESC(freeze_clock, "The devices' clock stands still at the module's load time");
+
+/* CLOCK_REALTIME when the module was loaded, the frozen clock's reading (without offset_s). */
+static ktime_t loaded_at;
+
 struct hwts_priv {
 	struct net_device *peer;
 	/* Current configuration; written under RTNL, read locklessly on the data path. */
@@ -55,7 +79,9 @@ static struct net_device *hwts_devs[2];
 
 static ktime_t hwts_clock(void)
 {
-	return ktime_add(ktime_get_real(), ktime_set(READ_ONCE(offset_s), 0));
+	ktime_t now = READ_ONCE(freeze_clock) ? loaded_at : ktime_get_real();
+
+	return ktime_add(now, ktime_set(READ_ONCE(offset_s), 0));
 }
 
 static netdev_tx_t hwts_xmit(struct sk_buff *skb, struct net_device *dev)
@@ -71,7 +97,7 @@ static netdev_tx_t hwts_xmit(struct sk_buff *skb, struct net_device *dev)
 		goto drop;
 
 	if ((skb_shinfo(skb)->tx_flags & SKBTX_HW_TSTAMP) &&
-	    READ_ONCE(priv->tx_type) == HWTSTAMP_TX_ON) {
+	    READ_ONCE(priv->tx_type) == HWTSTAMP_TX_ON && !READ_ONCE(skip_tx_stamps)) {
 		struct skb_shared_hwtstamps stamp = { .hwtstamp = departure };
 
 		skb_shinfo(skb)->tx_flags |= SKBTX_IN_PROGRESS;
@@ -123,6 +149,10 @@ static int hwts_stop(struct net_device *dev)
 
 	netif_carrier_off(dev);
 	netif_carrier_off(priv->peer);
+	if (READ_ONCE(forget_on_down)) {
+		WRITE_ONCE(priv->tx_type, HWTSTAMP_TX_OFF);
+		WRITE_ONCE(priv->rx_filter, HWTSTAMP_FILTER_NONE);
+	}
 	return 0;
 }
 
@@ -249,7 +279,12 @@ static void hwts_setup(struct net_device *dev)
 	dev->ethtool_ops = &hwts_ethtool_ops;
 	dev->priv_flags |= IFF_NO_QUEUE;
 	dev->priv_flags &= ~IFF_TX_SKB_SHARING;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+	/* 6.12 made lockless transmit a netdev flag (NETIF_F_LLTX is gone). */
+	dev->lltx = true;
+#else
 	dev->features |= NETIF_F_LLTX;
+#endif
 	dev->needs_free_netdev = true;
 	eth_hw_addr_random(dev);
 }
@@ -258,6 +293,7 @@ static int __init hwts_init(void)
 {
 	int i, err;
 
+	loaded_at = ktime_get_real();
 	for (i = 0; i < 2; i++) {
 		hwts_devs[i] = alloc_netdev(sizeof(struct hwts_priv), i ? "hwts1" : "hwts0",
 					    NET_NAME_PREDICTABLE, hwts_setup);

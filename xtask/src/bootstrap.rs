@@ -355,7 +355,7 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
 /// module tree rebuilt from the image, without running dkms again.
 const GUEST_MODULES_STAMP: &str = "modules.stamp";
 
-fn guest_modules_stamp() -> String {
+pub(crate) fn guest_modules_stamp() -> String {
     let mut names: Vec<&str> = JOOL_IMAGE_MODULES.to_vec();
     names.extend(GUEST_MODULES);
     names.join("\n") + "\n"
@@ -522,8 +522,27 @@ const HWTSTAMP_SOURCES: &[&str] = &["Makefile", "hwtstamp_veth.c"];
 /// and the ABI equal the repository's and the guest's, nothing is rebuilt (about 5 s when they
 /// differ). Returns the module's path in the cache.
 pub(crate) fn hwtstamp_module(root: &Path, abi: &str) -> Result<PathBuf> {
+    let headers = PathBuf::from(format!("/usr/src/linux-headers-{abi}"));
+    hwtstamp_module_for(root, &cache_dir().join("jool"), abi, &Kbuild::Kdir(headers))
+}
+
+/// How to build an out-of-tree module against a kernel's headers.
+pub(crate) enum Kbuild {
+    /// Installed headers: the module's Makefile with `KDIR=`.
+    Kdir(PathBuf),
+    /// Unpacked Debian headers (source tree `-common`, object tree `<abi>`): Kbuild with `-C`,
+    /// `O=` and `M=` (crate::newer_guest).
+    Trees { source: PathBuf, object: PathBuf },
+}
+
+/// [`hwtstamp_module`] for the guest prepared in `guest` (its module tree in `modules/`).
+pub(crate) fn hwtstamp_module_for(
+    root: &Path,
+    guest: &Path,
+    abi: &str,
+    kbuild: &Kbuild,
+) -> Result<PathBuf> {
     let source = root.join("testing/hwtstamp-veth");
-    let guest = cache_dir().join("jool");
     let build = guest.join("hwtstamp-veth");
     let module = build.join(format!("{HWTSTAMP_MODULE}.ko"));
     let same = |name: &str| -> bool {
@@ -536,7 +555,19 @@ pub(crate) fn hwtstamp_module(root: &Path, abi: &str) -> Result<PathBuf> {
         && fs::read_to_string(build.join("abi")).is_ok_and(|built| built.trim() == abi)
         && HWTSTAMP_SOURCES.iter().all(|name| same(name));
     if !current {
-        let headers = PathBuf::from(format!("/usr/src/linux-headers-{abi}"));
+        let (headers, make_args) = match kbuild {
+            Kbuild::Kdir(headers) => (headers, vec![format!("KDIR={}", headers.display())]),
+            Kbuild::Trees { source, object } => (
+                source,
+                vec![
+                    "-C".to_string(),
+                    source.display().to_string(),
+                    format!("O={}", object.display()),
+                    format!("M={}", build.display()),
+                    "modules".to_string(),
+                ],
+            ),
+        };
         if !headers.join("Makefile").is_file() {
             bail!(
                 "{} is missing (linux-headers-{abi}); run `cargo xtask bootstrap --test-peers`",
@@ -552,7 +583,7 @@ pub(crate) fn hwtstamp_module(root: &Path, abi: &str) -> Result<PathBuf> {
         }
         let status = Command::new("make")
             .arg("-s")
-            .arg(format!("KDIR={}", headers.display()))
+            .args(&make_args)
             .current_dir(&build)
             .status()
             .context("starting make (the kernel module build)")?;
@@ -577,7 +608,7 @@ pub(crate) fn hwtstamp_module(root: &Path, abi: &str) -> Result<PathBuf> {
 /// The module files (paths relative to `lib/modules/<abi>/`) that loading `names` takes,
 /// dependencies included, from the text of a `modules.dep` (`path: dependency paths...`).
 /// Names match file stems with `-` read as `_`, as modprobe does.
-fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> {
+pub(crate) fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> {
     let module_name = |path: &str| {
         let file = path.rsplit('/').next().unwrap_or(path);
         let stem = file.split(".ko").next().unwrap_or(file);

@@ -18,6 +18,11 @@
 //! ([`crate::bootstrap::jool_guest`]), in `~/.cache/network-probe/jool/`; the run adds
 //! hwtstamp_veth.ko to that tree first ([`crate::bootstrap::hwtstamp_module`], rebuilt only
 //! when its sources change).
+//!
+//! A second boot runs [`NEWER_GUEST_TESTS`] on Debian's newer kernel (bookworm-backports,
+//! [`crate::newer_guest`]); each boot's kernel gets the features it lacks declared to the
+//! tests ([`absent_features`]: a case needing one prints `@@NOT-APPLICABLE` and the summary
+//! counts it; an undeclared one fails).
 //! `cargo xtask test` runs this after the host tests; `cargo xtask kernel-test` runs it alone.
 
 use std::{
@@ -33,7 +38,33 @@ use anyhow::{Context as _, Result, bail};
 
 /// Suites of the integration tests (modules of network-probe/tests/integration/, test names
 /// `<suite>::...`) run in the guest, in this order.
-pub(crate) const GUEST_TESTS: &[&str] = &["datapath", "restart", "hwtstamp", "ecn", "pmtu"];
+/// flows (TC over cls_bpf, XDP generic and native mode), churn (re-attach through cls_bpf
+/// after an interface is re-created) and pressure run here as on the host: 6.1 has no TCX,
+/// so they show the netlink path.
+pub(crate) const GUEST_TESTS: &[&str] = &[
+    "datapath", "restart", "flows", "churn", "pressure", "hwtstamp", "ecn", "pmtu",
+];
+
+/// Kernel features the guest's kernel lacks, declared to the tests in
+/// `NETWORK_PROBE_TEST_NOT_APPLICABLE` (network-probe-testkit `applicability`): a case that
+/// needs one is printed and counted as not applicable (`@@NOT-APPLICABLE` lines, named in the
+/// summary); an undeclared missing feature fails the case. TCX came in 6.6.
+fn absent_features(abi: &str) -> Vec<&'static str> {
+    let mut numbers = abi
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    // Every guest is emulated (TCG): a capture's stamps and the TC hooks' are milliseconds apart.
+    let mut absent = vec!["wire-timing"];
+    if version < (6, 6) {
+        absent.push("tcx");
+    }
+    absent
+}
+
+/// Suites run again in a second boot on Debian's newer kernel ([`crate::newer_guest`],
+/// bookworm-backports' 6.12 when written): the simulated NIC's `ndo_hwtstamp_set/get` path.
+pub(crate) const NEWER_GUEST_TESTS: &[&str] = &["hwtstamp"];
 
 /// Guest suites whose tests are `#[ignore]`d on the host (they need a kernel module only the
 /// guest has): the guest runs them with `--include-ignored`.
@@ -42,6 +73,8 @@ const GUEST_ONLY_SUITES: &[&str] = &["hwtstamp"];
 /// Programs the tests run, copied from the host at the path PATH finds them.
 const GUEST_TOOLS: &[&str] = &[
     "ip", "tc", "sysctl", "setpriv", "nstat", "ethtool", "tcpdump", "nft", "bpftool",
+    // pressure checks both exposition formats with it (48 MB, static).
+    "promtool",
 ];
 
 /// How much slower than the host the guest is expected to be (TCG emulation); exported to
@@ -70,8 +103,51 @@ pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) ->
         })?;
     // Installed into the guest's module tree, which the initramfs copies below.
     crate::bootstrap::hwtstamp_module(root, &abi)?;
-    let artefacts = build(&mut cargo_test, test_args)?;
+    let newer = crate::newer_guest::prepare()?;
+    crate::bootstrap::hwtstamp_module_for(
+        root,
+        &newer.dir,
+        &newer.abi,
+        &crate::bootstrap::Kbuild::Trees {
+            source: newer.source_tree.clone(),
+            object: newer.object_tree.clone(),
+        },
+    )?;
+    let built = build(&mut cargo_test, test_args)?;
+    let mut failed = Vec::new();
+    for (dir, abi, names) in [
+        (&guest, &abi, GUEST_TESTS),
+        (&newer.dir, &newer.abi, NEWER_GUEST_TESTS),
+    ] {
+        let suites = built.suites(names);
+        if suites.is_empty() {
+            continue;
+        }
+        failed.extend(
+            boot_and_run(dir, abi, &built, &suites, root, test_args)?
+                .into_iter()
+                .map(|failure| format!("{failure} on {abi}")),
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "in the qemu guests these test suites failed: {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
 
+/// Boots the guest kernel of `guest` (`vmlinuz`, `modules/lib`) with an initramfs running
+/// `suites`; returns the failures [`Outcome::failed`] names.
+fn boot_and_run(
+    guest: &Path,
+    abi: &str,
+    artefacts: &Artefacts,
+    suites: &[GuestSuite],
+    root: &Path,
+    test_args: &[String],
+) -> Result<Vec<String>> {
     let staging = StagingDir::new()?;
     let rootfs = staging.0.join("root");
     for dir in [
@@ -103,7 +179,7 @@ pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) ->
     let init = rootfs.join("init");
     fs::write(
         &init,
-        init_script(&artefacts.suites, &package_dir, test_args),
+        init_script(suites, &package_dir, test_args, &absent_features(abi)),
     )?;
     chmod_executable(&init)?;
     let initrd = staging.0.join("initrd.cpio");
@@ -123,8 +199,7 @@ pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) ->
         "xtask: booting kernel {abi} under qemu (TCG, {GUEST_CPUS} CPUs, {GUEST_MEMORY_MB} MB, \
          initramfs {} MB) for {}",
         initrd_bytes / 1_000_000,
-        artefacts
-            .suites
+        suites
             .iter()
             .map(|suite| format!("{} ({} tests)", suite.name, suite.tests.len()))
             .collect::<Vec<_>>()
@@ -132,26 +207,39 @@ pub(crate) fn run(mut cargo_test: Command, root: &Path, test_args: &[String]) ->
     );
 
     let started = Instant::now();
-    let (console, init_reached) = boot(&guest.join("vmlinuz"), &initrd, artefacts.suites.len())?;
+    let (console, init_reached) = boot(&guest.join("vmlinuz"), &initrd, suites.len())?;
     let wall = started.elapsed();
-    let outcome = Outcome::parse(&console, &artefacts.suites);
-    eprintln!("{}", outcome.summary(&abi, wall, init_reached));
-    let failed = outcome.failed();
-    if !failed.is_empty() {
-        bail!(
-            "on kernel {abi} (qemu guest) these test suites failed: {}",
-            failed.join("; ")
-        );
-    }
-    Ok(())
+    let outcome = Outcome::parse(&console, suites);
+    eprintln!("{}", outcome.summary(abi, wall, init_reached));
+    Ok(outcome.failed())
 }
 
 /// What `cargo test --no-run` built: the daemon, the integration test executable, and the
-/// suites to run in the guest.
+/// tests the caller's arguments select.
 struct Artefacts {
     daemon: PathBuf,
     tests: PathBuf,
-    suites: Vec<GuestSuite>,
+    selected: Vec<String>,
+}
+
+impl Artefacts {
+    /// The suites of `names` with their selected tests (suites without one left out).
+    fn suites(&self, names: &[&str]) -> Vec<GuestSuite> {
+        names
+            .iter()
+            .map(|suite| GuestSuite {
+                name: suite.to_string(),
+                executable: self.tests.clone(),
+                tests: self
+                    .selected
+                    .iter()
+                    .filter(|test| test.starts_with(&format!("{suite}::")))
+                    .cloned()
+                    .collect(),
+            })
+            .filter(|suite| !suite.tests.is_empty())
+            .collect()
+    }
 }
 
 /// One suite of [`GUEST_TESTS`]: one run of the test executable in the guest.
@@ -210,30 +298,18 @@ fn build(cargo_test: &mut Command, test_args: &[String]) -> Result<Artefacts> {
     let daemon = daemon.context("cargo reported no network-probe binary")?;
     let tests = tests.context("cargo reported no executable for the test integration")?;
     let selected = list_tests(&tests, test_args)?;
-    let suites: Vec<GuestSuite> = GUEST_TESTS
-        .iter()
-        .map(|suite| GuestSuite {
-            name: suite.to_string(),
-            executable: tests.clone(),
-            tests: selected
-                .iter()
-                .filter(|test| test.starts_with(&format!("{suite}::")))
-                .cloned()
-                .collect(),
-        })
-        .filter(|suite| !suite.tests.is_empty())
-        .collect();
-    if suites.is_empty() {
+    let artefacts = Artefacts {
+        daemon,
+        tests,
+        selected,
+    };
+    if artefacts.suites(GUEST_TESTS).is_empty() && artefacts.suites(NEWER_GUEST_TESTS).is_empty() {
         bail!(
             "no test of the guest suites ({}) matches {test_args:?}",
             GUEST_TESTS.join(", ")
         );
     }
-    Ok(Artefacts {
-        daemon,
-        tests,
-        suites,
-    })
+    Ok(artefacts)
 }
 
 /// The tests `test_args` select, as the executable itself lists them (`--list`, on the host).
@@ -263,7 +339,12 @@ fn list_tests(executable: &Path, test_args: &[String]) -> Result<Vec<String>> {
 /// The guest's `/init` (busybox sh): file systems, modules, then each suite's run of the test
 /// executable between `@@BEGIN`/`@@EXIT` markers with the guest's uptime around it. /tmp and /run stay on the
 /// initramfs (writable): a tmpfs there would hide a workspace staged below them.
-fn init_script(suites: &[GuestSuite], package_dir: &Path, test_args: &[String]) -> String {
+fn init_script(
+    suites: &[GuestSuite],
+    package_dir: &Path,
+    test_args: &[String],
+    absent: &[&str],
+) -> String {
     let mut script = String::from(
         "#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -298,7 +379,7 @@ echo \"@@INIT $(uname -r) uptime=$uptime\"
             "cd {package}
 read start rest < /proc/uptime
 echo \"@@BEGIN {name}\"
-NETWORK_PROBE_TEST_SLOWDOWN={SLOWDOWN} RUST_BACKTRACE=1 timeout {limit} {executable} \
+NETWORK_PROBE_TEST_SLOWDOWN={SLOWDOWN} NETWORK_PROBE_TEST_NOT_APPLICABLE={absent} RUST_BACKTRACE=1 timeout {limit} {executable} \
 --test-threads=1{ignored} {args} --exact {tests} 2>&1
 status=$?
 read end rest < /proc/uptime
@@ -310,6 +391,7 @@ echo \"@@EXIT {name} $status start=$start end=$end\"
             executable = shell_quote(&suite.executable.to_string_lossy()),
             args = args.join(" "),
             tests = tests.join(" "),
+            absent = shell_quote(&absent.join(",")),
         );
     }
     script.push_str("echo @@DONE\npoweroff -f\n");
@@ -380,6 +462,9 @@ struct TestOutcome {
     seconds: Option<f64>,
     /// Names of the test functions libtest reported as FAILED.
     failed_functions: Vec<String>,
+    /// The cases that reported themselves not applicable on this kernel (`@@NOT-APPLICABLE`
+    /// lines: the case and what the kernel lacks).
+    not_applicable: Vec<String>,
 }
 
 impl Outcome {
@@ -408,6 +493,10 @@ impl Outcome {
                     .map(|(_, after)| after.split(&exit).next().unwrap_or(after))
                     .unwrap_or_default();
                 let failed_functions = failed_functions(section);
+                let not_applicable = section
+                    .lines()
+                    .filter_map(|line| marker(line, "@@NOT-APPLICABLE "))
+                    .collect();
                 let exit_line = console.lines().find_map(|line| marker(line, &exit));
                 let mut fields = exit_line.as_deref().unwrap_or_default().split_whitespace();
                 let status = fields.next().and_then(|status| status.parse().ok());
@@ -421,6 +510,7 @@ impl Outcome {
                     status,
                     seconds: start.zip(end).map(|(start, end)| end - start),
                     failed_functions,
+                    not_applicable,
                 }
             })
             .collect();
@@ -481,6 +571,14 @@ impl Outcome {
                 .seconds
                 .map_or_else(String::new, |seconds| format!(", {seconds:.1} s"));
             let _ = write!(text, "; {}: {status}{seconds}", test.name);
+            if !test.not_applicable.is_empty() {
+                let _ = write!(
+                    text,
+                    ", {} not applicable ({})",
+                    test.not_applicable.len(),
+                    test.not_applicable.join("; ")
+                );
+            }
         }
         text
     }
@@ -647,7 +745,8 @@ failures:
 test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
 @@EXIT datapath 101 start=3.10 end=40.60
 @@BEGIN restart
-test c ... ok
+test c ... @@NOT-APPLICABLE restart::c: the kernel lacks TCX
+ok
 @@EXIT restart 0 start=40.70 end=50.70
 @@DONE
 ";
@@ -658,7 +757,19 @@ test c ... ok
         assert!((outcome.tests[0].seconds.unwrap() - 37.5).abs() < 1e-9);
         assert_eq!(outcome.tests[1].status, Some(0));
         assert!(outcome.tests[1].failed_functions.is_empty());
+        assert!(outcome.tests[0].not_applicable.is_empty());
+        assert_eq!(
+            outcome.tests[1].not_applicable,
+            ["restart::c: the kernel lacks TCX"]
+        );
         assert_eq!(outcome.failed(), ["datapath (exit status 101; failed: b)"]);
+        let summary = outcome.summary("6.1", Duration::from_secs(60), None);
+        assert!(
+            summary.contains(
+                "restart: exit 0, 10.0 s, 1 not applicable (restart::c: the kernel lacks TCX)"
+            ),
+            "{summary}"
+        );
     }
 
     #[test]
@@ -678,21 +789,35 @@ test a ... ok
     }
 
     #[test]
+    fn tcx_is_declared_absent_before_6_6() {
+        assert_eq!(absent_features("6.1.0-57-amd64"), ["wire-timing", "tcx"]);
+        assert_eq!(absent_features("6.5.13"), ["wire-timing", "tcx"]);
+        assert_eq!(absent_features("6.6.0"), ["wire-timing"]);
+        assert_eq!(absent_features("6.12.95+deb12-amd64"), ["wire-timing"]);
+    }
+
+    #[test]
     fn guest_only_suites_run_their_ignored_tests() {
         let suites = vec![GuestSuite {
             name: "hwtstamp".into(),
             executable: PathBuf::from("/t/integration-1"),
             tests: vec!["hwtstamp::a".into()],
         }];
-        let script = init_script(&suites, Path::new("/w/network-probe"), &[]);
+        let script = init_script(&suites, Path::new("/w/network-probe"), &[], &[]);
         assert!(script.contains("--test-threads=1 --include-ignored  --exact 'hwtstamp::a'"));
-        let script = init_script(&tests(), Path::new("/w/network-probe"), &[]);
+        let script = init_script(&tests(), Path::new("/w/network-probe"), &[], &[]);
         assert!(!script.contains("--include-ignored"));
     }
 
     #[test]
     fn init_runs_every_test_with_its_marker_and_quoted_arguments() {
-        let script = init_script(&tests(), Path::new("/w/network-probe"), &["it's".into()]);
+        let script = init_script(
+            &tests(),
+            Path::new("/w/network-probe"),
+            &["it's".into()],
+            &["tcx"],
+        );
+        assert!(script.contains("NETWORK_PROBE_TEST_NOT_APPLICABLE='tcx' RUST_BACKTRACE=1"));
         assert!(script.contains("modprobe cls_bpf"));
         assert!(script.contains(
             "'/t/integration-1' --test-threads=1 'it'\\''s' --exact 'datapath::a' 'datapath::b' 2>&1"

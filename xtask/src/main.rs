@@ -8,6 +8,7 @@ mod deb;
 mod fuzz;
 mod kernel_vm;
 mod layers;
+mod newer_guest;
 
 use std::{
     os::unix::process::CommandExt as _,

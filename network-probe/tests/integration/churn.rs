@@ -19,6 +19,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use network_probe::kernel::rtnetlink;
 use network_probe_testkit::{
     Daemon, VethPair, attached_programs, daemon_path, dotted, sample, send_datagrams, sh,
 };
@@ -31,8 +32,13 @@ const EGRESS_DATAGRAMS: usize = 25;
 const EGRESS_PAYLOAD: usize = 300;
 /// Ethernet + IPv4 + UDP headers around each payload.
 const FRAME_OVERHEAD: usize = 14 + 20 + 8;
-/// Longest accepted time from the device's creation to both programs being attached.
+/// Longest accepted time from the device's creation to both programs being attached (times
+/// the test kit's slowdown factor: 5 in the emulated 6.1 guest).
 const REATTACH_DEADLINE: Duration = Duration::from_secs(2);
+
+fn reattach_deadline() -> Duration {
+    REATTACH_DEADLINE * network_probe_testkit::daemon::slowdown()
+}
 
 fn both_attached(pair: &VethPair) -> bool {
     attached_programs(&pair.a, &pair.a_if, TcAttachType::Ingress) == ["tc_ingress"]
@@ -42,7 +48,7 @@ fn both_attached(pair: &VethPair) -> bool {
 /// Re-creates the pair and measures how long after `ip link add` returned the kernel reports
 /// both programs attached to the new `a_if`, polling from a thread already inside namespace
 /// `a` (entering a namespace per poll costs milliseconds right after churn). Gives up, with
-/// `None`, at [`REATTACH_DEADLINE`].
+/// `None`, at [`reattach_deadline`].
 fn recreate_and_time_reattach(pair: &VethPair) -> Option<Duration> {
     let (ns, ifname) = (pair.a.clone(), pair.a_if.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -55,15 +61,30 @@ fn recreate_and_time_reattach(pair: &VethPair) -> Option<Duration> {
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         ready_tx.send(()).unwrap();
         let created = start_rx.recv().unwrap();
+        // TCX links where the kernel has TCX, else (6.1) the cls_bpf filters the daemon
+        // attaches over netlink, named by their program; both read without a child process.
         let names = |attach_type| {
-            SchedClassifier::query_tcx(&ifname, attach_type)
+            let mut names = SchedClassifier::query_tcx(&ifname, attach_type)
                 .map(|(_, programs)| {
                     programs
                         .iter()
                         .map(|p| p.name_as_str().unwrap_or("?").to_string())
                         .collect::<Vec<_>>()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let parent = match attach_type {
+                TcAttachType::Ingress => rtnetlink::CLSACT_INGRESS,
+                _ => rtnetlink::CLSACT_EGRESS,
+            };
+            if let Ok(index) = rtnetlink::interface_index(&ifname) {
+                names.extend(
+                    rtnetlink::cls_bpf_filters(index, parent)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|filter| filter.name),
+                );
+            }
+            names
         };
         loop {
             if names(TcAttachType::Ingress) == ["tc_ingress"]
@@ -71,7 +92,7 @@ fn recreate_and_time_reattach(pair: &VethPair) -> Option<Duration> {
             {
                 return Some(created.elapsed());
             }
-            if created.elapsed() > REATTACH_DEADLINE {
+            if created.elapsed() > reattach_deadline() {
                 return None;
             }
             thread::sleep(Duration::from_micros(200));
@@ -134,6 +155,8 @@ fn configure(pair: &VethPair) {
 /// Starts the daemon in `ns` like `Daemon::start`, with its log (stderr) written to a file.
 fn start_logged(ns: &str, args: &[&str]) -> (Daemon, PathBuf) {
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("churn-{ns}.log"));
+    // The qemu guest has the test executable at its host path, but not cargo's tmp directory.
+    std::fs::create_dir_all(log.parent().expect("a parent")).expect("creating the log directory");
     let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", ns, daemon_path(), "--web.listen-address"])
@@ -226,7 +249,7 @@ fn a_deleted_interface_keeps_its_counters_and_is_reattached_when_it_returns() {
 
         // Deleting one end deletes the pair.
         pair.exec(&pair.a, "ip", &["link", "del", &pair.a_if]);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + reattach_deadline();
         let scrape = loop {
             let scrape = daemon.scrape();
             if programs_reported(&scrape, &pair.a_if) == 0 {
@@ -234,7 +257,8 @@ fn a_deleted_interface_keeps_its_counters_and_is_reattached_when_it_returns() {
             }
             assert!(
                 Instant::now() < deadline,
-                "cycle {cycle}: programs still reported 2 s after the deletion\n{scrape}"
+                "cycle {cycle}: programs still reported {:?} after the deletion\n{scrape}",
+                reattach_deadline()
             );
             thread::sleep(Duration::from_millis(10));
         };
@@ -245,7 +269,10 @@ fn a_deleted_interface_keeps_its_counters_and_is_reattached_when_it_returns() {
         );
 
         let took = recreate_and_time_reattach(&pair).unwrap_or_else(|| {
-            panic!("cycle {cycle}: programs not attached {REATTACH_DEADLINE:?} after re-creation")
+            panic!(
+                "cycle {cycle}: programs not attached {:?} after re-creation",
+                reattach_deadline()
+            )
         });
         assert!(both_attached(&pair));
         reattach_times.push(took);

@@ -433,11 +433,28 @@ fn flags_packets_df_window_scale_and_rtt(ipv6: bool, ingress: &str) {
     let captured_rtt = handshake_rtts(&packets, a);
     assert_eq!(captured_rtt.len() as f64, rtt_count.unwrap());
     let captured_sum: f64 = captured_rtt.iter().sum();
-    // Both are kernel timestamps a few hundred nanoseconds apart on the same path.
-    assert!(
-        (rtt_sum - captured_sum).abs() <= 50e-6 * captured_rtt.len() as f64 + 0.2 * captured_sum,
-        "handshake RTT sum: ours {rtt_sum} s, capture {captured_sum} s"
+    // Both are kernel timestamps a few hundred nanoseconds apart on the same path. Not in the
+    // emulated (TCG) guest: there a received frame's capture stamp (taken when the peer's veth
+    // queues it to the backlog) and our TC ingress hook (when the softirq gets to it) are
+    // milliseconds apart on a loaded machine (6.1 guest: ours 8.3 and 23.2 ms against the
+    // capture's 5.8 and 1.3 ms); the guest declares it, so the comparison is printed and counted
+    // as not applicable there, and everything else above is still checked.
+    let case = format!(
+        "flows (IPv{}, --datapath.ingress {ingress}): handshake RTT sum against the capture",
+        if ipv6 { 6 } else { 4 }
     );
+    if network_probe_testkit::applicability::applies(
+        &case,
+        "wire-timing",
+        network_probe_testkit::daemon::slowdown() == 1,
+        "microsecond timing between the TC hooks and a capture (emulated guest)",
+    ) {
+        assert!(
+            (rtt_sum - captured_sum).abs()
+                <= 50e-6 * captured_rtt.len() as f64 + 0.2 * captured_sum,
+            "handshake RTT sum: ours {rtt_sum} s, capture {captured_sum} s"
+        );
+    }
 }
 
 /// SYN to SYN-ACK times in a capture read with timestamps, for connections `client` opened.

@@ -15,6 +15,7 @@ use std::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
+    hardware::HardwareWatch,
     packet::{self, Echo},
     scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
@@ -40,6 +41,8 @@ pub(crate) struct IcmpConfig {
     pub interface: Option<String>,
     pub stamp_flags: u32,
     pub timeout: Duration,
+    /// Set when the socket is set up for hardware stamps (`--ping.hard` enabled them).
+    pub hardware: Option<Arc<HardwareWatch>>,
 }
 
 #[derive(Debug)]
@@ -61,6 +64,7 @@ pub(crate) struct IcmpDriver {
     in_flight: Mutex<InFlightTable<(IpAddr, u16)>>,
     sender: StampedSender,
     counters: Arc<ProtocolCounters>,
+    hardware: Option<Arc<HardwareWatch>>,
 }
 
 impl IcmpDriver {
@@ -92,6 +96,7 @@ impl IcmpDriver {
             in_flight: Mutex::new(InFlightTable::new(config.timeout)),
             sender: StampedSender::default(),
             counters,
+            hardware: config.hardware.clone(),
         });
         log::info!(
             "ping: ICMPv{} {} socket, identifier {identifier}{}",
@@ -152,6 +157,10 @@ impl IcmpDriver {
         }
         let matched = lock(&self.in_flight).reply(&key, &received.control, now, false);
         if let Some(matched) = matched {
+            // Counted before the outcome is recorded: the metric never lags the replies.
+            if let Some(watch) = &self.hardware {
+                watch.observe(matched.hardware, now);
+            }
             ProtocolCounters::count(&self.counters.received);
             lock(&matched.probe.stats).record(matched.outcome);
         }

@@ -7,11 +7,12 @@
 //! This file owns the parameters, choosing among the addresses the framework resolved the
 //! targets to ([`super::handler`]: once per request), the sockets' lifecycle and the metrics.
 //! Submodules: [`packet`] (sans-IO packets), [`timestamps`] (control messages, hardware
-//! stamping), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit, cap on
+//! stamping), [`hardware`] (hardware stamps missing after setup: counted, re-applied), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit, cap on
 //! active probes, in-flight table), [`socket`] (raw-socket IO), [`filter`] (the raw TCP
 //! socket's BPF filter), [`icmp`] and [`tcp_syn`] (the drivers).
 
 pub mod filter;
+pub(crate) mod hardware;
 pub(crate) mod icmp;
 pub mod packet;
 pub(crate) mod scheduler;
@@ -244,6 +245,8 @@ pub struct Meta {
     hard: bool,
     /// Sockets opened with software stamps although `--ping.hard` asked for hardware ones.
     hardware_fallbacks: AtomicU64,
+    /// Replies measured without hardware stamps on sockets set up for them.
+    hardware_missing: Arc<hardware::MissingStamps>,
 }
 
 impl Ping {
@@ -277,6 +280,7 @@ impl Ping {
                 scheduler: Arc::clone(&scheduler),
                 hard: flags.hard,
                 hardware_fallbacks: AtomicU64::new(0),
+                hardware_missing: Arc::default(),
             }),
             scheduler,
             drivers: Mutex::default(),
@@ -373,6 +377,15 @@ impl Ping {
             return Ok(Arc::clone(driver));
         }
         let stamp_flags = self.stamp_flags(interface.as_deref());
+        let hardware = interface
+            .as_deref()
+            .filter(|_| stamp_flags == timestamps::HARDWARE_FLAGS)
+            .map(|interface| {
+                Arc::new(hardware::HardwareWatch::new(
+                    interface,
+                    Arc::clone(&self.meta.hardware_missing),
+                ))
+            });
         let family = if v6 { 6 } else { 4 };
         let timeout = self.flags.timeout;
         let driver: Arc<dyn Sender> = if tcp {
@@ -381,6 +394,7 @@ impl Ping {
                 interface: interface.clone(),
                 stamp_flags,
                 timeout: timeout.min(tcp_syn::MAX_TIMEOUT),
+                hardware: hardware.clone(),
             };
             TcpDriver::start(&config, Arc::clone(&self.meta.tcp)).map_err(|err| {
                 format!("opening the raw TCP socket for IPv{family}: {err} (needs CAP_NET_RAW)")
@@ -393,6 +407,7 @@ impl Ping {
                 interface: interface.clone(),
                 stamp_flags,
                 timeout,
+                hardware: hardware.clone(),
             };
             IcmpDriver::start(&config, Arc::clone(&self.meta.icmp)).map_err(|err| {
                 format!("opening the ICMPv{family} socket: {err} (raw sockets need CAP_NET_RAW; datagram ones net.ipv4.ping_group_range)")
@@ -814,6 +829,15 @@ impl Collector for MetaCollector {
                 MetricType::Counter,
             )?;
             ConstCounter::new(self.0.hardware_fallbacks.load(Ordering::Relaxed)).encode(metric)?;
+            let metric = encoder.encode_descriptor(
+                "network_probe_ping_hardware_timestamp_missing",
+                "Replies measured with software timestamps (or the user clock) on sockets set up \
+                 for hardware ones: the NIC did not stamp the request or the reply (the daemon \
+                 warns once and applies SIOCSHWTSTAMP again, at most once a second per socket).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(self.0.hardware_missing.count()).encode(metric)?;
         }
         Ok(())
     }

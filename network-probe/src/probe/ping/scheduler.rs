@@ -261,6 +261,8 @@ struct InFlight {
 pub(crate) struct Matched {
     pub probe: Arc<ActiveProbe>,
     pub outcome: Outcome,
+    /// The round trip came from hardware stamps on both ends.
+    pub hardware: bool,
 }
 
 /// Probes in flight on one socket, keyed by what the reply will carry (`K`) and by the stamp
@@ -365,6 +367,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
         Some(Matched {
             probe: in_flight.probe,
             outcome,
+            hardware: kernel.is_some_and(|(_, hardware)| hardware),
         })
     }
 

@@ -19,6 +19,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     filter,
+    hardware::HardwareWatch,
     packet::{self, Syn, SynReply},
     scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
@@ -41,6 +42,8 @@ pub(crate) struct TcpConfig {
     pub interface: Option<String>,
     pub stamp_flags: u32,
     pub timeout: Duration,
+    /// Set when the socket is set up for hardware stamps (`--ping.hard` enabled them).
+    pub hardware: Option<Arc<HardwareWatch>>,
 }
 
 /// (target address, target port, expected acknowledgement number).
@@ -66,6 +69,7 @@ pub(crate) struct TcpDriver {
     sources: Mutex<HashMap<IpAddr, IpAddr>>,
     sender: StampedSender,
     counters: Arc<ProtocolCounters>,
+    hardware: Option<Arc<HardwareWatch>>,
 }
 
 impl TcpDriver {
@@ -122,6 +126,7 @@ impl TcpDriver {
             sources: Mutex::new(HashMap::new()),
             sender: StampedSender::default(),
             counters,
+            hardware: config.hardware.clone(),
         });
         log::info!(
             "ping: TCP SYN over IPv{} from port {local_port}{}",
@@ -222,6 +227,10 @@ impl TcpDriver {
         let matched =
             lock(&self.in_flight).reply(&key, &received.control, now, reply == SynReply::Rst);
         if let Some(matched) = matched {
+            // Counted before the outcome is recorded: the metric never lags the replies.
+            if let Some(watch) = &self.hardware {
+                watch.observe(matched.hardware, now);
+            }
             ProtocolCounters::count(&self.counters.received);
             lock(&matched.probe.stats).record(matched.outcome);
         }
