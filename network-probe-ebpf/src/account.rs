@@ -12,6 +12,7 @@
 //! and starts before the highest sequence already sent in that direction is a retransmission.
 //! A SYN that does not repeat the previous SYN's sequence number starts a new connection.
 
+use crate::atomic::atomic_add;
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
@@ -701,20 +702,6 @@ fn log2_bucket(value: u64, buckets: usize) -> usize {
 fn add_at(counters: &mut [u64], index: usize, value: u64) {
     if let Some(counter) = counters.get_mut(index) {
         *counter += value;
-    }
-}
-
-/// `*target += value` as one atomic instruction (BPF_ATOMIC | BPF_ADD): flow counters are
-/// shared between CPUs. The bpfel target offers no AtomicU64::fetch_add, hence the asm.
-#[inline(always)]
-pub(crate) fn atomic_add(target: &mut u64, value: u64) {
-    // SAFETY: `target` is a valid, 8-byte aligned u64 in a map value.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({0} + 0) += {1}",
-            in(reg) target as *mut u64,
-            in(reg) value,
-        );
     }
 }
 

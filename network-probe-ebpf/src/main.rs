@@ -22,6 +22,7 @@
 use network_probe_ebpf as _;
 
 mod account;
+mod atomic;
 mod baseline;
 mod drops;
 mod ecn;

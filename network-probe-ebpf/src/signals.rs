@@ -16,7 +16,7 @@ use network_probe_common::{
     SignalStats,
 };
 
-use crate::account::atomic_add;
+use crate::atomic::atomic_add;
 
 /// `BPF_NOEXIST`: create only if absent.
 const BPF_NOEXIST: u64 = 1;

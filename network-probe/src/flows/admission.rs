@@ -18,8 +18,6 @@
 
 use std::time::Duration;
 
-use crate::flows::table::FlowCounters;
-
 /// How much heavier than an admitted label set a challenger must be to take its place.
 pub(crate) const HYSTERESIS: f64 = 2.0;
 
@@ -33,17 +31,6 @@ pub enum RankBy {
     Bytes,
     Packets,
     Retransmits,
-}
-
-impl RankBy {
-    /// The measure in `gained`.
-    pub fn of(self, gained: &FlowCounters) -> u64 {
-        match self {
-            RankBy::Bytes => gained.bytes,
-            RankBy::Packets => gained.packets,
-            RankBy::Retransmits => gained.retransmits,
-        }
-    }
 }
 
 /// What a weight is multiplied by `elapsed` later, with the window as time constant.
@@ -239,18 +226,5 @@ mod tests {
         );
         // A zero window keeps only the last gain.
         assert_eq!(decayed(w, Duration::from_secs(1), Duration::ZERO, 7), 7.0);
-    }
-
-    #[test]
-    fn the_measure_is_the_one_chosen() {
-        let gained = FlowCounters {
-            packets: 3,
-            bytes: 4500,
-            retransmits: 1,
-            ..FlowCounters::default()
-        };
-        assert_eq!(RankBy::Bytes.of(&gained), 4500);
-        assert_eq!(RankBy::Packets.of(&gained), 3);
-        assert_eq!(RankBy::Retransmits.of(&gained), 1);
     }
 }

@@ -160,16 +160,6 @@ const FAMILIES: [Family; 12] = [
     },
 ];
 
-/// The names of the families as `--flows.families` says them: without `network_probe_flow_`.
-pub(crate) fn family_names() -> impl Iterator<Item = &'static str> {
-    FAMILIES.iter().map(|family| {
-        family
-            .name
-            .strip_prefix("network_probe_flow_")
-            .unwrap_or(family.name)
-    })
-}
-
 /// The flow series of one scrape.
 #[derive(Debug, Default)]
 pub(crate) struct FlowSeries {
@@ -415,6 +405,15 @@ pub(crate) fn series_labels(key: &SeriesKey, enabled: &FlowLabels) -> Vec<(&'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_families_module_names_every_family_in_order() {
+        let names: Vec<&str> = FAMILIES
+            .iter()
+            .map(|family| family.name.strip_prefix("network_probe_flow_").unwrap())
+            .collect();
+        assert_eq!(names, crate::flows::families::NAMES);
+    }
 
     fn series() -> FlowSeries {
         let mut snapshot = FlowSeries {

@@ -3,9 +3,30 @@
 //! prefix (`packets`, `bytes`, `retransmits`, `rst`, ...). The default is packets, bytes and
 //! retransmits: a Prometheus series is one family of one label set, so with the budget of label
 //! sets (`--flows.max-series`) this is what a host costs a fleet's store; the other families are
-//! opt-in. A family added to the exposition is known here by its name without further change.
+//! opt-in. The names are listed here in the exposition's order; a unit test of
+//! [`crate::flows::exposition`] checks the two lists agree, so a family added there must be
+//! named here too (this module stays below the exposition: no import cycle).
 
-use crate::flows::exposition::family_names;
+/// The flow families by name, in the exposition's order.
+pub(crate) const NAMES: [&str; 12] = [
+    "packets",
+    "bytes",
+    "retransmits",
+    "rst",
+    "syn",
+    "fin",
+    "zero_window",
+    "df_packets",
+    "window_scale",
+    "first_seen_timestamp_seconds",
+    "last_seen_timestamp_seconds",
+    "connection_attempts",
+];
+
+/// The flow families by name, in the exposition's order.
+fn family_names() -> impl Iterator<Item = &'static str> {
+    NAMES.iter().copied()
+}
 
 /// The families a flow series carries, as a bit per family in the exposition's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

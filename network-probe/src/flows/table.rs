@@ -888,11 +888,36 @@ pub(crate) fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+impl RankBy {
+    /// The measure in `gained` (the ranking itself, in [`crate::flows::admission`], sees only
+    /// the numbers).
+    pub(crate) fn of(self, gained: &FlowCounters) -> u64 {
+        match self {
+            RankBy::Bytes => gained.bytes,
+            RankBy::Packets => gained.packets,
+            RankBy::Retransmits => gained.retransmits,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use network_probe_common::{Direction, FAMILY_IPV6, FlowCounts};
 
     use super::*;
+
+    #[test]
+    fn the_measure_is_the_one_chosen() {
+        let gained = FlowCounters {
+            packets: 3,
+            bytes: 4500,
+            retransmits: 1,
+            ..FlowCounters::default()
+        };
+        assert_eq!(RankBy::Bytes.of(&gained), 4500);
+        assert_eq!(RankBy::Packets.of(&gained), 3);
+        assert_eq!(RankBy::Retransmits.of(&gained), 1);
+    }
 
     const SECOND: u64 = 1_000_000_000;
 
