@@ -204,6 +204,12 @@ fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
     };
     let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
     let capture = Capture::start(&pair.a, &pair.a_if);
+    // The interface counters are compared as the difference of two scrapes with the frames the
+    // capture stamped between them: the link's own ICMPv6 (router solicitations, MLD reports
+    // after IPv6 comes up) goes out at moments of its own, and one sent while the daemon
+    // started but before the capture did was once counted but not captured (6.1 guest).
+    let before = daemon.scrape();
+    let from_ns = now_ns();
 
     let server_addr = SocketAddr::new(a, 7202);
     let listener = in_netns(&pair.a, move || listen(server_addr, None));
@@ -223,8 +229,11 @@ fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
         assert_eq!(reply.len(), 20_000);
     });
     assert_eq!(server.join().unwrap(), 200_000);
-    let frames = capture.finish_frames();
+    // The connection's last ACKs out before the window closes.
+    thread::sleep(std::time::Duration::from_millis(300));
+    let to_ns = now_ns();
     let scrape = daemon.scrape();
+    let frames = capture.finish_frames();
 
     // A frame's direction from its source MAC: with IPv6 on, the capture also holds the link's
     // own ICMPv6 (link-local sources), which the interface counters count too.
@@ -237,6 +246,7 @@ fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
         let sent_by_a = direction == "egress";
         let all: Vec<(u8, Option<u8>)> = frames
             .iter()
+            .filter(|frame| frame.time_ns > from_ns && frame.time_ns < to_ns)
             .filter(|frame| frame.ip().is_some() && (frame.data[6..12] == a_mac[..]) == sent_by_a)
             .map(ecn_of)
             .collect();
@@ -253,14 +263,12 @@ fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
         );
         for (value, codepoint) in ["not_ect", "ect1", "ect0", "ce"].iter().enumerate() {
             let captured = all.iter().filter(|(cp, _)| *cp == value as u8).count() as u64;
-            let counted = exported(
-                &scrape,
-                "network_probe_interface_ecn_packets_total",
-                &format!(
-                    "interface=\"{}\",direction=\"{direction}\",codepoint=\"{codepoint}\"",
-                    pair.a_if
-                ),
+            let labels = format!(
+                "interface=\"{}\",direction=\"{direction}\",codepoint=\"{codepoint}\"",
+                pair.a_if
             );
+            let family = "network_probe_interface_ecn_packets_total";
+            let counted = exported(&scrape, family, &labels) - exported(&before, family, &labels);
             assert_eq!(counted, captured, "{direction} {codepoint} vs the capture");
             if *codepoint == "ect0" {
                 assert!(
@@ -304,4 +312,12 @@ fn ect0_traffic_over_ipv4_is_counted_as_the_capture_shows() {
 #[test]
 fn ect0_traffic_over_ipv6_is_counted_as_the_capture_shows() {
     ect0_traffic_is_counted_as_the_capture_shows(true);
+}
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch, the clock of the capture's stamps.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos()
 }
