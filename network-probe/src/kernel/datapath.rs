@@ -45,6 +45,7 @@ use network_probe_common::{
     flow_slot_shift,
 };
 
+use crate::kernel::object::take_map;
 use crate::{
     error::{Error, Result},
     kernel::drops::{DropCount, Drops, DropsMode, DropsStatus, KernelLayout},
@@ -888,17 +889,6 @@ impl Drop for Datapath {
     fn drop(&mut self) {
         self.detach_all();
     }
-}
-
-fn take_map<M, E: std::error::Error + 'static>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
-) -> Result<M> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Other(format!("eBPF object has no map {name}")))?;
-    convert(map).map_err(|err| Error::datapath(format!("opening map {name}"), &err))
 }
 
 fn tc_mut(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {

@@ -36,6 +36,7 @@ use network_probe_common::{
     NO_OFFSET,
 };
 
+use crate::kernel::object::take_map;
 use crate::{
     error::{Error, Result},
     kernel::btf,
@@ -221,8 +222,8 @@ impl Drops {
         program.load(TRACEPOINT, &btf).map_err(|err| {
             Error::datapath(format!("verifying program {KFREE_SKB_PROGRAM}"), &err)
         })?;
-        let counts = take(ebpf, DROPS_MAP, PerCpuHashMap::try_from)?;
-        let lost = take(ebpf, DROPS_LOST_MAP, PerCpuArray::try_from)?;
+        let counts = take_map(ebpf, DROPS_MAP, PerCpuHashMap::try_from)?;
+        let lost = take_map(ebpf, DROPS_LOST_MAP, PerCpuArray::try_from)?;
         Ok(Drops {
             counts,
             lost,
@@ -302,17 +303,6 @@ impl Drops {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
-}
-
-fn take<M, E: std::error::Error + 'static>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
-) -> Result<M> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Other(format!("eBPF object has no map {name}")))?;
-    convert(map).map_err(|err| Error::datapath(format!("opening map {name}"), &err))
 }
 
 /// The reason labels of the running kernel, value -> label (for checks against the

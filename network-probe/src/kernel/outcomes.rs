@@ -21,6 +21,7 @@ use network_probe_common::{
 };
 
 use crate::error::{Error, Result};
+use crate::kernel::object::take_map;
 
 /// The connect timeout in the form the object takes it; kept alive while the loader borrows it.
 pub struct ConnectTimeout(u64);
@@ -51,23 +52,13 @@ impl std::fmt::Debug for AttemptMaps {
 /// Capacity of each pending-SYN map.
 pub const PENDING_CAPACITY: u32 = PENDING_SYNS_MAX_ENTRIES;
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Other(format!("the eBPF object has no map {name}")))?;
-    T::try_from(map).map_err(|err| Error::datapath(format!("opening map {name}"), &err))
-}
-
 impl AttemptMaps {
     /// Takes the maps out of the loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(AttemptMaps {
-            pending4: take(ebpf, PENDING_SYNS4_MAP)?,
-            pending6: take(ebpf, PENDING_SYNS6_MAP)?,
-            stats: take(ebpf, CONNECT_STATS_MAP)?,
+            pending4: take_map(ebpf, PENDING_SYNS4_MAP, TryFrom::try_from)?,
+            pending6: take_map(ebpf, PENDING_SYNS6_MAP, TryFrom::try_from)?,
+            stats: take_map(ebpf, CONNECT_STATS_MAP, TryFrom::try_from)?,
         })
     }
 

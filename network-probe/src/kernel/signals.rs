@@ -22,6 +22,7 @@ use network_probe_common::{
 };
 
 use crate::error::{Error, Result};
+use crate::kernel::object::take_map;
 
 /// The signal maps of the loaded object, and the totals of forgotten interfaces.
 pub(crate) struct Signals {
@@ -44,20 +45,10 @@ pub struct SignalSample {
 impl Signals {
     /// Takes the signal maps out of the loaded object.
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Signals> {
-        fn take<M, E: std::error::Error + 'static>(
-            ebpf: &mut Ebpf,
-            name: &str,
-            convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
-        ) -> Result<M> {
-            let map = ebpf
-                .take_map(name)
-                .ok_or_else(|| Error::Other(format!("eBPF object has no map {name}")))?;
-            convert(map).map_err(|err| Error::datapath(format!("opening map {name}"), &err))
-        }
         Ok(Signals {
-            stats: take(ebpf, SIGNAL_STATS_MAP, PerCpuArray::try_from)?,
-            flows4: take(ebpf, FLOW_SIGNALS4_MAP, HashMap::try_from)?,
-            flows6: take(ebpf, FLOW_SIGNALS6_MAP, HashMap::try_from)?,
+            stats: take_map(ebpf, SIGNAL_STATS_MAP, PerCpuArray::try_from)?,
+            flows4: take_map(ebpf, FLOW_SIGNALS4_MAP, HashMap::try_from)?,
+            flows6: take_map(ebpf, FLOW_SIGNALS6_MAP, HashMap::try_from)?,
             retired: BTreeMap::new(),
         })
     }
