@@ -40,6 +40,28 @@ pub(crate) fn lookup_all<K: Pod, V: Pod>(map_fd: RawFd) -> io::Result<Vec<(K, V)
     Ok(entries)
 }
 
+/// Every entry of an aya hash map `name`: in batches, or entry by entry where the kernel has
+/// no batch lookup. The pending-SYN and per-flow signal maps were read entry by entry at every
+/// refresh: with 10k attempts pending, 20k system calls made a 10k-flow scrape 34.6 ms instead
+/// of 6.6 ms.
+pub(crate) fn read_hash_map<K: Pod, V: Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &str,
+) -> Vec<(K, V)> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    match lookup_all(fd) {
+        Ok(entries) => entries,
+        Err(err) => {
+            log::warn!("reading {name} in batches: {err}; reading it entry by entry");
+            map.iter()
+                .filter_map(|item| item.map_err(|err| log::warn!("reading {name}: {err}")).ok())
+                .collect()
+        }
+    }
+}
+
 /// Every entry of the hash map (or LRU hash map) behind `map_fd`, handed to `visit` a batch of
 /// keys and values at a time (see [`lookup_batches`]), for callers that keep entries in their
 /// own form.

@@ -21,7 +21,7 @@ use network_probe_common::{
 };
 
 use crate::error::{Error, Result};
-use crate::kernel::object::take_map;
+use crate::kernel::{map_batch, object::take_map};
 
 /// The connect timeout in the form the object takes it; kept alive while the loader borrows it.
 pub struct ConnectTimeout(u64);
@@ -64,19 +64,16 @@ impl AttemptMaps {
 
     /// Every attempt in the maps, keyed by its SYN's flow key.
     pub fn pending(&self) -> Vec<(FlowKey, PendingSyn)> {
-        let mut attempts = Vec::new();
-        for item in self.pending4.iter() {
-            match item {
-                Ok((key, attempt)) => attempts.push((FlowKey::from(key), attempt)),
-                Err(err) => warn!("reading {PENDING_SYNS4_MAP}: {err}"),
-            }
-        }
-        for item in self.pending6.iter() {
-            match item {
-                Ok((key, attempt)) => attempts.push((FlowKey::from(key), attempt)),
-                Err(err) => warn!("reading {PENDING_SYNS6_MAP}: {err}"),
-            }
-        }
+        let mut attempts: Vec<(FlowKey, PendingSyn)> =
+            map_batch::read_hash_map(&self.pending4, PENDING_SYNS4_MAP)
+                .into_iter()
+                .map(|(key, attempt)| (FlowKey::from(key), attempt))
+                .collect();
+        attempts.extend(
+            map_batch::read_hash_map(&self.pending6, PENDING_SYNS6_MAP)
+                .into_iter()
+                .map(|(key, attempt)| (FlowKey::from(key), attempt)),
+        );
         attempts
     }
 

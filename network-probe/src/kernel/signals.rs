@@ -22,7 +22,7 @@ use network_probe_common::{
 };
 
 use crate::error::{Error, Result};
-use crate::kernel::object::take_map;
+use crate::kernel::{map_batch, object::take_map};
 
 /// The signal maps of the loaded object, and the totals of forgotten interfaces.
 pub(crate) struct Signals {
@@ -127,20 +127,16 @@ impl Signals {
 
     /// Every entry of the per-flow signal maps.
     pub(crate) fn flows(&self) -> Vec<(FlowKey, FlowSignals)> {
-        let mut flows = Vec::new();
-        for entry in self.flows4.iter() {
-            match entry {
-                Ok((key, signals)) => flows.push((FlowKey::from(key), signals)),
-                // An entry deleted (evicted) under the iteration: the rest is still read.
-                Err(err) => warn!("reading {FLOW_SIGNALS4_MAP}: {err}"),
-            }
-        }
-        for entry in self.flows6.iter() {
-            match entry {
-                Ok((key, signals)) => flows.push((FlowKey::from(key), signals)),
-                Err(err) => warn!("reading {FLOW_SIGNALS6_MAP}: {err}"),
-            }
-        }
+        let mut flows: Vec<(FlowKey, FlowSignals)> =
+            map_batch::read_hash_map(&self.flows4, FLOW_SIGNALS4_MAP)
+                .into_iter()
+                .map(|(key, signals)| (FlowKey::from(key), signals))
+                .collect();
+        flows.extend(
+            map_batch::read_hash_map(&self.flows6, FLOW_SIGNALS6_MAP)
+                .into_iter()
+                .map(|(key, signals)| (FlowKey::from(key), signals)),
+        );
         flows
     }
 }
