@@ -15,23 +15,40 @@ use std::{
 use crate::{
     flows::families::FlowFamilies,
     flows::outcomes::Outcome,
-    flows::table::{FlowCounters, FlowLabels, Series, SeriesKey},
+    flows::table::{FlowCounters, FlowLabels, FlowTable, Series, SeriesKey},
     flows::tracker::{FlowTracker, monotonic_ns, realtime_ns},
 };
 
 /// Size a chunk of flow series text grows to before it is sent.
 pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
-/// One flow series as a scrape writes it.
+/// One flow series as a scrape writes it: 96 bytes (136 with a whole [`FlowCounters`] and a
+/// range of `usize`; 100k rows are 13.6 MB of a scrape's peak). What few rows have (connection
+/// attempts) is in [`FlowSeries::extras`].
 #[derive(Debug)]
 struct FlowRow {
     /// Where the row's label set, as every sample line writes it (`{interface="eth0",
-    /// src="10.0.0.1",dst="10.0.0.2"} `), lies in [`FlowSeries::label_sets`].
-    label_set: std::ops::Range<usize>,
-    values: RowValues,
+    /// src="10.0.0.1",dst="10.0.0.2"} `), lies in [`FlowSeries::label_sets`]: start and end.
+    label_set: (u32, u32),
+    /// The counter families' values, in their order.
+    counters: [u64; COUNTERS],
+    window_scale: Option<u8>,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
 }
 
-/// What a row's samples say.
+/// A row's connection attempts and passive signals.
+#[derive(Debug)]
+struct RowExtra {
+    row: u32,
+    attempts: [u64; 4],
+    signals: [u64; 4],
+}
+
+/// The families that are plain counters of the flow maps, first in [`FAMILIES`].
+const COUNTERS: usize = 8;
+
+/// What a row's samples say (a series' values as [`FlowSeries::push_row`] takes them).
 #[derive(Debug, Default)]
 struct RowValues {
     counters: FlowCounters,
@@ -53,16 +70,19 @@ impl RowValues {
 
 /// How a family's value is taken from a row.
 enum Value {
-    /// A counter (`_total` samples).
-    Counter(fn(&FlowCounters) -> u64),
+    /// A counter (`_total` samples): the row's counter at this index.
+    Counter(usize),
     /// A gauge with a whole value, absent from the rows for which it is `None`.
-    Whole(fn(&RowValues) -> Option<u8>),
+    Whole(fn(&FlowRow) -> Option<u8>),
     /// A timestamp gauge: CLOCK_MONOTONIC nanoseconds (0: never, no sample), written as Unix
     /// seconds.
-    Timestamp(fn(&RowValues) -> u64),
+    Timestamp(fn(&FlowRow) -> u64),
     /// The connection-attempt counters, one sample per outcome (an `outcome` label after the
     /// row's labels); only for rows with an attempt.
     Attempts,
+    /// A passive signal's counter (`_total` samples), at this index of
+    /// [`FlowCounters::signals`]; only for rows with a signal.
+    Signal(usize),
 }
 
 /// A metric family of the flow series: name (without `_total`), help, value.
@@ -92,47 +112,47 @@ fn push_unix_seconds(out: &mut String, monotonic: u64, offset_ns: i128) {
 }
 
 /// Every family, in the order they are written.
-const FAMILIES: [Family; 12] = [
+const FAMILIES: [Family; 16] = [
     Family {
         name: "network_probe_flow_packets",
         help: "Packets of the TCP flows with these labels (GSO segments counted).",
-        value: Value::Counter(|c| c.packets),
+        value: Value::Counter(0),
     },
     Family {
         name: "network_probe_flow_bytes",
         help: "Bytes of the TCP flows with these labels, link-layer headers included.",
-        value: Value::Counter(|c| c.bytes),
+        value: Value::Counter(1),
     },
     Family {
         name: "network_probe_flow_retransmits",
         help: "Retransmitted TCP segments, judged from sequence numbers per flow direction.",
-        value: Value::Counter(|c| c.retransmits),
+        value: Value::Counter(2),
     },
     Family {
         name: "network_probe_flow_rst",
         help: "TCP segments with RST.",
-        value: Value::Counter(|c| c.rst),
+        value: Value::Counter(3),
     },
     Family {
         name: "network_probe_flow_syn",
         help: "TCP segments with SYN.",
-        value: Value::Counter(|c| c.syn),
+        value: Value::Counter(4),
     },
     Family {
         name: "network_probe_flow_fin",
         help: "TCP segments with FIN.",
-        value: Value::Counter(|c| c.fin),
+        value: Value::Counter(5),
     },
     Family {
         name: "network_probe_flow_zero_window",
         help: "TCP segments, other than RSTs, advertising a zero receive window.",
-        value: Value::Counter(|c| c.zero_window),
+        value: Value::Counter(6),
     },
     Family {
         name: "network_probe_flow_df_packets",
         help: "IPv4 packets with the Don't Fragment bit set, whatever other flags are set (IPv6 \
                has no DF bit).",
-        value: Value::Counter(|c| c.df),
+        value: Value::Counter(7),
     },
     Family {
         name: "network_probe_flow_window_scale",
@@ -158,6 +178,34 @@ const FAMILIES: [Family; 12] = [
                attempt.",
         value: Value::Attempts,
     },
+    Family {
+        name: "network_probe_flow_ce_packets",
+        help: "IP packets of the TCP flows with these labels marked CE (ECN congestion \
+               experienced) on arrival at the interface (GSO segments counted). Only rows with \
+               a signal.",
+        value: Value::Signal(0),
+    },
+    Family {
+        name: "network_probe_flow_tcp_ece_segments",
+        help: "TCP segments of the flows with these labels with ECE (ECN-Echo) set, SYNs \
+               included (GSO segments counted). Only rows with a signal.",
+        value: Value::Signal(1),
+    },
+    Family {
+        name: "network_probe_flow_tcp_cwr_segments",
+        help: "TCP segments of the flows with these labels with CWR (congestion window \
+               reduced) set, SYNs included (a GSO super-packet counts once: segmentation keeps \
+               CWR on its first segment only). Only rows with a signal.",
+        value: Value::Signal(2),
+    },
+    Family {
+        name: "network_probe_flow_pmtu_messages",
+        help: "Path-MTU messages (ICMPv4 fragmentation needed, ICMPv6 packet too big) seen on \
+               the interface that quote a TCP packet of the flows with these labels, as that \
+               packet crossed the interface (the direction opposite to the message's). Only \
+               rows with a signal.",
+        value: Value::Signal(3),
+    },
 ];
 
 /// The flow series of one scrape.
@@ -170,6 +218,9 @@ pub(crate) struct FlowSeries {
     label_sets: String,
     /// In no particular order (sorting 100k series cost a tenth of a scrape).
     rows: Vec<FlowRow>,
+    /// What the rows that count connection attempts or passive signals counted of them, in
+    /// row order (few rows have any).
+    extras: Vec<RowExtra>,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC at the snapshot, nanoseconds.
     unix_offset_ns: i128,
 }
@@ -187,12 +238,18 @@ impl FlowSeries {
     pub(crate) fn read(flows: &FlowTracker) -> FlowSeries {
         let names = flows.datapath().interface_names();
         let mut table = flows.refresh();
+        FlowSeries::of_table(&mut table, &names)
+    }
+
+    /// Snapshots the series of `table` (interface names from `names`).
+    fn of_table(table: &mut FlowTable, names: &BTreeMap<u32, String>) -> FlowSeries {
         let enabled = table.options().labels;
         let mut interfaces: HashMap<u32, String> = HashMap::new();
         let mut snapshot = FlowSeries {
             families: Some(table.options().families),
             label_sets: String::new(),
             rows: Vec::with_capacity(table.series_count()),
+            extras: Vec::new(),
             unix_offset_ns: i128::from(realtime_ns()) - i128::from(monotonic_ns()),
         };
         for (key, series) in table.series_mut() {
@@ -203,7 +260,7 @@ impl FlowSeries {
             let interface = key.ifindex.map(|index| {
                 interfaces
                     .entry(index)
-                    .or_insert_with(|| label_text(&[("interface", interface_name(index, &names))]))
+                    .or_insert_with(|| label_text(&[("interface", interface_name(index, names))]))
                     .as_str()
             });
             snapshot.push_row(interface, labels, values);
@@ -220,7 +277,7 @@ impl FlowSeries {
             self.label_sets
                 .reserve(per_row * self.rows.capacity().max(1));
         }
-        let start = self.label_sets.len();
+        let start = self.label_sets.len() as u32;
         self.label_sets.push('{');
         if let Some(interface) = interface {
             self.label_sets.push_str(interface);
@@ -230,10 +287,35 @@ impl FlowSeries {
         }
         self.label_sets.push_str(labels);
         self.label_sets.push_str("} ");
+        let c = &values.counters;
+        if c.attempts != [0; 4] || c.signals != [0; 4] {
+            self.extras.push(RowExtra {
+                row: self.rows.len() as u32,
+                attempts: c.attempts,
+                signals: c.signals,
+            });
+        }
         self.rows.push(FlowRow {
-            label_set: start..self.label_sets.len(),
-            values,
+            label_set: (start, self.label_sets.len() as u32),
+            counters: [
+                c.packets,
+                c.bytes,
+                c.retransmits,
+                c.rst,
+                c.syn,
+                c.fin,
+                c.zero_window,
+                c.df,
+            ],
+            window_scale: values.window_scale,
+            first_seen_ns: values.first_seen_ns,
+            last_seen_ns: values.last_seen_ns,
         });
+    }
+
+    /// The label set of `row`, as its sample lines write it.
+    fn labels(&self, row: &FlowRow) -> &str {
+        &self.label_sets[row.label_set.0 as usize..row.label_set.1 as usize]
     }
 
     /// Appends text from `cursor` on to `out` until `out` holds at least `budget` bytes or
@@ -256,7 +338,10 @@ impl FlowSeries {
                 cursor.row = None;
                 continue;
             }
-            let counter = matches!(family.value, Value::Counter(_) | Value::Attempts);
+            let counter = matches!(
+                family.value,
+                Value::Counter(_) | Value::Attempts | Value::Signal(_)
+            );
             let Some(start) = cursor.row else {
                 let (name, kind) = match (counter, openmetrics) {
                     (true, true) => (family.name.to_string(), "counter"),
@@ -274,26 +359,47 @@ impl FlowSeries {
             } else {
                 family.name.to_string()
             };
+            if matches!(family.value, Value::Attempts | Value::Signal(_)) {
+                // Only the rows with attempts or signals, from their own list.
+                for (index, extra) in self.extras.iter().enumerate().skip(start) {
+                    if out.len() >= budget {
+                        cursor.row = Some(index);
+                        return false;
+                    }
+                    let row = &self.rows[extra.row as usize];
+                    match family.value {
+                        Value::Signal(signal) => {
+                            if extra.signals == [0; 4] {
+                                continue;
+                            }
+                            out.push_str(&sample_name);
+                            out.push_str(self.labels(row));
+                            out.push_str(number.format(extra.signals[signal]));
+                            out.push('\n');
+                        }
+                        _ => self.write_attempts(&sample_name, row, &extra.attempts, out),
+                    }
+                }
+                cursor.family += 1;
+                cursor.row = None;
+                continue;
+            }
             for (index, row) in self.rows.iter().enumerate().skip(start) {
                 if out.len() >= budget {
                     cursor.row = Some(index);
                     return false;
                 }
-                if matches!(family.value, Value::Attempts) {
-                    self.write_attempts(&sample_name, row, out);
-                    continue;
-                }
                 let value = match family.value {
-                    Value::Attempts => None,
-                    Value::Counter(field) => Some(field(&row.values.counters)),
-                    Value::Whole(value) => value(&row.values).map(u64::from),
-                    Value::Timestamp(value) => Some(value(&row.values)).filter(|&ns| ns != 0),
+                    Value::Attempts | Value::Signal(_) => None,
+                    Value::Counter(field) => Some(row.counters[field]),
+                    Value::Whole(value) => value(row).map(u64::from),
+                    Value::Timestamp(value) => Some(value(row)).filter(|&ns| ns != 0),
                 };
                 let Some(value) = value else {
                     continue;
                 };
                 out.push_str(&sample_name);
-                out.push_str(&self.label_sets[row.label_set.clone()]);
+                out.push_str(self.labels(row));
                 if matches!(family.value, Value::Timestamp(_)) {
                     push_unix_seconds(out, value, self.unix_offset_ns);
                 } else {
@@ -308,13 +414,18 @@ impl FlowSeries {
     }
 
     /// A row's connection-attempt samples (none for a row without attempts).
-    fn write_attempts(&self, sample_name: &str, row: &FlowRow, out: &mut String) {
-        let attempts = &row.values.counters.attempts;
+    fn write_attempts(
+        &self,
+        sample_name: &str,
+        row: &FlowRow,
+        attempts: &[u64; 4],
+        out: &mut String,
+    ) {
         if attempts.iter().all(|&count| count == 0) {
             return;
         }
         // The row's label set is `{labels} `: the outcome goes before the closing brace.
-        let labels = &self.label_sets[row.label_set.clone()];
+        let labels = self.labels(row);
         let inner = &labels[1..labels.len() - 2];
         let mut number = itoa::Buffer::new();
         for outcome in Outcome::ALL {
@@ -491,7 +602,7 @@ mod tests {
         assert_eq!(chunked, whole);
         assert!(many > 11, "{many} chunks");
         let (empty, _) = write_all(&FlowSeries::default(), true, 1);
-        assert_eq!(empty.matches("# TYPE").count(), 12);
+        assert_eq!(empty.matches("# TYPE").count(), FAMILIES.len());
     }
 
     #[test]
@@ -535,6 +646,66 @@ mod tests {
     }
 
     #[test]
+    fn signals_are_written_for_the_rows_that_have_any() {
+        let mut snapshot = FlowSeries::default();
+        let values = |signals| RowValues {
+            counters: FlowCounters {
+                signals,
+                ..FlowCounters::default()
+            },
+            ..RowValues::default()
+        };
+        snapshot.push_row(
+            Some("interface=\"eth0\""),
+            "src=\"10.0.0.1\"",
+            values([3, 0, 1, 0]),
+        );
+        snapshot.push_row(
+            Some("interface=\"eth0\""),
+            "src=\"10.0.0.2\"",
+            values([0; 4]),
+        );
+        snapshot.push_row(
+            Some("interface=\"eth0\""),
+            "src=\"other\"",
+            values([9, 2, 0, 4]),
+        );
+        let (text, _) = write_all(&snapshot, true, 1);
+        let samples = |name: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+                .collect()
+        };
+        assert_eq!(
+            samples("network_probe_flow_ce_packets_total"),
+            [
+                "network_probe_flow_ce_packets_total{interface=\"eth0\",src=\"10.0.0.1\"} 3",
+                "network_probe_flow_ce_packets_total{interface=\"eth0\",src=\"other\"} 9",
+            ]
+        );
+        assert_eq!(
+            samples("network_probe_flow_pmtu_messages_total"),
+            [
+                "network_probe_flow_pmtu_messages_total{interface=\"eth0\",src=\"10.0.0.1\"} 0",
+                "network_probe_flow_pmtu_messages_total{interface=\"eth0\",src=\"other\"} 4",
+            ]
+        );
+        assert_eq!(
+            samples("network_probe_flow_tcp_ece_segments_total").len(),
+            2
+        );
+        assert_eq!(
+            samples("network_probe_flow_tcp_cwr_segments_total").len(),
+            2
+        );
+        assert!(text.contains("# TYPE network_probe_flow_ce_packets counter\n"));
+        // Not chosen: not written.
+        snapshot.families = Some("packets".parse().unwrap());
+        let (text, _) = write_all(&snapshot, false, usize::MAX);
+        assert!(!text.contains("ce_packets"), "{text}");
+    }
+
+    #[test]
     fn only_the_chosen_families_are_written() {
         let mut chosen = series();
         chosen.families = Some("bytes,window_scale".parse().unwrap());
@@ -552,6 +723,126 @@ mod tests {
         );
         assert!(text.contains("network_probe_flow_bytes_total{a=\"1\"} 0\n"));
         assert!(!text.contains("network_probe_flow_packets"));
+    }
+
+    /// Heap in use (glibc's arena plus its mmapped blocks), bytes.
+    fn heap_in_use() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        info.uordblks + info.hblkhd
+    }
+
+    /// What the flow table and one scrape's snapshot hold at 100k series (the overhead
+    /// benchmark's worst case: one label set per flow, every family), by stage. A measurement,
+    /// not a check: `cargo test -p network-probe --lib heap_at_100k -- --ignored --nocapture`
+    /// (alone: other tests' allocations would count).
+    #[test]
+    #[ignore = "a measurement, run alone"]
+    fn heap_at_100k_series() {
+        use crate::flows::{admission::RankBy, outcomes::Outcome, table::FlowOptions};
+        use network_probe_common::{FAMILY_IPV4, FlowCounts, FlowKey, FlowStats};
+        const FLOWS: u32 = 100_000;
+        let mb = |bytes: usize| bytes as f64 / 1e6;
+        let start = heap_in_use();
+        let mut table = FlowTable::new(FlowOptions {
+            labels: FlowLabels::DEFAULT.parse().unwrap(),
+            max_series: 200_000,
+            idle_timeout: std::time::Duration::from_secs(600),
+            families: FlowFamilies::all(),
+            rank_by: RankBy::Bytes,
+            rank_window: std::time::Duration::from_secs(60),
+        });
+        let key = |i: u32| {
+            let mut src = [0u8; 16];
+            src[..4].copy_from_slice(&(u32::from_be_bytes([10, 232, 0, 0]) + i).to_be_bytes());
+            let mut dst = [0u8; 16];
+            dst[..4].copy_from_slice(&[10, 0, 0, 1]);
+            FlowKey {
+                src,
+                dst,
+                src_port: 40_000,
+                dst_port: 80,
+                ifindex: 2,
+                family: FAMILY_IPV4,
+                direction: 0,
+                _pad: [0; 2],
+            }
+        };
+        let second = 1_000_000_000u64;
+        let read = || -> Vec<(FlowKey, FlowStats)> {
+            (0..FLOWS)
+                .map(|i| {
+                    let stats = FlowStats {
+                        counts: FlowCounts {
+                            packets: 1,
+                            bytes: 54,
+                            syn: 1,
+                            df: 1,
+                            first_seen_ns: second,
+                            last_seen_ns: second,
+                            ..FlowCounts::default()
+                        },
+                        ..FlowStats::default()
+                    };
+                    (key(i), stats)
+                })
+                .collect()
+        };
+        let flows = read();
+        let read_bytes = heap_in_use() - start;
+        table.refresh(2 * second, flows);
+        let after_first = heap_in_use() - start;
+        // The pending-SYN maps hold 16384 of the SYNs; each times out once.
+        let attempts: Vec<_> = (0..16_384)
+            .map(|i| (key(i), Outcome::Timeout, second))
+            .collect();
+        table.count_attempts(&attempts);
+        drop(attempts);
+        table.refresh(3 * second, read());
+        let table_bytes = heap_in_use() - start;
+        let names = BTreeMap::from([(2, "veth-a".to_string())]);
+        let snapshot = FlowSeries::of_table(&mut table, &names);
+        drop(snapshot);
+        let with_labels = heap_in_use() - start;
+        let snapshot = FlowSeries::of_table(&mut table, &names);
+        let with_snapshot = heap_in_use() - start;
+        let mut cursor = FlowCursor::default();
+        let mut chunk = String::with_capacity(CHUNK_BYTES + 512);
+        let mut body = 0;
+        loop {
+            chunk.clear();
+            let done = snapshot.write(&mut cursor, true, &mut chunk, CHUNK_BYTES);
+            body += chunk.len();
+            if done {
+                break;
+            }
+        }
+        println!(
+            "heap at {FLOWS} series: one map read {:.1} MB; table after the first refresh {:.1} MB, \
+             after the second with attempts {:.1} MB, with label text {:.1} MB; snapshot {:.1} MB \
+             (rows {} x {} B, label sets {:.1} MB); body {:.1} MB",
+            mb(read_bytes),
+            mb(after_first),
+            mb(table_bytes),
+            mb(with_labels),
+            mb(with_snapshot - with_labels),
+            snapshot.rows.capacity(),
+            std::mem::size_of::<FlowRow>(),
+            mb(snapshot.label_sets.capacity()),
+            mb(body),
+        );
+        println!(
+            "sizes: FlowRow {} RowValues {} FlowCounters {} Series {} SeriesKey {} FlowKey {} \
+             FlowStats {}",
+            std::mem::size_of::<FlowRow>(),
+            std::mem::size_of::<RowValues>(),
+            std::mem::size_of::<FlowCounters>(),
+            std::mem::size_of::<Series>(),
+            std::mem::size_of::<SeriesKey>(),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowStats>(),
+        );
+        println!("{}", table.memory_report());
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! prefix (`packets`, `bytes`, `retransmits`, `rst`, ...). The default is packets, bytes and
 //! retransmits: a Prometheus series is one family of one label set, so with the budget of label
 //! sets (`--flows.max-series`) this is what a host costs a fleet's store; the other families are
-//! opt-in. The names are listed here in the exposition's order; a unit test of
+//! opt-in: the TCP flag counters, the timestamps, connection attempts by outcome and the passive
+//! signals (`ce_packets`, `tcp_ece_segments`, `tcp_cwr_segments`, `pmtu_messages`), whose
+//! series follow the same budget, ranking and `other` rows as the packets. The names are listed here in the exposition's order; a unit test of
 //! [`crate::flows::exposition`] checks the two lists agree, so a family added there must be
 //! named here too (this module stays below the exposition: no import cycle).
 
 /// The flow families by name, in the exposition's order.
-pub(crate) const NAMES: [&str; 12] = [
+pub(crate) const NAMES: [&str; 16] = [
     "packets",
     "bytes",
     "retransmits",
@@ -21,6 +23,10 @@ pub(crate) const NAMES: [&str; 12] = [
     "first_seen_timestamp_seconds",
     "last_seen_timestamp_seconds",
     "connection_attempts",
+    "ce_packets",
+    "tcp_ece_segments",
+    "tcp_cwr_segments",
+    "pmtu_messages",
 ];
 
 /// The flow families by name, in the exposition's order.
@@ -52,6 +58,13 @@ impl FlowFamilies {
     /// Whether the family at `index` (in the exposition's order) is carried.
     pub fn has(&self, index: usize) -> bool {
         index < 64 && self.bits & (1 << index) != 0
+    }
+
+    /// Whether the family named `name` is carried.
+    pub fn has_named(&self, name: &str) -> bool {
+        family_names()
+            .position(|known| known == name)
+            .is_some_and(|index| self.has(index))
     }
 
     /// Number of families carried.

@@ -1,83 +1,52 @@
 //! Per-flow passive signals (issue 26): the CE marks, ECE and CWR segments and path-MTU
 //! messages the datapath counts per flow direction in maps of their own (see
-//! [`crate::kernel::signals`]), summed per flow series with the flow table's label set.
+//! [`crate::kernel::signals`]), turned into what each entry gained since the previous read.
 //!
 //! The kernel entries come and go (an LRU map: least recently used entries are evicted when
-//! full), so the counters are kept here as totals per series: each read adds what every entry
-//! counted since the previous read (all of it for an entry that is new or was created anew),
-//! and an entry that left keeps what it had counted in its series' total. Series beyond the
-//! flow table's cap count in their interface's `other` row, like the flow series.
+//! full), so each read is compared with the last one per entry: an entry seen before gives what
+//! it counted since, one that is new or was created anew gives all of it, and one that left
+//! keeps in its series what earlier reads found. The gains are counted in the flow table
+//! ([`crate::flows::table::FlowTable::count_signals`]), in the series of their flow, so the
+//! signal families follow the budget, the ranking and the `other` rows of the flow series
+//! (they are flow families, `--flows.families`). Only read when one of them is carried.
 
 use std::collections::HashMap;
 
 use network_probe_common::{FlowKey, FlowSignals};
 
-use crate::flows::table::{FlowLabels, SeriesKey, address};
-
-/// Totals per flow series, and what the last read found per kernel entry.
+/// What the last read found per kernel entry.
 #[derive(Debug, Default)]
-pub(crate) struct FlowSignalTotals {
-    last: HashMap<FlowKey, FlowSignals>,
-    totals: HashMap<SeriesKey, FlowSignals>,
+pub(crate) struct SignalReads {
+    last: HashMap<FlowKey, FlowSignals, foldhash::fast::RandomState>,
 }
 
-impl FlowSignalTotals {
-    /// Adds what the entries `read` counted since the last read to their series' totals.
-    pub(crate) fn update(
+impl SignalReads {
+    /// What each entry of `read` counted since the last read (entries that gained nothing left
+    /// out).
+    pub(crate) fn gains(
         &mut self,
         read: Vec<(FlowKey, FlowSignals)>,
-        labels: &FlowLabels,
-        cap: usize,
-    ) {
-        let mut last = HashMap::with_capacity(read.len());
+    ) -> Vec<(FlowKey, FlowSignals)> {
+        let mut last = HashMap::with_capacity_and_hasher(read.len(), Default::default());
+        let mut gains = Vec::new();
         for (key, signals) in read {
-            let delta = match self.last.get(&key) {
+            let gained = match self.last.get(&key) {
                 Some(earlier) => signals.since(earlier),
                 None => signals,
             };
             last.insert(key, signals);
-            if delta == FlowSignals::default() {
-                continue;
+            if gained != FlowSignals::default() {
+                gains.push((key, gained));
             }
-            let mut series = series_key(labels, &key);
-            if !self.totals.contains_key(&series) && self.totals.len() >= cap {
-                series = SeriesKey {
-                    other: true,
-                    ifindex: series.ifindex,
-                    direction: None,
-                    src: None,
-                    dst: None,
-                    src_port: None,
-                    dst_port: None,
-                };
-            }
-            self.totals.entry(series).or_default().add(&delta);
         }
         self.last = last;
-    }
-
-    /// Every series' totals.
-    pub(crate) fn totals(&self) -> impl Iterator<Item = (&SeriesKey, &FlowSignals)> {
-        self.totals.iter()
-    }
-}
-
-/// The flow series flow `key` belongs to with the label set `labels` (as the flow table has it).
-fn series_key(labels: &FlowLabels, key: &FlowKey) -> SeriesKey {
-    SeriesKey {
-        other: false,
-        ifindex: labels.interface.then_some(key.ifindex),
-        direction: labels.direction.then_some(key.direction),
-        src: labels.src.then(|| address(key.family, &key.src)),
-        dst: labels.dst.then(|| address(key.family, &key.dst)),
-        src_port: labels.src_port.then_some(key.src_port),
-        dst_port: labels.dst_port.then_some(key.dst_port),
+        gains
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use network_probe_common::{FAMILY_IPV4, FlowKey4};
+    use network_probe_common::FlowKey4;
 
     use super::*;
 
@@ -98,45 +67,22 @@ mod tests {
         }
     }
 
-    fn total(totals: &FlowSignalTotals, other: bool) -> u64 {
-        totals
-            .totals()
-            .filter(|(series, _)| series.other == other)
-            .map(|(_, signals)| signals.ce)
-            .sum()
+    fn total(gains: &[(FlowKey, FlowSignals)]) -> u64 {
+        gains.iter().map(|(_, signals)| signals.ce).sum()
     }
 
     #[test]
-    fn totals_never_go_backwards_and_flows_share_their_series() {
-        let labels: FlowLabels = FlowLabels::DEFAULT.parse().unwrap();
-        let mut totals = FlowSignalTotals::default();
-        // Two connections of the same hosts: one series with the default labels.
-        totals.update(
-            vec![(key(1, 1000), ce(3)), (key(1, 1001), ce(2))],
-            &labels,
-            10,
+    fn gains_never_go_backwards_and_count_departed_entries_once() {
+        let mut reads = SignalReads::default();
+        assert_eq!(
+            total(&reads.gains(vec![(key(1, 1000), ce(3)), (key(1, 1001), ce(2))])),
+            5
         );
-        assert_eq!(totals.totals().count(), 1);
-        assert_eq!(total(&totals, false), 5);
-        // One entry counts on, the other left the map: its count stays.
-        totals.update(vec![(key(1, 1000), ce(4))], &labels, 10);
-        assert_eq!(total(&totals, false), 6);
+        // One entry counts on, the other left the map: nothing more of it.
+        assert_eq!(total(&reads.gains(vec![(key(1, 1000), ce(4))])), 1);
         // Created anew with a smaller count: all of it is new.
-        totals.update(vec![(key(1, 1000), ce(1))], &labels, 10);
-        assert_eq!(total(&totals, false), 7);
-        assert_eq!(key(1, 1000).family, FAMILY_IPV4);
-    }
-
-    #[test]
-    fn series_beyond_the_cap_count_in_other() {
-        let labels: FlowLabels = FlowLabels::DEFAULT.parse().unwrap();
-        let mut totals = FlowSignalTotals::default();
-        totals.update(
-            vec![(key(1, 1000), ce(1)), (key(2, 1000), ce(1))],
-            &labels,
-            1,
-        );
-        assert_eq!(total(&totals, false), 1);
-        assert_eq!(total(&totals, true), 1);
+        assert_eq!(total(&reads.gains(vec![(key(1, 1000), ce(1))])), 1);
+        // Nothing new: no gain listed.
+        assert!(reads.gains(vec![(key(1, 1000), ce(1))]).is_empty());
     }
 }

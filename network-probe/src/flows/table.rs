@@ -150,7 +150,21 @@ pub struct FlowCounters {
     /// never by the flow maps. Absent from state files written before it existed.
     #[serde(default)]
     pub attempts: [u64; 4],
+    /// The passive signals of this series' flows, in [`SIGNALS`] order (CE-marked packets,
+    /// ECE and CWR segments, path-MTU messages); counted by [`FlowTable::count_signals`] from
+    /// the kernel's per-flow signal maps. Not in state files: the signal maps are not pinned,
+    /// these counters restart with the daemon.
+    #[serde(skip)]
+    pub signals: [u64; 4],
 }
+
+/// The passive signals a series counts ([`FlowCounters::signals`]), by family name.
+pub(crate) const SIGNALS: [&str; 4] = [
+    "ce_packets",
+    "tcp_ece_segments",
+    "tcp_cwr_segments",
+    "pmtu_messages",
+];
 
 impl FlowCounters {
     /// What each counter gained since `earlier` (none for a counter that is lower now).
@@ -165,6 +179,7 @@ impl FlowCounters {
             zero_window: self.zero_window.saturating_sub(earlier.zero_window),
             df: self.df.saturating_sub(earlier.df),
             attempts: std::array::from_fn(|i| self.attempts[i].saturating_sub(earlier.attempts[i])),
+            signals: std::array::from_fn(|i| self.signals[i].saturating_sub(earlier.signals[i])),
         }
     }
 
@@ -178,6 +193,9 @@ impl FlowCounters {
         self.zero_window += other.zero_window;
         self.df += other.df;
         for (total, added) in self.attempts.iter_mut().zip(other.attempts) {
+            *total += added;
+        }
+        for (total, added) in self.signals.iter_mut().zip(other.signals) {
             *total += added;
         }
     }
@@ -195,8 +213,56 @@ impl From<&FlowStats> for FlowCounters {
             zero_window: stats.counts.zero_window,
             df: stats.counts.df,
             attempts: [0; 4],
+            signals: [0; 4],
         }
     }
+}
+
+/// The counters the flow maps keep (a [`FlowCounters`] without what user space counts), as a
+/// flow's last read and a series' totals hold them: 64 bytes where a [`FlowCounters`] takes
+/// 96, per flow and per series (see [`Series`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MapCounts([u64; 8]);
+
+impl MapCounts {
+    fn of(counters: &FlowCounters) -> MapCounts {
+        MapCounts([
+            counters.packets,
+            counters.bytes,
+            counters.retransmits,
+            counters.rst,
+            counters.syn,
+            counters.fin,
+            counters.zero_window,
+            counters.df,
+        ])
+    }
+
+    /// As counters (none of what user space counts).
+    fn widen(&self) -> FlowCounters {
+        let [packets, bytes, retransmits, rst, syn, fin, zero_window, df] = self.0;
+        FlowCounters {
+            packets,
+            bytes,
+            retransmits,
+            rst,
+            syn,
+            fin,
+            zero_window,
+            df,
+            attempts: [0; 4],
+            signals: [0; 4],
+        }
+    }
+}
+
+/// What a series counts beyond the flow maps' counters: connection attempts by outcome and
+/// passive signals. Few series have any, so a series holds it boxed, allocated at its first
+/// count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    attempts: [u64; 4],
+    signals: [u64; 4],
 }
 
 /// The label values of one series; `None` for labels not in the configured set. `other` rows
@@ -217,17 +283,19 @@ pub struct SeriesKey {
 pub struct Series {
     /// Everything its flows counted up to the last read, departed flows included: each read
     /// adds what a flow gained since the one before, so a count never moves between series.
-    counted: FlowCounters,
+    /// The flow maps' counters here, the rest in `extra` (see [`Series::total`]).
+    counted: MapCounts,
+    extra: Option<Box<Extra>>,
     /// Flows of the last read with this label set.
     live_flows: u32,
     /// A label set without a series of its own (beyond the budget): not exported, counts
     /// nothing; its flows count in the `other` row at `other_place`. Kept for its weight.
     shadow: bool,
     other_place: u32,
-    /// The label set's weight for the ranking, and what its flows gained of the measure since
-    /// the last ranking.
-    weight: f64,
-    gained: u64,
+    /// The label set's weight for the ranking: decayed at the start of each refresh, then
+    /// increased by what its flows gained of the measure. A single-precision float: a weight
+    /// only has to tell heavier from lighter by the hysteresis factor.
+    weight: f32,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Window scale shift of the most recently active flow that offered one.
@@ -241,7 +309,35 @@ pub struct Series {
 impl Series {
     /// Everything counted for this series so far.
     pub fn total(&self) -> FlowCounters {
-        self.counted
+        let mut total = self.counted.widen();
+        if let Some(extra) = &self.extra {
+            total.attempts = extra.attempts;
+            total.signals = extra.signals;
+        }
+        total
+    }
+
+    /// Adds `counters` to what this series counted.
+    fn add(&mut self, counters: &FlowCounters) {
+        for (total, added) in self.counted.0.iter_mut().zip(MapCounts::of(counters).0) {
+            *total += added;
+        }
+        if counters.attempts != [0; 4] || counters.signals != [0; 4] {
+            let extra = self.extra.get_or_insert_with(Box::default);
+            for (total, added) in extra.attempts.iter_mut().zip(counters.attempts) {
+                *total += added;
+            }
+            for (total, added) in extra.signals.iter_mut().zip(counters.signals) {
+                *total += added;
+            }
+        }
+    }
+
+    /// Sets what this series counted to `counters`.
+    fn set_total(&mut self, counters: &FlowCounters) {
+        self.counted = MapCounts::default();
+        self.extra = None;
+        self.add(counters);
     }
 }
 
@@ -285,7 +381,7 @@ pub struct FlowTableState {
 /// A flow as the last refresh read it.
 #[derive(Debug)]
 struct LastRead {
-    counts: FlowCounters,
+    counts: MapCounts,
     /// Tells this flow from a later one under the same key (the kernel evicted it and a new
     /// packet created another between two reads).
     first_seen_ns: u64,
@@ -315,6 +411,9 @@ struct SeriesSet {
     /// Label sets beyond the budget, counted in `other` rows.
     shadows: usize,
 }
+
+/// The least number of places [`SeriesSet::places`] grows by.
+const PLACES_STEP: usize = 1024;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -356,7 +455,7 @@ impl FlowTable {
     pub fn saved(&self) -> FlowTableState {
         let mut in_maps = vec![FlowCounters::default(); self.series.places.len()];
         for last in self.last_read.values() {
-            in_maps[self.series.count_place(last.label) as usize].add(&last.counts);
+            in_maps[self.series.count_place(last.label) as usize].add(&last.counts.widen());
         }
         // A series that entered the top K while its flows lived holds only what they gained
         // since; the rest of their counts is in its `other` row. Subtracted there, so the next
@@ -366,7 +465,7 @@ impl FlowTable {
         let mut before_admission: HashMap<Option<u32>, FlowCounters> = HashMap::new();
         for (place, key, series) in self.series.iter_places() {
             if !key.other && !series.shadow {
-                let deficit = in_maps[place as usize].since(&series.counted);
+                let deficit = in_maps[place as usize].since(&series.total());
                 if deficit != FlowCounters::default() {
                     before_admission
                         .entry(key.ifindex)
@@ -389,7 +488,11 @@ impl FlowTable {
                 (
                     key.clone(),
                     SavedSeries {
-                        retired: series.counted.since(&live),
+                        retired: FlowCounters {
+                            // Not saved: the kernel's signal maps restart with the daemon too.
+                            signals: [0; 4],
+                            ..series.total().since(&live)
+                        },
                         first_seen_ns: series.first_seen_ns,
                         last_seen_ns: series.last_seen_ns,
                         window_scale: series.window_scale,
@@ -427,17 +530,15 @@ impl FlowTable {
                 continue;
             }
             // Admission stays sticky across the restart, even beyond a lowered cap.
-            self.series.insert(
-                key,
-                Series {
-                    counted: saved.retired,
-                    first_seen_ns: saved.first_seen_ns,
-                    last_seen_ns: saved.last_seen_ns,
-                    window_scale: saved.window_scale,
-                    window_scale_seen_ns: saved.window_scale_seen_ns,
-                    ..Series::default()
-                },
-            );
+            let mut series = Series {
+                first_seen_ns: saved.first_seen_ns,
+                last_seen_ns: saved.last_seen_ns,
+                window_scale: saved.window_scale,
+                window_scale_seen_ns: saved.window_scale_seen_ns,
+                ..Series::default()
+            };
+            series.set_total(&saved.retired);
+            self.series.insert(key, series);
         }
         self.stats = state.stats;
         self.generation += 1;
@@ -455,8 +556,14 @@ impl FlowTable {
         let idle_ns = self.options.idle_timeout.as_nanos() as u64;
         self.refreshes = self.refreshes.wrapping_add(1);
         let this_refresh = self.refreshes;
+        // The weights decay first, then gain what this read adds: one exp() per refresh, not
+        // per label set (100k of them at 100k flows).
+        let elapsed = Duration::from_nanos(now_ns.saturating_sub(self.ranked_at_ns));
+        self.ranked_at_ns = now_ns;
+        let factor = admission::decay_factor(elapsed, self.options.rank_window) as f32;
         for (_, _, series) in self.series.iter_places_mut() {
             series.live_flows = 0;
+            series.weight *= factor;
         }
         let mut idle = Vec::new();
         let mut live_flows = [0; 2];
@@ -470,12 +577,12 @@ impl FlowTable {
             // series its labels admit it to now.
             let (gained, label) = match &entry {
                 Entry::Occupied(last) if last.get().first_seen_ns == first_seen_ns => {
-                    (counts.since(&last.get().counts), last.get().label)
+                    (counts.since(&last.get().counts.widen()), last.get().label)
                 }
                 _ => (counts, self.series.label_place(&key)),
             };
             let read = LastRead {
-                counts,
+                counts: MapCounts::of(&counts),
                 first_seen_ns,
                 refresh: this_refresh,
                 label,
@@ -492,13 +599,13 @@ impl FlowTable {
             }
             let place = self.series.count_place(label);
             let series = self.series.get_mut(place);
-            series.counted.add(&gained);
+            series.add(&gained);
             series.note_times(&stats);
             let label_set = self.series.get_mut(label);
             if place != label {
                 label_set.note_times(&stats);
             }
-            label_set.gained += self.options.rank_by.of(&gained);
+            label_set.weight += self.options.rank_by.of(&gained) as f32;
             if is_idle {
                 self.generation += 1;
                 idle.push(key);
@@ -515,7 +622,7 @@ impl FlowTable {
         self.generation += evicted;
         self.stats.idle_removed += idle.len() as u64;
         self.expire_series(now_ns, idle_ns);
-        self.rank(now_ns);
+        self.rank();
         self.stats.live_flows = live_flows;
         idle
     }
@@ -529,7 +636,9 @@ impl FlowTable {
             let label = self.series.label_place(key);
             let place = self.series.count_place(label);
             let series = self.series.get_mut(place);
-            series.counted.attempts[*outcome as usize] += 1;
+            let mut attempt = FlowCounters::default();
+            attempt.attempts[*outcome as usize] = 1;
+            series.add(&attempt);
             // A series created for the attempt alone must not expire before it is exported.
             series.last_seen_ns = series.last_seen_ns.max(*seen_ns);
             if series.first_seen_ns == 0 {
@@ -538,6 +647,42 @@ impl FlowTable {
         }
         if !attempts.is_empty() {
             self.generation += 1;
+        }
+    }
+
+    /// Sizes and capacities of the table's parts (for the heap measurement).
+    #[cfg(test)]
+    pub(crate) fn memory_report(&self) -> String {
+        format!(
+            "last_read: {} of capacity {} x ({} key + {} value); places: {} of capacity {} x {}; \
+             index capacity {}",
+            self.last_read.len(),
+            self.last_read.capacity(),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<LastRead>(),
+            self.series.places.len(),
+            self.series.places.capacity(),
+            std::mem::size_of::<Option<(SeriesKey, Series)>>(),
+            self.series.index.capacity(),
+        )
+    }
+
+    /// Counts what the kernel's per-flow signal maps gained since their last read (`read`:
+    /// flow key and gain) in the series of each flow, like its packets: its series if its label
+    /// set has one (admitting it while under the budget), else its interface's `other` row. A
+    /// series that leaves the top K takes its signals to the `other` row with the rest.
+    pub fn count_signals(&mut self, read: &[(FlowKey, network_probe_common::FlowSignals)]) {
+        for (key, gained) in read {
+            let signals = [gained.ce, gained.ece, gained.cwr, gained.pmtu_messages];
+            if signals == [0; 4] {
+                continue;
+            }
+            let label = self.series.label_place(key);
+            let place = self.series.count_place(label);
+            self.series.get_mut(place).add(&FlowCounters {
+                signals,
+                ..FlowCounters::default()
+            });
         }
     }
 
@@ -615,30 +760,20 @@ impl FlowTable {
     /// Ranks the label sets by weight when some are beyond the budget, and applies the result:
     /// the series leaving the top K are folded into their `other` row (their flows count there
     /// from now on), the label sets entering it get a series starting at zero.
-    fn rank(&mut self, now_ns: u64) {
-        let elapsed = Duration::from_nanos(now_ns.saturating_sub(self.ranked_at_ns));
-        self.ranked_at_ns = now_ns;
-        // One exp() per ranking, not per label set (100k of them at 100k flows).
-        let factor = admission::decay_factor(elapsed, self.options.rank_window);
-        let contested = self.series.shadows > 0;
-        let mut candidates = Vec::new();
-        for (place, key, series) in self.series.iter_places_mut() {
-            if key.other {
-                continue;
-            }
-            series.weight = series.weight * factor + series.gained as f64;
-            series.gained = 0;
-            if contested {
-                candidates.push(Candidate {
-                    id: place,
-                    weight: series.weight,
-                    admitted: !series.shadow,
-                });
-            }
-        }
-        if !contested {
+    fn rank(&mut self) {
+        if self.series.shadows == 0 {
             return;
         }
+        let candidates: Vec<Candidate> = self
+            .series
+            .iter_places()
+            .filter(|(_, key, _)| !key.other)
+            .map(|(place, _, series)| Candidate {
+                id: place,
+                weight: f64::from(series.weight),
+                admitted: !series.shadow,
+            })
+            .collect();
         let changes = admission::select(&candidates, self.options.max_series);
         for &place in &changes.fold {
             self.stats.series_ranked_out += 1;
@@ -712,7 +847,7 @@ impl SeriesSet {
     fn fold_into_other(&mut self, key: &SeriesKey, series: &Series) {
         let other_place = self.place_of_key(other_row(key.ifindex));
         let other = self.get_mut(other_place);
-        other.counted.add(&series.total());
+        other.add(&series.total());
         other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
         other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
     }
@@ -730,7 +865,7 @@ impl SeriesSet {
         let series = self.get_mut(place);
         series.shadow = true;
         series.other_place = other_place;
-        series.counted = FlowCounters::default();
+        series.set_total(&FlowCounters::default());
         series.label_text = None;
         self.admitted -= 1;
         self.shadows += 1;
@@ -743,7 +878,7 @@ impl SeriesSet {
             return;
         }
         series.shadow = false;
-        series.counted = FlowCounters::default();
+        series.set_total(&FlowCounters::default());
         self.shadows -= 1;
         self.admitted += 1;
     }
@@ -783,6 +918,13 @@ impl SeriesSet {
         let place = match self.free.pop() {
             Some(place) => place,
             None => {
+                // Grown by an eighth at a time, not doubled: at 100k series a doubled vector
+                // held 31k empty places of 184 bytes (5.8 MB); the regrowth of a vector this
+                // large moves its pages (mremap) rather than copying them.
+                if self.places.len() == self.places.capacity() {
+                    self.places
+                        .reserve_exact((self.places.len() / 8).max(PLACES_STEP));
+                }
                 self.places.push(None);
                 (self.places.len() - 1) as u32
             }
@@ -1011,6 +1153,108 @@ mod tests {
             Some([1, 0, 0, 1])
         );
         assert_eq!(attempts_of(&next, true, None), Some([0, 1, 0, 0]));
+    }
+
+    fn ce(count: u64) -> network_probe_common::FlowSignals {
+        network_probe_common::FlowSignals {
+            ce: count,
+            ..Default::default()
+        }
+    }
+
+    /// Every exported row's CE count.
+    fn ce_rows(table: &FlowTable) -> Vec<(SeriesKey, u64)> {
+        table
+            .series()
+            .into_iter()
+            .map(|(key, series)| (key.clone(), series.total().signals[0]))
+            .collect()
+    }
+
+    #[test]
+    fn signals_count_in_their_flows_row_and_fold_with_it() {
+        // A budget of one label set, three label sets with CE marks: one series of its own,
+        // the rest in the other row, the rows summing to every mark.
+        let mut table = FlowTable::new(options(1));
+        table.refresh(
+            2 * SECOND,
+            vec![
+                (key(1, 9, 1), stats(10, 2)),
+                (key(2, 9, 1), stats(1, 2)),
+                (key(3, 9, 1), stats(1, 2)),
+            ],
+        );
+        table.count_signals(&[
+            (key(1, 9, 1), ce(5)),
+            (key(2, 9, 1), ce(7)),
+            (key(3, 9, 1), ce(11)),
+            (key(3, 9, 2), ce(0)),
+        ]);
+        let rows = ce_rows(&table);
+        let own: Vec<_> = rows.iter().filter(|(key, _)| !key.other).collect();
+        assert_eq!(own.len(), 1, "{rows:?}");
+        assert_eq!(own[0].1, 5, "the admitted series has its own flow's marks");
+        assert_eq!(
+            ce_rows(&table)
+                .iter()
+                .find(|(key, _)| key.other)
+                .map(|(_, ce)| *ce),
+            Some(18),
+            "the other row has the rest"
+        );
+        // A row's signals and packets stay together: the other row has the packets of the
+        // same two flows.
+        assert_eq!(packets_of(&table, true, None), Some(2));
+        // 10.0.0.3 becomes much heavier and takes the place: 10.0.0.1's series, marks
+        // included, is folded into the other row, which never goes down; 10.0.0.3's series
+        // starts at zero and counts its new marks.
+        table.refresh(
+            3 * SECOND,
+            vec![
+                (key(1, 9, 1), stats(10, 3)),
+                (key(2, 9, 1), stats(1, 3)),
+                (key(3, 9, 1), stats(5000, 3)),
+            ],
+        );
+        assert_eq!(table.stats().series_ranked_out, 1);
+        table.count_signals(&[(key(3, 9, 1), ce(2)), (key(1, 9, 1), ce(1))]);
+        let rows = ce_rows(&table);
+        let of = |src: &str| {
+            rows.iter()
+                .find(|(key, _)| {
+                    !key.other && key.src.map(|a| a.to_string()).as_deref() == Some(src)
+                })
+                .map(|(_, ce)| *ce)
+        };
+        assert_eq!(of("10.0.0.1"), None);
+        assert_eq!(of("10.0.0.3"), Some(2));
+        let other = rows.iter().find(|(key, _)| key.other).unwrap().1;
+        assert_eq!(other, 5 + 7 + 11 + 1);
+        assert_eq!(
+            rows.iter().map(|(_, ce)| ce).sum::<u64>(),
+            5 + 7 + 11 + 2 + 1
+        );
+        // Not in a state file: the kernel's signal maps are not pinned either.
+        let mut next = FlowTable::new(options(1));
+        next.restore(table.saved()).unwrap();
+        assert!(ce_rows(&next).iter().all(|(_, ce)| *ce == 0));
+    }
+
+    #[test]
+    fn signals_of_a_series_that_expires_stay_in_the_other_row() {
+        let mut table = FlowTable::new(FlowOptions {
+            idle_timeout: Duration::from_secs(5),
+            ..options(10)
+        });
+        table.refresh(2 * SECOND, vec![(key(1, 9, 1), stats(1, 2))]);
+        table.count_signals(&[(key(1, 9, 1), ce(4))]);
+        // Idle: the flow leaves the map, its series is folded with its marks.
+        table.refresh(9 * SECOND, vec![(key(1, 9, 1), stats(1, 2))]);
+        assert_eq!(
+            ce_rows(&table),
+            vec![(other_row(Some(2)), 4)],
+            "the other row keeps the marks"
+        );
     }
 
     #[test]
@@ -1338,7 +1582,7 @@ mod tests {
                     .last_read
                     .get(&flow)
                     .filter(|last| last.first_seen_ns == gone.counts.first_seen_ns)
-                    .map_or(0, |last| last.counts.packets);
+                    .map_or(0, |last| last.counts.widen().packets);
             }
             let flows: Vec<_> = live.iter().map(|(k, v)| (*k, *v)).collect();
             let idle = table.refresh(second * SECOND, flows);

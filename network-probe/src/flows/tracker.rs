@@ -21,7 +21,9 @@ use network_probe_common::FlowKey;
 
 use crate::{
     flows::outcomes::Attempts,
+    flows::signals::SignalReads,
     flows::state::{self, LoadError, Restored, SavedState},
+    flows::table::SIGNALS,
     flows::table::{FlowOptions, FlowTable},
     kernel::datapath::Datapath,
 };
@@ -39,6 +41,8 @@ pub struct FlowTracker {
     corrupt_files: AtomicU64,
     /// TCP connection attempts (see [`crate::flows::outcomes`]).
     attempts: Mutex<Attempts>,
+    /// The last read of the per-flow signal maps (see [`crate::flows::signals`]).
+    signals: Mutex<SignalReads>,
 }
 
 impl FlowTracker {
@@ -55,6 +59,7 @@ impl FlowTracker {
             restored: Mutex::new(Restored::default()),
             save_errors: AtomicU64::new(0),
             corrupt_files: AtomicU64::new(0),
+            signals: Mutex::default(),
         };
         tracker.restore();
         tracker
@@ -156,6 +161,14 @@ impl FlowTracker {
             .harvest(monotonic_ns(), self.datapath.pending_attempts());
         table.count_attempts(&harvest.counted);
         self.datapath.remove_attempts(&harvest.delete);
+        // The per-flow signals, counted in the flows' series; the maps are read only when a
+        // family needs them.
+        let families = table.options().families;
+        if SIGNALS.iter().any(|name| families.has_named(name)) {
+            let read = self.datapath.flow_signals();
+            let gains = crate::support::sync::lock(&self.signals).gains(read);
+            table.count_signals(&gains);
+        }
         table
     }
 

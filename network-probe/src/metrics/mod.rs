@@ -5,7 +5,7 @@
 
 mod signals;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use network_probe_common::{
     DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, FLOW_SLOTS_MAP, FLOWS4_MAP, FLOWS6_MAP,
@@ -28,10 +28,7 @@ pub fn registry(
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BuildInfo));
-    registry.register_collector(Box::new(DatapathCollector {
-        flows,
-        flow_signals: Mutex::default(),
-    }));
+    registry.register_collector(Box::new(DatapathCollector { flows }));
     registry.register_collector(Box::new(crate::jool::JoolCollector::new(jool)));
     registry.register_collector(Box::new(crate::probe::target::LookupCollector));
     for collector in probers.meta_collectors() {
@@ -123,8 +120,6 @@ impl Collector for BuildInfo {
 #[derive(Debug)]
 struct DatapathCollector {
     flows: Arc<FlowTracker>,
-    /// The per-flow passive signals' totals per series (see [`crate::flows::signals`]).
-    flow_signals: Mutex<crate::flows::signals::FlowSignalTotals>,
 }
 
 /// Writes one counter family: `values` yields (labels, value).

@@ -20,6 +20,10 @@ fn addresses(pair: &VethPair) -> (IpAddr, IpAddr) {
     )
 }
 
+/// The per-flow signal families are opt-in flow families (`--flows.families`).
+const FAMILIES: &str =
+    "--flows.families=packets,bytes,retransmits,ce_packets,tcp_ece_segments,tcp_cwr_segments";
+
 /// A counter that must be exported (a missing sample is a failure, not a zero).
 fn exported(scrape: &str, name: &str, labels: &str) -> u64 {
     sample(scrape, name, labels)
@@ -94,7 +98,7 @@ fn ce_marks_set_by_nft_are_counted_exactly() {
             "ip", "length", ">", "500", "counter", "ip", "ecn", "set", "ce",
         ],
     );
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if, FAMILIES]);
 
     let server_addr = SocketAddr::new(a, port);
     let listener = in_netns(&pair.a, move || listen(server_addr, None));
@@ -174,6 +178,158 @@ fn ce_marks_set_by_nft_are_counted_exactly() {
     );
 }
 
+/// Connections of [`ce_marks_beyond_the_budget_fold_into_other`], each from its own port; more
+/// than [`BUDGET`].
+const CONNECTIONS: u16 = 6;
+/// `--flows.max-series` of that test.
+const BUDGET: usize = 2;
+
+/// Every sample of the flow family `name`: (labels, value).
+fn flow_rows(scrape: &str, name: &str) -> Vec<(String, u64)> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ").expect("a sample line");
+            (
+                labels.to_string(),
+                value.parse::<f64>().expect("a value") as u64,
+            )
+        })
+        .collect()
+}
+
+/// The per-flow CE family under the series budget: an nft rule marks CE on every packet from b
+/// to one port of a, over more connections (label sets: the source port is a label) than the
+/// budget has places. At most the budget's series have CE rows of their own, the interface's
+/// `other` row has the rest, and the rows sum to the interface's CE counter, which equals the
+/// rule's; each flow's CE row is the row of its packets.
+#[test]
+fn ce_marks_beyond_the_budget_fold_into_other() {
+    let pair = VethPair::new();
+    one_frame_per_packet(&pair);
+    let (a, b) = addresses(&pair);
+    let port = 7203;
+    let table = "np_ecn_budget";
+    for command in [
+        vec!["add", "table", "ip", table],
+        vec![
+            "add", "chain", "ip", table, "out", "{", "type", "filter", "hook", "output",
+            "priority", "0", ";", "}",
+        ],
+    ] {
+        pair.exec(&pair.b, "nft", &command);
+    }
+    let (a_text, port_text) = (a.to_string(), port.to_string());
+    pair.exec(
+        &pair.b,
+        "nft",
+        &[
+            "add", "rule", "ip", table, "out", "ip", "daddr", &a_text, "tcp", "dport", &port_text,
+            "counter", "ip", "ecn", "set", "ce",
+        ],
+    );
+    let budget = BUDGET.to_string();
+    let daemon = Daemon::start(
+        &pair.a,
+        &[
+            "--interface",
+            &pair.a_if,
+            "--flows.labels=interface,src,dst,src_port",
+            "--flows.max-series",
+            &budget,
+            "--flows.families=packets,ce_packets",
+        ],
+    );
+
+    let server_addr = SocketAddr::new(a, port);
+    let listener = in_netns(&pair.a, move || listen(server_addr, None));
+    let server = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut message = [0u8; 300];
+            stream.read_exact(&mut message).unwrap();
+            stream.write_all(b"ok").unwrap();
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+        }
+    });
+    in_netns(&pair.b, move || {
+        for _ in 0..CONNECTIONS {
+            let mut stream = connect(server_addr, None).unwrap();
+            stream.write_all(&[5u8; 300]).unwrap();
+            let mut reply = [0u8; 2];
+            stream.read_exact(&mut reply).unwrap();
+            stream.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+        }
+    });
+    server.join().unwrap();
+    thread::sleep(std::time::Duration::from_millis(200));
+
+    let marked = nft_rule_packets(&pair, &pair.b, table, "out");
+    assert!(
+        marked >= 3 * u64::from(CONNECTIONS),
+        "the rule marked {marked} packets"
+    );
+    let scrape = daemon.scrape();
+    let interface_ce = exported(
+        &scrape,
+        "network_probe_interface_ecn_packets_total",
+        &format!(
+            "interface=\"{}\",direction=\"ingress\",codepoint=\"ce\"",
+            pair.a_if
+        ),
+    );
+    assert_eq!(interface_ce, marked, "interface CE vs the rule");
+    let rows = flow_rows(&scrape, "network_probe_flow_ce_packets_total");
+    let other_labels = format!(
+        "interface=\"{}\",src=\"other\",dst=\"other\",src_port=\"other\"",
+        pair.a_if
+    );
+    let own: Vec<&(String, u64)> = rows
+        .iter()
+        .filter(|(labels, _)| *labels != other_labels)
+        .collect();
+    assert!(
+        own.len() <= BUDGET,
+        "{} CE rows of their own, budget {BUDGET}: {rows:?}",
+        own.len()
+    );
+    let other = rows
+        .iter()
+        .find(|(labels, _)| *labels == other_labels)
+        .map(|(_, value)| *value)
+        .unwrap_or_else(|| panic!("no other row in {rows:?}"));
+    assert!(
+        other > 0,
+        "the other row carries the flows beyond the budget"
+    );
+    assert_eq!(
+        rows.iter().map(|(_, value)| value).sum::<u64>(),
+        interface_ce,
+        "the CE rows sum to the interface's CE counter: {rows:?}"
+    );
+    // A flow's CE row is the row of its packets: every row of its own from b carries both.
+    let packets = flow_rows(&scrape, "network_probe_flow_packets_total");
+    for (labels, ce) in &own {
+        let flow_packets = packets
+            .iter()
+            .find(|(other, _)| other == labels)
+            .map(|(_, value)| *value)
+            .unwrap_or_else(|| panic!("no packets row {labels} in {packets:?}"));
+        assert!(
+            labels.contains(&format!("src=\"{b}\"")) && *ce <= flow_packets,
+            "{labels}: {ce} CE of {flow_packets} packets"
+        );
+    }
+    assert_eq!(
+        sample(&scrape, "network_probe_flow_series_admitted", "").map(|v| v as usize),
+        Some(BUDGET)
+    );
+}
+
 /// ECN fields of a captured IP frame: (codepoint, TCP flags if TCP). IPv4: the low two bits of
 /// the TOS byte; IPv6: of the traffic class, which spans the header's first two bytes (TCP
 /// right after the fixed header here: the test's segments carry no extension header).
@@ -202,7 +358,7 @@ fn ect0_traffic_is_counted_as_the_capture_shows(ipv6: bool) {
     } else {
         addresses(&pair)
     };
-    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if]);
+    let daemon = Daemon::start(&pair.a, &["--interface", &pair.a_if, FAMILIES]);
     let capture = Capture::start(&pair.a, &pair.a_if);
     // The interface counters are compared as the difference of two scrapes with the frames the
     // capture stamped between them: the link's own ICMPv6 (router solicitations, MLD reports

@@ -178,7 +178,15 @@ fn path_mtu_messages_match_the_capture(ipv6: bool) {
     } else {
         ("10.77.1.1".parse().unwrap(), "10.77.2.1".parse().unwrap())
     };
-    let daemon = Daemon::start(&routed.r, &["--interface", &routed.r_s]);
+    // The per-flow family is opt-in (`--flows.families`).
+    let daemon = Daemon::start(
+        &routed.r,
+        &[
+            "--interface",
+            &routed.r_s,
+            "--flows.families=packets,bytes,retransmits,pmtu_messages",
+        ],
+    );
     let capture = Capture::start(&routed.r, &routed.r_s);
 
     let server_addr = SocketAddr::new(far, 7301);
