@@ -81,14 +81,17 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
             if let Some(signals) = signals.as_deref_mut() {
                 crate::ecn::count_codepoint(signals, ip.ecn, segments);
             }
-            if reason == network_probe_common::Unclassified::NotTcp {
-                crate::pmtu::observe(packet, &ip, ifindex, direction, signals);
+            // ICMP / ICMPv6: the header read once, for path MTU and connection outcomes.
+            if reason == Unclassified::NotTcp
+                && let Some(icmp) = crate::icmp_quote::header(packet, &ip)
+            {
+                crate::pmtu::observe(packet, &icmp, ifindex, direction, signals);
+                if UPTO == upto::ALL {
+                    crate::outcomes::icmp(packet, &icmp, ifindex, direction);
+                }
             }
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
-            if UPTO == upto::ALL && reason == Unclassified::NotTcp {
-                crate::outcomes::icmp(packet, ifindex, direction);
-            }
         }
         Parsed::Tcp4(ip, tcp, addresses) => {
             if let Some(signals) = signals {

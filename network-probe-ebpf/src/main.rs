@@ -26,6 +26,7 @@ mod atomic;
 mod baseline;
 mod drops;
 mod ecn;
+mod icmp_quote;
 mod maps;
 mod outcomes;
 mod packet;

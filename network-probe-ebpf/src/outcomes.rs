@@ -7,7 +7,8 @@
 //!   retransmit. A SYN with another sequence number is a new attempt and replaces the entry.
 //! - A SYN-ACK or a RST+ACK acknowledging `seq + 1`, seen in the opposite direction on the same
 //!   interface, answers it (`answered`, `reset`); so does an ICMP / ICMPv6 destination
-//!   unreachable quoting the SYN's addresses, ports and sequence number (`unreachable`). Only a
+//!   unreachable quoting the SYN's addresses, ports and sequence number (`unreachable`; the
+//!   message and its quote read by `icmp_quote`, shared with `pmtu`). Only a
 //!   pending entry is answered, and only within the connect timeout of its first SYN: a later
 //!   answer leaves it to user space, which counts it as a timeout.
 //! - The maps have a fixed capacity ([`PENDING_SYNS_MAX_ENTRIES`]); a new attempt that finds
@@ -21,10 +22,11 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::map, maps::HashMap}
 use network_probe_common::{
     ATTEMPT_ANSWERED, ATTEMPT_PENDING, ATTEMPT_RESET, ATTEMPT_UNREACHABLE,
     CONNECT_STATS_MAX_ENTRIES, CONNECT_TIMEOUT_DEFAULT_NS, ConnectStats, Direction, FlowKey4,
-    FlowKey6, PENDING_SYNS_MAX_ENTRIES, PendingSyn, ifindex_direction,
+    FlowKey6, PENDING_SYNS_MAX_ENTRIES, PendingSyn,
 };
 
 use crate::{
+    icmp_quote::{self, IcmpHeader},
     maps::IFINDEX_SLOTS,
     packet::Packet,
     parse::{TCP_ACK, TCP_RST, TCP_SYN, Tcp},
@@ -176,123 +178,41 @@ fn count(ifindex_direction: u32, add: impl FnOnce(&mut ConnectStats)) {
     }
 }
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
 /// ICMP "fragmentation needed": a path MTU signal, not a refusal (a SYN is never that large).
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 
-/// An IP packet that is not TCP, seen on `ifindex` in `direction`: if it is an ICMP / ICMPv6
-/// destination unreachable quoting a TCP segment, the attempt that segment belongs to (sent in
-/// the opposite direction) is unreachable. No extension headers are walked: the kernel's own
-/// ICMPv6 errors carry none.
+/// An ICMP / ICMPv6 message (its header read by `icmp_quote`, from where the parser found the
+/// transport) seen on `ifindex` in `direction`: if it is a destination unreachable quoting a
+/// TCP segment, the attempt that segment belongs to (sent in the opposite direction) is
+/// unreachable.
 #[inline(always)]
-pub(crate) fn icmp<P: Packet>(packet: &P, ifindex: u32, direction: Direction) {
-    let Some(mut ethertype) = packet.load::<u16>(12).map(u16::from_be) else {
+pub(crate) fn icmp<P: Packet>(packet: &P, icmp: &IcmpHeader, ifindex: u32, direction: Direction) {
+    let unreachable = if icmp.v6 {
+        icmp.kind == ICMPV6_DEST_UNREACH
+    } else {
+        icmp.kind == ICMP_DEST_UNREACH && icmp.code != ICMP_FRAG_NEEDED
+    };
+    if !unreachable {
         return;
-    };
-    let mut offset = ETH_HLEN;
-    for _ in 0..2 {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        let Some(inner) = packet.load::<u16>(offset + 2) else {
-            return;
-        };
-        ethertype = u16::from_be(inner);
-        offset += 4;
     }
-    let sent = match direction {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
-    };
-    let ifindex_direction = ifindex_direction(ifindex, sent);
-    match ethertype {
-        ETH_P_IP => icmp4(packet, offset, ifindex_direction),
-        ETH_P_IPV6 => icmp6(packet, offset, ifindex_direction),
-        _ => {}
-    }
+    let ifindex_direction = icmp_quote::quoted_ifindex_direction(ifindex, direction);
+    icmp_quote::quoted_tcp(
+        packet,
+        icmp,
+        ifindex_direction,
+        |key, tcp_at| quoted_syn(packet, key, tcp_at),
+        |key, tcp_at| quoted_syn(packet, key, tcp_at),
+    );
 }
 
+/// The quoted segment under `key` answers its attempt if its sequence number (at `tcp_at + 4`)
+/// is the attempt's.
 #[inline(always)]
-fn icmp4<P: Packet>(packet: &P, offset: usize, ifindex_direction: u32) {
-    // Version/IHL, ..., protocol at 9.
-    let Some(header) = packet.load::<[u8; 12]>(offset) else {
+fn quoted_syn<P: Packet, K: AttemptKey>(packet: &P, key: &K, tcp_at: usize) {
+    let Some(seq) = packet.load::<u32>(tcp_at + 4) else {
         return;
     };
-    if header[0] >> 4 != 4 || header[9] != IPPROTO_ICMP {
-        return;
-    }
-    let icmp_at = offset + ((header[0] & 0x0f) as usize) * 4;
-    let Some(icmp) = packet.load::<[u8; 2]>(icmp_at) else {
-        return;
-    };
-    if icmp[0] != ICMP_DEST_UNREACH || icmp[1] == ICMP_FRAG_NEEDED {
-        return;
-    }
-    // The quoted IP header, then at least 8 bytes of its TCP header (ports, sequence).
-    let quoted = icmp_at + 8;
-    let Some(inner) = packet.load::<[u8; 20]>(quoted) else {
-        return;
-    };
-    if inner[0] >> 4 != 4 || inner[9] != IPPROTO_TCP {
-        return;
-    }
-    let tcp_at = quoted + ((inner[0] & 0x0f) as usize) * 4;
-    let Some([ports, seq]) = packet.load::<[u32; 2]>(tcp_at) else {
-        return;
-    };
-    let key = FlowKey4 {
-        src: [inner[12], inner[13], inner[14], inner[15]],
-        dst: [inner[16], inner[17], inner[18], inner[19]],
-        src_port: u16::from_be(ports as u16),
-        dst_port: u16::from_be((ports >> 16) as u16),
-        ifindex_direction,
-    };
-    answer(&key, u32::from_be(seq).wrapping_add(1), ATTEMPT_UNREACHABLE);
-}
-
-#[inline(always)]
-fn icmp6<P: Packet>(packet: &P, offset: usize, ifindex_direction: u32) {
-    let Some(first) = packet.load::<[u8; 8]>(offset) else {
-        return;
-    };
-    if first[0] >> 4 != 6 || first[6] != IPPROTO_ICMPV6 {
-        return;
-    }
-    let icmp_at = offset + 40;
-    let Some(icmp) = packet.load::<u8>(icmp_at) else {
-        return;
-    };
-    if icmp != ICMPV6_DEST_UNREACH {
-        return;
-    }
-    let quoted = icmp_at + 8;
-    let Some(inner) = packet.load::<[u8; 8]>(quoted) else {
-        return;
-    };
-    if inner[0] >> 4 != 6 || inner[6] != IPPROTO_TCP {
-        return;
-    }
-    let Some(addresses) = packet.load::<[[u8; 16]; 2]>(quoted + 8) else {
-        return;
-    };
-    let Some([ports, seq]) = packet.load::<[u32; 2]>(quoted + 40) else {
-        return;
-    };
-    let key = FlowKey6 {
-        src: addresses[0],
-        dst: addresses[1],
-        src_port: u16::from_be(ports as u16),
-        dst_port: u16::from_be((ports >> 16) as u16),
-        ifindex_direction,
-    };
-    answer(&key, u32::from_be(seq).wrapping_add(1), ATTEMPT_UNREACHABLE);
+    answer(key, u32::from_be(seq).wrapping_add(1), ATTEMPT_UNREACHABLE);
 }

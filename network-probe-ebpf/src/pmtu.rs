@@ -5,58 +5,54 @@
 //! interface, in the direction opposite to the message's) gets one count.
 //!
 //! Only packets the parser left as "not TCP" reach this module (a protocol compare), so TCP
-//! segments pay nothing for it. The quoted header is read as it is, without walking IPv4
-//! options' contents beyond their length or IPv6 extension headers: a quoted IPv6 packet whose
-//! next header is not TCP counts on the interface only.
+//! segments pay nothing for it. The ICMP header and the quoted TCP flow are read by
+//! `icmp_quote` (shared with `outcomes`), as it is, without walking IPv4 options' contents
+//! beyond their length or IPv6 extension headers: a quoted IPv6 packet whose next header is
+//! not TCP counts on the interface only.
 
-use network_probe_common::{Direction, FlowKey4, FlowKey6, FlowSignals, SignalStats, pmtu_bucket};
+use network_probe_common::{Direction, FlowSignals, SignalStats, pmtu_bucket};
 
-use crate::{packet::Packet, parse::Ip, signals};
+use crate::{
+    icmp_quote::{self, IcmpHeader},
+    packet::Packet,
+    signals,
+};
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
-/// An IP packet that is not TCP: counts it if it is a path-MTU message.
+/// An ICMP / ICMPv6 message (its header read by `icmp_quote`): counts it if it is a path-MTU
+/// message.
 #[inline(always)]
 pub(crate) fn observe<P: Packet>(
     packet: &P,
-    ip: &Ip,
+    icmp: &IcmpHeader,
     ifindex: u32,
     direction: Direction,
     stats: Option<&mut SignalStats>,
 ) {
-    if ip.protocol != IPPROTO_ICMP && ip.protocol != IPPROTO_ICMPV6 {
-        return;
-    }
-    let l4 = ip.l4_offset as usize;
-    // The ICMP header: type, code, checksum, then the MTU field's word.
-    let Some(header) = packet.load::<[u8; 8]>(l4) else {
-        return;
-    };
-    let quoted = l4 + 8;
-    // The flow of the quoted packet crossed this interface the other way.
-    let quoted_direction = match direction {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
-    };
-    let ifindex_direction = network_probe_common::ifindex_direction(ifindex, quoted_direction);
-    let mtu = if ip.protocol == IPPROTO_ICMP {
-        if header[0] != ICMP_DEST_UNREACH || header[1] != ICMP_FRAG_NEEDED {
+    let header = icmp.rest;
+    let mtu = if !icmp.v6 {
+        if icmp.kind != ICMP_DEST_UNREACH || icmp.code != ICMP_FRAG_NEEDED {
             return;
         }
-        quoted_flow4(packet, quoted, ifindex_direction);
-        u16::from_be_bytes([header[6], header[7]]) as u32
+        u16::from_be_bytes([header[2], header[3]]) as u32
     } else {
-        if header[0] != ICMPV6_PKT_TOOBIG {
+        if icmp.kind != ICMPV6_PKT_TOOBIG {
             return;
         }
-        quoted_flow6(packet, quoted, ifindex_direction);
-        u32::from_be_bytes([header[4], header[5], header[6], header[7]])
+        u32::from_be_bytes(header)
     };
+    // The flow of the quoted packet crossed this interface the other way.
+    let ifindex_direction = icmp_quote::quoted_ifindex_direction(ifindex, direction);
+    icmp_quote::quoted_tcp(
+        packet,
+        icmp,
+        ifindex_direction,
+        |key, _| count(key),
+        |key, _| count(key),
+    );
     if let Some(stats) = stats {
         stats.pmtu_messages += 1;
         if let Some(bucket) = stats.pmtu_announced.get_mut(pmtu_bucket(mtu)) {
@@ -64,56 +60,6 @@ pub(crate) fn observe<P: Packet>(
         }
         stats.pmtu_announced_sum += mtu as u64;
     }
-}
-
-/// One count for the TCP flow of the IPv4 packet quoted at `offset`, if it is TCP.
-#[inline(always)]
-fn quoted_flow4<P: Packet>(packet: &P, offset: usize, ifindex_direction: u32) {
-    let Some(header) = packet.load::<[u8; 20]>(offset) else {
-        return;
-    };
-    let header_len = ((header[0] & 0x0f) as usize) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 || header[9] != IPPROTO_TCP {
-        return;
-    }
-    let Some(ports) = packet.load::<[u8; 4]>(offset + header_len) else {
-        return;
-    };
-    let key = FlowKey4 {
-        src: [header[12], header[13], header[14], header[15]],
-        dst: [header[16], header[17], header[18], header[19]],
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        ifindex_direction,
-    };
-    count(&key);
-}
-
-/// One count for the TCP flow of the IPv6 packet quoted at `offset`, if its first next header
-/// is TCP.
-#[inline(always)]
-fn quoted_flow6<P: Packet>(packet: &P, offset: usize, ifindex_direction: u32) {
-    let Some(header) = packet.load::<[u8; 8]>(offset) else {
-        return;
-    };
-    if header[0] >> 4 != 6 || header[6] != IPPROTO_TCP {
-        return;
-    }
-    let (Some(src), Some(dst), Some(ports)) = (
-        packet.load::<[u8; 16]>(offset + 8),
-        packet.load::<[u8; 16]>(offset + 24),
-        packet.load::<[u8; 4]>(offset + 40),
-    ) else {
-        return;
-    };
-    let key = FlowKey6 {
-        src,
-        dst,
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        ifindex_direction,
-    };
-    count(&key);
 }
 
 #[inline(always)]
