@@ -18,7 +18,9 @@ use std::{
     time::Duration,
 };
 
-use network_probe_testkit::{Capture, Daemon, Frame, VethPair, dotted, in_netns, sample};
+use network_probe_testkit::{
+    Capture, Daemon, Frame, VethPair, daemon::slowdown, dotted, in_netns, sample,
+};
 
 const LISTENING: u16 = 7100;
 const CLOSED: u16 = 7101;
@@ -354,4 +356,122 @@ fn a_bad_connect_timeout_is_refused_with_the_reason() {
             "{value}: {stderr}"
         );
     }
+}
+
+/// Destination port of the injected SYNs of the untracked test; a's nft rule counts and drops them.
+const FLOODED: u16 = 7104;
+/// SYNs sent per burst: fewer than the receive backlog (`netdev_max_backlog`, 1000 by default),
+/// so the veth pair drops none of them before a's TC program.
+const SYN_BURST: usize = 500;
+
+/// Packets the counter of the rule in `ns`'s table `np` has counted.
+fn rule_packets(pair: &VethPair, ns: &str) -> u64 {
+    let listing = pair.exec(ns, "nft", &["list", "table", "inet", "np"]);
+    listing
+        .split_whitespace()
+        .skip_while(|word| *word != "packets")
+        .nth(1)
+        .and_then(|packets| packets.parse().ok())
+        .unwrap_or_else(|| panic!("no rule counter in {listing}"))
+}
+
+/// More unanswered SYNs than the pending-SYN map holds, each its own attempt (distinct source
+/// ports), injected from b through an AF_PACKET socket towards a, where an nft rule counts and
+/// drops them after the TC program saw them: the map takes the first
+/// [`PENDING_CAPACITY`](network_probe::kernel::outcomes::PENDING_CAPACITY), every further one is
+/// untracked, and the followed ones time out.
+#[test]
+fn attempts_past_the_pending_map_capacity_are_untracked() {
+    let capacity = u64::from(network_probe::kernel::outcomes::PENDING_CAPACITY);
+    let extra = 600;
+    let syns = capacity + extra;
+    let pair = VethPair::new();
+    let rule = format!("add rule inet np in tcp dport {FLOODED} counter drop");
+    nft(
+        &pair,
+        &pair.a,
+        &[
+            "add table inet np",
+            "add chain inet np in { type filter hook input priority 0 ; }",
+            &rule,
+        ],
+    );
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--flows.connect-timeout", "1s"],
+    );
+    let a_if = pair.a_if.as_str();
+    let ingress = |scrape: &str, name: &str, outcome: Option<&str>| {
+        let mut labels = format!("interface=\"{a_if}\",direction=\"ingress\"");
+        if let Some(outcome) = outcome {
+            labels.push_str(&format!(",outcome=\"{outcome}\""));
+        }
+        sample(scrape, name, &labels)
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{scrape}")) as u64
+    };
+    const UNTRACKED: &str = "network_probe_tcp_connection_attempts_untracked_total";
+    const ATTEMPTS: &str = "network_probe_tcp_connection_attempts_total";
+    let before = daemon.scrape();
+    assert_eq!(ingress(&before, UNTRACKED, None), 0, "{before}");
+
+    let injector = network_probe_testkit::injector::FlowInjector::new(&pair);
+    let mut sent = 0u64;
+    while sent < syns {
+        let burst = (syns - sent).min(SYN_BURST as u64);
+        for port in sent..sent + burst {
+            injector
+                .syn(pair.b_addr, 1024 + port as u16, FLOODED)
+                .unwrap();
+        }
+        sent += burst;
+        // Until a has taken the burst in (at most 10 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rule_packets(&pair, &pair.a) < sent && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let arrived = rule_packets(&pair, &pair.a);
+    assert_eq!(arrived, syns, "SYNs the nft rule in {} counted", pair.a);
+    let scrape_started = std::time::Instant::now();
+    let after = daemon.scrape();
+    eprintln!(
+        "outcomes: a scrape with the pending-SYN map full took {:?}",
+        scrape_started.elapsed()
+    );
+    assert_eq!(
+        ingress(&after, UNTRACKED, None),
+        arrived - capacity,
+        "untracked attempts on {a_if}: the rule's {arrived} SYNs past the map's {capacity}\n{}",
+        after
+            .lines()
+            .filter(|l| l.contains("connection_attempts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The followed attempts time out, and only they: the untracked ones are in no outcome.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10 * u64::from(slowdown()));
+    let timed_out = loop {
+        let scrape = daemon.scrape();
+        let timed_out = ingress(&scrape, ATTEMPTS, Some("timeout"));
+        if timed_out >= capacity || std::time::Instant::now() > deadline {
+            break scrape;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        ingress(&timed_out, ATTEMPTS, Some("timeout")),
+        capacity,
+        "{timed_out}"
+    );
+    for outcome in ["answered", "reset", "unreachable"] {
+        assert_eq!(ingress(&timed_out, ATTEMPTS, Some(outcome)), 0, "{outcome}");
+    }
+    assert_eq!(ingress(&timed_out, UNTRACKED, None), arrived - capacity);
+    // Nothing went out: the egress direction has no attempt and nothing untracked.
+    let egress = format!("interface=\"{a_if}\",direction=\"egress\"");
+    assert_eq!(
+        sample(&timed_out, UNTRACKED, &egress),
+        Some(0.0),
+        "{timed_out}"
+    );
 }
