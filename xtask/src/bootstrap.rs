@@ -340,7 +340,9 @@ const JOOL_IMAGE_MODULES: &[&str] = &["x_tables", "nf_defrag_ipv4", "nf_defrag_i
 /// kernel image with their dependencies): veth pairs, the clsact qdisc (sch_ingress) and
 /// cls_bpf filters the daemon falls back to without TCX, and nf_tables with numgen for tests
 /// that drop a fraction of packets with nft. crc32c_generic is libcrc32c's soft dependency
-/// (nf_tables needs libcrc32c), which modules.dep does not list.
+/// (nf_tables needs libcrc32c), which modules.dep does not list. nft_reject_inet (with
+/// nft_reject, nf_reject_ipv4/6) for the outcomes suite's `reject with icmpx` rule: the guest's
+/// kernel cannot load it on demand (busybox installs no /sbin/modprobe).
 pub(crate) const GUEST_MODULES: &[&str] = &[
     "veth",
     "sch_ingress",
@@ -348,6 +350,7 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     "crc32c_generic",
     "nf_tables",
     "nft_numgen",
+    "nft_reject_inet",
 ];
 
 /// Names the module set of a prepared guest; a cache whose stamp differs (prepared by an older

@@ -40,9 +40,11 @@ use anyhow::{Context as _, Result, bail};
 /// `<suite>::...`) run in the guest, in this order.
 /// flows (TC over cls_bpf, XDP generic and native mode), churn (re-attach through cls_bpf
 /// after an interface is re-created) and pressure run here as on the host: 6.1 has no TCX,
-/// so they show the netlink path.
+/// so they show the netlink path. drops and outcomes show the kfree_skb reasons under 6.1's
+/// numbering (names read from the running kernel) and the nft reject modules' ICMP errors.
 pub(crate) const GUEST_TESTS: &[&str] = &[
-    "datapath", "restart", "flows", "churn", "pressure", "hwtstamp", "ecn", "pmtu",
+    "datapath", "restart", "flows", "churn", "pressure", "hwtstamp", "ecn", "pmtu", "drops",
+    "outcomes",
 ];
 
 /// Kernel features the guest's kernel lacks, declared to the tests in
