@@ -230,6 +230,6 @@ fn main() {
     println!(
         "\nJudged per row on the medians of this run (runs on a shared VM vary by tens of \
          percent; no method calibration applies: both clients run the same way, one after the \
-         other). Our sender sends each block with sendfile(2) from a memfd (zero-copy send)."
+         other)."
     );
 }

@@ -3,14 +3,6 @@
 //! own sockets (SIOCOUTQ to wait for acknowledgements, TCP_INFO for retransmits). Blocking
 //! sockets with short timeouts: no busy polling, and every thread notices the stop signal and
 //! the probe deadline within [`SOCKET_POLL`].
-//!
-//! A TCP sender sends its block with sendfile(2) from a memfd holding the block (zero-copy
-//! send: the kernel references the memfd's pages instead of copying the block from user
-//! memory on every write), and falls back to write(2) where that fails. On loopback this
-//! halved our CPU per GiB sent (one stream: 0.160 s/GiB with write(2), 0.077 with sendfile, the
-//! iperf3 binary 0.095; 2026-12-07, load 9 to 11 on 2 CPUs; BENCHMARKS.md, "iperf3 client
-//! throughput"). MSG_ZEROCOPY would not help there: the kernel copies zero-copy pages for a
-//! local receiver anyway, and the completions cost a read each.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -132,7 +124,6 @@ fn tcp_send(
 ) -> StreamTally {
     let _ = stream.set_write_timeout(Some(SOCKET_POLL));
     let block = vec![0x5au8; block_len];
-    let mut source = BlockFile::new(&block);
     let start = Instant::now();
     let mut bytes = 0u64;
     while stop.load(Ordering::Relaxed) == RUN && Instant::now() < deadline {
@@ -140,18 +131,7 @@ fn tcp_send(
             pace(start, bytes, bitrate);
             continue;
         }
-        let sent = match &source {
-            Some(file) => match file.send(&stream) {
-                // Not on this socket or file system: write(2) from now on.
-                Err(err) if err.raw_os_error().is_some_and(BlockFile::unsupported) => {
-                    source = None;
-                    continue;
-                }
-                sent => sent,
-            },
-            None => stream.write(&block),
-        };
-        match sent {
+        match stream.write(&block) {
             Ok(n) => bytes += n as u64,
             Err(err)
                 if matches!(
@@ -277,58 +257,6 @@ fn udp_receive(socket: std::net::UdpSocket, stop: &AtomicU8, deadline: Instant) 
         packets: receiver.packets,
         udp_receiver: Some(receiver),
         ..StreamTally::default()
-    }
-}
-
-/// One block in a memfd, sent with sendfile(2) so the kernel takes its pages instead of copying
-/// the block from user memory (the block's bytes never change, so sharing them is safe).
-struct BlockFile {
-    fd: std::os::fd::OwnedFd,
-    len: usize,
-}
-
-impl BlockFile {
-    /// A memfd holding `block`; `None` where memfds are not available.
-    fn new(block: &[u8]) -> Option<BlockFile> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: the name is a NUL-terminated string; the returned descriptor is owned here.
-        let fd = unsafe { libc::memfd_create(c"iperf3-block".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mut file = std::fs::File::from(fd);
-        file.write_all(block).ok()?;
-        Some(BlockFile {
-            fd: file.into(),
-            len: block.len(),
-        })
-    }
-
-    /// Sends the block (or as much as the socket takes before its send timeout) once.
-    fn send(&self, stream: &std::net::TcpStream) -> std::io::Result<usize> {
-        let mut offset: libc::off_t = 0;
-        // SAFETY: both descriptors are open for the call; offset is a valid pointer, and
-        // sendfile reads from the file at that offset without moving the file's own offset.
-        let sent = unsafe {
-            libc::sendfile(
-                stream.as_raw_fd(),
-                self.fd.as_raw_fd(),
-                &mut offset,
-                self.len,
-            )
-        };
-        if sent < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(sent as usize)
-        }
-    }
-
-    /// Errors that mean sendfile cannot be used here (rather than a socket's trouble).
-    fn unsupported(errno: i32) -> bool {
-        matches!(errno, libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
     }
 }
 
