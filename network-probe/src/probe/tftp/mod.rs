@@ -5,20 +5,26 @@
 //! This module owns the I/O: parameter parsing, the UDP socket, the server's transfer ID (TID),
 //! timers and the metrics. The target comes resolved by the framework ([`super::handler`]). Every received byte is interpreted by the pure
 //! state machine in [`codec`]. The content is hashed (SHA-256) as it streams and never kept.
+//! The exchange itself runs on a blocking thread ([`session`]: recvfrom + sendto per lock-step
+//! block, no epoll_wait and no timer per block).
 
 pub mod codec;
+mod session;
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
 use sha2::{Digest as _, Sha256};
-use tokio::net::UdpSocket;
 
-use self::codec::{
-    BLKSIZE_RANGE, Failure, FailureReason, Negotiated, OptionRequest, Outcome, TIMEOUT_RANGE,
-    Transfer, WINDOWSIZE_RANGE, error_code,
+use self::{
+    codec::{
+        BLKSIZE_RANGE, Failure, FailureReason, Negotiated, OptionRequest, TIMEOUT_RANGE, Transfer,
+        WINDOWSIZE_RANGE,
+    },
+    session::{CancelOnDrop, Session},
 };
 use super::{
     BadRequest, BoxFuture, ProbeContext, ProbeError, ProbeReport, Prober, Query, Spec, Target,
@@ -278,15 +284,40 @@ async fn download(
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(bind).await.map_err(|err| {
+    let socket = UdpSocket::bind(bind).map_err(|err| {
         Failure::new(
             FailureReason::ServerError,
             format!("binding a UDP socket: {err}"),
         )
     })?;
-    let (mut transfer, rrq) = Transfer::new(&params.filename, params.options, params.max_bytes)
+    let (transfer, rrq) = Transfer::new(&params.filename, params.options, params.max_bytes)
         .map_err(|err| Failure::new(FailureReason::ProtocolError, err))?;
-    let outcome = exchange(ctx, &socket, server, &mut transfer, &rrq, measurement).await;
+    let mut session = Session::new(
+        socket,
+        server,
+        transfer,
+        rrq,
+        std::mem::take(measurement),
+        ctx.deadline,
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
+    let joined = tokio::task::spawn_blocking(move || {
+        let outcome = session.run(&cancel);
+        (session, outcome)
+    })
+    .await;
+    let (session, outcome) = joined.map_err(|err| {
+        Failure::new(
+            FailureReason::ServerError,
+            format!("the transfer thread failed: {err}"),
+        )
+    })?;
+    for line in session.log {
+        ctx.log(line);
+    }
+    *measurement = session.measurement;
+    let transfer = session.transfer;
     measurement.bytes = transfer.bytes();
     measurement.retransmissions = transfer.retransmissions();
     measurement.duplicates = transfer.duplicates();
@@ -305,7 +336,6 @@ async fn download(
         ));
     }
     outcome?;
-    measurement.transfer_time = measurement.request_sent.map(|sent| sent.elapsed());
     let sha256: [u8; 32] = std::mem::take(&mut measurement.content_hash)
         .finalize()
         .into();
@@ -316,127 +346,6 @@ async fn download(
         negotiated.tsize,
         params.expected_size,
         params.expected_sha256.as_ref(),
-    )
-}
-
-/// Sends the RRQ and runs the state machine until it ends or the deadline passes. The first
-/// answer from the server's address locks the transfer ID; datagrams from anywhere else get
-/// ERROR 5 and are otherwise ignored.
-async fn exchange(
-    ctx: &ProbeContext,
-    socket: &UdpSocket,
-    server: SocketAddr,
-    transfer: &mut Transfer,
-    rrq: &[u8],
-    measurement: &mut Measurement,
-) -> Result<(), Failure> {
-    let io_failure = |what: &str, err: std::io::Error| {
-        Failure::new(FailureReason::ServerError, format!("{what}: {err}"))
-    };
-    let start = Instant::now();
-    measurement.request_sent = Some(start);
-    socket
-        .send_to(rrq, server)
-        .await
-        .map_err(|err| io_failure("sending the read request", err))?;
-    let mut tid: Option<SocketAddr> = None;
-    let mut buffer = vec![0u8; usize::from(*BLKSIZE_RANGE.end()) + 4 + 1];
-    let deadline = tokio::time::Instant::from_std(ctx.deadline);
-    let mut wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
-    loop {
-        let received = tokio::select! {
-            biased;
-            received = socket.recv_from(&mut buffer) => Some(received),
-            () = tokio::time::sleep_until(wait_until.min(deadline)) => None,
-        };
-        let (len, from) = match received {
-            Some(Ok(received)) => received,
-            // ICMP errors (port unreachable) surface here on Linux: keep waiting, the
-            // retransmission timer decides.
-            Some(Err(err)) => {
-                ctx.log(format!("receive error: {err}"));
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(deadline_failure(socket, tid).await);
-                }
-                continue;
-            }
-            None if tokio::time::Instant::now() >= deadline => {
-                return Err(deadline_failure(socket, tid).await);
-            }
-            None => {
-                let step = transfer.on_timeout();
-                if let Some(Outcome::Failed(failure)) = step.outcome {
-                    return Err(failure);
-                }
-                if let Some(packet) = step.send {
-                    ctx.log(format!(
-                        "timeout: retransmission {}",
-                        transfer.retransmissions()
-                    ));
-                    let _ = socket.send_to(&packet, tid.unwrap_or(server)).await;
-                }
-                wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
-                continue;
-            }
-        };
-        match tid {
-            Some(locked) if locked != from => {
-                answer_foreign(ctx, socket, from).await;
-                continue;
-            }
-            None if from.ip() != server.ip() => {
-                answer_foreign(ctx, socket, from).await;
-                continue;
-            }
-            None => tid = Some(from),
-            Some(_) => {}
-        }
-        let blocks_before = transfer.blocks();
-        let step = transfer.on_packet(&buffer[..len]);
-        if let Some(payload) = step.payload {
-            measurement.content_hash.update(payload);
-            if blocks_before == 0 {
-                measurement.first_block = Some(start.elapsed());
-            }
-        }
-        if let Some(packet) = &step.send {
-            socket
-                .send_to(packet, from)
-                .await
-                .map_err(|err| io_failure("sending to the server", err))?;
-        }
-        match step.outcome {
-            Some(Outcome::Complete) => return Ok(()),
-            Some(Outcome::Failed(failure)) => return Err(failure),
-            None => {}
-        }
-        if step.send.is_some() || step.payload.is_some() {
-            wait_until = tokio::time::Instant::now() + transfer.retransmit_interval();
-        }
-    }
-}
-
-/// ERROR 5 to a datagram's source that is not our server's transfer ID.
-async fn answer_foreign(ctx: &ProbeContext, socket: &UdpSocket, from: SocketAddr) {
-    ctx.log(format!(
-        "datagram from unknown transfer ID {from}: answered with ERROR 5"
-    ));
-    let packet = codec::encode_error(error_code::UNKNOWN_TRANSFER_ID, "unknown transfer ID");
-    let _ = socket.send_to(&packet, from).await;
-}
-
-/// Tells the server (if it answered) that we gave up, and describes the timeout.
-async fn deadline_failure(socket: &UdpSocket, tid: Option<SocketAddr>) -> Failure {
-    if let Some(tid) = tid {
-        let packet = codec::encode_error(error_code::NOT_DEFINED, "probe deadline reached");
-        let _ = socket.send_to(&packet, tid).await;
-    }
-    Failure::new(
-        FailureReason::Timeout,
-        match tid {
-            None => "the server did not answer before the probe deadline",
-            Some(_) => "the transfer did not finish before the probe deadline",
-        },
     )
 }
 
