@@ -1258,3 +1258,7 @@ mod signals_tests {
 // ---- Connection outcomes (see outcomes.rs) ----
 mod outcomes;
 pub use outcomes::*;
+
+// ---- Rare kernel-side events (see events.rs) ----
+mod events;
+pub use events::*;

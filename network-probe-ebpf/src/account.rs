@@ -13,12 +13,13 @@
 //! A SYN that does not repeat the previous SYN's sequence number starts a new connection.
 
 use crate::atomic::atomic_add;
+use crate::events::report;
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::maps::LruHashMap;
 use network_probe_common::{
     DeviceStats, Direction, DropKey, FAMILY_IPV4, FAMILY_IPV6, FlowCounts, FlowKey4, FlowKey6,
-    FlowSlot, FlowStats, FlowTracking, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE, Unclassified,
-    flow_slot_index, ifindex_direction, size_bucket,
+    FlowSlot, FlowStats, FlowTracking, KernelEvent, RTT_BUCKETS, SLOT_CLAIMING, SLOT_FREE,
+    Unclassified, flow_slot_index, ifindex_direction, size_bucket,
 };
 
 use crate::{
@@ -58,7 +59,8 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
     // User space assigns the slot before attaching; without one this interface is not ours.
     let slot = match IFINDEX_SLOTS.get(ifindex) {
         Some(&slot) if slot != 0 => slot - 1,
-        _ => return,
+        Some(_) => return report(KernelEvent::InterfaceWithoutSlot, ifindex),
+        None => return report(KernelEvent::IfindexBeyondSlotTable, ifindex),
     };
     let Some(device) = DEVICE_STATS.get_ptr_mut(slot * 2 + direction as u32) else {
         return;
@@ -464,6 +466,7 @@ fn create<K: FlowMapKey>(
         device.flows_created += 1;
     } else {
         device.flow_create_failures += 1;
+        report(KernelEvent::FlowInsertFailed, 0);
     }
 }
 
@@ -596,6 +599,9 @@ fn claim(owner: &mut u64) -> bool {
             inout("r0") previous,
         );
     }
+    if previous != SLOT_FREE {
+        report(KernelEvent::FlowSlotClaimLost, 0);
+    }
     previous == SLOT_FREE
 }
 
@@ -723,7 +729,10 @@ pub(crate) fn count_drop(key: &DropKey) {
         return;
     }
     // Created meanwhile by a nested drop on this CPU (add to it), or the map is full.
-    let target = DROPS.get_ptr_mut(key).or_else(|| DROPS_LOST.get_ptr_mut(0));
+    let target = DROPS.get_ptr_mut(key).or_else(|| {
+        report(KernelEvent::DropsMapFull, 0);
+        DROPS_LOST.get_ptr_mut(0)
+    });
     if let Some(count) = target {
         // SAFETY: as above.
         atomic_add(unsafe { &mut *count }, 1);

@@ -11,6 +11,8 @@
 //!   / CWR per flow, path-MTU messages), in maps of their own.
 //! - [`outcomes`]: TCP connection attempts followed from the SYN to their answer (hooks in
 //!   [`account`]), with their own maps.
+//! - [`events`]: rare error branches counted and logged through aya-log (never reached by an
+//!   ordinary packet).
 //!
 //! Each program only observes: every path returns "continue" (TCX next / XDP_PASS) and never
 //! drops, delays or modifies a packet.
@@ -26,6 +28,7 @@ mod atomic;
 mod baseline;
 mod drops;
 mod ecn;
+mod events;
 mod icmp_quote;
 mod maps;
 mod outcomes;

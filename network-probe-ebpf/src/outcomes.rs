@@ -143,6 +143,10 @@ fn syn<K: AttemptKey>(key: &K, seq: u32) {
     };
     if K::pending().insert(key, attempt, BPF_ANY).is_err() {
         count(key.ifindex_direction(), |stats| stats.untracked += 1);
+        crate::events::report(
+            network_probe_common::KernelEvent::PendingSynUntracked,
+            key.ifindex_direction() >> 1,
+        );
     }
 }
 

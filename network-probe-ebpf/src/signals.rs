@@ -82,6 +82,11 @@ pub(crate) fn add_to_flow<K: SignalKey>(key: &K, delta: &FlowSignals) {
     if let Some(entry) = map.get_ptr_mut(key) {
         // SAFETY: as above.
         add_all(unsafe { &mut *entry }, delta);
+    } else {
+        crate::events::report(
+            network_probe_common::KernelEvent::FlowSignalsInsertFailed,
+            0,
+        );
     }
 }
 

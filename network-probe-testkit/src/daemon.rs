@@ -65,6 +65,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with `wrapper` (e.g. a setpriv command line) in front.
     pub fn start_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> Daemon {
+        Daemon::start_with_stderr(ns, wrapper, args, Stdio::inherit())
+    }
+
+    /// Like [`Daemon::start_wrapped`], with the daemon's standard error (its log) going to
+    /// `stderr` (e.g. a file the test reads).
+    pub fn start_with_stderr(
+        ns: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        stderr: impl Into<Stdio>,
+    ) -> Daemon {
         let listen: SocketAddr = "127.0.0.1:9435".parse().unwrap();
         let mut command = Command::new("ip");
         command
@@ -81,7 +92,7 @@ impl Daemon {
                 .then_some("--datapath.pin-path="),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = command.spawn().expect("starting the daemon");
         let mut daemon = Daemon {
             child,

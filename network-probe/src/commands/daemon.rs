@@ -111,6 +111,9 @@ pub fn run(flags: Cli) -> Result<()> {
             .map_err(|err| Error::Other(format!("installing the SIGHUP handler: {err}")))?;
 
         let datapath = Arc::new(Datapath::load(cli.datapath_config(kernel.tcx))?);
+        if let Some(kernel_log) = datapath.take_kernel_log() {
+            tokio::spawn(crate::kernel::events::forward(kernel_log));
+        }
         // Subscribe before attaching: a change after the attach is then queued, not missed.
         let link_events = LinkSubscription::new()
             .and_then(|subscription| {

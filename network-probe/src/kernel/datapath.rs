@@ -41,14 +41,15 @@ use network_probe_common::{
     DEVICE_SLOTS, DEVICE_STATS_MAP, DEVICE_STATS_MAX_ENTRIES, DeviceStats, Direction,
     FLOW_SLOT_COUNT_GLOBAL, FLOW_SLOT_COUNTERS_MAP, FLOW_SLOT_SHIFT_GLOBAL, FLOW_SLOTS_MAP,
     FLOWS4_MAP, FLOWS6_MAP, FlowCounts, FlowKey, FlowKey4, FlowKey6, FlowSlot, FlowStats,
-    IFINDEX_LIMIT, IFINDEX_SLOTS_MAP, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_INGRESS_PROGRAM,
-    flow_slot_shift,
+    IFINDEX_LIMIT, IFINDEX_SLOTS_MAP, KernelEvent, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    XDP_INGRESS_PROGRAM, flow_slot_shift,
 };
 
 use crate::kernel::object::take_map;
 use crate::{
     error::{Error, Result},
     kernel::drops::{DropCount, Drops, DropsMode, DropsStatus, KernelLayout},
+    kernel::events::{self, KernelEvents, KernelLog},
     kernel::flow_maps::{FlowMapEntries, FlowMaps},
     kernel::map_batch,
     kernel::outcomes::{AttemptMaps, ConnectTimeout},
@@ -212,6 +213,10 @@ struct Inner {
     signals: Signals,
     /// The connection-attempt maps (see [`crate::kernel::outcomes`]).
     attempts: AttemptMaps,
+    /// The rare kernel-side events' counters (see [`crate::kernel::events`]).
+    kernel_events: KernelEvents,
+    /// The programs' log ring until the daemon takes it to forward it.
+    kernel_log: Option<KernelLog>,
 }
 
 /// What only user space knows about interfaces, for the state file: the statistics of forgotten
@@ -297,6 +302,8 @@ impl Datapath {
         if let Ok(layout) = &drop_layout {
             layout.apply(&mut loader);
         }
+        let log_level = events::LogLevel::current();
+        log_level.apply(&mut loader);
         let map_origins = match &plan {
             Some(plan) => {
                 for map in &wanted {
@@ -353,6 +360,8 @@ impl Datapath {
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         let attempts = AttemptMaps::take(&mut ebpf)?;
+        let kernel_events = KernelEvents::take(&mut ebpf)?;
+        let kernel_log = events::start_log(&mut ebpf);
         let (drops, drops_status) = match drop_layout {
             Err(why) => (None, DropsStatus::Unavailable(why)),
             Ok(layout) => match Drops::load(&mut ebpf, layout.clone()) {
@@ -389,8 +398,21 @@ impl Datapath {
                 drops_status,
                 signals,
                 attempts,
+                kernel_events,
+                kernel_log,
             }),
         })
+    }
+
+    /// The reader of the programs' log ring, for the caller to forward (see
+    /// [`crate::kernel::events::forward`]); `None` when it could not start or was taken.
+    pub fn take_kernel_log(&self) -> Option<KernelLog> {
+        self.lock().kernel_log.take()
+    }
+
+    /// The rare kernel-side events' counts since load (see [`crate::kernel::events`]).
+    pub fn kernel_events(&self) -> Vec<(KernelEvent, u64)> {
+        self.lock().kernel_events.read()
     }
 
     /// Attaches the drop program to its tracepoint (host-wide, once), when it is loaded.

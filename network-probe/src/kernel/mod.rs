@@ -6,13 +6,15 @@
 //! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
 //! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
 //! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]); the TCP
-//! connection-attempt maps ([`outcomes`]); taking a map out of the loaded object ([`object`]).
+//! connection-attempt maps ([`outcomes`]); taking a map out of the loaded object ([`object`]);
+//! the rare kernel-side events, counted and logged through aya-log ([`events`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
 pub(crate) mod btf;
 pub mod datapath;
 pub mod drops;
+pub mod events;
 pub mod flow_maps;
 pub(crate) mod map_batch;
 pub(crate) mod object;

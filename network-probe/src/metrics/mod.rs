@@ -3,6 +3,7 @@
 //! are written next to it by [`crate::flows::exposition`]. Names follow Prometheus conventions:
 //! base units, `_total` on counters; README.md documents each one.
 
+mod kernel_events;
 mod signals;
 
 use std::sync::Arc;
@@ -565,6 +566,7 @@ impl Collector for DatapathCollector {
             }),
         )?;
         self.encode_attempts(&mut encoder)?;
+        kernel_events::encode(&mut encoder, &datapath.kernel_events())?;
         let (drops, lost) = datapath.drop_samples();
         counter_family(
             &mut encoder,
