@@ -63,6 +63,9 @@ fn build_ebpf(workspace: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
         format!("--cfg=bpf_target_arch=\"{target_arch}\""),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
+        // The BPF global function of network-probe-ebpf/src/events.rs: exported, it keeps its
+        // global linkage, so the verifier checks it once rather than at every call.
+        "-Clink-arg=--export=network_probe_kernel_event".into(),
         "-Ctarget-cpu=v3".into(),
     ]
     .join("\x1f");
