@@ -2,7 +2,7 @@
 //! `/probe` requests ([`super::history`]: time, module, targets, result, duration, a link to
 //! each one's log and metrics), the configured modules, the datapath's interfaces and how each
 //! program is attached, and links to the telemetry path, `/config`, the health endpoints and the
-//! installed documentation.
+//! documentation built into the binary (`/docs/`, see [`super::docs`]) besides the installed one.
 //!
 //! Plain HTML with no external resource (no script, style sheet, font or image) and everything
 //! shown escaped ([`escape`]): targets and module names come from callers.
@@ -70,12 +70,13 @@ pub(super) fn page(state: &AppState) -> String {
          <li><a href=\"/-/healthy\">Health</a></li>\n\
          <li><a href=\"/-/ready\">Readiness</a></li>\n\
          <li><a href=\"/config\">Configuration</a></li>\n\
-         <li>Documentation: <code>{DOCS_DIR}/</code> (README.md, docs/*.md) and \
-         <code>man network-probe</code> where installed</li>\n\
+         <li><a href=\"{docs}\">Documentation</a>, built into this binary; also in \
+         <code>{DOCS_DIR}/</code> (README.md, docs/*.md) and <code>man network-probe</code> \
+         where installed</li>\n\
          </ul>\n",
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        docs = super::docs::DOCS_PATH
     );
-
     html.push_str("<h2>Recent probes</h2>\n");
     let recent = state.history.recent();
     if recent.is_empty() {
@@ -146,6 +147,17 @@ pub(super) fn page(state: &AppState) -> String {
         }
         html.push_str("</table>\n");
     }
+    // Each document, so one click reaches it.
+    html.push_str("<h2>Documentation</h2>\n<ul>\n");
+    for (name, _) in super::docs::DOCUMENTS {
+        let name = escape(name);
+        let _ = writeln!(
+            html,
+            "<li><a href=\"{}{name}\">{name}</a></li>",
+            super::docs::DOCS_PATH
+        );
+    }
+    html.push_str("</ul>\n");
     html.push_str("</body></html>\n");
     html
 }

@@ -10,9 +10,11 @@
 //! - `probe_route`: `/probe`, the HTTP face of [`crate::probe::handler`].
 //! - `scrape`: the telemetry path's shared renders and streamed bodies.
 //! - `history`: the ring of recent `/probe` requests; `landing`: the landing page and `/logs`.
+//! - `docs`: `/docs/`, the operator documentation embedded in the binary.
 
 mod auth;
 mod connections;
+mod docs;
 mod history;
 mod landing;
 mod listen;

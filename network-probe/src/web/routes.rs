@@ -1,7 +1,8 @@
 //! Answering one request: the limits hyper leaves to us (URI over 8 KiB: 414, any body: 413),
 //! basic auth, the configured response headers, then the endpoints: the landing page and
 //! `/logs` (in [`super::landing`]), the telemetry path (rendered by [`super::scrape`]),
-//! `/-/healthy`, `/-/ready`, `/config`, `/-/reload` and `/probe` (in [`super::probe_route`]),
+//! `/-/healthy`, `/-/ready`, `/config`, `/-/reload`, `/probe` (in [`super::probe_route`]) and
+//! the embedded documentation `/docs/` (in [`super::docs`]),
 //! answered through [`super::response`].
 
 use std::sync::{Arc, atomic::Ordering};
@@ -14,7 +15,7 @@ use hyper::{
 };
 
 use super::{
-    AppState, landing,
+    AppState, docs, landing,
     probe_route::handle_probe,
     response::{text, with_type},
     scrape::{Body, telemetry},
@@ -119,6 +120,9 @@ async fn route_text(
     let path = request.uri().path();
     if path == "/probe" {
         return handle_probe(state, default_module, &request).await;
+    }
+    if let Some(document) = docs::route(path) {
+        return document;
     }
     match path {
         "/" => with_type(

@@ -2,7 +2,8 @@
 //! chromium), drawn to `target/test-artefacts/browser/landing.png`, read back from the
 //! browser's DOM (recent probes, modules, the datapath's interfaces with their attach mode, the
 //! docs), and every link on it followed: in the browser, and over HTTP for its status and
-//! content type.
+//! content type; the documentation's links (`/docs/`, one per document) give each document of
+//! the source tree as it is.
 
 use std::{
     io::{Read as _, Write as _},
@@ -33,6 +34,24 @@ fn escaped(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The operator documents of the source tree, as the daemon embeds them: README.md and
+/// docs/*.md, with their text.
+fn documents() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut documents = vec![(
+        "README.md".to_string(),
+        std::fs::read_to_string(root.join("README.md")).unwrap(),
+    )];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            documents.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    documents
 }
 
 #[test]
@@ -136,16 +155,46 @@ fn landing_page_in_headless_chromium() {
     ] {
         assert!(found.iter().any(|l| l == link), "{link} missing: {found:?}");
     }
+    // The documentation: the index, and each document of the source tree (README.md and
+    // docs/*.md) linked from the page and from the index.
+    let documents = documents();
+    let index = chromium.dom(&pair.a, &format!("{base}/docs/"));
+    assert!(index.contains("<h1>Documentation</h1>"), "{index}");
+    let indexed = links(&index);
+    for (name, _) in &documents {
+        let link = format!("/docs/{name}");
+        assert!(found.contains(&link), "{link} missing on /: {found:?}");
+        assert!(
+            indexed.contains(&link),
+            "{link} missing on /docs/: {indexed:?}"
+        );
+    }
+    assert!(
+        found.iter().any(|l| l == "/docs/"),
+        "/docs/ missing: {found:?}"
+    );
     for link in &found {
         assert!(link.starts_with('/'), "{link}: a link off the daemon");
         let (status, content_type, body) = get(&pair.a, daemon.listen, link, None);
         assert_eq!(status, 200, "{link}: {body}");
+        if link == "/docs/" {
+            assert_eq!(content_type, "text/html; charset=utf-8", "{link}");
+            assert!(body.contains("<h1>Documentation</h1>"), "{body}");
+            continue;
+        }
         let expected = if link == "/metrics" {
             "text/plain; version=0.0.4; charset=utf-8"
         } else {
             "text/plain; charset=utf-8"
         };
         assert_eq!(content_type, expected, "{link}");
+        if let Some(name) = link.strip_prefix("/docs/") {
+            let (_, text) = documents
+                .iter()
+                .find(|(known, _)| known == name)
+                .unwrap_or_else(|| panic!("{link}: not a document of the source tree"));
+            assert!(body == *text, "{link}: not the file's content");
+        }
         let shown = chromium.dom(&pair.a, &format!("{base}{link}"));
         let first_line = body.lines().next().unwrap_or_default();
         assert!(
