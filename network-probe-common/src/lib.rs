@@ -1258,3 +1258,7 @@ mod signals_tests {
 // ---- Connection outcomes (see outcomes.rs) ----
 mod outcomes;
 pub use outcomes::*;
+
+// ---- Passive RTT from TCP timestamps (see rtt.rs) ----
+mod rtt;
+pub use rtt::*;

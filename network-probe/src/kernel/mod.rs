@@ -6,7 +6,7 @@
 //! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
 //! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
 //! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]); the TCP
-//! connection-attempt maps ([`outcomes`]); taking a map out of the loaded object ([`object`]).
+//! connection-attempt maps ([`outcomes`]); the passive RTT maps ([`rtt`]); taking a map out of the loaded object ([`object`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
@@ -22,5 +22,6 @@ pub mod preflight;
 pub mod privileges;
 pub(crate) mod program_barrier;
 pub mod rtnetlink;
+pub(crate) mod rtt;
 pub mod signals;
 pub(crate) mod stale_filters;

@@ -3,6 +3,7 @@
 //! are written next to it by [`crate::flows::exposition`]. Names follow Prometheus conventions:
 //! base units, `_total` on counters; README.md documents each one.
 
+mod rtt;
 mod signals;
 
 use std::sync::Arc;
@@ -550,6 +551,7 @@ impl Collector for DatapathCollector {
         let devices = datapath.device_samples();
         self.encode_devices(&mut encoder, &devices)?;
         self.encode_signals(&mut encoder)?;
+        self.encode_rtt(&mut encoder)?;
         gauge_family(
             &mut encoder,
             "network_probe_datapath_programs_attached",
