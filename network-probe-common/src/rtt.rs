@@ -17,6 +17,8 @@
 //! - [`ts_echo_matches`] / [`ts_echo_rtt`]: a segment arriving on ingress whose TSecr equals
 //!   the outstanding TSval gives one sample (now minus the time stored), unless the outstanding
 //!   value is older than [`TS_OUTSTANDING_MAX_NS`]; either way it is no longer outstanding.
+//! - [`ts_echo_passed`]: a TSecr newer than the outstanding TSval (the peer echoed a later
+//!   segment's, as a delayed ACK of two segments may) drops it without a sample.
 
 use crate::RTT_BUCKETS;
 
@@ -123,6 +125,14 @@ pub fn ts_echo_matches(word: u64, tsecr: u32) -> bool {
     word as u32 != 0 && (word >> 32) as u32 == tsecr
 }
 
+/// Whether a TSecr of `tsecr` echoes a TSval newer than the one outstanding in `word`: the
+/// peer has passed it (TSecr only moves forwards), so it will never be echoed and is dropped
+/// ([`ts_echoed`]) without a sample, instead of blocking the next store until it is old.
+#[inline(always)]
+pub fn ts_echo_passed(word: u64, tsecr: u32) -> bool {
+    word as u32 != 0 && (tsecr.wrapping_sub((word >> 32) as u32) as i32) > 0
+}
+
 /// The word once its outstanding value was echoed: the TSval stays (the last one stored), no
 /// time.
 #[inline(always)]
@@ -165,6 +175,11 @@ mod tests {
         assert!(rtt.abs_diff(5 * MS) < 1 << TS_TIME_SHIFT, "{rtt}");
         let cleared = ts_echoed(word);
         assert!(!ts_echo_matches(cleared, 100));
+        // An echo of a newer TSval passes the outstanding one.
+        assert!(!ts_echo_passed(word, 100));
+        assert!(!ts_echo_passed(word, 99));
+        assert!(ts_echo_passed(word, 101));
+        assert!(!ts_echo_passed(ts_echoed(word), 101));
         // Only a newer TSval is stored next.
         assert_eq!(ts_store(cleared, 100, t0 + 6 * MS), None);
         assert_eq!(ts_store(cleared, 99, t0 + 6 * MS), None);

@@ -34,7 +34,7 @@ use aya_ebpf::{
 };
 use network_probe_common::{
     DEVICE_STATS_MAX_ENTRIES, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt, RTT_BUCKETS,
-    RttStats, ts_echo_matches, ts_echo_rtt, ts_echoed, ts_store,
+    RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
 };
 
 use crate::{atomic::atomic_add, maps::IFINDEX_SLOTS, packet::Packet};
@@ -192,6 +192,9 @@ pub(crate) fn store(word: &mut u64, tsval: u32) {
 pub(crate) fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
     let stored = *word;
     if !ts_echo_matches(stored, tsecr) {
+        if ts_echo_passed(stored, tsecr) {
+            *word = ts_echoed(stored);
+        }
         return;
     }
     // SAFETY: no preconditions.
