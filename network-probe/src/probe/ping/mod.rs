@@ -8,18 +8,21 @@
 //! targets to ([`super::handler`]: once per request), the sockets' lifecycle and the metrics.
 //! Submodules: [`packet`] (sans-IO packets), [`timestamps`] (control messages, hardware
 //! stamping), [`hardware`] (hardware stamps missing after setup: counted, re-applied), [`stats`] (per-target figures), [`scheduler`] (background loop, rate limit, cap on
-//! active probes, in-flight table), [`socket`] (raw-socket IO), [`filter`] (the raw TCP
+//! active probes, in-flight table), [`wheel`] (the scheduler's timer wheel), [`socket`]
+//! (raw-socket IO), [`mmsg`] (batched `sendmmsg`/`recvmmsg`), [`filter`] (the raw TCP
 //! socket's BPF filter), [`icmp`] and [`tcp_syn`] (the drivers).
 
 pub mod filter;
 pub(crate) mod hardware;
 pub(crate) mod icmp;
+pub(crate) mod mmsg;
 pub mod packet;
 pub(crate) mod scheduler;
 pub mod socket;
 pub(crate) mod stats;
 pub(crate) mod tcp_syn;
 pub mod timestamps;
+pub(crate) mod wheel;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
