@@ -219,8 +219,14 @@ impl Scheduler {
         let mut deferred = Vec::new();
         loop {
             let now = Instant::now();
-            for tick in wheel.due(now) {
+            // At most about one batch per turn, then the other tasks (the receive loops above
+            // all) run: a wheel that is behind must not send for long without reading replies.
+            let mut budget = super::mmsg::BATCH;
+            while budget > 0
+                && let Some(tick) = wheel.pop_due(now)
+            {
                 wheel.take(tick, &mut due);
+                budget = budget.saturating_sub(due.len());
                 self.send_due(&mut due, &mut deferred, now);
                 for entry in due.drain(..) {
                     wheel.insert(tick, entry);
@@ -240,6 +246,8 @@ impl Scheduler {
                 wheel.insert(next, entry);
             }
             match wheel.next_due() {
+                // Behind: yield, not sleep (a past deadline would be ready at once).
+                Some(at) if at <= Instant::now() => tokio::task::yield_now().await,
                 Some(at) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at.into()) => {}

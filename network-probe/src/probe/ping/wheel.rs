@@ -54,18 +54,19 @@ impl<T> Wheel<T> {
                 .saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
-    /// The ticks due at `now` and not processed yet (at most one revolution: a slot is never
-    /// handed out twice in one call), and marks them processed. Empty if none is due.
-    pub(crate) fn due(&mut self, now: Instant) -> std::ops::Range<u64> {
+    /// The first tick due at `now` and not processed yet, marked processed; `None` if none is
+    /// due. A wheel more than one revolution behind skips to the last revolution: a slot is
+    /// handed out at most once per call sequence catching up.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<u64> {
         let current = self.tick_at(now);
         if current < self.next {
-            return self.next..self.next;
+            return None;
         }
-        let first = self
+        let tick = self
             .next
             .max((current + 1).saturating_sub(self.slots.len() as u64));
-        self.next = current + 1;
-        first..current + 1
+        self.next = tick + 1;
+        Some(tick)
     }
 
     fn slot(&self, tick: u64) -> usize {
@@ -115,17 +116,21 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn all_due(wheel: &mut Wheel<char>, now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| wheel.pop_due(now)).collect()
+    }
+
     #[test]
     fn one_revolution_per_interval() {
         let start = Instant::now();
         let mut wheel = Wheel::new(Duration::from_millis(100), start);
         assert_eq!(wheel.tick, MS);
-        assert_eq!(wheel.due(start), 0..1);
+        assert_eq!(all_due(&mut wheel, start), [0]);
         wheel.insert(0, 'a');
         wheel.insert(1, 'b');
         assert_eq!(wheel.next_due(), Some(start + MS));
         // 'a' was put in tick 0 after tick 0 was processed: next due one interval later.
-        assert_eq!(wheel.due(start + MS * 5 / 2), 1..3);
+        assert_eq!(all_due(&mut wheel, start + MS * 5 / 2), [1, 2]);
         let mut out = Vec::new();
         wheel.take(1, &mut out);
         assert_eq!(out, ['b']);
@@ -134,12 +139,12 @@ mod tests {
         wheel.take(2, &mut out);
         assert_eq!(out, ['b']);
         out.clear();
-        for tick in wheel.due(start + MS * 99) {
+        for tick in all_due(&mut wheel, start + MS * 99) {
             wheel.take(tick, &mut out);
         }
         assert!(out.is_empty());
-        assert!(wheel.due(start + MS * 99).is_empty());
-        assert_eq!(wheel.due(start + MS * 100), 100..101);
+        assert_eq!(wheel.pop_due(start + MS * 99), None);
+        assert_eq!(all_due(&mut wheel, start + MS * 100), [100]);
         wheel.take(100, &mut out);
         assert_eq!(out, ['a']);
     }
@@ -147,9 +152,12 @@ mod tests {
     #[test]
     fn a_late_wake_hands_each_slot_out_once() {
         let start = Instant::now();
-        let mut wheel = Wheel::<u8>::new(Duration::from_millis(10), start);
+        let mut wheel = Wheel::new(Duration::from_millis(10), start);
         // Three revolutions late: the last revolution's ten slots, each once.
-        assert_eq!(wheel.due(start + MS * 35), 26..36);
+        assert_eq!(
+            all_due(&mut wheel, start + MS * 35),
+            (26..36).collect::<Vec<_>>()
+        );
         assert_eq!(wheel.next_tick(), 36);
     }
 
