@@ -1,14 +1,22 @@
 //! The ping prober under load (`cargo bench -p network-probe --bench ping`, as root): the daemon
-//! in namespace `a` probes 1,024 addresses of namespace `b` (a /22 routed to b, answered by b's
+//! in namespace `a` probes addresses of namespace `b` (a /18 routed to b, answered by b's
 //! kernel through a `local` route) over a veth pair, and this prints a markdown section:
 //!
-//! - sustained packets per second against the demand (targets / interval, capped by
-//!   `--ping.max-pps`), the reply ratio, and the daemon's CPU share from /proc/<pid>/stat
-//!   (utime + stime over wall time), and CPU time per packet next to iputils `ping -f` on the
-//!   same path, in interleaved rounds where both run at once (ping's rusage per packet, ours
-//!   over the same interval), so both see the same load;
 //! - RTT accuracy: the median of our kernel-stamped RTTs and of our user-clock RTTs against
-//!   iputils `ping`'s median on the same target in the same run, as ratios.
+//!   iputils `ping`'s median on the same target in the same run, as ratios;
+//! - (a) CPU per echo request at 20,000 echoes/s across 2,000 targets (interval 100 ms): the
+//!   daemon's utime + stime from /proc/<pid>/stat over a measured window, per request sent;
+//! - (b) the sustained rate across 10,000 targets at a demand of 100,000 echoes/s, the daemon
+//!   pinned to one CPU (`taskset -c 1` in front of it, so its thread and the kernel work its
+//!   system calls do run on that CPU only);
+//! - both next to fping on the same targets in the same run, interleaved: each round measures
+//!   the daemon over a window, then stops it (SIGSTOP), runs fping (its rusage; in (b) pinned
+//!   to the same CPU), and resumes the daemon, so both meet the machine in the same state;
+//! - the reference for requests and replies is the target's kernel: b's `Icmp: InEchos` and
+//!   `OutEchoReps` (/proc/net/snmp of b) over the same windows, next to our own counters. Its
+//!   calibration: b's counters over a window with the daemon stopped and fping not started
+//!   (must be 0: nothing else pings b); the daemon's CPU over a window with no target (its
+//!   idle cost, in the CPU per echo but not caused by it).
 // Cargo gives this target every dependency of the package; it uses the library's API only.
 #![allow(unused_crate_dependencies)]
 
@@ -20,10 +28,21 @@ use std::{
 
 use network_probe_testkit::{Daemon, VethPair, dotted, sample};
 
-const TARGETS: u32 = 1024;
 const INTERVAL_MS: u32 = 100;
-const MAX_PPS: u32 = 10_000;
-const MEASURE: Duration = Duration::from_secs(10);
+/// (a): targets, demand 20,000 echoes/s.
+const FEW: usize = 2_000;
+/// (b): targets, demand 100,000 echoes/s.
+const MANY: usize = 10_000;
+/// Each daemon window.
+const MEASURE: Duration = Duration::from_secs(5);
+/// Rounds of (a) and (b).
+const ROUNDS_FEW: usize = 3;
+const ROUNDS_MANY: usize = 2;
+/// Echoes of one fping run: fping holds each sequence number for 10 s and has 65,535
+/// ("not enough sequence numbers available" past that).
+const FPING_ECHOES: usize = 60_000;
+/// After SIGCONT, before the next window: the wheel's backlog of the stop sent and settled.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn probe(daemon: &Daemon, query: &str) -> String {
     let (status, body) = daemon
@@ -79,29 +98,181 @@ fn run_with_rusage(ns: &str, program: &str, args: &[&str]) -> (String, f64) {
     )
 }
 
-fn main() {
-    let pair = VethPair::new();
-    // b answers for a whole /22; a routes it to b.
-    let prefix = format!("10.232.{}.0/22", (pair.a_addr[2] % 60) * 4);
-    pair.exec(
-        &pair.b,
-        "ip",
-        &["route", "add", "local", &prefix, "dev", "lo"],
-    );
-    pair.exec(
-        &pair.a,
-        "ip",
-        &["route", "add", &prefix, "via", &dotted(pair.b_addr)],
-    );
-    let base = (pair.a_addr[2] % 60) * 4;
-    let targets: Vec<String> = (0..TARGETS)
-        .map(|i| format!("10.232.{}.{}", base + (i / 256) as u8, i % 256))
-        .collect();
+/// b's `Icmp: InEchos` and `OutEchoReps` (its kernel's own counts of echo requests received
+/// and replies sent), from /proc/net/snmp read inside b.
+fn target_counts(pair: &VethPair) -> (f64, f64) {
+    let snmp = pair.exec(&pair.b, "cat", &["/proc/net/snmp"]);
+    let mut icmp = snmp.lines().filter(|line| line.starts_with("Icmp: "));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let value = |wanted: &str| -> f64 {
+        let at = names
+            .split_whitespace()
+            .position(|name| name == wanted)
+            .unwrap();
+        values.split_whitespace().nth(at).unwrap().parse().unwrap()
+    };
+    (value("InEchos"), value("OutEchoReps"))
+}
 
-    let interval = format!("{INTERVAL_MS}ms");
-    let max_pps = MAX_PPS.to_string();
-    let daemon = Daemon::start(
+/// Our ICMP counters (sent, received, socket errors), read with a probe of an active target.
+fn counters(daemon: &Daemon, first: &str) -> (f64, f64, f64) {
+    let body = probe(daemon, first);
+    (
+        sample(&body, "icmp_packets_sent_total", "").unwrap(),
+        sample(&body, "icmp_packets_recv_total", "").unwrap(),
+        sample(&body, "icmp_packets_error_total", "").unwrap(),
+    )
+}
+
+/// One window of the daemon probing: deltas of everything, read around `MEASURE`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    wall: f64,
+    cpu: f64,
+    sent: f64,
+    received: f64,
+    errors: f64,
+    target_in: f64,
+    target_out: f64,
+}
+
+fn daemon_window(pair: &VethPair, daemon: &Daemon, first: &str) -> Window {
+    let pid = daemon.child.id();
+    let (sent0, recv0, errors0) = counters(daemon, first);
+    let (in0, out0) = target_counts(pair);
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    thread::sleep(MEASURE);
+    let (sent1, recv1, errors1) = counters(daemon, first);
+    let (in1, out1) = target_counts(pair);
+    let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
+    Window {
+        wall: (t1 - t0).as_secs_f64(),
+        cpu: cpu1 - cpu0,
+        sent: sent1 - sent0,
+        received: recv1 - recv0,
+        errors: errors1 - errors0,
+        target_in: in1 - in0,
+        target_out: out1 - out0,
+    }
+}
+
+/// One fping run: CPU seconds, echoes b received and replies it sent during it, its wall
+/// time, and the rate b saw while fping was sending (b's count sampled every 50 ms, from its
+/// first rise to its last: fping's start-up and its wait for the last replies left out).
+struct FpingRun {
+    cpu: f64,
+    echoes: f64,
+    replies: f64,
+    wall: f64,
+    rate: f64,
+}
+
+fn fping(
+    pair: &VethPair,
+    pin: Option<&str>,
+    file: &str,
+    count: usize,
+    interval_ms: f64,
+) -> FpingRun {
+    // Its per-target summaries go to a file: a pipe nobody reads while it runs would fill.
+    let log_path = format!("{file}.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = vec!["netns", "exec", &pair.a];
+    if let Some(cpu) = pin {
+        command.extend(["taskset", "-c", cpu]);
+    }
+    let (count, period, interval) = (
+        count.to_string(),
+        INTERVAL_MS.to_string(),
+        format!("{interval_ms}"),
+    );
+    command.extend([
+        "fping", "-q", "-c", &count, "-p", &period, "-i", &interval, "-f", file,
+    ]);
+    let before = children_cpu_seconds();
+    let (in0, out0) = target_counts(pair);
+    let start = Instant::now();
+    let mut child = Command::new("ip")
+        .args(&command)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("fping");
+    let mut samples = Vec::new();
+    while child.try_wait().expect("fping").is_none() {
+        samples.push((Instant::now(), target_counts(pair).0));
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().expect("fping");
+    let wall = start.elapsed().as_secs_f64();
+    // fping exits 1 when a target did not answer at all; the counts below tell the rest.
+    assert!(
+        status.code().is_some_and(|code| code <= 1),
+        "fping: {status}: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let (in1, out1) = target_counts(pair);
+    let rising = samples.iter().position(|&(_, count)| count > in0);
+    let last = samples.iter().rposition(|&(_, count)| count < in1);
+    let rate = match (rising, last) {
+        (Some(first), Some(last)) if last > first => {
+            let ((t0, c0), (t1, c1)) = (samples[first], samples[last]);
+            (c1 - c0) / (t1 - t0).as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+    FpingRun {
+        cpu: children_cpu_seconds() - before,
+        echoes: in1 - in0,
+        replies: out1 - out0,
+        wall,
+        rate,
+    }
+}
+
+fn signal(daemon: &Daemon, signal: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, signal) };
+}
+
+fn request_all(daemon: &Daemon, targets: &[String]) {
+    for chunk in targets.chunks(200) {
+        let query: Vec<String> = chunk.iter().map(|t| format!("target={t}")).collect();
+        probe(daemon, &query.join("&"));
+    }
+}
+
+fn sum(windows: &[Window]) -> Window {
+    windows.iter().fold(Window::default(), |total, w| Window {
+        wall: total.wall + w.wall,
+        cpu: total.cpu + w.cpu,
+        sent: total.sent + w.sent,
+        received: total.received + w.received,
+        errors: total.errors + w.errors,
+        target_in: total.target_in + w.target_in,
+        target_out: total.target_out + w.target_out,
+    })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A daemon probing nothing yet, with the flags of one load.
+fn start_daemon(pair: &VethPair, wrapper: &[&str], max_pps: u32, targets: usize) -> Daemon {
+    let (interval, max_pps, targets) = (
+        format!("{INTERVAL_MS}ms"),
+        max_pps.to_string(),
+        targets.to_string(),
+    );
+    Daemon::start_wrapped(
         &pair.a,
+        wrapper,
         &[
             "--interface",
             &pair.a_if,
@@ -112,11 +283,70 @@ fn main() {
             "--ping.max-pps",
             &max_pps,
             "--ping.max-targets",
-            "2000",
+            &targets,
+            "--ping.max-active-targets",
+            &targets,
             "--log.level",
             "warn",
         ],
+    )
+}
+
+/// Interleaved rounds of one load: a daemon window, then the daemon stopped, b's counters
+/// over a quiet second (calibration), fping, the daemon resumed and settled.
+fn rounds(
+    pair: &VethPair,
+    daemon: &Daemon,
+    first: &str,
+    rounds: usize,
+    fping_args: (Option<&str>, &str, usize, f64),
+) -> (Vec<Window>, Vec<FpingRun>, f64) {
+    let (mut ours, mut theirs, mut quiet) = (Vec::new(), Vec::new(), 0.0);
+    for _ in 0..rounds {
+        ours.push(daemon_window(pair, daemon, first));
+        signal(daemon, libc::SIGSTOP);
+        // Replies to the last requests arrive within microseconds; then nothing may ping b.
+        thread::sleep(Duration::from_millis(200));
+        let (in0, _) = target_counts(pair);
+        thread::sleep(Duration::from_secs(1));
+        quiet += target_counts(pair).0 - in0;
+        let (pin, file, count, interval) = fping_args;
+        theirs.push(fping(pair, pin, file, count, interval));
+        signal(daemon, libc::SIGCONT);
+        thread::sleep(SETTLE);
+    }
+    (ours, theirs, quiet)
+}
+
+fn main() {
+    let pair = VethPair::new();
+    // b answers for a whole /18 (16,384 addresses); a routes it to b.
+    let prefix = "10.232.0.0/18";
+    pair.exec(
+        &pair.b,
+        "ip",
+        &["route", "add", "local", prefix, "dev", "lo"],
     );
+    pair.exec(
+        &pair.a,
+        "ip",
+        &["route", "add", prefix, "via", &dotted(pair.b_addr)],
+    );
+    let targets: Vec<String> = (0..MANY)
+        .map(|i| format!("10.232.{}.{}", i / 250, 1 + i % 250))
+        .collect();
+    let files = std::env::temp_dir().join(format!("ping-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&files).unwrap();
+    let write_targets = |name: &str, count: usize| {
+        let path = files.join(name);
+        std::fs::write(&path, targets[..count].join("\n") + "\n").unwrap();
+        path.into_os_string().into_string().unwrap()
+    };
+    let (few_file, many_file) = (write_targets("few", FEW), write_targets("many", MANY));
+    let first = format!("target={}", targets[0]);
+
+    // (a) 2,000 targets at 100 ms: 20,000 echoes/s, under a --ping.max-pps that does not bind.
+    let daemon = start_daemon(&pair, &[], 40_000, FEW);
     // RTT accuracy first, on an idle daemon: b's own address, iputils ping alongside.
     let b4 = dotted(pair.b_addr);
     probe(&daemon, &format!("target={b4}"));
@@ -146,96 +376,184 @@ fn main() {
             .collect()
     };
     let (kernel, user) = (field("rtt_us"), field("user_rtt_us"));
-    let (ours, ping, user_clock) = (
+    let (ours_rtt, ping_rtt, user_clock) = (
         median(kernel.clone()),
         median(ping_rtts.clone()),
         median(user.clone()),
     );
-
-    // Load: every target requested, then a steady-state measurement.
-    for chunk in targets.chunks(200) {
-        let query: Vec<String> = chunk.iter().map(|t| format!("target={t}")).collect();
-        probe(&daemon, &query.join("&"));
-    }
-    thread::sleep(Duration::from_secs(3));
-    let counters = |body: &str| {
-        (
-            sample(body, "icmp_packets_sent_total", "").unwrap(),
-            sample(body, "icmp_packets_recv_total", "").unwrap(),
-            sample(body, "icmp_packets_error_total", "").unwrap(),
-        )
-    };
+    // b's address is a target too; then the daemon's idle cost with those two targets only.
     let pid = daemon.child.id();
-    let first = format!("target={}", targets[0]);
-    let (sent0, recv0, _) = counters(&probe(&daemon, &first));
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-    thread::sleep(MEASURE);
-    let (sent1, recv1, errors) = counters(&probe(&daemon, &first));
-    let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
-    let wall = (t1 - t0).as_secs_f64();
-    let pps = (sent1 - sent0) / wall;
-    let demand = (f64::from(TARGETS + 1) * 1000.0 / f64::from(INTERVAL_MS)).min(f64::from(MAX_PPS));
-    let reply_ratio = (recv1 - recv0) / (sent1 - sent0);
-    let cpu_share = (cpu1 - cpu0) / wall;
-    let ours_per_packet = (cpu1 - cpu0) / (sent1 - sent0);
+    let (idle0, idle_t0) = (cpu_seconds(pid), Instant::now());
+    thread::sleep(Duration::from_secs(2));
+    let idle = (cpu_seconds(pid) - idle0) / idle_t0.elapsed().as_secs_f64();
+    request_all(&daemon, &targets[..FEW - 1]);
+    thread::sleep(Duration::from_secs(3));
+    let load_few = load_average();
+    // fping: 2,000 targets, 100 ms apart each, 50 µs between any two: 20,000 echoes/s.
+    let (few, fping_few, quiet_few) = rounds(
+        &pair,
+        &daemon,
+        &first,
+        ROUNDS_FEW,
+        (None, &few_file, FPING_ECHOES / FEW, 0.05),
+    );
+    drop(daemon);
 
-    // Baseline, interleaved under the same load: in each round iputils `ping -f` floods one of
-    // the same targets while the daemon keeps probing all of them, and each side's CPU time per
-    // packet is taken over that same interval (ours from /proc, ping's from its rusage), so
-    // both carry the load of the other and of the machine's neighbours at that moment.
-    const ROUNDS: u32 = 5;
-    const FLOOD: u32 = 10_000;
-    let flood_count = FLOOD.to_string();
-    let (mut ours_flooded, mut ping_flooded, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let (sent0, _, _) = counters(&probe(&daemon, &first));
-        let cpu0 = cpu_seconds(pid);
-        let (_, ping_cpu) = run_with_rusage(
-            &pair.a,
-            "ping",
-            &["-q", "-f", "-c", &flood_count, &targets[1]],
-        );
-        let (sent1, _, _) = counters(&probe(&daemon, &first));
-        let ours = (cpu_seconds(pid) - cpu0) / (sent1 - sent0);
-        let theirs = ping_cpu / f64::from(FLOOD);
-        ours_flooded.push(ours);
-        ping_flooded.push(theirs);
-        ratios.push(ours / theirs);
-    }
-    let (ours_beside_ping, ping_per_packet, ratio) =
-        (median(ours_flooded), median(ping_flooded), median(ratios));
+    // (b) 10,000 targets at 100 ms: 100,000 echoes/s, the daemon on CPU 1 only.
+    let daemon = start_daemon(&pair, &["taskset", "-c", "1"], 200_000, MANY);
+    request_all(&daemon, &targets);
+    thread::sleep(Duration::from_secs(3));
+    let load_many = load_average();
+    let (many, fping_many, quiet_many) = rounds(
+        &pair,
+        &daemon,
+        &first,
+        ROUNDS_MANY,
+        (Some("1"), &many_file, FPING_ECHOES / MANY, 0.01),
+    );
+    drop(daemon);
+    std::fs::remove_dir_all(&files).ok();
+
+    let per_echo = |w: &Window| w.cpu / w.sent * 1e6;
+    let fping_per_echo = |run: &FpingRun| run.cpu / run.echoes * 1e6;
+    let rate = |w: &Window| w.sent / w.wall;
+    let few_total = sum(&few);
+    let many_total = sum(&many);
+    let few_ratios: Vec<f64> = few
+        .iter()
+        .zip(&fping_few)
+        .map(|(w, run)| per_echo(w) / fping_per_echo(run))
+        .collect();
+    let many_rate_ratios: Vec<f64> = many
+        .iter()
+        .zip(&fping_many)
+        .map(|(w, run)| rate(w) / run.rate)
+        .collect();
+    let list = |values: Vec<f64>, digits: usize| {
+        values
+            .iter()
+            .map(|value| format!("{value:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     println!("## ping prober\n");
     println!(
-        "{TARGETS} targets in b (a /22 via a veth), interval {INTERVAL_MS} ms, --ping.max-pps {MAX_PPS}, measured over {wall:.1} s.\n"
+        "The daemon in namespace a, targets in b (a /18 answered by b's kernel through a `local` route, over a veth pair), interval {INTERVAL_MS} ms, timeout 1 s, raw ICMP socket, software kernel stamps. Every figure comes from one run, the daemon and fping interleaved: each round measures the daemon over {} s, stops it (SIGSTOP), checks b's counters stay still over 1 s, runs fping on the same targets at the same demand (60,000 echoes a run: fping holds a sequence number for 10 s and has 65,535; its rate is b's count from its first rise to its last, sampled every 50 ms), and resumes the daemon ({} s to settle). Requests and replies are counted by b's kernel (`Icmp: InEchos`, `OutEchoReps` of /proc/net/snmp in b) over the same windows as our counters. CPU is utime + stime (/proc/<pid>/stat for the daemon, rusage for fping): on a veth, b's kernel answers inside the sender's system call, so both sides' CPU per echo includes b's echo processing.\n",
+        MEASURE.as_secs(),
+        SETTLE.as_secs()
     );
+    println!(
+        "### (a) 2,000 targets, demand 20,000 echoes/s (--ping.max-pps 40000; load average {load_few})\n"
+    );
+    println!("| figure | ours | fping 5.1 (`-p 100 -i 0.05 -c 30`) | ratio ours / fping |");
+    println!("|---|---|---|---|");
+    println!(
+        "| CPU per echo request (µs), per round | {} | {} | {} |",
+        list(few.iter().map(per_echo).collect(), 2),
+        list(fping_few.iter().map(fping_per_echo).collect(), 2),
+        list(few_ratios.clone(), 2)
+    );
+    println!(
+        "| CPU per echo request (µs), median of the rounds | **{:.2}** | {:.2} | {:.2} |",
+        median(few.iter().map(per_echo).collect()),
+        median(fping_few.iter().map(fping_per_echo).collect()),
+        median(few_ratios)
+    );
+    println!(
+        "| echoes/s sent | {:.0} | {:.0} | |",
+        rate(&few_total),
+        median(fping_few.iter().map(|run| run.rate).collect())
+    );
+    println!(
+        "| daemon CPU share | {:.1} % (idle with 2 targets: {:.2} %) | | |",
+        few_total.cpu / few_total.wall * 100.0,
+        idle * 100.0
+    );
+    print_truth(&few_total, &fping_few, quiet_few);
+    println!();
+    println!(
+        "### (b) 10,000 targets, demand 100,000 echoes/s, one core (`taskset -c 1` in front of the daemon and of fping; --ping.max-pps 200000; load average {load_many})\n"
+    );
+    println!("| figure | ours | fping 5.1 (`-p 100 -i 0.01 -c 6`) | ratio ours / fping |");
+    println!("|---|---|---|---|");
+    println!(
+        "| sustained echoes/s, per round (fping: b's count while it sent) | {} | {} | {} |",
+        list(many.iter().map(rate).collect(), 0),
+        list(fping_many.iter().map(|run| run.rate).collect(), 0),
+        list(many_rate_ratios.clone(), 2)
+    );
+    println!(
+        "| sustained echoes/s, all rounds (ours: {:.1} s) / demand 100,000 | **{:.0}** ({:.3}) | {:.0} ({:.3}) | {:.2} |",
+        many_total.wall,
+        rate(&many_total),
+        rate(&many_total) / 100_000.0,
+        median(fping_many.iter().map(|run| run.rate).collect()),
+        median(fping_many.iter().map(|run| run.rate).collect()) / 100_000.0,
+        median(many_rate_ratios)
+    );
+    println!(
+        "| CPU per echo request (µs), all rounds | {:.2} | {:.2} | |",
+        per_echo(&many_total),
+        median(fping_many.iter().map(fping_per_echo).collect())
+    );
+    println!(
+        "| CPU share of the one core | {:.1} % | {:.1} % (whole run: {:.1} s) | |",
+        many_total.cpu / many_total.wall * 100.0,
+        median(
+            fping_many
+                .iter()
+                .map(|run| run.cpu / run.wall * 100.0)
+                .collect()
+        ),
+        median(fping_many.iter().map(|run| run.wall).collect())
+    );
+    print_truth(&many_total, &fping_many, quiet_many);
+    println!();
+    println!("### RTT accuracy (idle daemon, b's own address)\n");
     println!("| figure | value | baseline | ratio |");
     println!("|---|---|---|---|");
     println!(
-        "| sustained packets/s | {pps:.0} | demand {demand:.0} | {:.3} |",
-        pps / demand
-    );
-    println!("| replies / requests | {reply_ratio:.4} | 1 | {reply_ratio:.4} |");
-    println!("| socket errors | {errors} | 0 | |");
-    println!("| daemon CPU share | {:.1} % | | |", cpu_share * 100.0);
-    println!(
-        "| CPU per packet (µs), ours alone | {:.2} | | |",
-        ours_per_packet * 1e6
-    );
-    println!(
-        "| CPU per packet (µs), {ROUNDS} interleaved rounds beside `ping -f -c {FLOOD}` (medians; ratio: median of the rounds') | {:.2} | iputils `ping -f`: {:.2} | {ratio:.2} |",
-        ours_beside_ping * 1e6,
-        ping_per_packet * 1e6,
-    );
-    println!(
-        "| median RTT (µs) on an idle daemon, kernel stamps | {ours:.1} ({} samples) | iputils ping: {ping:.1} ({} samples) | {:.2} |",
+        "| median RTT (µs) on an idle daemon, kernel stamps | {ours_rtt:.1} ({} samples) | iputils ping: {ping_rtt:.1} ({} samples) | {:.2} |",
         kernel.len(),
         ping_rtts.len(),
-        ours / ping
+        ours_rtt / ping_rtt
     );
     println!(
-        "| median RTT (µs), our user clock | {user_clock:.1} | kernel stamps: {ours:.1} | {:.2} |",
-        user_clock / ours
+        "| median RTT (µs), our user clock | {user_clock:.1} | kernel stamps: {ours_rtt:.1} | {:.2} |",
+        user_clock / ours_rtt
     );
     println!();
+}
+
+/// The rows counted by b's kernel: requests and replies, ours against b's and fping's.
+fn print_truth(ours: &Window, fping: &[FpingRun], quiet: f64) {
+    let (echoes, replies): (f64, f64) = fping
+        .iter()
+        .fold((0.0, 0.0), |(e, r), run| (e + run.echoes, r + run.replies));
+    println!(
+        "| echo requests sent (ours: our counter; fping: b's count) | {:.0} | {:.0} | |",
+        ours.sent, echoes
+    );
+    println!(
+        "| b's InEchos / our requests sent | {:.4} | | |",
+        ours.target_in / ours.sent
+    );
+    println!(
+        "| replies matched / requests sent (our counters) | **{:.4}** | | |",
+        ours.received / ours.sent
+    );
+    println!(
+        "| b's OutEchoReps / b's InEchos (b answered every request) | {:.4} | {:.4} | |",
+        ours.target_out / ours.target_in,
+        replies / echoes
+    );
+    println!(
+        "| replies matched / b's OutEchoReps | **{:.4}** | | |",
+        ours.received / ours.target_out
+    );
+    println!("| socket errors | {:.0} | | |", ours.errors);
+    println!(
+        "| calibration: b's InEchos over 1 s with the daemon stopped, before each fping (sum) | {quiet:.0} | must be 0 | |"
+    );
 }

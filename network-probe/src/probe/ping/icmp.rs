@@ -16,8 +16,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     hardware::HardwareWatch,
+    mmsg::{self, ReceiveBatch, SendBatch},
     packet::{self, Echo},
-    scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
+    scheduler::{ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
 };
 
@@ -50,6 +51,8 @@ struct SendState {
     next_seq: u16,
     /// Successful sends so far: the stamp key of the next one.
     sends: u32,
+    /// The `sendmmsg` buffers, reused batch after batch.
+    batch: SendBatch,
 }
 
 /// The ICMP socket of one family and its probes in flight.
@@ -92,6 +95,7 @@ impl IcmpDriver {
             state: Mutex::new(SendState {
                 next_seq: 0,
                 sends: 0,
+                batch: SendBatch::default(),
             }),
             in_flight: Mutex::new(InFlightTable::new(config.timeout)),
             sender: StampedSender::default(),
@@ -130,7 +134,7 @@ impl IcmpDriver {
         .await;
     }
 
-    fn drain_error_queue(&self, buffer: &mut [u8]) {
+    fn drain_error_queue(&self, buffer: &mut ReceiveBatch) {
         socket::drain_error_queue(&self.fd, buffer, |control| {
             lock(&self.in_flight).transmit_stamp(control)
         });
@@ -141,7 +145,7 @@ impl IcmpDriver {
         bytes: &[u8],
         received: &socket::Received,
         now: Instant,
-        error_buffer: &mut [u8],
+        error_buffer: &mut ReceiveBatch,
     ) {
         let with_header = self.raw && !self.v6;
         let Some(echo) = packet::parse_echo_reply(self.v6, with_header, bytes) else {
@@ -195,6 +199,65 @@ impl Sender for IcmpDriver {
         ProtocolCounters::count(&self.counters.sent);
         lock(&probe.stats).record_sent();
         Ok(())
+    }
+
+    /// One `sendmmsg` per [`mmsg::BATCH`] probes. Sequence numbers and stamp keys are given as
+    /// [`Self::send`] gives them one by one: a failed send uses up its sequence number, not a
+    /// stamp key; the probes after it are renumbered and sent again from there.
+    fn send_batch(&self, due: &[Due], failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error)) {
+        let fd = socket::raw(self.fd.get_ref());
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let mut rest = due;
+        while !rest.is_empty() {
+            let explicit = self.sender.explicit_keys();
+            state.batch.clear();
+            for (offset, entry) in rest.iter().take(mmsg::BATCH).enumerate() {
+                let echo = Echo {
+                    id: self.identifier,
+                    seq: state.next_seq.wrapping_add(offset as u16),
+                    cookie: self.cookie,
+                };
+                state.batch.push(
+                    &packet::build_echo_request(self.v6, &echo),
+                    SocketAddr::new(entry.probe.key.address, 0),
+                    explicit.then(|| state.sends.wrapping_add(offset as u32)),
+                );
+            }
+            let sent_at = Instant::now();
+            match state.batch.send(fd, 0) {
+                Ok(count) => {
+                    let mut in_flight = lock(&self.in_flight);
+                    for (offset, entry) in rest[..count].iter().enumerate() {
+                        let seq = state.next_seq.wrapping_add(offset as u16);
+                        let key = state.sends.wrapping_add(offset as u32);
+                        in_flight.insert(
+                            (entry.probe.key.address, seq),
+                            key,
+                            Arc::clone(&entry.probe),
+                            sent_at,
+                        );
+                    }
+                    drop(in_flight);
+                    for entry in &rest[..count] {
+                        ProtocolCounters::count(&self.counters.sent);
+                        lock(&entry.probe.stats).record_sent();
+                    }
+                    state.next_seq = state.next_seq.wrapping_add(count as u16);
+                    state.sends = state.sends.wrapping_add(count as u32);
+                    rest = &rest[count..];
+                }
+                Err(err) if explicit && err.raw_os_error() == Some(libc::EINVAL) => {
+                    self.sender.no_explicit_keys();
+                }
+                Err(err) => {
+                    ProtocolCounters::count(&self.counters.errors);
+                    state.next_seq = state.next_seq.wrapping_add(1);
+                    failed(&rest[0].probe, err);
+                    rest = &rest[1..];
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! Background probing: one task per active probe (target address, and port for TCP) sends one
-//! packet every interval through a shared packets-per-second limiter, and stops once the probe
-//! has not been requested for the expiry period. The number of active probes is capped
+//! Background probing: every active probe (target address, and port for TCP) sends one packet
+//! every interval, from one timer wheel ([`super::wheel`]) that a single task turns: each tick
+//! hands the probes due in it to their senders as one batch (one `sendmmsg` per socket),
+//! through a shared packets-per-second limiter; a probe stops once it has not been requested
+//! for the expiry period. The number of active probes is capped
 //! (`--ping.max-active-targets`): a request that would start probes past the cap starts none
 //! and is refused, while the probes already active go on and may always be requested again.
 //! Also owns the table of probes in flight, which both socket drivers use to match replies and
@@ -21,6 +23,7 @@ use std::{
 use super::{
     stats::{Outcome, TargetStats},
     timestamps::{self, ControlMessages},
+    wheel::Wheel,
 };
 
 pub(crate) use crate::support::sync::lock;
@@ -40,10 +43,34 @@ pub(crate) struct ActiveProbe {
     last_requested: Mutex<Instant>,
 }
 
-/// Sends one probe packet; implemented by the ICMP and TCP SYN drivers.
+/// Sends probe packets; implemented by the ICMP and TCP SYN drivers.
 pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
     /// Sends one probe to `probe.key` and registers it as in flight.
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()>;
+
+    /// Sends one probe to each of `due`, in order, and registers each as in flight; a probe
+    /// whose packet could not leave is handed to `failed` with the error. One by one unless
+    /// the driver batches.
+    fn send_batch(&self, due: &[Due], failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error)) {
+        for entry in due {
+            if let Err(err) = self.send(&entry.probe) {
+                failed(&entry.probe, err);
+            }
+        }
+    }
+}
+
+/// An active probe in the wheel, with the sender of its packets.
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub probe: Arc<ActiveProbe>,
+    pub sender: Arc<dyn Sender>,
+}
+
+impl Due {
+    fn same_sender(&self, other: &Due) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.sender), Arc::as_ptr(&other.sender))
+    }
 }
 
 /// Packets sent, received and socket errors of one protocol, for the meta metrics.
@@ -90,6 +117,12 @@ pub(crate) struct Scheduler {
     limiter: RateLimiter,
     /// Probes refused by the cap, for the meta metrics.
     refused: AtomicU64,
+    /// Probes started by requests, waiting for their first packet from the wheel's task.
+    started: Mutex<Vec<Due>>,
+    /// Wakes the wheel's task for `started`.
+    wake: tokio::sync::Notify,
+    /// The wheel's task is running (started by the first request).
+    turning: std::sync::atomic::AtomicBool,
 }
 
 impl Scheduler {
@@ -99,6 +132,9 @@ impl Scheduler {
             probes: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(schedule.max_packets_per_second),
             refused: AtomicU64::new(0),
+            started: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            turning: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -133,6 +169,7 @@ impl Scheduler {
             });
         }
         let mut requested = Vec::with_capacity(wanted.len());
+        let mut started = Vec::new();
         for (key, sender) in wanted {
             if let Some(probe) = probes.get(&key) {
                 requested.push(Arc::clone(probe));
@@ -144,8 +181,19 @@ impl Scheduler {
                 last_requested: Mutex::new(now),
             });
             probes.insert(key, Arc::clone(&probe));
-            tokio::spawn(Arc::clone(self).run(Arc::clone(&probe), sender));
+            started.push(Due {
+                probe: Arc::clone(&probe),
+                sender,
+            });
             requested.push(probe);
+        }
+        drop(probes);
+        if !started.is_empty() {
+            lock(&self.started).append(&mut started);
+            if !self.turning.swap(true, Ordering::AcqRel) {
+                tokio::spawn(Arc::clone(self).turn());
+            }
+            self.wake.notify_one();
         }
         Ok(requested)
     }
@@ -162,36 +210,101 @@ impl Scheduler {
         (probes.len() - tcp, tcp)
     }
 
-    /// The probing loop of one target: first packet at once, then one per interval, until
-    /// the expiry passes without a request.
-    async fn run(self: Arc<Self>, probe: Arc<ActiveProbe>, sender: Arc<dyn Sender>) {
-        let mut ticker = tokio::time::interval(self.schedule.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// The wheel's task: sends the probes of every tick as they come due, a new probe's first
+    /// packet at once, and sleeps until the next non-empty slot (or a new probe) otherwise.
+    async fn turn(self: Arc<Self>) {
+        let mut wheel: Wheel<Due> = Wheel::new(self.schedule.interval, Instant::now());
+        // Reused from tick to tick: no allocation per packet once they have grown.
+        let mut due = Vec::new();
+        let mut deferred = Vec::new();
         loop {
-            ticker.tick().await;
-            if self.expire_if_idle(&probe) {
-                log::debug!(
-                    "ping: {:?} not requested for {:?}; stopped",
-                    probe.key,
-                    self.schedule.expiry
-                );
-                return;
+            let now = Instant::now();
+            // At most about one batch per turn, then the other tasks (the receive loops above
+            // all) run: a wheel that is behind must not send for long without reading replies.
+            let mut budget = super::mmsg::BATCH;
+            while budget > 0
+                && let Some(tick) = wheel.pop_due(now)
+            {
+                wheel.take(tick, &mut due);
+                budget = budget.saturating_sub(due.len());
+                self.send_due(&mut due, &mut deferred, now);
+                for entry in due.drain(..) {
+                    wheel.insert(tick, entry);
+                }
             }
-            self.limiter.acquire().await;
-            if let Err(err) = sender.send(&probe) {
-                log::debug!("ping: sending to {:?}: {err}", probe.key);
-                // The packet could not leave (no route, ...): the target is unreachable.
-                let mut stats = lock(&probe.stats);
-                stats.record_sent();
-                stats.record(Outcome::Lost);
+            due.append(&mut lock(&self.started));
+            if !due.is_empty() {
+                self.send_due(&mut due, &mut deferred, now);
+                let tick = wheel.tick_at(now);
+                for entry in due.drain(..) {
+                    wheel.insert(tick, entry);
+                }
+            }
+            // Held back by the rate limit: due again at the next tick.
+            let next = wheel.next_tick();
+            for entry in deferred.drain(..) {
+                wheel.insert(next, entry);
+            }
+            match wheel.next_due() {
+                // Behind: yield, not sleep (a past deadline would be ready at once).
+                Some(at) if at <= Instant::now() => tokio::task::yield_now().await,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
             }
         }
     }
 
-    /// Removes `probe` from the table if its expiry has passed; true if it did.
-    fn expire_if_idle(&self, probe: &Arc<ActiveProbe>) -> bool {
+    /// Sends one packet for each probe of `due` the rate limit lets through, in batches of
+    /// consecutive probes sharing a sender; moves the ones it holds back to `deferred` and
+    /// drops the expired ones. `due` keeps the probes that were sent (or failed to be).
+    fn send_due(&self, due: &mut Vec<Due>, deferred: &mut Vec<Due>, now: Instant) {
+        due.retain(|entry| {
+            let expired = self.expire_if_idle(&entry.probe, now);
+            if expired {
+                log::debug!(
+                    "ping: {:?} not requested for {:?}; stopped",
+                    entry.probe.key,
+                    self.schedule.expiry
+                );
+            }
+            !expired
+        });
+        let granted = self.limiter.take(now, due.len());
+        deferred.extend(due.drain(granted..));
+        let mut failed = |probe: &Arc<ActiveProbe>, err: io::Error| {
+            log::debug!("ping: sending to {:?}: {err}", probe.key);
+            // The packet could not leave (no route, ...): the target is unreachable.
+            let mut stats = lock(&probe.stats);
+            stats.record_sent();
+            stats.record(Outcome::Lost);
+        };
+        let mut rest = &due[..];
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|entry| !entry.same_sender(first))
+                .unwrap_or(rest.len());
+            first.sender.send_batch(&rest[..run], &mut failed);
+            rest = &rest[run..];
+        }
+    }
+
+    /// Removes `probe` from the table if its expiry has passed at `now`; true if it did.
+    fn expire_if_idle(&self, probe: &Arc<ActiveProbe>, now: Instant) -> bool {
+        let idle = |probe: &ActiveProbe| {
+            now.saturating_duration_since(*lock(&probe.last_requested)) >= self.schedule.expiry
+        };
+        if !idle(probe) {
+            return false;
+        }
+        // Again under the table's lock, which a request holds while it marks the probe.
         let mut probes = lock(&self.probes);
-        if lock(&probe.last_requested).elapsed() < self.schedule.expiry {
+        if !idle(probe) {
             return false;
         }
         if probes
@@ -225,6 +338,7 @@ impl RateLimiter {
     }
 
     /// Takes a token if one is available, else says how long until one is.
+    #[cfg(test)]
     pub(crate) fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         let mut state = lock(&self.state);
         let (tokens, last) = *state;
@@ -239,11 +353,15 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for a token.
-    pub(crate) async fn acquire(&self) {
-        while let Err(wait) = self.try_acquire(Instant::now()) {
-            tokio::time::sleep(wait).await;
-        }
+    /// Takes up to `wanted` tokens at `now`; returns how many it took.
+    pub(crate) fn take(&self, now: Instant, wanted: usize) -> usize {
+        let mut state = lock(&self.state);
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+            .min(self.burst);
+        let granted = (tokens.max(0.0).floor() as usize).min(wanted);
+        *state = (tokens - granted as f64, now);
+        granted
     }
 }
 

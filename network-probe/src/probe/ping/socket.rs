@@ -1,7 +1,7 @@
 //! The raw-socket plumbing both ping drivers share: opening a non-blocking socket with kernel
 //! timestamping (optionally bound to an interface), attaching a classic BPF filter, sending a
 //! packet tagged with a stamp key, and receiving a packet or an error-queue entry with its
-//! control messages, a bounded batch per wake-up.
+//! control messages, a bounded batch per wake-up (one `recvmmsg`, [`super::mmsg`]).
 
 use std::{
     io,
@@ -14,7 +14,10 @@ use std::{
 
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::timestamps::{self, ControlMessages};
+use super::{
+    mmsg::{self, ReceiveBatch},
+    timestamps::{self, ControlMessages},
+};
 
 /// Control buffer size for received messages: timestamping (3 timespecs) and an extended error
 /// with its offender address, with room to spare.
@@ -218,18 +221,26 @@ impl Default for StampedSender {
 impl StampedSender {
     /// Sends `packet` to `to` with stamp key `key`.
     pub fn send(&self, fd: RawFd, packet: &[u8], to: SocketAddr, key: u32) -> io::Result<()> {
-        if self.explicit_keys.load(Ordering::Relaxed) {
+        if self.explicit_keys() {
             match send_to(fd, packet, to, Some(key)) {
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    log::info!(
-                        "ping: kernel without SCM_TS_OPT_ID; stamp keys follow the socket's send counter"
-                    );
-                    self.explicit_keys.store(false, Ordering::Relaxed);
-                }
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => self.no_explicit_keys(),
                 other => return other,
             }
         }
         send_to(fd, packet, to, None)
+    }
+
+    /// Whether sends carry their stamp key (`SCM_TS_OPT_ID`).
+    pub fn explicit_keys(&self) -> bool {
+        self.explicit_keys.load(Ordering::Relaxed)
+    }
+
+    /// The kernel refused `SCM_TS_OPT_ID` (EINVAL): sends go without it from now on.
+    pub fn no_explicit_keys(&self) {
+        log::info!(
+            "ping: kernel without SCM_TS_OPT_ID; stamp keys follow the socket's send counter"
+        );
+        self.explicit_keys.store(false, Ordering::Relaxed);
     }
 }
 
@@ -314,39 +325,51 @@ pub fn receive(fd: RawFd, buffer: &mut [u8], error_queue: bool) -> io::Result<Op
     }))
 }
 
-/// Reads every entry waiting on the error queue of `fd` (transmit stamps) and hands its control
-/// messages to `stamp`.
-pub fn drain_error_queue(
+/// Reads every entry waiting on the error queue of `fd` (transmit stamps), a batch per
+/// `recvmmsg`, and hands its control messages to `stamp`.
+pub(crate) fn drain_error_queue(
     fd: &AsyncFd<OwnedFd>,
-    buffer: &mut [u8],
+    batch: &mut ReceiveBatch,
     mut stamp: impl FnMut(ControlMessages),
 ) {
-    while let Ok(Some(entry)) = receive(raw(fd.get_ref()), buffer, true) {
-        stamp(entry.control);
+    while let Ok(count) = batch.receive(raw(fd.get_ref()), true) {
+        for index in 0..count {
+            stamp(batch.message(index).1.control);
+        }
+        if count < mmsg::BATCH {
+            break;
+        }
     }
 }
 
-/// Most packets [`receive_loop`] handles per wake-up before it yields to the other tasks.
-pub const RECEIVE_BATCH: usize = 64;
+/// Most packets [`receive_loop`] handles per wake-up before it yields to the other tasks (one
+/// `recvmmsg`).
+pub const RECEIVE_BATCH: usize = mmsg::BATCH;
+
+/// Bytes kept of an error-queue entry: transmit stamps come without the packet
+/// (`SOF_TIMESTAMPING_OPT_TSONLY`), the stamps are in the control messages.
+const ERROR_ENTRY_LEN: usize = 256;
 
 /// Serves a timestamping socket until it fails, for both ping drivers: on every wake-up it first
 /// drains the error queue (transmit stamps, through `drain_error_queue`) so the replies that
-/// follow find theirs, then hands queued packets to `handle` with their arrival time and a
-/// scratch buffer for re-reading the error queue. Receive errors count in `errors`.
+/// follow find theirs, then reads up to [`RECEIVE_BATCH`] queued packets with one `recvmmsg`
+/// and hands each to `handle` with its arrival time and a batch for re-reading the error queue.
+/// Receive errors count in `errors`.
 ///
 /// At most [`RECEIVE_BATCH`] packets per wake-up: the daemon runs on one runtime thread, and a
 /// socket that never runs dry (a flood faster than we read) would otherwise keep this loop busy
 /// and starve `/metrics`, the scheduler and the expiry sweeps. After a full batch the loop
 /// yields with the socket still marked ready, so it resumes right after the other ready tasks.
-pub async fn receive_loop(
+pub(crate) async fn receive_loop(
     fd: &AsyncFd<OwnedFd>,
     protocol: &str,
     errors: &AtomicU64,
-    drain_error_queue: impl Fn(&mut [u8]),
-    handle: impl Fn(&[u8], &Received, Instant, &mut [u8]),
+    drain_error_queue: impl Fn(&mut ReceiveBatch),
+    handle: impl Fn(&[u8], &Received, Instant, &mut ReceiveBatch),
 ) {
-    let mut buffer = [0u8; 2048];
-    let mut error_buffer = [0u8; 256];
+    // Allocated once: every packet is read into these.
+    let mut batch = ReceiveBatch::new(2048);
+    let mut error_batch = ReceiveBatch::new(ERROR_ENTRY_LEN);
     loop {
         let mut guard = match fd.ready(Interest::READABLE | Interest::ERROR).await {
             Ok(guard) => guard,
@@ -355,26 +378,23 @@ pub async fn receive_loop(
                 return;
             }
         };
-        drain_error_queue(&mut buffer);
-        let mut drained = false;
-        for _ in 0..RECEIVE_BATCH {
-            match receive(raw(fd.get_ref()), &mut buffer, false) {
-                Ok(Some(received)) => {
-                    let now = Instant::now();
-                    handle(&buffer[..received.len], &received, now, &mut error_buffer);
+        drain_error_queue(&mut error_batch);
+        // Fewer than a full batch: the queue was empty when the kernel stopped reading.
+        let drained = match batch.receive(raw(fd.get_ref()), false) {
+            Ok(count) => {
+                let now = Instant::now();
+                for index in 0..count {
+                    let (bytes, received) = batch.message(index);
+                    handle(bytes, &received, now, &mut error_batch);
                 }
-                Ok(None) => {
-                    drained = true;
-                    break;
-                }
-                Err(err) => {
-                    super::scheduler::ProtocolCounters::count(errors);
-                    log::debug!("ping: {protocol} receive: {err}");
-                    drained = true;
-                    break;
-                }
+                count < RECEIVE_BATCH
             }
-        }
+            Err(err) => {
+                super::scheduler::ProtocolCounters::count(errors);
+                log::debug!("ping: {protocol} receive: {err}");
+                true
+            }
+        };
         if drained {
             guard.clear_ready();
         } else {

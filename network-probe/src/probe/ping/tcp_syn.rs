@@ -20,6 +20,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     filter,
     hardware::HardwareWatch,
+    mmsg::ReceiveBatch,
     packet::{self, Syn, SynReply},
     scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
@@ -195,7 +196,7 @@ impl TcpDriver {
         .await;
     }
 
-    fn drain_error_queue(&self, buffer: &mut [u8]) {
+    fn drain_error_queue(&self, buffer: &mut ReceiveBatch) {
         socket::drain_error_queue(&self.fd, buffer, |control| {
             lock(&self.in_flight).transmit_stamp(control)
         });
@@ -206,7 +207,7 @@ impl TcpDriver {
         bytes: &[u8],
         received: &socket::Received,
         now: Instant,
-        error_buffer: &mut [u8],
+        error_buffer: &mut ReceiveBatch,
     ) {
         let Some(segment) = packet::parse_tcp_segment(!self.v6, bytes) else {
             return;
