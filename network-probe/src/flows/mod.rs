@@ -6,14 +6,12 @@
 //! ([`families`]).
 //!
 //! Builds on [`crate::kernel`]; knows nothing of the command line, the configuration file or
-//! HTTP. TCP connection outcomes from the kernel's pending-SYN maps: [`outcomes`]; passive RTT
-//! samples per flow from the kernel's RTT maps: [`rtt`].
+//! HTTP. TCP connection outcomes from the kernel's pending-SYN maps: [`outcomes`].
 
 pub(crate) mod admission;
 pub(crate) mod exposition;
 pub(crate) mod families;
 pub(crate) mod outcomes;
-pub(crate) mod rtt;
 pub(crate) mod signals;
 pub(crate) mod state;
 pub(crate) mod table;

@@ -33,7 +33,6 @@ mod jool;
 mod malformed;
 mod oneshot;
 mod outcomes;
-mod passive_rtt;
 mod ping;
 mod ping_truth;
 mod pmtu;
