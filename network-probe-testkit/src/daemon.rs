@@ -37,16 +37,7 @@ pub fn daemon_path() -> &'static str {
     })
 }
 
-/// How many times slower than the host the tests run: `NETWORK_PROBE_TEST_SLOWDOWN`, which
-/// `cargo xtask kernel-test` sets for its emulated (TCG) guest, where loading the eBPF programs
-/// alone takes over 10 s; 1 when unset. Fixed waits for the daemon are multiplied by it.
-pub fn slowdown() -> u32 {
-    std::env::var("NETWORK_PROBE_TEST_SLOWDOWN")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .filter(|&factor| factor >= 1)
-        .unwrap_or(1)
-}
+pub use crate::slowdown::slowdown;
 
 /// The daemon running in a namespace, killed on drop if still alive.
 pub struct Daemon {

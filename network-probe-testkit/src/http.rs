@@ -9,11 +9,11 @@ use std::{
 use crate::netns::in_netns;
 
 /// A minimal HTTP/1.1 request from inside `ns`: (status, body). The answer may take 5 s, times
-/// [`crate::daemon::slowdown`] (a scrape reading a full pending-SYN map takes seconds in the
+/// [`crate::slowdown::slowdown`] (a scrape reading a full pending-SYN map takes seconds in the
 /// emulated guest).
 pub fn http(ns: &str, to: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let request = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
-    let read_timeout = Duration::from_secs(5) * crate::daemon::slowdown();
+    let read_timeout = Duration::from_secs(5) * crate::slowdown::slowdown();
     in_netns(ns, move || {
         let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(read_timeout))?;

@@ -18,7 +18,7 @@ use hyper::{
     header::{CONTENT_TYPE, HeaderValue},
 };
 
-use super::{landing::escape, response::with_type};
+use super::{html::escape, response::with_type};
 
 /// Where the documents are served.
 pub(super) const DOCS_PATH: &str = "/docs/";

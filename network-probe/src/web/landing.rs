@@ -9,26 +9,10 @@
 
 use std::{fmt::Write as _, time::SystemTime};
 
-use super::AppState;
+use super::{AppState, html::escape};
 
 /// Where the Debian package installs the documentation.
 const DOCS_DIR: &str = "/usr/share/doc/network-probe";
-
-/// `text` safe in HTML text and in quoted attribute values.
-pub(crate) fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
 
 /// `time` as `YYYY-MM-DD hh:mm:ss UTC`.
 fn utc(time: SystemTime) -> String {
@@ -191,14 +175,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape("<script>alert('x')</script> & \"y\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
-        );
-    }
 
     #[test]
     fn utc_dates() {

@@ -16,6 +16,7 @@ mod auth;
 mod connections;
 mod docs;
 mod history;
+mod html;
 mod landing;
 mod listen;
 mod probe_route;

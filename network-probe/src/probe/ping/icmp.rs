@@ -18,6 +18,7 @@ use super::{
     hardware::HardwareWatch,
     mmsg::{self, ReceiveBatch, SendBatch},
     packet::{self, Echo},
+    receiver,
     scheduler::{ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
 };
@@ -122,7 +123,7 @@ impl IcmpDriver {
     }
 
     async fn receive_loop(self: Arc<Self>) {
-        socket::receive_loop(
+        receiver::receive_loop(
             &self.fd,
             "ICMP",
             &self.counters.errors,
@@ -135,7 +136,7 @@ impl IcmpDriver {
     }
 
     fn drain_error_queue(&self, buffer: &mut ReceiveBatch) {
-        socket::drain_error_queue(&self.fd, buffer, |control| {
+        receiver::drain_error_queue(&self.fd, buffer, |control| {
             lock(&self.in_flight).transmit_stamp(control)
         });
     }

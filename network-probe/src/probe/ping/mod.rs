@@ -17,6 +17,7 @@ pub(crate) mod hardware;
 pub(crate) mod icmp;
 pub(crate) mod mmsg;
 pub mod packet;
+pub(crate) mod receiver;
 pub(crate) mod scheduler;
 pub mod socket;
 pub(crate) mod stats;

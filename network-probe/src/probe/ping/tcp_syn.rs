@@ -22,6 +22,7 @@ use super::{
     hardware::HardwareWatch,
     mmsg::ReceiveBatch,
     packet::{self, Syn, SynReply},
+    receiver,
     scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
     socket::{self, StampedSender},
 };
@@ -184,7 +185,7 @@ impl TcpDriver {
     }
 
     async fn receive_loop(self: Arc<Self>) {
-        socket::receive_loop(
+        receiver::receive_loop(
             &self.fd,
             "TCP raw",
             &self.counters.errors,
@@ -197,7 +198,7 @@ impl TcpDriver {
     }
 
     fn drain_error_queue(&self, buffer: &mut ReceiveBatch) {
-        socket::drain_error_queue(&self.fd, buffer, |control| {
+        receiver::drain_error_queue(&self.fd, buffer, |control| {
             lock(&self.in_flight).transmit_stamp(control)
         });
     }
