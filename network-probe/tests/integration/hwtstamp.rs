@@ -64,10 +64,30 @@ impl SimulatedNic {
             _serial: serial,
             _isolation: isolation,
         };
-        for (ns, ifname, v4, v6) in [(&nic.a, A_IF, A4, A6), (&nic.b, B_IF, B4, B6)] {
+        for ns in [&nic.a, &nic.b] {
             sh("ip", &["netns", "add", ns]);
-            sh("ip", &["link", "set", ifname, "netns", ns]);
             nic.exec(ns, "ip", &["link", "set", "lo", "up"]);
+        }
+        nic.configure();
+        nic
+    }
+
+    /// Deletes the pair (unloading the module) and creates it again (loading it with
+    /// `parameters`), configured as [`SimulatedNic::load`] does: same names, addresses and
+    /// neighbours, new interface indexes and the driver's initial stamping configuration.
+    fn reload(&self, parameters: &[String]) {
+        sh("modprobe", &["-r", MODULE]);
+        let mut args = vec![MODULE];
+        args.extend(parameters.iter().map(String::as_str));
+        sh("modprobe", &args);
+        self.configure();
+    }
+
+    /// Moves the freshly created ends into their namespaces and configures them.
+    fn configure(&self) {
+        let nic = self;
+        for (ns, ifname, v4, v6) in [(&nic.a, A_IF, A4, A6), (&nic.b, B_IF, B4, B6)] {
+            sh("ip", &["link", "set", ifname, "netns", ns]);
             nic.exec(
                 ns,
                 "ip",
@@ -89,7 +109,6 @@ impl SimulatedNic {
             nic.exec(ns, "ip", &["link", "set", ifname, "up"]);
         }
         nic.neighbours();
-        nic
     }
 
     /// Static neighbours: no ARP or neighbour discovery crosses the pair unasked. (Setting a
@@ -744,6 +763,129 @@ fn a_link_reset_that_loses_the_configuration_is_repaired() {
     assert_eq!(
         lines_with(&stderr, "hardware timestamps").len(),
         1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hwts0: hardware timestamping restored"),
+        "{stderr}"
+    );
+    assert_eq!(nic.config(), UNSTAMPED);
+}
+
+/// Every outcome in the window of the probe log line that starts with `key`: the kernel RTT
+/// (µs; NaN if measured with the user clock), or None for a lost probe.
+fn outcomes(debug_body: &str, key: &str) -> Vec<Option<f64>> {
+    let line = debug_body
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no log line for {key} in\n{debug_body}"));
+    line.split("| rtt_us:")
+        .nth(1)
+        .unwrap()
+        .split('|')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|value| (value != "lost").then(|| value.parse().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// The pair is deleted and created again (the module unloaded and loaded again) under the
+/// running daemon: the device its sockets are bound to is gone, then back under the same name
+/// with a new index and stamping off. The probes sent meanwhile fail (`icmp_packets_error`) and
+/// count lost with those in flight, no reply is measured on software stamps, the daemon warns
+/// once that it opens the socket again, re-applies SIOCSHWTSTAMP, and every reply after is
+/// exactly the simulated delay again (frozen clock).
+#[test]
+#[ignore = "needs the hwtstamp_veth module of the qemu guest (cargo xtask kernel-test)"]
+fn a_re_created_interface_is_bound_again() {
+    const DELAY_US: f64 = 4_000.0;
+    let parameters = [
+        format!("delay_ns={}", DELAY_US as u64 * 1000),
+        "freeze_clock=1".into(),
+    ];
+    let nic = SimulatedNic::load(&parameters);
+    let log = "/tmp/hwtstamp-recreate.log";
+    let mut daemon = nic.daemon(log, &[]);
+    let query = format!("target={B4}");
+    let target = [("icmp", format!("ip=\"{B4}\""))];
+    let labels = &target[0].1;
+    let body = gather(&daemon, &query, &target, 5.0);
+    assert_eq!(nic.config(), HardwareConfig::STAMP_ALL);
+    let before = window(&body, B4);
+    assert_exact(B4, &before, DELAY_US);
+    let errors_before = value(&body, "icmp_packets_error_total", "");
+
+    nic.reload(&parameters);
+    // A new device, stamping off: the daemon has not been asked anything since.
+    assert_eq!(nic.config(), UNSTAMPED);
+    let is_exact = |outcome: &Option<f64>| outcome.is_some_and(|rtt| (rtt - DELAY_US).abs() <= 1.0);
+    // Until 15 replies followed the last outcome that is not one (at most 60 s: emulated).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (body, all, others) = loop {
+        let body = probe(&daemon, &format!("{query}&debug=true"));
+        let all = outcomes(&body, B4);
+        let others: Vec<usize> = (0..all.len()).filter(|&at| !is_exact(&all[at])).collect();
+        if others.last().is_some_and(|&last| all.len() >= last + 16) {
+            break (body, all, others);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lost probe followed by 15 replies after the reload: {all:?}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    // Applied again by the daemon on the new device.
+    assert_eq!(nic.config(), HardwareConfig::STAMP_ALL);
+    // Nothing was measured on software stamps (or the user clock): every outcome not at the
+    // delay is a lost probe, and they are one run after the reload.
+    assert_eq!(value(&body, MISSING, ""), 0.0, "{all:?}");
+    assert!(others.iter().all(|&at| all[at].is_none()), "{all:?}");
+    assert!(
+        others[0] >= before.len() && others.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "not one run of lost probes after the reload: {others:?} in {all:?}"
+    );
+    assert_eq!(
+        value(&body, "icmp_probe_user_clock_samples_total", labels),
+        0.0
+    );
+    // The sends that failed while the socket was bound to the old device count as socket
+    // errors, and as lost probes with those in flight when it went.
+    let failed = value(&body, "icmp_packets_error_total", "") - errors_before;
+    let lost = others.len() as f64;
+    assert!(
+        failed >= 1.0 && failed <= lost,
+        "{failed} failed sends, {lost} lost: {all:?}"
+    );
+    let sent = value(&body, "icmp_probe_packets_sent_total", labels);
+    let received = value(&body, "icmp_probe_packets_recv_total", labels);
+    assert_eq!(received, (all.len() - others.len()) as f64, "{all:?}");
+    assert_eq!(
+        value(
+            &body,
+            "network_probe_ping_hardware_timestamp_fallbacks_total",
+            ""
+        ),
+        0.0
+    );
+    eprintln!(
+        "hwtstamp: re-created: {} replies at {DELAY_US} µs before, {lost} lost ({failed} sends \
+         failed on the old device), then {} at exactly {DELAY_US} µs (sent {sent}, received \
+         {received})",
+        before.len(),
+        all.len() - others.last().unwrap() - 1,
+    );
+    let status = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    let stderr = std::fs::read_to_string(log).unwrap();
+    let warnings = lines_with(&stderr, "was re-created");
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("interface hwts0") && warnings[0].contains("ICMP IPv4"),
+        "{stderr}"
+    );
+    assert!(
+        lines_with(&stderr, "hardware timestamps").is_empty(),
         "{stderr}"
     );
     assert!(

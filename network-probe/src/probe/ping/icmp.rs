@@ -69,6 +69,8 @@ pub(crate) struct IcmpDriver {
     sender: StampedSender,
     counters: Arc<ProtocolCounters>,
     hardware: Option<Arc<HardwareWatch>>,
+    /// Ends the receive loop (the driver was replaced).
+    stop: tokio::sync::Notify,
 }
 
 impl IcmpDriver {
@@ -102,6 +104,7 @@ impl IcmpDriver {
             sender: StampedSender::default(),
             counters,
             hardware: config.hardware.clone(),
+            stop: tokio::sync::Notify::new(),
         });
         log::info!(
             "ping: ICMPv{} {} socket, identifier {identifier}{}",
@@ -125,6 +128,7 @@ impl IcmpDriver {
     async fn receive_loop(self: Arc<Self>) {
         receiver::receive_loop(
             &self.fd,
+            &self.stop,
             "ICMP",
             &self.counters.errors,
             |buffer| self.drain_error_queue(buffer),
@@ -173,6 +177,10 @@ impl IcmpDriver {
 }
 
 impl Sender for IcmpDriver {
+    fn retire(&self) {
+        self.stop.notify_one();
+    }
+
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {
         let address = probe.key.address;
         let mut state = lock(&self.state);

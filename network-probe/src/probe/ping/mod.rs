@@ -17,6 +17,7 @@ pub(crate) mod hardware;
 pub(crate) mod icmp;
 pub(crate) mod mmsg;
 pub mod packet;
+pub(crate) mod rebind;
 pub(crate) mod receiver;
 pub(crate) mod scheduler;
 pub mod socket;
@@ -220,7 +221,8 @@ impl Default for Random {
 struct Drivers {
     /// One socket per protocol, family and interface bound to (none: unbound), opened on
     /// first use: with `auto`, targets reached through different interfaces get their own.
-    open: BTreeMap<DriverKey, Arc<dyn Sender>>,
+    /// Each in a slot that opens it again when its interface is re-created ([`rebind`]).
+    open: BTreeMap<DriverKey, Arc<rebind::Rebinding>>,
 }
 
 /// Which socket serves a probe: TCP SYN or ICMP, IPv6 or IPv4, and the interface it is bound to.
@@ -377,9 +379,48 @@ impl Ping {
         let interface = self.interface(key.address)?;
         let tcp = key.tcp_port.is_some();
         let mut drivers = lock(&self.drivers);
-        if let Some(driver) = drivers.open.get(&(tcp, v6, interface.clone())) {
-            return Ok(Arc::clone(driver));
+        if let Some(slot) = drivers.open.get(&(tcp, v6, interface.clone())) {
+            let slot = Arc::clone(slot);
+            if slot.check() == rebind::Decision::Reopen {
+                let name = interface.as_deref().unwrap_or_default();
+                let index = interface.as_deref().and_then(rebind::interface_index);
+                match self.open_driver(tcp, v6, interface.clone()) {
+                    Ok(driver) => {
+                        log::warn!(
+                            "ping: interface {name} was re-created (index {} -> {}): its \
+                             {} IPv{} socket is opened and bound again{}",
+                            slot.index(),
+                            index.unwrap_or(0),
+                            if tcp { "TCP" } else { "ICMP" },
+                            if v6 { 6 } else { 4 },
+                            if self.flags.hard {
+                                ", hardware timestamping applied again"
+                            } else {
+                                ""
+                            }
+                        );
+                        slot.replace(index, driver, 2 * self.flags.timeout);
+                    }
+                    Err(reason) => log::debug!("ping: {name} is back, re-opening: {reason}"),
+                }
+            }
+            return Ok(slot);
         }
+        let index = interface.as_deref().and_then(rebind::interface_index);
+        let driver = self.open_driver(tcp, v6, interface.clone())?;
+        let slot = Arc::new(rebind::Rebinding::new(interface.clone(), index, driver));
+        drivers.open.insert((tcp, v6, interface), Arc::clone(&slot));
+        Ok(slot)
+    }
+
+    /// Opens the socket (driver) of one protocol and family on `interface`; the error is for
+    /// the operator.
+    fn open_driver(
+        &self,
+        tcp: bool,
+        v6: bool,
+        interface: Option<String>,
+    ) -> Result<Arc<dyn Sender>, String> {
         let stamp_flags = self.stamp_flags(interface.as_deref());
         let hardware = interface
             .as_deref()
@@ -417,9 +458,6 @@ impl Ping {
                 format!("opening the ICMPv{family} socket: {err} (raw sockets need CAP_NET_RAW; datagram ones net.ipv4.ping_group_range)")
             })?
         };
-        drivers
-            .open
-            .insert((tcp, v6, interface), Arc::clone(&driver));
         Ok(driver)
     }
 

@@ -51,8 +51,10 @@ const ERROR_ENTRY_LEN: usize = 256;
 /// socket that never runs dry (a flood faster than we read) would otherwise keep this loop busy
 /// and starve `/metrics`, the scheduler and the expiry sweeps. After a full batch the loop
 /// yields with the socket still marked ready, so it resumes right after the other ready tasks.
+/// It returns when `stop` is notified (the driver was replaced).
 pub(crate) async fn receive_loop(
     fd: &AsyncFd<OwnedFd>,
+    stop: &tokio::sync::Notify,
     protocol: &str,
     errors: &AtomicU64,
     drain_error_queue: impl Fn(&mut ReceiveBatch),
@@ -62,7 +64,11 @@ pub(crate) async fn receive_loop(
     let mut batch = ReceiveBatch::new(2048);
     let mut error_batch = ReceiveBatch::new(ERROR_ENTRY_LEN);
     loop {
-        let mut guard = match fd.ready(Interest::READABLE | Interest::ERROR).await {
+        let ready = tokio::select! {
+            ready = fd.ready(Interest::READABLE | Interest::ERROR) => ready,
+            () = stop.notified() => return,
+        };
+        let mut guard = match ready {
             Ok(guard) => guard,
             Err(err) => {
                 log::error!("ping: {protocol} socket failed: {err}");

@@ -58,6 +58,10 @@ pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
             }
         }
     }
+
+    /// Stops serving its socket (replaced: [`super::rebind`]); the socket closes once nothing
+    /// refers to the driver any more.
+    fn retire(&self) {}
 }
 
 /// An active probe in the wheel, with the sender of its packets.

@@ -72,6 +72,8 @@ pub(crate) struct TcpDriver {
     sender: StampedSender,
     counters: Arc<ProtocolCounters>,
     hardware: Option<Arc<HardwareWatch>>,
+    /// Ends the receive loop (the driver was replaced).
+    stop: tokio::sync::Notify,
 }
 
 impl TcpDriver {
@@ -129,6 +131,7 @@ impl TcpDriver {
             sender: StampedSender::default(),
             counters,
             hardware: config.hardware.clone(),
+            stop: tokio::sync::Notify::new(),
         });
         log::info!(
             "ping: TCP SYN over IPv{} from port {local_port}{}",
@@ -187,6 +190,7 @@ impl TcpDriver {
     async fn receive_loop(self: Arc<Self>) {
         receiver::receive_loop(
             &self.fd,
+            &self.stop,
             "TCP raw",
             &self.counters.errors,
             |buffer| self.drain_error_queue(buffer),
@@ -240,6 +244,10 @@ impl TcpDriver {
 }
 
 impl Sender for TcpDriver {
+    fn retire(&self) {
+        self.stop.notify_one();
+    }
+
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {
         let target = probe.key.address;
         let port = probe.key.tcp_port.unwrap_or(0);
