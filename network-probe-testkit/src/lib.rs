@@ -29,6 +29,7 @@ pub mod jool_vm;
 pub mod kernel;
 pub mod metrics;
 pub mod netns;
+pub mod nft;
 pub mod slowdown;
 pub mod testrun;
 

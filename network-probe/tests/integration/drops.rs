@@ -54,13 +54,11 @@ fn wait_for(target: u64, read: impl Fn() -> u64) -> u64 {
 
 /// Packets the counter of the nft rule in a's table `np` has counted.
 fn nft_rule_packets(pair: &VethPair) -> u64 {
-    let listing = pair.exec(&pair.a, "nft", &["list", "table", "inet", "np"]);
-    listing
-        .split_whitespace()
-        .skip_while(|word| *word != "packets")
-        .nth(1)
-        .and_then(|packets| packets.parse().ok())
-        .unwrap_or_else(|| panic!("no rule counter in {listing}"))
+    network_probe_testkit::nft::only_counter_packets(&pair.exec(
+        &pair.a,
+        "nft",
+        &["list", "table", "inet", "np"],
+    ))
 }
 
 #[test]

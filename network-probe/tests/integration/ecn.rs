@@ -49,19 +49,11 @@ fn one_frame_per_packet(pair: &VethPair) {
 
 /// The packets counter of the only counter in nft chain `chain` of table `table` in `ns`.
 fn nft_rule_packets(pair: &VethPair, ns: &str, table: &str, chain: &str) -> u64 {
-    let listing = pair.exec(ns, "nft", &["list", "chain", "ip", table, chain]);
-    let counters: Vec<u64> = listing
-        .split("counter packets ")
-        .skip(1)
-        .map(|rest| {
-            rest.split_whitespace()
-                .next()
-                .and_then(|number| number.parse().ok())
-                .unwrap_or_else(|| panic!("a packet count in {listing}"))
-        })
-        .collect();
-    assert_eq!(counters.len(), 1, "one counter in {listing}");
-    counters[0]
+    network_probe_testkit::nft::only_counter_packets(&pair.exec(
+        ns,
+        "nft",
+        &["list", "chain", "ip", table, chain],
+    ))
 }
 
 /// Messages the client of [`ce_marks_set_by_nft_are_counted_exactly`] sends, each echoed before

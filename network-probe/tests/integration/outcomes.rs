@@ -366,13 +366,11 @@ const SYN_BURST: usize = 500;
 
 /// Packets the counter of the rule in `ns`'s table `np` has counted.
 fn rule_packets(pair: &VethPair, ns: &str) -> u64 {
-    let listing = pair.exec(ns, "nft", &["list", "table", "inet", "np"]);
-    listing
-        .split_whitespace()
-        .skip_while(|word| *word != "packets")
-        .nth(1)
-        .and_then(|packets| packets.parse().ok())
-        .unwrap_or_else(|| panic!("no rule counter in {listing}"))
+    network_probe_testkit::nft::only_counter_packets(&pair.exec(
+        ns,
+        "nft",
+        &["list", "table", "inet", "np"],
+    ))
 }
 
 /// More unanswered SYNs than the pending-SYN map holds, each its own attempt (distinct source
