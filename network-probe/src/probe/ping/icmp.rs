@@ -19,7 +19,7 @@ use super::{
     mmsg::{self, ReceiveBatch, SendBatch},
     packet::{self, Echo},
     receiver,
-    scheduler::{ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
+    scheduler::{ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, in_flight_bound, lock},
     socket::{self, StampedSender},
 };
 
@@ -71,6 +71,10 @@ pub(crate) struct IcmpDriver {
     hardware: Option<Arc<HardwareWatch>>,
     /// Ends the receive loop (the driver was replaced).
     stop: tokio::sync::Notify,
+    /// `--ping.timeout` (the sweeps' period follows it).
+    timeout: Duration,
+    /// Most probes in flight: what the socket's receive buffer holds ([`in_flight_bound`]).
+    bound: usize,
 }
 
 impl IcmpDriver {
@@ -86,6 +90,7 @@ impl IcmpDriver {
             // Datagram sockets: the identifier is the socket's "port".
             socket::local_address(socket::raw(&fd))?.port()
         };
+        let bound = in_flight_bound(socket::receive_buffer(socket::raw(&fd))?);
         let driver = Arc::new(IcmpDriver {
             v6: config.v6,
             raw,
@@ -105,9 +110,11 @@ impl IcmpDriver {
             counters,
             hardware: config.hardware.clone(),
             stop: tokio::sync::Notify::new(),
+            timeout: config.timeout,
+            bound,
         });
         log::info!(
-            "ping: ICMPv{} {} socket, identifier {identifier}{}",
+            "ping: ICMPv{} {} socket, identifier {identifier}, at most {bound} probes in flight{}",
             if config.v6 { 6 } else { 4 },
             if raw { "raw" } else { "datagram" },
             config
@@ -117,11 +124,6 @@ impl IcmpDriver {
                 .unwrap_or_default()
         );
         tokio::spawn(Arc::clone(&driver).receive_loop());
-        tokio::spawn(expire_loop(
-            Arc::downgrade(&driver),
-            config.timeout,
-            |driver: &IcmpDriver, now| lock(&driver.in_flight).expire(now),
-        ));
         Ok(driver)
     }
 
@@ -131,9 +133,13 @@ impl IcmpDriver {
             &self.stop,
             "ICMP",
             &self.counters.errors,
+            self.timeout,
             |buffer| self.drain_error_queue(buffer),
             |bytes, received, now, error_buffer| {
                 self.handle_reply(bytes, received, now, error_buffer)
+            },
+            |now| {
+                lock(&self.in_flight).expire(now);
             },
         )
         .await;
@@ -179,6 +185,10 @@ impl IcmpDriver {
 impl Sender for IcmpDriver {
     fn retire(&self) {
         self.stop.notify_one();
+    }
+
+    fn room(&self) -> usize {
+        self.bound.saturating_sub(lock(&self.in_flight).len())
     }
 
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {

@@ -861,6 +861,15 @@ impl Collector for MetaCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.0.scheduler.refused()).encode(refused)?;
+        let missed = encoder.encode_descriptor(
+            "network_probe_ping_sends_missed",
+            "Probe packets not sent in time: a probe sent a whole interval or more after it was \
+             due counts each interval it missed (held back by --ping.max-pps, by the bound on \
+             probes in flight that keeps every reply readable, or a daemon short of CPU).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.scheduler.missed()).encode(missed)?;
         if self.0.hard {
             let metric = encoder.encode_descriptor(
                 "network_probe_ping_hardware_timestamp_fallbacks",

@@ -133,6 +133,13 @@ impl Sender for Rebinding {
         );
         driver.send_batch(due, failed);
     }
+
+    fn room(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .room()
+    }
 }
 
 #[cfg(test)]

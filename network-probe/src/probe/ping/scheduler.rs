@@ -7,6 +7,14 @@
 //! and is refused, while the probes already active go on and may always be requested again.
 //! Also owns the table of probes in flight, which both socket drivers use to match replies and
 //! to turn silence into loss after the timeout.
+//!
+//! Sending is paced by the receive side: a driver takes no more probes than it has
+//! [`Sender::room`] for in flight (a bound sized so that the replies and transmit stamps of
+//! every probe in flight fit in its socket's receive buffer, [`in_flight_bound`]). A daemon
+//! short of CPU then sends less instead of sending what it cannot read: every reply the target
+//! sends is still queued, read, stamped and matched. What could not be sent in time is counted
+//! ([`Scheduler::missed`], `network_probe_ping_sends_missed`): a probe sent a whole interval
+//! or more after it was due counts each interval it missed.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -62,6 +70,27 @@ pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
     /// Stops serving its socket (replaced: [`super::rebind`]); the socket closes once nothing
     /// refers to the driver any more.
     fn retire(&self) {}
+
+    /// How many more probes it may have in flight now (the receive side's bound, see
+    /// [`in_flight_bound`]); the scheduler holds back the rest of a tick's probes to the next
+    /// tick. Unbounded unless the driver says otherwise.
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Bytes of receive buffer one probe in flight may need: its reply and its transmit stamp
+/// (error queue) are both charged to the socket's receive buffer until read. Measured on 6.18:
+/// 1,664 bytes (truesize of an ICMP echo reply plus a `SOF_TIMESTAMPING_OPT_TSONLY` stamp, 200
+/// requests to a local address unread, `SO_MEMINFO`); rounded up.
+pub(crate) const RECEIVE_BYTES_PER_PROBE: usize = 2048;
+
+/// The most probes a socket with a receive buffer of `receive_buffer` bytes (as `SO_RCVBUF`
+/// reads back) may have in flight: then every reply and stamp fits even when the daemon reads
+/// none of them until the last has come, so none is dropped by the kernel for want of room.
+/// At least one batch.
+pub(crate) fn in_flight_bound(receive_buffer: usize) -> usize {
+    (receive_buffer / RECEIVE_BYTES_PER_PROBE).max(super::mmsg::BATCH)
 }
 
 /// An active probe in the wheel, with the sender of its packets.
@@ -69,6 +98,8 @@ pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
 pub(crate) struct Due {
     pub probe: Arc<ActiveProbe>,
     pub sender: Arc<dyn Sender>,
+    /// The wheel's tick its next packet is due at (a probe held back keeps it).
+    pub due: u64,
 }
 
 impl Due {
@@ -121,6 +152,9 @@ pub(crate) struct Scheduler {
     limiter: RateLimiter,
     /// Probes refused by the cap, for the meta metrics.
     refused: AtomicU64,
+    /// Intervals in which a probe sent nothing because it was held back (rate limit, bound on
+    /// probes in flight, a daemon short of CPU), for the meta metrics.
+    missed: AtomicU64,
     /// Probes started by requests, waiting for their first packet from the wheel's task.
     started: Mutex<Vec<Due>>,
     /// Wakes the wheel's task for `started`.
@@ -136,6 +170,7 @@ impl Scheduler {
             probes: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(schedule.max_packets_per_second),
             refused: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
             started: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             turning: std::sync::atomic::AtomicBool::new(false),
@@ -188,6 +223,8 @@ impl Scheduler {
             started.push(Due {
                 probe: Arc::clone(&probe),
                 sender,
+                // Set by the wheel's task when it takes the probe.
+                due: 0,
             });
             requested.push(probe);
         }
@@ -207,6 +244,11 @@ impl Scheduler {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Probe packets not sent in time so far: each whole interval a probe was sent late by.
+    pub(crate) fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
     /// Number of active probes, ICMP and TCP.
     pub(crate) fn active(&self) -> (usize, usize) {
         let probes = lock(&self.probes);
@@ -221,8 +263,11 @@ impl Scheduler {
         // Reused from tick to tick: no allocation per packet once they have grown.
         let mut due = Vec::new();
         let mut deferred = Vec::new();
+        let mut runs = Vec::new();
+        let slots = wheel.slots() as u64;
         loop {
             let now = Instant::now();
+            let current = wheel.tick_at(now);
             // At most about one batch per turn, then the other tasks (the receive loops above
             // all) run: a wheel that is behind must not send for long without reading replies.
             let mut budget = super::mmsg::BATCH;
@@ -231,20 +276,27 @@ impl Scheduler {
             {
                 wheel.take(tick, &mut due);
                 budget = budget.saturating_sub(due.len());
-                self.send_due(&mut due, &mut deferred, now);
-                for entry in due.drain(..) {
+                self.send_due(&mut due, &mut deferred, &mut runs, now, current, slots);
+                for mut entry in due.drain(..) {
+                    entry.due = tick + slots;
                     wheel.insert(tick, entry);
                 }
             }
+            let taken = due.len();
             due.append(&mut lock(&self.started));
+            for entry in &mut due[taken..] {
+                entry.due = current;
+            }
             if !due.is_empty() {
-                self.send_due(&mut due, &mut deferred, now);
+                self.send_due(&mut due, &mut deferred, &mut runs, now, current, slots);
                 let tick = wheel.tick_at(now);
-                for entry in due.drain(..) {
+                for mut entry in due.drain(..) {
+                    entry.due = tick + slots;
                     wheel.insert(tick, entry);
                 }
             }
-            // Held back by the rate limit: due again at the next tick.
+            // Held back by the rate limit or the bound on probes in flight: due again at the
+            // next tick, still owing the packet of the tick they were due at.
             let next = wheel.next_tick();
             for entry in deferred.drain(..) {
                 wheel.insert(next, entry);
@@ -263,10 +315,20 @@ impl Scheduler {
         }
     }
 
-    /// Sends one packet for each probe of `due` the rate limit lets through, in batches of
-    /// consecutive probes sharing a sender; moves the ones it holds back to `deferred` and
-    /// drops the expired ones. `due` keeps the probes that were sent (or failed to be).
-    fn send_due(&self, due: &mut Vec<Due>, deferred: &mut Vec<Due>, now: Instant) {
+    /// Sends one packet for each probe of `due` the rate limit and its sender's room for
+    /// probes in flight let through, in batches of consecutive probes sharing a sender; moves
+    /// the ones held back to `deferred` and drops the expired ones. `due` keeps the probes that
+    /// were sent (or failed to be); each of them due a whole interval or more before `current`
+    /// (ticks of `slots` per interval) counts the intervals it missed. `runs` is scratch space.
+    fn send_due(
+        &self,
+        due: &mut Vec<Due>,
+        deferred: &mut Vec<Due>,
+        runs: &mut Vec<(usize, usize, usize)>,
+        now: Instant,
+        current: u64,
+        slots: u64,
+    ) {
         due.retain(|entry| {
             let expired = self.expire_if_idle(&entry.probe, now);
             if expired {
@@ -278,8 +340,6 @@ impl Scheduler {
             }
             !expired
         });
-        let granted = self.limiter.take(now, due.len());
-        deferred.extend(due.drain(granted..));
         let mut failed = |probe: &Arc<ActiveProbe>, err: io::Error| {
             log::debug!("ping: sending to {:?}: {err}", probe.key);
             // The packet could not leave (no route, ...): the target is unreachable.
@@ -287,14 +347,40 @@ impl Scheduler {
             stats.record_sent();
             stats.record(Outcome::Lost);
         };
-        let mut rest = &due[..];
-        while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .position(|entry| !entry.same_sender(first))
-                .unwrap_or(rest.len());
-            first.sender.send_batch(&rest[..run], &mut failed);
-            rest = &rest[run..];
+        // (start, end, how many of it were sent) of each run of one sender
+        runs.clear();
+        let mut start = 0;
+        while let Some(first) = due.get(start) {
+            let end = start
+                + due[start..]
+                    .iter()
+                    .position(|entry| !entry.same_sender(first))
+                    .unwrap_or(due.len() - start);
+            let wanted = (end - start).min(first.sender.room());
+            let granted = self.limiter.take(now, wanted);
+            first
+                .sender
+                .send_batch(&due[start..start + granted], &mut failed);
+            runs.push((start, end, granted));
+            start = end;
+        }
+        let (mut index, mut run, mut missed) = (0, 0, 0);
+        due.retain(|entry| {
+            while runs[run].1 <= index {
+                run += 1;
+            }
+            let (start, _, granted) = runs[run];
+            let keep = index - start < granted;
+            index += 1;
+            if keep {
+                missed += missed_intervals(entry.due, current, slots);
+            } else {
+                deferred.push(entry.clone());
+            }
+            keep
+        });
+        if missed > 0 {
+            self.missed.fetch_add(missed, Ordering::Relaxed);
         }
     }
 
@@ -319,6 +405,12 @@ impl Scheduler {
         }
         true
     }
+}
+
+/// Whole intervals (of `slots` ticks) a probe due at tick `due` and sent at tick `current`
+/// missed: 0 while it goes out within an interval of when it was due.
+pub(crate) fn missed_intervals(due: u64, current: u64, slots: u64) -> u64 {
+    current.saturating_sub(due) / slots.max(1)
 }
 
 /// A token bucket shared by every probe: at most `rate` packets per second, with a burst of
@@ -515,7 +607,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
         expired
     }
 
-    #[cfg(test)]
+    /// Probes in flight.
     pub(crate) fn len(&self) -> usize {
         self.by_reply.len()
     }
@@ -523,23 +615,6 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.by_reply.is_empty()
-    }
-}
-
-/// Runs `expire` on the driver every tenth of the timeout (5 ms to 100 ms) while it lives.
-pub(crate) async fn expire_loop<D>(
-    driver: std::sync::Weak<D>,
-    timeout: Duration,
-    expire: fn(&D, Instant) -> usize,
-) {
-    let tick = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
-    let mut ticker = tokio::time::interval(tick);
-    loop {
-        ticker.tick().await;
-        let Some(driver) = driver.upgrade() else {
-            return;
-        };
-        expire(&driver, Instant::now());
     }
 }
 
@@ -744,6 +819,84 @@ mod tests {
         let refused = scheduler.request(wanted(keys(4..6))).unwrap_err();
         assert_eq!((refused.new, refused.active), (1, 5));
         assert_eq!(scheduler.refused(), 4);
+    }
+
+    /// A sender with room for `room` probes in flight, counting what it sends.
+    #[derive(Debug)]
+    struct Bounded {
+        room: usize,
+        sent: AtomicU64,
+    }
+
+    impl Sender for Bounded {
+        fn send(&self, _probe: &Arc<ActiveProbe>) -> io::Result<()> {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn room(&self) -> usize {
+            self.room
+                .saturating_sub(self.sent.load(Ordering::Relaxed) as usize)
+        }
+    }
+
+    #[test]
+    fn the_bound_follows_the_receive_buffer() {
+        // 8 MiB read back (4 MiB asked, doubled): 4,096 probes of 2 KiB each.
+        assert_eq!(in_flight_bound(8 << 20), 4096);
+        assert_eq!(in_flight_bound(16 << 20), 8192);
+        // A tiny buffer still lets one batch through.
+        assert_eq!(in_flight_bound(4096), super::super::mmsg::BATCH);
+    }
+
+    #[test]
+    fn missed_intervals_count_whole_intervals_late() {
+        assert_eq!(missed_intervals(100, 100, 100), 0);
+        assert_eq!(missed_intervals(100, 199, 100), 0);
+        assert_eq!(missed_intervals(100, 200, 100), 1);
+        assert_eq!(missed_intervals(100, 450, 100), 3);
+        // Sent before it was due (a new probe's first packet): nothing missed.
+        assert_eq!(missed_intervals(300, 200, 100), 0);
+    }
+
+    #[test]
+    fn a_sender_gets_no_more_than_its_room_and_the_rest_is_held_back() {
+        let scheduler = Scheduler::new(Schedule {
+            interval: Duration::from_millis(100),
+            expiry: Duration::from_secs(3600),
+            window: 10,
+            max_packets_per_second: 1_000_000,
+            max_active: 100,
+        });
+        let full: Arc<dyn Sender> = Arc::new(Bounded {
+            room: 3,
+            sent: AtomicU64::new(0),
+        });
+        let free: Arc<dyn Sender> = Arc::new(Counting::default());
+        let entry = |sender: &Arc<dyn Sender>, due: u64| Due {
+            probe: probe(),
+            sender: Arc::clone(sender),
+            due,
+        };
+        // Current tick 1000, 100 ticks per interval: due at 800 missed two intervals, at 950
+        // none.
+        let mut due = vec![
+            entry(&full, 800),
+            entry(&full, 950),
+            entry(&free, 950),
+            entry(&full, 800),
+            entry(&full, 800),
+            entry(&full, 800),
+        ];
+        let (mut deferred, mut runs) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        scheduler.send_due(&mut due, &mut deferred, &mut runs, now, 1000, 100);
+        let dues = |entries: &[Due]| entries.iter().map(|e| e.due).collect::<Vec<_>>();
+        // Two from the first run of `full`, the one of `free`, one more of `full` (room 3).
+        assert_eq!(dues(&due), [800, 950, 950, 800]);
+        assert_eq!(dues(&deferred), [800, 800]);
+        assert!(Arc::ptr_eq(&deferred[0].sender, &full));
+        assert_eq!(scheduler.missed(), 2 + 2);
     }
 
     #[test]

@@ -46,13 +46,24 @@ pub fn open(
         libc::SO_TIMESTAMPING,
         &(stamp_flags as libc::c_int),
     )?;
-    // Many targets answer at once: room for bursts of replies.
-    set_option(
+    // Many targets answer at once: room for bursts of replies, and the bound on probes in
+    // flight grows with it (`scheduler::in_flight_bound`). Past `net.core.rmem_max` where
+    // CAP_NET_ADMIN allows (the kernel doubles either value: 16 MiB, 8 MiB at most otherwise).
+    if set_option(
         fd,
         libc::SOL_SOCKET,
-        libc::SO_RCVBUF,
-        &(4 << 20 as libc::c_int),
-    )?;
+        libc::SO_RCVBUFFORCE,
+        &(8 << 20 as libc::c_int),
+    )
+    .is_err()
+    {
+        set_option(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &(4 << 20 as libc::c_int),
+        )?;
+    }
     if let Some(interface) = interface {
         set_option_bytes(
             fd,
@@ -68,6 +79,26 @@ pub fn open(
         })?;
     }
     Ok(socket)
+}
+
+/// The receive buffer of `fd` in bytes, as the kernel accounts it (`SO_RCVBUF` read back).
+pub fn receive_buffer(fd: RawFd) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writing an int and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
 }
 
 /// setsockopt with a value of type `T`.

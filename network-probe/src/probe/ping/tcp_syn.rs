@@ -23,7 +23,7 @@ use super::{
     mmsg::ReceiveBatch,
     packet::{self, Syn, SynReply},
     receiver,
-    scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, expire_loop, lock},
+    scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, in_flight_bound, lock},
     socket::{self, StampedSender},
 };
 
@@ -74,6 +74,10 @@ pub(crate) struct TcpDriver {
     hardware: Option<Arc<HardwareWatch>>,
     /// Ends the receive loop (the driver was replaced).
     stop: tokio::sync::Notify,
+    /// `--ping.timeout` (the sweeps' period follows it).
+    timeout: Duration,
+    /// Most probes in flight: what the socket's receive buffer holds ([`in_flight_bound`]).
+    bound: usize,
 }
 
 impl TcpDriver {
@@ -113,6 +117,7 @@ impl TcpDriver {
             socket::raw(&fd),
             &filter::tcp_replies(config.v6, local_port),
         )?;
+        let bound = in_flight_bound(socket::receive_buffer(socket::raw(&fd))?);
         let driver = Arc::new(TcpDriver {
             v6: config.v6,
             // SAFETY: the AsyncFd owns the descriptor and keeps it open until dropped.
@@ -132,20 +137,17 @@ impl TcpDriver {
             counters,
             hardware: config.hardware.clone(),
             stop: tokio::sync::Notify::new(),
+            timeout: config.timeout,
+            bound,
         });
         log::info!(
-            "ping: TCP SYN over IPv{} from port {local_port}{}",
+            "ping: TCP SYN over IPv{} from port {local_port}, at most {bound} probes in flight{}",
             if config.v6 { 6 } else { 4 },
             interface
                 .map(|name| format!(", bound to {name}"))
                 .unwrap_or_default()
         );
         tokio::spawn(Arc::clone(&driver).receive_loop());
-        tokio::spawn(expire_loop(
-            Arc::downgrade(&driver),
-            config.timeout,
-            |driver: &TcpDriver, now| lock(&driver.in_flight).expire(now),
-        ));
         Ok(driver)
     }
 
@@ -193,9 +195,13 @@ impl TcpDriver {
             &self.stop,
             "TCP raw",
             &self.counters.errors,
+            self.timeout,
             |buffer| self.drain_error_queue(buffer),
             |bytes, received, now, error_buffer| {
                 self.handle_segment(bytes, received, now, error_buffer)
+            },
+            |now| {
+                lock(&self.in_flight).expire(now);
             },
         )
         .await;
@@ -246,6 +252,10 @@ impl TcpDriver {
 impl Sender for TcpDriver {
     fn retire(&self) {
         self.stop.notify_one();
+    }
+
+    fn room(&self) -> usize {
+        self.bound.saturating_sub(lock(&self.in_flight).len())
     }
 
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {

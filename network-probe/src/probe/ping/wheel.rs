@@ -103,6 +103,11 @@ impl<T> Wheel<T> {
             .map(|tick| self.instant_of(tick))
     }
 
+    /// Slots of the wheel: ticks per interval.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Items in the wheel.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
