@@ -9,6 +9,8 @@
 //! - (b) the sustained rate across 10,000 targets at a demand of 100,000 echoes/s, the daemon
 //!   pinned to one CPU (`taskset -c 1` in front of it, so its thread and the kernel work its
 //!   system calls do run on that CPU only);
+//! - the daemon and fping on CPU 1 in both loads, b's receive queue steered to CPU 0 (RPS): b's
+//!   echo work is the peer's cost, not charged to the sender's system calls (docs/ping.md);
 //! - both next to fping on the same targets in the same run, interleaved: each round measures
 //!   the daemon over a window, then stops it (SIGSTOP), runs fping (its rusage; in (b) pinned
 //!   to the same CPU), and resumes the daemon, so both meet the machine in the same state;
@@ -114,14 +116,46 @@ fn target_counts(pair: &VethPair) -> (f64, f64) {
     (value("InEchos"), value("OutEchoReps"))
 }
 
-/// Our ICMP counters (sent, received, socket errors), read with a probe of an active target.
-fn counters(daemon: &Daemon, first: &str) -> (f64, f64, f64) {
+/// Our ICMP counters (sent, received, socket errors, sends missed), read with a probe of an
+/// active target.
+fn counters(daemon: &Daemon, first: &str) -> (f64, f64, f64, f64) {
     let body = probe(daemon, first);
     (
         sample(&body, "icmp_packets_sent_total", "").unwrap(),
         sample(&body, "icmp_packets_recv_total", "").unwrap(),
         sample(&body, "icmp_packets_error_total", "").unwrap(),
+        sample(&body, "network_probe_ping_sends_missed_total", "").unwrap(),
     )
+}
+
+/// NET_RX softirqs per CPU so far (/proc/softirqs): where the packets were processed.
+fn net_rx() -> Vec<f64> {
+    std::fs::read_to_string("/proc/softirqs")
+        .unwrap()
+        .lines()
+        .find(|line| line.trim_start().starts_with("NET_RX:"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|count| count.parse().unwrap())
+        .collect()
+}
+
+/// Steers the packets b receives on its veth to CPU 0 (`rps_cpus` of its receive queue, `0`
+/// turns it off): b's echo processing, and our reply's way up a's stack behind it, then run
+/// in CPU 0's softirq instead of inside the sender's system call on CPU 1.
+fn steer(pair: &VethPair, mask: &str) {
+    pair.exec(
+        &pair.b,
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "echo {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
+                pair.b_if
+            ),
+        ],
+    );
 }
 
 /// One window of the daemon probing: deltas of everything, read around `MEASURE`.
@@ -132,18 +166,23 @@ struct Window {
     sent: f64,
     received: f64,
     errors: f64,
+    missed: f64,
     target_in: f64,
     target_out: f64,
+    /// NET_RX softirqs on CPU 0 and on CPU 1.
+    net_rx: [f64; 2],
 }
 
 fn daemon_window(pair: &VethPair, daemon: &Daemon, first: &str) -> Window {
     let pid = daemon.child.id();
-    let (sent0, recv0, errors0) = counters(daemon, first);
+    let (sent0, recv0, errors0, missed0) = counters(daemon, first);
     let (in0, out0) = target_counts(pair);
+    let rx0 = net_rx();
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     thread::sleep(MEASURE);
-    let (sent1, recv1, errors1) = counters(daemon, first);
+    let (sent1, recv1, errors1, missed1) = counters(daemon, first);
     let (in1, out1) = target_counts(pair);
+    let rx1 = net_rx();
     let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
     Window {
         wall: (t1 - t0).as_secs_f64(),
@@ -151,8 +190,10 @@ fn daemon_window(pair: &VethPair, daemon: &Daemon, first: &str) -> Window {
         sent: sent1 - sent0,
         received: recv1 - recv0,
         errors: errors1 - errors0,
+        missed: missed1 - missed0,
         target_in: in1 - in0,
         target_out: out1 - out0,
+        net_rx: [rx1[0] - rx0[0], rx1[1] - rx0[1]],
     }
 }
 
@@ -249,8 +290,10 @@ fn sum(windows: &[Window]) -> Window {
         sent: total.sent + w.sent,
         received: total.received + w.received,
         errors: total.errors + w.errors,
+        missed: total.missed + w.missed,
         target_in: total.target_in + w.target_in,
         target_out: total.target_out + w.target_out,
+        net_rx: [total.net_rx[0] + w.net_rx[0], total.net_rx[1] + w.net_rx[1]],
     })
 }
 
@@ -332,6 +375,8 @@ fn main() {
         "ip",
         &["route", "add", prefix, "via", &dotted(pair.b_addr)],
     );
+    // b's side of every echo on CPU 0; the daemon and fping run on CPU 1 (taskset).
+    steer(&pair, "1");
     let targets: Vec<String> = (0..MANY)
         .map(|i| format!("10.232.{}.{}", i / 250, 1 + i % 250))
         .collect();
@@ -346,7 +391,7 @@ fn main() {
     let first = format!("target={}", targets[0]);
 
     // (a) 2,000 targets at 100 ms: 20,000 echoes/s, under a --ping.max-pps that does not bind.
-    let daemon = start_daemon(&pair, &[], 40_000, FEW);
+    let daemon = start_daemon(&pair, &["taskset", "-c", "1"], 40_000, FEW);
     // RTT accuracy first, on an idle daemon: b's own address, iputils ping alongside.
     let b4 = dotted(pair.b_addr);
     probe(&daemon, &format!("target={b4}"));
@@ -395,8 +440,17 @@ fn main() {
         &daemon,
         &first,
         ROUNDS_FEW,
-        (None, &few_file, FPING_ECHOES / FEW, 0.05),
+        (Some("1"), &few_file, FPING_ECHOES / FEW, 0.05),
     );
+    // The same load without steering, once: b's echo work inside the senders' system calls.
+    steer(&pair, "0");
+    thread::sleep(SETTLE);
+    let unsteered = daemon_window(&pair, &daemon, &first);
+    signal(&daemon, libc::SIGSTOP);
+    thread::sleep(Duration::from_millis(200));
+    let fping_unsteered = fping(&pair, Some("1"), &few_file, FPING_ECHOES / FEW, 0.05);
+    signal(&daemon, libc::SIGCONT);
+    steer(&pair, "1");
     drop(daemon);
 
     // (b) 10,000 targets at 100 ms: 100,000 echoes/s, the daemon on CPU 1 only.
@@ -439,12 +493,12 @@ fn main() {
 
     println!("## ping prober\n");
     println!(
-        "The daemon in namespace a, targets in b (a /18 answered by b's kernel through a `local` route, over a veth pair), interval {INTERVAL_MS} ms, timeout 1 s, raw ICMP socket, software kernel stamps. Every figure comes from one run, the daemon and fping interleaved: each round measures the daemon over {} s, stops it (SIGSTOP), checks b's counters stay still over 1 s, runs fping on the same targets at the same demand (60,000 echoes a run: fping holds a sequence number for 10 s and has 65,535; its rate is b's count from its first rise to its last, sampled every 50 ms), and resumes the daemon ({} s to settle). Requests and replies are counted by b's kernel (`Icmp: InEchos`, `OutEchoReps` of /proc/net/snmp in b) over the same windows as our counters. CPU is utime + stime (/proc/<pid>/stat for the daemon, rusage for fping): on a veth, b's kernel answers inside the sender's system call, so both sides' CPU per echo includes b's echo processing.\n",
+        "The daemon in namespace a, targets in b (a /18 answered by b's kernel through a `local` route, over a veth pair), interval {INTERVAL_MS} ms, timeout 1 s, raw ICMP socket, software kernel stamps. Every figure comes from one run, the daemon and fping interleaved: each round measures the daemon over {} s, stops it (SIGSTOP), checks b's counters stay still over 1 s, runs fping on the same targets at the same demand (60,000 echoes a run: fping holds a sequence number for 10 s and has 65,535; its rate is b's count from its first rise to its last, sampled every 50 ms), and resumes the daemon ({} s to settle). Requests and replies are counted by b's kernel (`Icmp: InEchos`, `OutEchoReps` of /proc/net/snmp in b) over the same windows as our counters. CPU is utime + stime (/proc/<pid>/stat for the daemon, rusage for fping). The daemon and fping both run on CPU 1 (`taskset -c 1`), and b's veth steers what it receives to CPU 0 (`rps_cpus` = 1 on its receive queue): without it, b's kernel answers inside the sender's `sendmsg` (the veth hands the packet to the backlog of the sending CPU, processed when the call re-enables softirqs) and, this kernel lacking CONFIG_IRQ_TIME_ACCOUNTING, that echo work is charged to the sender. With it, b's echo processing and the reply's way back up a's stack run in CPU 0's softirq; the sender pays its own system calls, its stack down to the veth and the reads of its socket. The NET_RX softirq counts per CPU (/proc/softirqs) over the daemon's windows show where the packets were processed; one window and one fping run without steering, at the end of (a), give the old method's figures.\n",
         MEASURE.as_secs(),
         SETTLE.as_secs()
     );
     println!(
-        "### (a) 2,000 targets, demand 20,000 echoes/s (--ping.max-pps 40000; load average {load_few})\n"
+        "### (a) 2,000 targets, demand 20,000 echoes/s (`taskset -c 1` in front of the daemon and of fping; --ping.max-pps 40000; load average {load_few})\n"
     );
     println!("| figure | ours | fping 5.1 (`-p 100 -i 0.05 -c 30`) | ratio ours / fping |");
     println!("|---|---|---|---|");
@@ -471,6 +525,12 @@ fn main() {
         idle * 100.0
     );
     print_truth(&few_total, &fping_few, quiet_few);
+    println!(
+        "| without steering (b's echo work in the senders' system calls), one window / run: CPU per echo request (µs) | {:.2} | {:.2} | {:.2} |",
+        per_echo(&unsteered),
+        fping_per_echo(&fping_unsteered),
+        per_echo(&unsteered) / fping_per_echo(&fping_unsteered)
+    );
     println!();
     println!(
         "### (b) 10,000 targets, demand 100,000 echoes/s, one core (`taskset -c 1` in front of the daemon and of fping; --ping.max-pps 200000; load average {load_many})\n"
@@ -553,6 +613,15 @@ fn print_truth(ours: &Window, fping: &[FpingRun], quiet: f64) {
         ours.received / ours.target_out
     );
     println!("| socket errors | {:.0} | | |", ours.errors);
+    println!(
+        "| sends missed (`network_probe_ping_sends_missed`: intervals a probe was sent late by), and / (sent + missed) | {:.0} ({:.4}) | | |",
+        ours.missed,
+        ours.missed / (ours.sent + ours.missed)
+    );
+    println!(
+        "| NET_RX softirqs over our windows, CPU 0 / CPU 1 (b's side steered to CPU 0) | {:.0} / {:.0} | | |",
+        ours.net_rx[0], ours.net_rx[1]
+    );
     println!(
         "| calibration: b's InEchos over 1 s with the daemon stopped, before each fping (sum) | {quiet:.0} | must be 0 | |"
     );
