@@ -175,13 +175,22 @@ struct Window {
 
 fn daemon_window(pair: &VethPair, daemon: &Daemon, first: &str) -> Window {
     let pid = daemon.child.id();
-    let (sent0, recv0, errors0, missed0) = counters(daemon, first);
-    let (in0, out0) = target_counts(pair);
+    // b's counters on both sides of ours, averaged: read at the same moment as ours, to the
+    // few milliseconds the reads take.
+    let around = |pair: &VethPair| {
+        let before = target_counts(pair);
+        let ours = counters(daemon, first);
+        let after = target_counts(pair);
+        (
+            ours,
+            ((before.0 + after.0) / 2.0, (before.1 + after.1) / 2.0),
+        )
+    };
+    let ((sent0, recv0, errors0, missed0), (in0, out0)) = around(pair);
     let rx0 = net_rx();
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     thread::sleep(MEASURE);
-    let (sent1, recv1, errors1, missed1) = counters(daemon, first);
-    let (in1, out1) = target_counts(pair);
+    let ((sent1, recv1, errors1, missed1), (in1, out1)) = around(pair);
     let rx1 = net_rx();
     let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
     Window {
@@ -493,7 +502,7 @@ fn main() {
 
     println!("## ping prober\n");
     println!(
-        "The daemon in namespace a, targets in b (a /18 answered by b's kernel through a `local` route, over a veth pair), interval {INTERVAL_MS} ms, timeout 1 s, raw ICMP socket, software kernel stamps. Every figure comes from one run, the daemon and fping interleaved: each round measures the daemon over {} s, stops it (SIGSTOP), checks b's counters stay still over 1 s, runs fping on the same targets at the same demand (60,000 echoes a run: fping holds a sequence number for 10 s and has 65,535; its rate is b's count from its first rise to its last, sampled every 50 ms), and resumes the daemon ({} s to settle). Requests and replies are counted by b's kernel (`Icmp: InEchos`, `OutEchoReps` of /proc/net/snmp in b) over the same windows as our counters. CPU is utime + stime (/proc/<pid>/stat for the daemon, rusage for fping). The daemon and fping both run on CPU 1 (`taskset -c 1`), and b's veth steers what it receives to CPU 0 (`rps_cpus` = 1 on its receive queue): without it, b's kernel answers inside the sender's `sendmsg` (the veth hands the packet to the backlog of the sending CPU, processed when the call re-enables softirqs) and, this kernel lacking CONFIG_IRQ_TIME_ACCOUNTING, that echo work is charged to the sender. With it, b's echo processing and the reply's way back up a's stack run in CPU 0's softirq; the sender pays its own system calls, its stack down to the veth and the reads of its socket. The NET_RX softirq counts per CPU (/proc/softirqs) over the daemon's windows show where the packets were processed; one window and one fping run without steering, at the end of (a), give the old method's figures.\n",
+        "The daemon in namespace a, targets in b (a /18 answered by b's kernel through a `local` route, over a veth pair), interval {INTERVAL_MS} ms, timeout 1 s, raw ICMP socket, software kernel stamps. Every figure comes from one run, the daemon and fping interleaved: each round measures the daemon over {} s, stops it (SIGSTOP), checks b's counters stay still over 1 s, runs fping on the same targets at the same demand (60,000 echoes a run: fping holds a sequence number for 10 s and has 65,535; its rate is b's count from its first rise to its last, sampled every 50 ms), and resumes the daemon ({} s to settle). Requests and replies are counted by b's kernel (`Icmp: InEchos`, `OutEchoReps` of /proc/net/snmp in b) over the same windows as our counters (b's read just before and just after ours, averaged). CPU is utime + stime (/proc/<pid>/stat for the daemon, rusage for fping). The daemon and fping both run on CPU 1 (`taskset -c 1`), and b's veth steers what it receives to CPU 0 (`rps_cpus` = 1 on its receive queue): without it, b's kernel answers inside the sender's `sendmsg` (the veth hands the packet to the backlog of the sending CPU, processed when the call re-enables softirqs) and, this kernel lacking CONFIG_IRQ_TIME_ACCOUNTING, that echo work is charged to the sender. With it, b's echo processing and the reply's way back up a's stack run in CPU 0's softirq; the sender pays its own system calls, its stack down to the veth and the reads of its socket. The NET_RX softirq counts per CPU (/proc/softirqs) over the daemon's windows show where the packets were processed; one window and one fping run without steering, at the end of (a), give the old method's figures.\n",
         MEASURE.as_secs(),
         SETTLE.as_secs()
     );

@@ -6,7 +6,8 @@
 //!   active targets probed at their interval;
 //! - a TCP flood at the daemon's namespace delays neither `/metrics` nor SYN probes, and costs
 //!   the daemon little CPU;
-//! - the raw TCP socket's BPF filter passes exactly SYN-ACKs and RSTs to the prober's port.
+//! - the raw TCP socket's BPF filter passes exactly SYN-ACKs and RSTs to the prober's port;
+//! - sends held back by `--ping.max-pps` are counted missed: b's requests + missed = demand.
 
 use std::{
     collections::BTreeSet,
@@ -354,6 +355,90 @@ fn the_syn_socket_filter_passes_only_replies_to_our_port() {
         assert_eq!(control, all, "{case}: the control socket");
         assert_eq!(filtered, passing, "{case}: the filtered socket");
     }
+}
+
+/// 200 targets at 100 ms (a demand of 2,000 echoes/s) under `--ping.max-pps 500`: b receives
+/// 500 echo requests a second, and the 1,500 a second that could not be sent in time are
+/// counted in `network_probe_ping_sends_missed_total`: b's `IcmpInEchos` plus the sends missed
+/// over a window is the demand (within one interval per target and 5 %), every request b
+/// received was answered and matched (replies / b's requests within one per target in flight
+/// at the window's edges).
+#[test]
+fn sends_the_rate_limit_holds_back_are_counted_missed() {
+    const TARGETS: usize = 200;
+    let pair = VethPair::new();
+    let prefix = "10.232.0.0/22";
+    pair.exec(
+        &pair.b,
+        "ip",
+        &["route", "add", "local", prefix, "dev", "lo"],
+    );
+    pair.exec(
+        &pair.a,
+        "ip",
+        &["route", "add", prefix, "via", &dotted(pair.b_addr)],
+    );
+    let daemon = Daemon::start(
+        &pair.a,
+        &[
+            "--interface",
+            &pair.a_if,
+            "--ping.interval",
+            "100ms",
+            "--ping.timeout",
+            "1s",
+            "--ping.max-pps",
+            "500",
+            "--ping.max-targets",
+            "200",
+            "--log.level",
+            "error",
+        ],
+    );
+    let targets: Vec<String> = (0..TARGETS)
+        .map(|n| format!("target=10.232.0.{}", n + 1))
+        .collect();
+    let query = format!("/probe?module=ping&{}", targets.join("&"));
+    let (status, body) = daemon.get(&query).expect("probe request");
+    assert_eq!(status, 200, "{body}");
+    thread::sleep(Duration::from_secs(2));
+    let read = || {
+        let before = Instant::now();
+        let echoes = icmp_in_echos(&pair.b);
+        let (status, body) = daemon.get(&query).expect("probe request");
+        assert_eq!(status, 200, "{body}");
+        (
+            before,
+            echoes as f64,
+            value(&body, "network_probe_ping_sends_missed_total", ""),
+            value(&body, "icmp_packets_recv_total", ""),
+        )
+    };
+    let (start, echoes0, missed0, received0) = read();
+    thread::sleep(Duration::from_secs(4));
+    let (end, echoes1, missed1, received1) = read();
+    let window = (end - start).as_secs_f64();
+    let (echoes, missed, received) = (echoes1 - echoes0, missed1 - missed0, received1 - received0);
+    let demand = TARGETS as f64 * window / 0.1;
+    eprintln!(
+        "{window:.3} s: b received {echoes}, sends missed {missed}, replies matched \
+         {received}, demand {demand:.0}"
+    );
+    // The rate limit holds: 500/s (its 20 ms burst aside).
+    assert!(
+        (echoes - 500.0 * window).abs() <= 0.05 * 500.0 * window + 10.0,
+        "{echoes} echo requests in {window:.3} s"
+    );
+    let tolerance = TARGETS as f64 + 0.05 * demand;
+    assert!(
+        (echoes + missed - demand).abs() <= tolerance,
+        "sent {echoes} + missed {missed} = {} against a demand of {demand:.0} ± {tolerance:.0}",
+        echoes + missed
+    );
+    assert!(
+        (received - echoes).abs() <= TARGETS as f64,
+        "{received} replies matched of {echoes} requests"
+    );
 }
 
 /// `IcmpInEchos` of namespace `ns` (what `nstat` reports), read from the kernel's SNMP table

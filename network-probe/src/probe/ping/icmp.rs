@@ -222,8 +222,14 @@ impl Sender for IcmpDriver {
 
     /// One `sendmmsg` per [`mmsg::BATCH`] probes. Sequence numbers and stamp keys are given as
     /// [`Self::send`] gives them one by one: a failed send uses up its sequence number, not a
-    /// stamp key; the probes after it are renumbered and sent again from there.
-    fn send_batch(&self, due: &[Due], failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error)) {
+    /// stamp key; the probes after it are renumbered and sent again from there. A full send
+    /// buffer (`EAGAIN`: the packets before are still on their way out) ends the batch: the
+    /// rest is neither sent nor lost, the scheduler holds it back.
+    fn send_batch(
+        &self,
+        due: &[Due],
+        failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error),
+    ) -> usize {
         let fd = socket::raw(self.fd.get_ref());
         let mut guard = lock(&self.state);
         let state = &mut *guard;
@@ -269,6 +275,7 @@ impl Sender for IcmpDriver {
                 Err(err) if explicit && err.raw_os_error() == Some(libc::EINVAL) => {
                     self.sender.no_explicit_keys();
                 }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     ProtocolCounters::count(&self.counters.errors);
                     state.next_seq = state.next_seq.wrapping_add(1);
@@ -277,6 +284,7 @@ impl Sender for IcmpDriver {
                 }
             }
         }
+        due.len() - rest.len()
     }
 }
 

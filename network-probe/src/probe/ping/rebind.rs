@@ -124,14 +124,18 @@ impl Sender for Rebinding {
         driver.send(probe)
     }
 
-    fn send_batch(&self, due: &[Due], failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error)) {
+    fn send_batch(
+        &self,
+        due: &[Due],
+        failed: &mut dyn FnMut(&Arc<ActiveProbe>, io::Error),
+    ) -> usize {
         let driver = Arc::clone(
             &self
                 .inner
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        driver.send_batch(due, failed);
+        driver.send_batch(due, failed)
     }
 
     fn room(&self) -> usize {

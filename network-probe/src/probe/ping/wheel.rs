@@ -88,7 +88,7 @@ impl<T> Wheel<T> {
         self.len += 1;
     }
 
-    /// The first tick not processed yet, where items deferred "to the next tick" go.
+    /// The first tick not processed yet (the one before it is the last processed).
     pub(crate) fn next_tick(&self) -> u64 {
         self.next
     }
