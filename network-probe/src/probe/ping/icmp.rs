@@ -19,7 +19,9 @@ use super::{
     mmsg::{self, ReceiveBatch, SendBatch},
     packet::{self, Echo},
     receiver,
-    scheduler::{ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, in_flight_bound, lock},
+    scheduler::{
+        ActiveProbe, Due, InFlightTable, ProtocolCounters, Sender, lock, room_in_receive_buffer,
+    },
     socket::{self, StampedSender},
 };
 
@@ -73,8 +75,6 @@ pub(crate) struct IcmpDriver {
     stop: tokio::sync::Notify,
     /// `--ping.timeout` (the sweeps' period follows it).
     timeout: Duration,
-    /// Most probes in flight: what the socket's receive buffer holds ([`in_flight_bound`]).
-    bound: usize,
 }
 
 impl IcmpDriver {
@@ -90,7 +90,7 @@ impl IcmpDriver {
             // Datagram sockets: the identifier is the socket's "port".
             socket::local_address(socket::raw(&fd))?.port()
         };
-        let bound = in_flight_bound(socket::receive_buffer(socket::raw(&fd))?);
+        let buffer = socket::receive_buffer(socket::raw(&fd))?;
         let driver = Arc::new(IcmpDriver {
             v6: config.v6,
             raw,
@@ -111,10 +111,9 @@ impl IcmpDriver {
             hardware: config.hardware.clone(),
             stop: tokio::sync::Notify::new(),
             timeout: config.timeout,
-            bound,
         });
         log::info!(
-            "ping: ICMPv{} {} socket, identifier {identifier}, at most {bound} probes in flight{}",
+            "ping: ICMPv{} {} socket, identifier {identifier}, receive buffer {buffer} bytes{}",
             if config.v6 { 6 } else { 4 },
             if raw { "raw" } else { "datagram" },
             config
@@ -188,7 +187,11 @@ impl Sender for IcmpDriver {
     }
 
     fn room(&self) -> usize {
-        self.bound.saturating_sub(lock(&self.in_flight).len())
+        // Without the figure (never seen), no pacing: as before.
+        socket::receive_memory(socket::raw(self.fd.get_ref()))
+            .map_or(usize::MAX, |(queued, buffer)| {
+                room_in_receive_buffer(queued, buffer)
+            })
     }
 
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {

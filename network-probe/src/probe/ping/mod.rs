@@ -864,8 +864,8 @@ impl Collector for MetaCollector {
         let missed = encoder.encode_descriptor(
             "network_probe_ping_sends_missed",
             "Probe packets not sent in time: a probe sent a whole interval or more after it was \
-             due counts each interval it missed (held back by --ping.max-pps, by the bound on \
-             probes in flight that keeps every reply readable, or a daemon short of CPU).",
+             due counts each interval it missed (held back by --ping.max-pps, by the pacing that \
+             keeps every reply readable, or a daemon short of CPU).",
             None,
             MetricType::Counter,
         )?;

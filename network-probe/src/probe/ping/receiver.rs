@@ -43,8 +43,9 @@ pub(crate) const RECEIVE_BATCH: usize = mmsg::BATCH;
 pub(crate) const BATCHES_PER_WAKE: usize = 4;
 
 /// Most batches a sweep reads before it expires the probes whose deadline passed: the socket's
-/// queue as the bound on probes in flight allows it to grow (`scheduler::in_flight_bound` of a
-/// 16 MiB buffer, 8,192 probes), so a reply queued before its deadline is matched, not lost.
+/// queue as far as the pacing lets it grow (`scheduler::room_in_receive_buffer`, half of a
+/// 16 MiB buffer: 4,096 probes, with room to spare), so a reply queued before its deadline is
+/// matched, not lost.
 const SWEEP_BATCHES: usize = 8192 / RECEIVE_BATCH;
 
 /// Bytes kept of an error-queue entry: transmit stamps come without the packet

@@ -9,10 +9,9 @@
 //! to turn silence into loss after the timeout.
 //!
 //! Sending is paced by the receive side: a driver takes no more probes than it has
-//! [`Sender::room`] for in flight (a bound sized so that the replies and transmit stamps of
-//! every probe in flight fit in its socket's receive buffer, [`in_flight_bound`]). A daemon
-//! short of CPU then sends less instead of sending what it cannot read: every reply the target
-//! sends is still queued, read, stamped and matched. What could not be sent in time is counted
+//! [`Sender::room`] for (its socket's receive buffer filled to half by what waits to be read,
+//! [`room_in_receive_buffer`]). A daemon short of CPU then sends less instead of sending what
+//! it cannot read: every reply the target sends is still queued, read, stamped and matched. What could not be sent in time is counted
 //! ([`Scheduler::missed`], `network_probe_ping_sends_missed`): a probe sent a whole interval
 //! or more after it was due counts each interval it missed.
 
@@ -78,9 +77,9 @@ pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
     /// refers to the driver any more.
     fn retire(&self) {}
 
-    /// How many more probes it may have in flight now (the receive side's bound, see
-    /// [`in_flight_bound`]); the scheduler holds back the rest of a tick's probes to the next
-    /// tick. Unbounded unless the driver says otherwise.
+    /// How many more probes it may send now (the receive side's pacing, see
+    /// [`room_in_receive_buffer`]); the scheduler holds back the rest of a tick's probes to the
+    /// next tick. Unbounded unless the driver says otherwise.
     fn room(&self) -> usize {
         usize::MAX
     }
@@ -92,12 +91,14 @@ pub(crate) trait Sender: std::fmt::Debug + Send + Sync + 'static {
 /// requests to a local address unread, `SO_MEMINFO`); rounded up.
 pub(crate) const RECEIVE_BYTES_PER_PROBE: usize = 2048;
 
-/// The most probes a socket with a receive buffer of `receive_buffer` bytes (as `SO_RCVBUF`
-/// reads back) may have in flight: then every reply and stamp fits even when the daemon reads
-/// none of them until the last has come, so none is dropped by the kernel for want of room.
-/// At least one batch.
-pub(crate) fn in_flight_bound(receive_buffer: usize) -> usize {
-    (receive_buffer / RECEIVE_BYTES_PER_PROBE).max(super::mmsg::BATCH)
+/// How many more probes a socket may send while `queued` bytes of its `buffer`-byte receive
+/// buffer wait to be read (`SO_MEMINFO`): as many as fill it to half. The other half is for
+/// the replies and stamps of probes already sent that have not come yet; so while the daemon
+/// reads slower than it sends, it stops sending before the kernel would drop a reply for want
+/// of room. Probes that will never be answered (a target down) take no room: a bound on
+/// probes in flight would count them, for the whole timeout, and stop probing the live ones.
+pub(crate) fn room_in_receive_buffer(queued: usize, buffer: usize) -> usize {
+    (buffer / 2).saturating_sub(queued) / RECEIVE_BYTES_PER_PROBE
 }
 
 /// An active probe in the wheel, with the sender of its packets.
@@ -159,8 +160,8 @@ pub(crate) struct Scheduler {
     limiter: RateLimiter,
     /// Probes refused by the cap, for the meta metrics.
     refused: AtomicU64,
-    /// Intervals in which a probe sent nothing because it was held back (rate limit, bound on
-    /// probes in flight, a daemon short of CPU), for the meta metrics.
+    /// Intervals in which a probe sent nothing because it was held back (rate limit, pacing by
+    /// the receive side, a daemon short of CPU), for the meta metrics.
     missed: AtomicU64,
     /// Probes started by requests, waiting for their first packet from the wheel's task.
     started: Mutex<Vec<Due>>,
@@ -645,7 +646,7 @@ impl<K: Copy + Eq + Hash> InFlightTable<K> {
         expired
     }
 
-    /// Probes in flight.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_reply.len()
     }
@@ -879,12 +880,15 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_follows_the_receive_buffer() {
-        // 8 MiB read back (4 MiB asked, doubled): 4,096 probes of 2 KiB each.
-        assert_eq!(in_flight_bound(8 << 20), 4096);
-        assert_eq!(in_flight_bound(16 << 20), 8192);
-        // A tiny buffer still lets one batch through.
-        assert_eq!(in_flight_bound(4096), super::super::mmsg::BATCH);
+    fn the_room_is_half_the_receive_buffer_less_what_waits() {
+        // 16 MiB as the kernel counts it, empty: 4,096 probes of 2 KiB.
+        assert_eq!(room_in_receive_buffer(0, 16 << 20), 4096);
+        assert_eq!(room_in_receive_buffer(4 << 20, 16 << 20), 2048);
+        // Half full or more: nothing until the daemon has read.
+        assert_eq!(room_in_receive_buffer(8 << 20, 16 << 20), 0);
+        assert_eq!(room_in_receive_buffer(20 << 20, 16 << 20), 0);
+        // The default 208 KiB (doubled): 104.
+        assert_eq!(room_in_receive_buffer(0, 425_984), 104);
     }
 
     #[test]

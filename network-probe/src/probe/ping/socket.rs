@@ -46,9 +46,10 @@ pub fn open(
         libc::SO_TIMESTAMPING,
         &(stamp_flags as libc::c_int),
     )?;
-    // Many targets answer at once: room for bursts of replies, and the bound on probes in
-    // flight grows with it (`scheduler::in_flight_bound`). Past `net.core.rmem_max` where
-    // CAP_NET_ADMIN allows (the kernel doubles either value: 16 MiB, 8 MiB at most otherwise).
+    // Many targets answer at once: room for bursts of replies, and the pacing of sends by the
+    // receive side grows with it (`scheduler::room_in_receive_buffer`). Past
+    // `net.core.rmem_max` where CAP_NET_ADMIN allows (the kernel doubles either value: 16 MiB,
+    // 8 MiB at most otherwise).
     if set_option(
         fd,
         libc::SOL_SOCKET,
@@ -99,6 +100,30 @@ pub fn receive_buffer(fd: RawFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(value).unwrap_or(0))
+}
+
+/// Bytes queued for reading on `fd` (replies and error-queue entries, as the kernel charges
+/// them) and its receive buffer, from `SO_MEMINFO`.
+pub fn receive_memory(fd: RawFd) -> io::Result<(usize, usize)> {
+    let mut info = [0u32; 16];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info and len are valid for writing `len` bytes and the length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        info[libc::SK_MEMINFO_RMEM_ALLOC as usize] as usize,
+        info[libc::SK_MEMINFO_RCVBUF as usize] as usize,
+    ))
 }
 
 /// setsockopt with a value of type `T`.

@@ -23,7 +23,9 @@ use super::{
     mmsg::ReceiveBatch,
     packet::{self, Syn, SynReply},
     receiver,
-    scheduler::{ActiveProbe, InFlightTable, ProtocolCounters, Sender, in_flight_bound, lock},
+    scheduler::{
+        ActiveProbe, InFlightTable, ProtocolCounters, Sender, lock, room_in_receive_buffer,
+    },
     socket::{self, StampedSender},
 };
 
@@ -76,8 +78,6 @@ pub(crate) struct TcpDriver {
     stop: tokio::sync::Notify,
     /// `--ping.timeout` (the sweeps' period follows it).
     timeout: Duration,
-    /// Most probes in flight: what the socket's receive buffer holds ([`in_flight_bound`]).
-    bound: usize,
 }
 
 impl TcpDriver {
@@ -117,7 +117,7 @@ impl TcpDriver {
             socket::raw(&fd),
             &filter::tcp_replies(config.v6, local_port),
         )?;
-        let bound = in_flight_bound(socket::receive_buffer(socket::raw(&fd))?);
+        let buffer = socket::receive_buffer(socket::raw(&fd))?;
         let driver = Arc::new(TcpDriver {
             v6: config.v6,
             // SAFETY: the AsyncFd owns the descriptor and keeps it open until dropped.
@@ -138,10 +138,9 @@ impl TcpDriver {
             hardware: config.hardware.clone(),
             stop: tokio::sync::Notify::new(),
             timeout: config.timeout,
-            bound,
         });
         log::info!(
-            "ping: TCP SYN over IPv{} from port {local_port}, at most {bound} probes in flight{}",
+            "ping: TCP SYN over IPv{} from port {local_port}, receive buffer {buffer} bytes{}",
             if config.v6 { 6 } else { 4 },
             interface
                 .map(|name| format!(", bound to {name}"))
@@ -255,7 +254,11 @@ impl Sender for TcpDriver {
     }
 
     fn room(&self) -> usize {
-        self.bound.saturating_sub(lock(&self.in_flight).len())
+        // Without the figure (never seen), no pacing: as before.
+        socket::receive_memory(socket::raw(self.fd.get_ref()))
+            .map_or(usize::MAX, |(queued, buffer)| {
+                room_in_receive_buffer(queued, buffer)
+            })
     }
 
     fn send(&self, probe: &Arc<ActiveProbe>) -> io::Result<()> {
