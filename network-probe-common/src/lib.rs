@@ -1262,3 +1262,6 @@ pub use outcomes::*;
 // ---- Rare kernel-side events (see events.rs) ----
 mod events;
 pub use events::*;
+// ---- Passive RTT from TCP timestamps (see rtt.rs) ----
+mod rtt;
+pub use rtt::*;

@@ -138,7 +138,13 @@ fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     if UPTO == upto::ALL && bits & crate::outcomes::TCP_FLAGS != 0 {
         crate::outcomes::segment(&key, tcp);
     }
-    observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len);
+    // Passive RTT (see `crate::rtt`): only the daemon's programs.
+    let timestamps = if UPTO == upto::ALL {
+        tcp.timestamps
+    } else {
+        crate::rtt::Timestamps::NONE
+    };
+    observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len, timestamps);
 }
 
 /// The last word of a kernel flow key: ports (each in host byte order), then interface and
@@ -189,7 +195,7 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, bits: u32, segments: 
 }
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
-trait FlowMapKey: Copy + 'static + crate::signals::SignalKey {
+trait FlowMapKey: Copy + 'static + crate::signals::SignalKey + crate::rtt::RttKey {
     /// The key's words, as the slot table stores and hashes them.
     type Words: AsRef<[u64]>;
     /// The family, as [`FlowSlot::owner`] holds it for flows of this kind.
@@ -372,6 +378,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     tcp: &Tcp,
     segments: u64,
     len: u64,
+    timestamps: crate::rtt::Timestamps,
 ) {
     let flags = tcp.flags() as u32;
     let segment = Segment {
@@ -409,7 +416,9 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // SAFETY: this CPU's copy: only this CPU writes it, and the program is not re-entered
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
-        update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now)
+        let completes = update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now);
+        echo(&key, &mut slot.tracking, &segment, timestamps);
+        completes
     } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
             return;
@@ -417,13 +426,57 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // SAFETY: a pointer into the map value, valid for this program run; counters are
         // updated with atomic adds, the rest is owned by the CPU processing this flow direction.
         let flow = unsafe { &mut *flow };
-        update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now)
+        let completes =
+            update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now);
+        echo(&key, &mut flow.tracking, &segment, timestamps);
+        completes
     } else {
         create(device, slot, key, &segment, now);
         !segment.egress() && segment.syn() && segment.ack()
     };
     if completes_handshake {
         complete_handshake(device, &key);
+    }
+    // Passive RTT: an egress TSval is stored in the reverse (ingress) entry (see `crate::rtt`
+    // for why); an ingress echo was matched in this entry above.
+    if timestamps.found()
+        && segment.egress()
+        && let Some(reverse) = tracking_of(&key.reversed())
+    {
+        // SAFETY: a pointer into a map value, valid for this program run.
+        let word = unsafe { &mut (*reverse).handshake_start_ns };
+        crate::rtt::store(word, timestamps.tsval());
+    }
+}
+
+/// Passive RTT on ingress: a segment echoing the value outstanding in its flow's entry
+/// `tracking` gives a sample (see `crate::rtt`).
+#[inline(always)]
+fn echo<K: FlowMapKey>(
+    key: &K,
+    tracking: &mut FlowTracking,
+    segment: &Segment,
+    timestamps: crate::rtt::Timestamps,
+) {
+    if timestamps.found() && !segment.egress() {
+        crate::rtt::echo(key, &mut tracking.handshake_start_ns, timestamps.tsecr());
+    }
+}
+
+/// The tracking state of the flow `key` (in its slot or its LRU map entry), if it has one.
+#[inline(always)]
+fn tracking_of<K: FlowMapKey>(key: &K) -> Option<*mut FlowTracking> {
+    let words = key.words();
+    match slot_of::<K>(words) {
+        // SAFETY: a pointer into the array's value, valid for this program run.
+        Some((_, slot)) if slot_holds::<K>(unsafe { &*slot }, words) => unsafe {
+            Some(&raw mut (*slot).tracking)
+        },
+        _ => {
+            let flow = K::map().get_ptr_mut(*key)?;
+            // SAFETY: a pointer into the map value, valid for this program run.
+            Some(unsafe { &raw mut (*flow).tracking })
+        }
     }
 }
 

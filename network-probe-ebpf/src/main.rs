@@ -9,6 +9,8 @@
 //! - [`maps`]: every map of the object (but those of [`signals`] and [`outcomes`]).
 //! - [`signals`], [`ecn`], [`pmtu`]: the passive signals of issue 26 (ECN codepoints, CE / ECE
 //!   / CWR per flow, path-MTU messages), in maps of their own.
+//! - [`rtt`]: passive RTT from TCP timestamps (issue 26), with its own maps; hooks in
+//!   [`account`].
 //! - [`outcomes`]: TCP connection attempts followed from the SYN to their answer (hooks in
 //!   [`account`]), with their own maps.
 //! - [`events`]: rare error branches counted and logged through aya-log (never reached by an
@@ -35,6 +37,7 @@ mod outcomes;
 mod packet;
 mod parse;
 mod pmtu;
+mod rtt;
 mod signals;
 mod tc;
 mod xdp;

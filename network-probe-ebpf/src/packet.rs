@@ -107,9 +107,18 @@ pub(crate) trait Packet {
     fn len(&self) -> u32;
     /// Reads `len` bytes (1 to 40) at `offset` into the front of `buf`; false past the end.
     fn load_span(&self, offset: usize, buf: &mut [u8; 64], len: u32) -> bool;
+    /// Reads a `T` at `offset` from the linear data only (no helper call): `None` also when
+    /// it lies in non-linear data. For reads that may miss rarely (passive RTT's timestamp
+    /// option), where the helper's extra path cost the verifier too many states.
+    fn load_linear<T: Copy>(&self, offset: usize) -> Option<T>;
 }
 
 impl Packet for TcContext {
+    #[inline(always)]
+    fn load_linear<T: Copy>(&self, offset: usize) -> Option<T> {
+        load_direct(self.data(), self.data_end(), offset)
+    }
+
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
         if let Some(value) = load_direct(self.data(), self.data_end(), offset) {
@@ -152,6 +161,11 @@ impl Packet for TcContext {
 }
 
 impl Packet for XdpContext {
+    #[inline(always)]
+    fn load_linear<T: Copy>(&self, offset: usize) -> Option<T> {
+        load_direct(self.data(), self.data_end(), offset)
+    }
+
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
         if let Some(value) = load_direct(self.data(), self.data_end(), offset) {

@@ -64,6 +64,10 @@ pub(crate) struct Tcp {
     pub payload_len: u32,
     /// Window scale shift from a SYN's option, plus one; 0 if absent or not a SYN.
     pub window_scale_plus_one: u8,
+    /// The timestamp option (passive RTT, see `crate::rtt`), read here where the header's
+    /// offset is at hand: kept for later, the offset made the verifier follow each of the
+    /// parser's paths separately through the rest of the program.
+    pub timestamps: crate::rtt::Timestamps,
 }
 
 impl Tcp {
@@ -370,19 +374,31 @@ fn parse_tcp<P: Packet>(
         bytes_8_16: header.bytes_8_16,
         payload_len: l4_len - data_offset,
         window_scale_plus_one: 0,
+        // Read before the window-scale walk: the header's offset is not needed past it then.
+        timestamps: crate::rtt::timestamps(packet, offset, data_offset, header.bytes_0_8 as u32),
     };
     if tcp.flags() & TCP_SYN != 0 && data_offset > 20 {
-        tcp.window_scale_plus_one =
-            window_scale_option(packet, offset + 20, (data_offset - 20) as usize);
+        tcp.window_scale_plus_one = window_scale_option(
+            packet,
+            offset + 20,
+            (data_offset - 20) as usize,
+            &mut tcp.timestamps,
+        );
     }
     Ok(tcp)
 }
 
-/// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0.
+/// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0. A
+/// timestamp option before it is stored in `timestamps` (passive RTT, see `crate::rtt`).
 /// The options are copied to the stack once and walked there, which keeps the verifier's work
 /// linear in the option bytes.
 #[inline(always)]
-fn window_scale_option<P: Packet>(packet: &P, offset: usize, options_len: usize) -> u8 {
+fn window_scale_option<P: Packet>(
+    packet: &P,
+    offset: usize,
+    options_len: usize,
+    timestamps: &mut crate::rtt::Timestamps,
+) -> u8 {
     // 64 bytes so that masking an index with 63 proves it in bounds to the verifier.
     let mut options = [0u8; 64];
     let len = options_len.min(MAX_TCP_OPTION_BYTES);
@@ -415,6 +431,9 @@ fn window_scale_option<P: Packet>(packet: &P, offset: usize, options_len: usize)
             }
             // RFC 7323: shifts above 14 are treated as 14.
             return options[(position + 2) & 63].min(14) + 1;
+        }
+        if kind == 8 && length == 10 && position + 10 <= len {
+            *timestamps = crate::rtt::Timestamps::from_option(&options, position);
         }
         if length < 2 {
             break;

@@ -343,6 +343,7 @@ const JOOL_IMAGE_MODULES: &[&str] = &["x_tables", "nf_defrag_ipv4", "nf_defrag_i
 /// (nf_tables needs libcrc32c), which modules.dep does not list. nft_reject_inet (with
 /// nft_reject, nf_reject_ipv4/6) for the outcomes suite's `reject with icmpx` rule: the guest's
 /// kernel cannot load it on demand (busybox installs no /sbin/modprobe).
+/// sch_netem: the delay of the passive RTT suite's netem case.
 pub(crate) const GUEST_MODULES: &[&str] = &[
     "veth",
     "sch_ingress",
@@ -351,6 +352,7 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     "nf_tables",
     "nft_numgen",
     "nft_reject_inet",
+    "sch_netem",
 ];
 
 /// Names the module set of a prepared guest; a cache whose stamp differs (prepared by an older

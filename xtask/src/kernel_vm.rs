@@ -43,8 +43,17 @@ use anyhow::{Context as _, Result, bail};
 /// so they show the netlink path. drops and outcomes show the kfree_skb reasons under 6.1's
 /// numbering (names read from the running kernel) and the nft reject modules' ICMP errors.
 pub(crate) const GUEST_TESTS: &[&str] = &[
-    "datapath", "restart", "flows", "churn", "pressure", "hwtstamp", "ecn", "pmtu", "drops",
+    "datapath",
+    "restart",
+    "flows",
+    "churn",
+    "pressure",
+    "hwtstamp",
+    "ecn",
+    "pmtu",
+    "drops",
     "outcomes",
+    "passive_rtt",
 ];
 
 /// Kernel features the guest's kernel lacks, declared to the tests in
@@ -70,7 +79,8 @@ pub(crate) const NEWER_GUEST_TESTS: &[&str] = &["hwtstamp"];
 
 /// Guest suites whose tests are `#[ignore]`d on the host (they need a kernel module only the
 /// guest has): the guest runs them with `--include-ignored`.
-const GUEST_ONLY_SUITES: &[&str] = &["hwtstamp"];
+/// passive_rtt's netem case is ignored on the host (which may lack sch_netem) and runs here.
+const GUEST_ONLY_SUITES: &[&str] = &["hwtstamp", "passive_rtt"];
 
 /// Programs the tests run, copied from the host at the path PATH finds them.
 const GUEST_TOOLS: &[&str] = &[

@@ -43,6 +43,8 @@ struct RowExtra {
     row: u32,
     attempts: [u64; 4],
     signals: [u64; 4],
+    /// Passive RTT: samples, smallest and smoothed (nanoseconds), see [`Value::Rtt`].
+    rtt: [u64; 3],
 }
 
 /// The families that are plain counters of the flow maps, first in [`FAMILIES`].
@@ -55,6 +57,10 @@ struct RowValues {
     window_scale: Option<u8>,
     first_seen_ns: u64,
     last_seen_ns: u64,
+    /// Passive RTT: the series' smallest sample and the mean of the last refresh's samples,
+    /// nanoseconds (0: none).
+    rtt_min_ns: u64,
+    rtt_mean_ns: u64,
 }
 
 impl RowValues {
@@ -64,6 +70,8 @@ impl RowValues {
             window_scale: series.window_scale,
             first_seen_ns: series.first_seen_ns,
             last_seen_ns: series.last_seen_ns,
+            rtt_min_ns: series.rtt_min_ns(),
+            rtt_mean_ns: series.rtt_mean_ns(),
         }
     }
 }
@@ -77,6 +85,9 @@ enum Value {
     /// A timestamp gauge: CLOCK_MONOTONIC nanoseconds (0: never, no sample), written as Unix
     /// seconds.
     Timestamp(fn(&FlowRow) -> u64),
+    /// Passive RTT, only for rows with a sample: the samples counter (0), the smallest sample
+    /// (1) and the mean of the last read that gained any (2), the gauges written as seconds.
+    Rtt(usize),
     /// The connection-attempt counters, one sample per outcome (an `outcome` label after the
     /// row's labels); only for rows with an attempt.
     Attempts,
@@ -112,7 +123,7 @@ fn push_unix_seconds(out: &mut String, monotonic: u64, offset_ns: i128) {
 }
 
 /// Every family, in the order they are written.
-const FAMILIES: [Family; 16] = [
+const FAMILIES: [Family; 19] = [
     Family {
         name: "network_probe_flow_packets",
         help: "Packets of the TCP flows with these labels (GSO segments counted).",
@@ -206,6 +217,28 @@ const FAMILIES: [Family; 16] = [
                rows with a signal.",
         value: Value::Signal(3),
     },
+    Family {
+        name: "network_probe_flow_rtt_samples",
+        help: "Passive RTT samples of the TCP flows with these labels: a TSval that left the \
+               interface echoed (TSecr) by the first segment of the reverse direction to arrive \
+               (one outstanding value per flow direction; see docs/signals.md). The flow series \
+               is the echoing (ingress) direction's.",
+        value: Value::Rtt(0),
+    },
+    Family {
+        name: "network_probe_flow_rtt_min_seconds",
+        help: "The smallest passive RTT sample of the TCP flows with these labels since the \
+               series started: the time from the interface to the far end and back. Absent \
+               before the first sample.",
+        value: Value::Rtt(1),
+    },
+    Family {
+        name: "network_probe_flow_rtt_seconds",
+        help: "The mean of the passive RTT samples the flows with these labels gained since the \
+               previous read of the kernel maps (a scrape), as of the last read that gained any. \
+               Absent before the first sample.",
+        value: Value::Rtt(2),
+    },
 ];
 
 /// The flow series of one scrape.
@@ -288,11 +321,12 @@ impl FlowSeries {
         self.label_sets.push_str(labels);
         self.label_sets.push_str("} ");
         let c = &values.counters;
-        if c.attempts != [0; 4] || c.signals != [0; 4] {
+        if c.attempts != [0; 4] || c.signals != [0; 4] || c.rtt_samples != 0 {
             self.extras.push(RowExtra {
                 row: self.rows.len() as u32,
                 attempts: c.attempts,
                 signals: c.signals,
+                rtt: [c.rtt_samples, values.rtt_min_ns, values.rtt_mean_ns],
             });
         }
         self.rows.push(FlowRow {
@@ -340,7 +374,7 @@ impl FlowSeries {
             }
             let counter = matches!(
                 family.value,
-                Value::Counter(_) | Value::Attempts | Value::Signal(_)
+                Value::Counter(_) | Value::Attempts | Value::Signal(_) | Value::Rtt(0)
             );
             let Some(start) = cursor.row else {
                 let (name, kind) = match (counter, openmetrics) {
@@ -359,7 +393,10 @@ impl FlowSeries {
             } else {
                 family.name.to_string()
             };
-            if matches!(family.value, Value::Attempts | Value::Signal(_)) {
+            if matches!(
+                family.value,
+                Value::Attempts | Value::Signal(_) | Value::Rtt(_)
+            ) {
                 // Only the rows with attempts or signals, from their own list.
                 for (index, extra) in self.extras.iter().enumerate().skip(start) {
                     if out.len() >= budget {
@@ -377,6 +414,20 @@ impl FlowSeries {
                             out.push_str(number.format(extra.signals[signal]));
                             out.push('\n');
                         }
+                        Value::Rtt(index) => {
+                            if extra.rtt[0] == 0 {
+                                continue;
+                            }
+                            out.push_str(&sample_name);
+                            out.push_str(self.labels(row));
+                            if index == 0 {
+                                out.push_str(number.format(extra.rtt[0]));
+                            } else {
+                                // Nanoseconds as exact decimal seconds.
+                                push_unix_seconds(out, extra.rtt[index], 0);
+                            }
+                            out.push('\n');
+                        }
                         _ => self.write_attempts(&sample_name, row, &extra.attempts, out),
                     }
                 }
@@ -390,7 +441,7 @@ impl FlowSeries {
                     return false;
                 }
                 let value = match family.value {
-                    Value::Attempts | Value::Signal(_) => None,
+                    Value::Attempts | Value::Signal(_) | Value::Rtt(_) => None,
                     Value::Counter(field) => Some(row.counters[field]),
                     Value::Whole(value) => value(row).map(u64::from),
                     Value::Timestamp(value) => Some(value(row)).filter(|&ns| ns != 0),
@@ -539,6 +590,7 @@ mod tests {
             window_scale,
             first_seen_ns: 0,
             last_seen_ns: 2_000_000_000,
+            ..RowValues::default()
         };
         snapshot.push_row(None, "a=\"1\"", series(5, Some(7)));
         snapshot.push_row(Some("interface=\"eth0\""), "a=\"2\"", series(6, None));

@@ -5,12 +5,16 @@
 //! sets (`--flows.max-series`) this is what a host costs a fleet's store; the other families are
 //! opt-in: the TCP flag counters, the timestamps, connection attempts by outcome and the passive
 //! signals (`ce_packets`, `tcp_ece_segments`, `tcp_cwr_segments`, `pmtu_messages`), whose
-//! series follow the same budget, ranking and `other` rows as the packets. The names are listed here in the exposition's order; a unit test of
+//! series follow the same budget, ranking and `other` rows as the packets.
+//! The passive RTT families (`rtt_samples`, `rtt_min_seconds`, `rtt_seconds`) are opt-in too:
+//! they would add three series to every label set of a fleet's budget, and only flows whose two
+//! directions cross the watched interfaces have samples. The names are listed here in the
+//! exposition's order; a unit test of
 //! [`crate::flows::exposition`] checks the two lists agree, so a family added there must be
 //! named here too (this module stays below the exposition: no import cycle).
 
 /// The flow families by name, in the exposition's order.
-pub(crate) const NAMES: [&str; 16] = [
+pub(crate) const NAMES: [&str; 19] = [
     "packets",
     "bytes",
     "retransmits",
@@ -27,6 +31,9 @@ pub(crate) const NAMES: [&str; 16] = [
     "tcp_ece_segments",
     "tcp_cwr_segments",
     "pmtu_messages",
+    "rtt_samples",
+    "rtt_min_seconds",
+    "rtt_seconds",
 ];
 
 /// The flow families by name, in the exposition's order.

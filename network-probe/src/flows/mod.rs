@@ -6,12 +6,14 @@
 //! ([`families`]).
 //!
 //! Builds on [`crate::kernel`]; knows nothing of the command line, the configuration file or
-//! HTTP. TCP connection outcomes from the kernel's pending-SYN maps: [`outcomes`].
+//! HTTP. TCP connection outcomes from the kernel's pending-SYN maps: [`outcomes`]; passive RTT
+//! samples per flow from the kernel's RTT maps: [`rtt`].
 
 pub(crate) mod admission;
 pub(crate) mod exposition;
 pub(crate) mod families;
 pub(crate) mod outcomes;
+pub(crate) mod rtt;
 pub(crate) mod signals;
 pub(crate) mod state;
 pub(crate) mod table;

@@ -156,6 +156,13 @@ pub struct FlowCounters {
     /// these counters restart with the daemon.
     #[serde(skip)]
     pub signals: [u64; 4],
+    /// Passive RTT samples of this series' flows (taken on ingress, see
+    /// [`crate::flows::rtt`]) and their sum in nanoseconds; counted by
+    /// [`FlowTable::count_rtt`], never by the flow maps. Absent from older state files.
+    #[serde(default)]
+    pub rtt_samples: u64,
+    #[serde(default)]
+    pub rtt_sum_ns: u64,
 }
 
 /// The passive signals a series counts ([`FlowCounters::signals`]), by family name.
@@ -180,6 +187,8 @@ impl FlowCounters {
             df: self.df.saturating_sub(earlier.df),
             attempts: std::array::from_fn(|i| self.attempts[i].saturating_sub(earlier.attempts[i])),
             signals: std::array::from_fn(|i| self.signals[i].saturating_sub(earlier.signals[i])),
+            rtt_samples: self.rtt_samples.saturating_sub(earlier.rtt_samples),
+            rtt_sum_ns: self.rtt_sum_ns.saturating_sub(earlier.rtt_sum_ns),
         }
     }
 
@@ -198,6 +207,8 @@ impl FlowCounters {
         for (total, added) in self.signals.iter_mut().zip(other.signals) {
             *total += added;
         }
+        self.rtt_samples += other.rtt_samples;
+        self.rtt_sum_ns += other.rtt_sum_ns;
     }
 }
 
@@ -214,6 +225,8 @@ impl From<&FlowStats> for FlowCounters {
             df: stats.counts.df,
             attempts: [0; 4],
             signals: [0; 4],
+            rtt_samples: 0,
+            rtt_sum_ns: 0,
         }
     }
 }
@@ -252,6 +265,8 @@ impl MapCounts {
             df,
             attempts: [0; 4],
             signals: [0; 4],
+            rtt_samples: 0,
+            rtt_sum_ns: 0,
         }
     }
 }
@@ -263,6 +278,12 @@ impl MapCounts {
 struct Extra {
     attempts: [u64; 4],
     signals: [u64; 4],
+    /// Passive RTT: samples and their sum (counters), the smallest sample and the mean of the
+    /// last refresh that gained any, nanoseconds (0: none).
+    rtt_samples: u64,
+    rtt_sum_ns: u64,
+    rtt_min_ns: u64,
+    rtt_mean_ns: u64,
 }
 
 /// The label values of one series; `None` for labels not in the configured set. `other` rows
@@ -313,8 +334,21 @@ impl Series {
         if let Some(extra) = &self.extra {
             total.attempts = extra.attempts;
             total.signals = extra.signals;
+            total.rtt_samples = extra.rtt_samples;
+            total.rtt_sum_ns = extra.rtt_sum_ns;
         }
         total
+    }
+
+    /// The smallest passive RTT sample of the series' flows, nanoseconds (0: none).
+    pub fn rtt_min_ns(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |extra| extra.rtt_min_ns)
+    }
+
+    /// The mean of the passive RTT samples the series gained at the last refresh that gained
+    /// any, nanoseconds (0: none yet).
+    pub fn rtt_mean_ns(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |extra| extra.rtt_mean_ns)
     }
 
     /// Adds `counters` to what this series counted.
@@ -322,8 +356,14 @@ impl Series {
         for (total, added) in self.counted.0.iter_mut().zip(MapCounts::of(counters).0) {
             *total += added;
         }
-        if counters.attempts != [0; 4] || counters.signals != [0; 4] {
+        if counters.attempts != [0; 4]
+            || counters.signals != [0; 4]
+            || counters.rtt_samples != 0
+            || counters.rtt_sum_ns != 0
+        {
             let extra = self.extra.get_or_insert_with(Box::default);
+            extra.rtt_samples += counters.rtt_samples;
+            extra.rtt_sum_ns += counters.rtt_sum_ns;
             for (total, added) in extra.attempts.iter_mut().zip(counters.attempts) {
                 *total += added;
             }
@@ -686,6 +726,41 @@ impl FlowTable {
         }
     }
 
+    /// Counts passive RTT samples in the series of their flow (admitting it under the cap like
+    /// a flow, else its interface's `other` row): `samples` holds each flow's key (the echoing,
+    /// ingress direction) and what it gained since the last refresh (see
+    /// [`crate::flows::rtt::RttReads`]). A series' smoothed value becomes the mean of what it
+    /// gained now; its minimum the smallest sample ever counted in it. Call after
+    /// [`FlowTable::refresh`].
+    pub fn count_rtt(&mut self, samples: &[(FlowKey, crate::flows::rtt::RttGain)]) {
+        let mut gained: HashMap<u32, (u64, u64)> = HashMap::new();
+        for (key, gain) in samples {
+            if gain.samples == 0 {
+                continue;
+            }
+            let label = self.series.label_place(key);
+            let place = self.series.count_place(label);
+            let series = self.series.get_mut(place);
+            series.add(&FlowCounters {
+                rtt_samples: gain.samples,
+                rtt_sum_ns: gain.sum_ns,
+                ..FlowCounters::default()
+            });
+            let extra = series.extra.get_or_insert_with(Box::default);
+            extra.rtt_min_ns = min_nonzero(extra.rtt_min_ns, gain.min_ns);
+            let entry = gained.entry(place).or_default();
+            entry.0 += gain.samples;
+            entry.1 += gain.sum_ns;
+        }
+        for (place, (count, sum_ns)) in &gained {
+            let series = self.series.get_mut(*place);
+            series.extra.get_or_insert_with(Box::default).rtt_mean_ns = (sum_ns / count).max(1);
+        }
+        if !gained.is_empty() {
+            self.generation += 1;
+        }
+    }
+
     /// Number of series exported (the `other` rows included).
     pub fn series_count(&self) -> usize {
         self.series.len() - self.series.shadows
@@ -850,6 +925,10 @@ impl SeriesSet {
         other.add(&series.total());
         other.first_seen_ns = min_nonzero(other.first_seen_ns, series.first_seen_ns);
         other.last_seen_ns = other.last_seen_ns.max(series.last_seen_ns);
+        if series.rtt_min_ns() != 0 {
+            let extra = other.extra.get_or_insert_with(Box::default);
+            extra.rtt_min_ns = min_nonzero(extra.rtt_min_ns, series.rtt_min_ns());
+        }
     }
 
     /// Folds the admitted series at `place` into its `other` row and makes it a shadow.

@@ -43,6 +43,8 @@ pub struct FlowTracker {
     attempts: Mutex<Attempts>,
     /// The last read of the per-flow signal maps (see [`crate::flows::signals`]).
     signals: Mutex<SignalReads>,
+    /// The last read of the per-flow RTT maps (see [`crate::flows::rtt`]).
+    rtt: Mutex<crate::flows::rtt::RttReads>,
 }
 
 impl FlowTracker {
@@ -60,6 +62,7 @@ impl FlowTracker {
             save_errors: AtomicU64::new(0),
             corrupt_files: AtomicU64::new(0),
             signals: Mutex::default(),
+            rtt: Mutex::default(),
         };
         tracker.restore();
         tracker
@@ -168,6 +171,14 @@ impl FlowTracker {
             let read = self.datapath.flow_signals();
             let gains = crate::support::sync::lock(&self.signals).gains(read);
             table.count_signals(&gains);
+        }
+        // Passive RTT per flow likewise (see `crate::flows::rtt`).
+        if ["rtt_samples", "rtt_min_seconds", "rtt_seconds"]
+            .iter()
+            .any(|name| families.has_named(name))
+        {
+            let rtt = crate::support::sync::lock(&self.rtt).update(self.datapath.flow_rtt());
+            table.count_rtt(&rtt);
         }
         table
     }

@@ -217,6 +217,8 @@ struct Inner {
     kernel_events: KernelEvents,
     /// The programs' log ring until the daemon takes it to forward it.
     kernel_log: Option<KernelLog>,
+    /// The passive RTT maps (see [`crate::kernel::rtt`]).
+    rtt: crate::kernel::rtt::RttMaps,
 }
 
 /// What only user space knows about interfaces, for the state file: the statistics of forgotten
@@ -357,6 +359,7 @@ impl Datapath {
         let flows = FlowMaps::new(flows4, flows6, (config.flow_slots > 0).then_some(slot_maps))
             .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
         let signals = Signals::take(&mut ebpf)?;
+        let rtt = crate::kernel::rtt::RttMaps::take(&mut ebpf)?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         let attempts = AttemptMaps::take(&mut ebpf)?;
@@ -400,6 +403,7 @@ impl Datapath {
                 attempts,
                 kernel_events,
                 kernel_log,
+                rtt,
             }),
         })
     }
@@ -619,6 +623,23 @@ impl Datapath {
         inner.signals.samples(attached)
     }
 
+    /// The passive RTT histogram of every interface attached now or since start (see
+    /// [`crate::kernel::rtt`]).
+    pub fn rtt_samples(&self) -> Vec<(String, network_probe_common::RttStats)> {
+        let inner = self.lock();
+        let names = inner.names();
+        let attached = inner
+            .slots
+            .iter()
+            .filter_map(|(ifindex, &slot)| Some((slot, *names.get(ifindex)?)));
+        inner.rtt.samples(attached)
+    }
+
+    /// Every entry of the per-flow RTT maps (see [`crate::kernel::rtt`]).
+    pub fn flow_rtt(&self) -> Vec<(FlowKey, network_probe_common::FlowRtt)> {
+        self.lock().rtt.flows()
+    }
+
     /// Every entry of the per-flow signal maps (see [`crate::kernel::signals`]).
     pub fn flow_signals(&self) -> Vec<(FlowKey, network_probe_common::FlowSignals)> {
         self.lock().signals.flows()
@@ -803,6 +824,7 @@ impl Inner {
             }
             self.generation += 1;
             self.signals.retire(&name, slot);
+            self.rtt.retire(&name, slot);
             for (direction, stats) in folded {
                 self.retired
                     .entry((name.clone(), direction))
@@ -833,6 +855,7 @@ impl Inner {
                 ))
             })?;
         self.signals.zero(slot)?;
+        self.rtt.zero(slot)?;
         let cpus =
             nr_cpus().map_err(|(path, err)| Error::Other(format!("reading {path}: {err}")))?;
         self.attempts.zero(slot, cpus)?;

@@ -6,8 +6,9 @@
 //! which cls_bpf filters are ours, and removing those a killed run left ([`stale_filters`]);
 //! the kernel's drop reasons ([`drops`], with offsets and names from the kernel's BTF read by
 //! [`btf`]); the passive signals' maps, ECN and path MTU ([`signals`]); the TCP
-//! connection-attempt maps ([`outcomes`]); taking a map out of the loaded object ([`object`]);
-//! the rare kernel-side events, counted and logged through aya-log ([`events`]).
+//! connection-attempt maps ([`outcomes`]); the passive RTT maps ([`rtt`]); taking a map out of
+//! the loaded object ([`object`]); the rare kernel-side events, counted and logged through
+//! aya-log ([`events`]).
 //!
 //! A leaf layer: nothing here knows of the command line, the configuration file or HTTP.
 
@@ -24,5 +25,6 @@ pub mod preflight;
 pub mod privileges;
 pub(crate) mod program_barrier;
 pub mod rtnetlink;
+pub(crate) mod rtt;
 pub mod signals;
 pub(crate) mod stale_filters;

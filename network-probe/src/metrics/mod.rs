@@ -4,6 +4,7 @@
 //! base units, `_total` on counters; README.md documents each one.
 
 mod kernel_events;
+mod rtt;
 mod signals;
 
 use std::sync::Arc;
@@ -551,6 +552,7 @@ impl Collector for DatapathCollector {
         let devices = datapath.device_samples();
         self.encode_devices(&mut encoder, &devices)?;
         self.encode_signals(&mut encoder)?;
+        self.encode_rtt(&mut encoder)?;
         gauge_family(
             &mut encoder,
             "network_probe_datapath_programs_attached",

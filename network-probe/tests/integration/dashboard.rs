@@ -295,9 +295,10 @@ fn every_dashboard_panel_has_series_in_prometheus() {
         &[
             "--web.probe-listen",
             &format!("iperf3={IPERF3_LISTEN}"),
-            // The default families, and the connection outcomes of the per-destination panels.
+            // The default families, the connection outcomes of the per-destination panels and
+            // the per-flow RTT of the passive RTT panel.
             "--flows.families",
-            "packets,bytes,retransmits,connection_attempts",
+            "packets,bytes,retransmits,connection_attempts,rtt_min_seconds,rtt_seconds",
         ],
     );
     lossy_receiver(&pair);

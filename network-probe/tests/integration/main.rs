@@ -33,6 +33,7 @@ mod jool;
 mod malformed;
 mod oneshot;
 mod outcomes;
+mod passive_rtt;
 mod ping;
 mod ping_truth;
 mod pmtu;

@@ -1,0 +1,267 @@
+//! Passive RTT from TCP timestamps (issue 26, the ePPing method): a TSval leaving a watched
+//! interface (egress) is remembered with the time it left; the first segment of the reverse
+//! direction arriving at that interface (ingress) whose TSecr echoes it gives one RTT sample,
+//! the time from this interface to the far end and back. The rules (one value outstanding per
+//! flow direction, only a newer TSval stored, a value older than four seconds replaced) are
+//! `network-probe-common`'s `rtt` module, where they are unit-tested.
+//!
+//! Where the outstanding value is kept, and why: in the flow's *ingress* entry, the one whose
+//! segments echo it, in its `FlowTracking::handshake_start_ns` word, which an ingress entry
+//! never uses (the handshake start lives in the entry of the direction that sent the SYN or
+//! SYN-ACK). The ACK path (ingress) thus finds it in the slot or LRU entry it has found already:
+//! one load, one compare with the TSecr, and the clock read only on a match. A map of its own
+//! would cost a hash lookup per timestamped packet (IPv4 has about 4-10 ns of headroom under
+//! the 2x-empty-program goal, a lookup costs more); a new field beside the slot's tracking
+//! would grow the slot past its 64-byte cache line and change the pinned layout. The price is
+//! on egress: storing a TSval looks up the reverse (ingress) entry (the slot table's inlined
+//! lookup, else the LRU map), for every timestamped egress segment. A flow whose reverse
+//! direction was not seen yet on the interface (its first SYN) stores nothing.
+//!
+//! The option is read at the place Linux and most stacks put it on every segment but SYNs
+//! (NOP, NOP, kind 8, length 10, right after the fixed header: one 12-byte load and a
+//! compare); on SYNs (whose options Linux lays out otherwise) the parser's bounded walk of
+//! the options for window scale picks it up too, if it comes before the window scale option
+//! (as Linux and most stacks send it). Other segments with the option elsewhere give no sample.
+//!
+//! Samples go to the interface's per-CPU [`RttStats`] (log2 histogram) and the flow's
+//! [`FlowRtt`] entry (count, sum, minimum), made at the flow's first sample: a hash lookup
+//! per sample, never per packet.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use network_probe_common::{
+    DEVICE_STATS_MAX_ENTRIES, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt, RTT_BUCKETS,
+    RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
+};
+
+use crate::{atomic::atomic_add, maps::IFINDEX_SLOTS, packet::Packet};
+
+/// `BPF_NOEXIST`: create only if absent.
+const BPF_NOEXIST: u64 = 1;
+/// NOP, NOP, kind 8, length 10 as the first four option bytes, in memory order.
+const ALIGNED_TIMESTAMPS: u32 = u32::from_ne_bytes([1, 1, 8, 10]);
+
+/// Per-interface, per-direction RTT histograms at `2 * slot + direction`, one copy per CPU.
+#[map(name = "RTT_STATS")]
+static RTT_STATS: PerCpuArray<RttStats> =
+    PerCpuArray::with_max_entries(DEVICE_STATS_MAX_ENTRIES, 0);
+
+/// Per-flow samples of IPv4 flows, under the echoing (ingress) direction's key.
+#[map(name = "FLOW_RTT4")]
+static FLOW_RTT4: LruHashMap<FlowKey4, FlowRtt> =
+    LruHashMap::with_max_entries(FLOW_RTT_MAX_ENTRIES, 0);
+
+/// The same for IPv6 flows.
+#[map(name = "FLOW_RTT6")]
+static FLOW_RTT6: LruHashMap<FlowKey6, FlowRtt> =
+    LruHashMap::with_max_entries(FLOW_RTT_MAX_ENTRIES, 0);
+
+/// A flow key with a per-flow RTT map.
+pub(crate) trait RttKey: Copy + 'static {
+    fn rtt_map() -> &'static LruHashMap<Self, FlowRtt>;
+    /// The key's interface index and direction (`ifindex << 1 | direction`).
+    fn ifindex_direction(&self) -> u32;
+}
+
+impl RttKey for FlowKey4 {
+    #[inline(always)]
+    fn rtt_map() -> &'static LruHashMap<Self, FlowRtt> {
+        &FLOW_RTT4
+    }
+    #[inline(always)]
+    fn ifindex_direction(&self) -> u32 {
+        self.ifindex_direction
+    }
+}
+
+impl RttKey for FlowKey6 {
+    #[inline(always)]
+    fn rtt_map() -> &'static LruHashMap<Self, FlowRtt> {
+        &FLOW_RTT6
+    }
+    #[inline(always)]
+    fn ifindex_direction(&self) -> u32 {
+        self.ifindex_direction
+    }
+}
+
+/// A segment's timestamp option (RFC 7323) as loaded: the four bytes before the values
+/// (NOP, NOP, kind 8, length 10 when there is one; see [`Timestamps::found`]) and the values
+/// in network byte order. Kept raw, tested only where used: a flag set on the parser's paths
+/// (a constant true or false) doubled the states the verifier follows through the rest of the
+/// program, past its limit; the loaded words are unknown values, which it does not tell apart.
+/// Not an `Option` either: a `None`'s payload is undefined, and the compiler spilled it as a
+/// register never written, which the verifier rejects.
+#[derive(Clone, Copy)]
+pub(crate) struct Timestamps {
+    kinds: u32,
+    tsval: u32,
+    tsecr: u32,
+}
+
+impl Timestamps {
+    /// No timestamp option.
+    pub(crate) const NONE: Timestamps = Timestamps {
+        kinds: 0,
+        tsval: 0,
+        tsecr: 0,
+    };
+
+    /// Whether the segment has the option.
+    #[inline(always)]
+    pub(crate) fn found(&self) -> bool {
+        self.kinds == ALIGNED_TIMESTAMPS
+    }
+
+    #[inline(always)]
+    pub(crate) fn tsval(&self) -> u32 {
+        u32::from_be(self.tsval)
+    }
+
+    #[inline(always)]
+    pub(crate) fn tsecr(&self) -> u32 {
+        u32::from_be(self.tsecr)
+    }
+
+    /// The option whose kind byte is at `position` of the option bytes `options` (copied to
+    /// the stack by the parser's walk; indexes masked, as the verifier needs).
+    #[inline(always)]
+    pub(crate) fn from_option(options: &[u8; 64], position: usize) -> Timestamps {
+        let at = |index: usize| options[(position + index) & 63] as u32;
+        let tsval = at(2) << 24 | at(3) << 16 | at(4) << 8 | at(5);
+        let tsecr = at(6) << 24 | at(7) << 16 | at(8) << 8 | at(9);
+        Timestamps {
+            kinds: ALIGNED_TIMESTAMPS,
+            tsval: tsval.to_be(),
+            tsecr: tsecr.to_be(),
+        }
+    }
+}
+
+/// The timestamp option of the TCP header at `offset` whose length is `header_len` (20 to 60),
+/// at the aligned place; SYNs' options are walked by the parser's window-scale walk, which
+/// calls [`Timestamps::from_option`].
+#[inline(always)]
+pub(crate) fn timestamps<P: Packet>(
+    packet: &P,
+    offset: usize,
+    header_len: u32,
+    unknown: u32,
+) -> Timestamps {
+    // The twelve bytes after the fixed header, payload for a header shorter than 32 bytes: the
+    // mask (all ones from 32 bytes on, else zero: `header_len >> 5` is 0 or 1) clears them
+    // without a branch.
+    // Headers are in the linear data in practice; a segment whose option is not gives no
+    // sample.
+    // Past the linear data, `unknown` (the header's first word, of any value to the verifier)
+    // stands in, with a bit set that the aligned option's first word never has: constants
+    // there (zeros) made the verifier follow that path separately through the rest.
+    let [kinds, tsval, tsecr] = packet.load_linear::<[u32; 3]>(offset + 20).unwrap_or([
+        unknown | 1 << 31,
+        unknown,
+        unknown,
+    ]);
+    Timestamps {
+        kinds: kinds & (header_len >> 5).wrapping_neg(),
+        tsval,
+        tsecr,
+    }
+}
+
+/// Egress: `tsval` leaves; `word` is the reverse (ingress) entry's outstanding-timestamp word.
+#[inline(always)]
+pub(crate) fn store(word: &mut u64, tsval: u32) {
+    let stored = *word;
+    // The cheap test first: most segments repeat the last TSval (it ticks once a millisecond).
+    if stored != 0 && (tsval.wrapping_sub((stored >> 32) as u32) as i32) <= 0 {
+        return;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(new) = ts_store(stored, tsval, now) {
+        *word = new;
+    }
+}
+
+/// Ingress: a segment of the flow `key` echoes `tsecr`; `word` is this entry's
+/// outstanding-timestamp word.
+#[inline(always)]
+pub(crate) fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
+    let stored = *word;
+    if !ts_echo_matches(stored, tsecr) {
+        if ts_echo_passed(stored, tsecr) {
+            *word = ts_echoed(stored);
+        }
+        return;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    *word = ts_echoed(stored);
+    if let Some(rtt_ns) = ts_echo_rtt(stored, now) {
+        record(key, rtt_ns);
+    }
+}
+
+/// One sample: the interface's histogram, the flow's entry.
+#[inline(always)]
+fn record<K: RttKey>(key: &K, rtt_ns: u64) {
+    let ifindex_direction = key.ifindex_direction();
+    if let Some(&slot) = IFINDEX_SLOTS.get(ifindex_direction >> 1)
+        && slot != 0
+        && let Some(stats) = RTT_STATS.get_ptr_mut((slot - 1) * 2 + (ifindex_direction & 1))
+    {
+        // SAFETY: a per-CPU value: only this CPU writes this copy, and the program is not
+        // re-entered on this CPU while it runs.
+        let stats = unsafe { &mut *stats };
+        if let Some(bucket) = stats.buckets.get_mut(log2_bucket(rtt_ns / 1000)) {
+            *bucket += 1;
+        }
+        stats.sum_ns += rtt_ns;
+    }
+    let map = K::rtt_map();
+    if let Some(entry) = map.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map value, valid for this program run; shared between
+        // CPUs, hence the atomic adds.
+        add(unsafe { &mut *entry }, rtt_ns);
+        return;
+    }
+    let first = FlowRtt {
+        samples: 1,
+        sum_ns: rtt_ns,
+        min_ns: rtt_ns,
+    };
+    if map.insert(key, first, BPF_NOEXIST).is_ok() {
+        return;
+    }
+    // Created meanwhile on another CPU: add to it.
+    if let Some(entry) = map.get_ptr_mut(key) {
+        // SAFETY: as above.
+        add(unsafe { &mut *entry }, rtt_ns);
+    }
+}
+
+#[inline(always)]
+fn add(entry: &mut FlowRtt, rtt_ns: u64) {
+    atomic_add(&mut entry.samples, 1);
+    atomic_add(&mut entry.sum_ns, rtt_ns);
+    if entry.min_ns == 0 || rtt_ns < entry.min_ns {
+        entry.min_ns = rtt_ns;
+    }
+}
+
+/// Bucket of `micros` in the log2 histogram of [`RTT_BUCKETS`] buckets: 0 for 0, else the
+/// bit length, the last bucket taking everything larger (as the handshake histogram).
+#[inline(always)]
+fn log2_bucket(micros: u64) -> usize {
+    // Opaque to the compiler, which otherwise knows the bit length is at most 64, drops the
+    // bound check below, and leaves the verifier an index it cannot bound.
+    let bits = core::hint::black_box((64 - micros.leading_zeros()) as usize);
+    if bits >= RTT_BUCKETS {
+        RTT_BUCKETS - 1
+    } else {
+        bits
+    }
+}
