@@ -195,7 +195,9 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, bits: u32, segments: 
 }
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
-trait FlowMapKey: Copy + 'static + crate::signals::SignalKey + crate::rtt::RttKey {
+pub(crate) trait FlowMapKey:
+    Copy + 'static + crate::signals::SignalKey + crate::rtt::RttKey
+{
     /// The key's words, as the slot table stores and hashes them.
     type Words: AsRef<[u64]>;
     /// The family, as [`FlowSlot::owner`] holds it for flows of this kind.
@@ -417,7 +419,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
         let completes = update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now);
-        echo(&key, &mut slot.tracking, &segment, timestamps);
+        K::rtt_segment(&key, &mut slot.tracking.handshake_start_ns, timestamps);
         completes
     } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
@@ -428,44 +430,24 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         let flow = unsafe { &mut *flow };
         let completes =
             update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now);
-        echo(&key, &mut flow.tracking, &segment, timestamps);
+        K::rtt_segment(&key, &mut flow.tracking.handshake_start_ns, timestamps);
         completes
     } else {
         create(device, slot, key, &segment, now);
+        // A new entry has no outstanding value to echo (an empty word stands in); an egress
+        // segment still stores its TSval in the reverse entry.
+        let mut nothing_outstanding = 0;
+        K::rtt_segment(&key, &mut nothing_outstanding, timestamps);
         !segment.egress() && segment.syn() && segment.ack()
     };
     if completes_handshake {
         complete_handshake(device, &key);
     }
-    // Passive RTT: an egress TSval is stored in the reverse (ingress) entry (see `crate::rtt`
-    // for why); an ingress echo was matched in this entry above.
-    if timestamps.found()
-        && segment.egress()
-        && let Some(reverse) = tracking_of(&key.reversed())
-    {
-        // SAFETY: a pointer into a map value, valid for this program run.
-        let word = unsafe { &mut (*reverse).handshake_start_ns };
-        crate::rtt::store(word, timestamps.tsval());
-    }
-}
-
-/// Passive RTT on ingress: a segment echoing the value outstanding in its flow's entry
-/// `tracking` gives a sample (see `crate::rtt`).
-#[inline(always)]
-fn echo<K: FlowMapKey>(
-    key: &K,
-    tracking: &mut FlowTracking,
-    segment: &Segment,
-    timestamps: crate::rtt::Timestamps,
-) {
-    if timestamps.found() && !segment.egress() {
-        crate::rtt::echo(key, &mut tracking.handshake_start_ns, timestamps.tsecr());
-    }
 }
 
 /// The tracking state of the flow `key` (in its slot or its LRU map entry), if it has one.
 #[inline(always)]
-fn tracking_of<K: FlowMapKey>(key: &K) -> Option<*mut FlowTracking> {
+pub(crate) fn tracking_of<K: FlowMapKey>(key: &K) -> Option<*mut FlowTracking> {
     let words = key.words();
     match slot_of::<K>(words) {
         // SAFETY: a pointer into the array's value, valid for this program run.

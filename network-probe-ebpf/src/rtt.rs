@@ -23,6 +23,17 @@
 //! the options for window scale picks it up too, if it comes before the window scale option
 //! (as Linux and most stacks send it). Other segments with the option elsewhere give no sample.
 //!
+//! What a segment does here runs in a BPF global function per family ([`network_probe_rtt4`],
+//! [`network_probe_rtt6`]), called once from each of accounting's three ways to a flow entry
+//! (slot, LRU map, created) without a test around it: the verifier checks its body once, on
+//! its own, and each call only for its arguments. Inlined, the store (with its reverse lookup)
+//! and the echo (with its sample) were verified again in every state reaching them, and with
+//! the kernel events of `crate::events` also in, `tc_ingress` went past the verifier's limit
+//! of a million processed instructions (6.18: main alone 766,607, this alone 750,548).
+//! The arguments are the key and the entry's word as pointers (to the caller's stack and into
+//! the map value: memory of their types' sizes to the verifier) and the option's three words
+//! as scalars; the egress/ingress choice is the key's direction bit, tested in the function.
+//!
 //! Samples go to the interface's per-CPU [`RttStats`] (log2 histogram) and the flow's
 //! [`FlowRtt`] entry (count, sum, minimum), made at the flow's first sample: a hash lookup
 //! per sample, never per packet.
@@ -33,11 +44,16 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use network_probe_common::{
-    DEVICE_STATS_MAX_ENTRIES, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt, RTT_BUCKETS,
-    RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
+    DEVICE_STATS_MAX_ENTRIES, Direction, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt,
+    RTT_BUCKETS, RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
 };
 
-use crate::{atomic::atomic_add, maps::IFINDEX_SLOTS, packet::Packet};
+use crate::{
+    account::{FlowMapKey, tracking_of},
+    atomic::atomic_add,
+    maps::IFINDEX_SLOTS,
+    packet::Packet,
+};
 
 /// `BPF_NOEXIST`: create only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -62,6 +78,9 @@ static FLOW_RTT6: LruHashMap<FlowKey6, FlowRtt> =
 /// A flow key with a per-flow RTT map.
 pub(crate) trait RttKey: Copy + 'static {
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt>;
+    /// One segment of the flow `key` whose entry's outstanding-timestamp word is `word`: a
+    /// call of the family's global function.
+    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps);
     /// The key's interface index and direction (`ifindex << 1 | direction`).
     fn ifindex_direction(&self) -> u32;
 }
@@ -70,6 +89,15 @@ impl RttKey for FlowKey4 {
     #[inline(always)]
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt> {
         &FLOW_RTT4
+    }
+    #[inline(always)]
+    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps) {
+        let Timestamps {
+            kinds,
+            tsval,
+            tsecr,
+        } = timestamps;
+        network_probe_rtt4(key, word, kinds, tsval, tsecr);
     }
     #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
@@ -81,6 +109,15 @@ impl RttKey for FlowKey6 {
     #[inline(always)]
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt> {
         &FLOW_RTT6
+    }
+    #[inline(always)]
+    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps) {
+        let Timestamps {
+            kinds,
+            tsval,
+            tsecr,
+        } = timestamps;
+        network_probe_rtt6(key, word, kinds, tsval, tsecr);
     }
     #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
@@ -171,9 +208,81 @@ pub(crate) fn timestamps<P: Packet>(
     }
 }
 
+/// Passive RTT for one segment of an IPv4 flow, as a BPF global function (see the module
+/// doc): exported by bpf-linker (build.rs passes `--export`). `key` is the flow's key, `word`
+/// its entry's outstanding-timestamp word, `kinds`, `tsval`, `tsecr` its [`Timestamps`].
+/// Returns 0 (a global function must return a scalar).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn network_probe_rtt4(
+    key: *const FlowKey4,
+    word: *mut u64,
+    kinds: u32,
+    tsval: u32,
+    tsecr: u32,
+) -> u32 {
+    segment(
+        key,
+        word,
+        Timestamps {
+            kinds,
+            tsval,
+            tsecr,
+        },
+    );
+    0
+}
+
+/// The same for IPv6 flows.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn network_probe_rtt6(
+    key: *const FlowKey6,
+    word: *mut u64,
+    kinds: u32,
+    tsval: u32,
+    tsecr: u32,
+) -> u32 {
+    segment(
+        key,
+        word,
+        Timestamps {
+            kinds,
+            tsval,
+            tsecr,
+        },
+    );
+    0
+}
+
+/// One segment: on egress its TSval is stored in the reverse (ingress) entry (see the module
+/// doc for why), on ingress its TSecr is matched against `word`.
+#[inline(always)]
+fn segment<K: FlowMapKey>(key: *const K, word: *mut u64, timestamps: Timestamps) {
+    // The verifier has the pointers as possibly null (any caller might pass null).
+    if key.is_null() || word.is_null() || !timestamps.found() {
+        return;
+    }
+    // SAFETY: non-null, to a key on the caller's stack, valid for the call.
+    let key = unsafe { &*key };
+    if key.ifindex_direction() & 1 == Direction::Egress as u32 {
+        if let Some(reverse) = tracking_of(&FlowMapKey::reversed(key)) {
+            // SAFETY: a pointer into a map value, valid for this program run.
+            store(
+                unsafe { &mut (*reverse).handshake_start_ns },
+                timestamps.tsval(),
+            );
+        }
+    } else {
+        // SAFETY: non-null, into the flow's map value (or the caller's stack), valid for the
+        // call.
+        echo(key, unsafe { &mut *word }, timestamps.tsecr());
+    }
+}
+
 /// Egress: `tsval` leaves; `word` is the reverse (ingress) entry's outstanding-timestamp word.
 #[inline(always)]
-pub(crate) fn store(word: &mut u64, tsval: u32) {
+fn store(word: &mut u64, tsval: u32) {
     let stored = *word;
     // The cheap test first: most segments repeat the last TSval (it ticks once a millisecond).
     if stored != 0 && (tsval.wrapping_sub((stored >> 32) as u32) as i32) <= 0 {
@@ -189,7 +298,7 @@ pub(crate) fn store(word: &mut u64, tsval: u32) {
 /// Ingress: a segment of the flow `key` echoes `tsecr`; `word` is this entry's
 /// outstanding-timestamp word.
 #[inline(always)]
-pub(crate) fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
+fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
     let stored = *word;
     if !ts_echo_matches(stored, tsecr) {
         if ts_echo_passed(stored, tsecr) {
