@@ -419,7 +419,12 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
         let completes = update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now);
-        K::rtt_segment(&key, &mut slot.tracking.handshake_start_ns, timestamps);
+        rtt(
+            &key,
+            &mut slot.tracking.handshake_start_ns,
+            &segment,
+            timestamps,
+        );
         completes
     } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
@@ -430,18 +435,40 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         let flow = unsafe { &mut *flow };
         let completes =
             update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now);
-        K::rtt_segment(&key, &mut flow.tracking.handshake_start_ns, timestamps);
+        rtt(
+            &key,
+            &mut flow.tracking.handshake_start_ns,
+            &segment,
+            timestamps,
+        );
         completes
     } else {
         create(device, slot, key, &segment, now);
-        // A new entry has no outstanding value to echo (an empty word stands in); an egress
-        // segment still stores its TSval in the reverse entry.
-        let mut nothing_outstanding = 0;
-        K::rtt_segment(&key, &mut nothing_outstanding, timestamps);
+        // A new entry has no outstanding value to echo; an egress segment still stores.
+        if segment.egress() {
+            K::rtt_store(&key, timestamps);
+        }
         !segment.egress() && segment.syn() && segment.ack()
     };
     if completes_handshake {
         complete_handshake(device, &key);
+    }
+}
+
+/// Passive RTT (see `crate::rtt`): an egress segment stores its TSval in the reverse
+/// (ingress) entry, an ingress one is matched against the value outstanding in this entry's
+/// `word`. The direction is a constant of each program, so each calls one function.
+#[inline(always)]
+fn rtt<K: FlowMapKey>(
+    key: &K,
+    word: &mut u64,
+    segment: &Segment,
+    timestamps: crate::rtt::Timestamps,
+) {
+    if segment.egress() {
+        K::rtt_store(key, timestamps);
+    } else {
+        K::rtt_echo(key, word, timestamps);
     }
 }
 

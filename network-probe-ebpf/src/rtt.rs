@@ -23,16 +23,19 @@
 //! the options for window scale picks it up too, if it comes before the window scale option
 //! (as Linux and most stacks send it). Other segments with the option elsewhere give no sample.
 //!
-//! What a segment does here runs in a BPF global function per family ([`network_probe_rtt4`],
-//! [`network_probe_rtt6`]), called once from each of accounting's three ways to a flow entry
-//! (slot, LRU map, created) without a test around it: the verifier checks its body once, on
-//! its own, and each call only for its arguments. Inlined, the store (with its reverse lookup)
-//! and the echo (with its sample) were verified again in every state reaching them, and with
-//! the kernel events of `crate::events` also in, `tc_ingress` went past the verifier's limit
-//! of a million processed instructions (6.18: main alone 766,607, this alone 750,548).
-//! The arguments are the key and the entry's word as pointers (to the caller's stack and into
-//! the map value: memory of their types' sizes to the verifier) and the option's three words
-//! as scalars; the egress/ingress choice is the key's direction bit, tested in the function.
+//! The store and the echo run in BPF global functions, one of each per family
+//! ([`network_probe_rtt_store4`], [`network_probe_rtt_echo4`], and the `6` ones), called without
+//! a test around them (the option's presence is tested inside): the verifier checks their
+//! bodies once, on their own, and each call only for its arguments. Inlined, the store (with
+//! its reverse lookup) and the echo (with its sample) were verified again in every state
+//! reaching them, and with the kernel events of `crate::events` also in, `tc_ingress` went
+//! past the verifier's limit of a million processed instructions (6.18: main alone 766,607,
+//! this alone 750,548). Which one a program calls is known when it is compiled: `tc_egress`
+//! stores, `tc_ingress` (and XDP) echo. Arguments: the key as a pointer (to the caller's
+//! stack: memory of the key's size to the verifier; copied to the callee's stack before a map
+//! helper takes it, which 6.1 requires), the entry's word as a pointer into the map value, the
+//! option's words as scalars. Two functions rather than one: a BPF call chain shares 512
+//! bytes of stack, `tc_ingress` takes 376 of them, and one function doing both took 304.
 //!
 //! Samples go to the interface's per-CPU [`RttStats`] (log2 histogram) and the flow's
 //! [`FlowRtt`] entry (count, sum, minimum), made at the flow's first sample: a hash lookup
@@ -44,8 +47,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use network_probe_common::{
-    DEVICE_STATS_MAX_ENTRIES, Direction, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt,
-    RTT_BUCKETS, RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
+    DEVICE_STATS_MAX_ENTRIES, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt, RTT_BUCKETS,
+    RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
 };
 
 use crate::{
@@ -78,9 +81,12 @@ static FLOW_RTT6: LruHashMap<FlowKey6, FlowRtt> =
 /// A flow key with a per-flow RTT map.
 pub(crate) trait RttKey: Copy + 'static {
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt>;
-    /// One segment of the flow `key` whose entry's outstanding-timestamp word is `word`: a
-    /// call of the family's global function.
-    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps);
+    /// Egress: the segment of the flow `key` stores its TSval in the reverse entry (a call
+    /// of the family's global function).
+    fn rtt_store(key: &Self, timestamps: Timestamps);
+    /// Ingress: the segment of the flow `key`, whose entry's outstanding-timestamp word is
+    /// `word`, is matched against it (a call of the family's global function).
+    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps);
     /// The key's interface index and direction (`ifindex << 1 | direction`).
     fn ifindex_direction(&self) -> u32;
 }
@@ -91,13 +97,12 @@ impl RttKey for FlowKey4 {
         &FLOW_RTT4
     }
     #[inline(always)]
-    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps) {
-        let Timestamps {
-            kinds,
-            tsval,
-            tsecr,
-        } = timestamps;
-        network_probe_rtt4(key, word, kinds, tsval, tsecr);
+    fn rtt_store(key: &Self, timestamps: Timestamps) {
+        network_probe_rtt_store4(key, timestamps.kinds, timestamps.tsval);
+    }
+    #[inline(always)]
+    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps) {
+        network_probe_rtt_echo4(key, word, timestamps.kinds, timestamps.tsecr);
     }
     #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
@@ -111,13 +116,12 @@ impl RttKey for FlowKey6 {
         &FLOW_RTT6
     }
     #[inline(always)]
-    fn rtt_segment(key: &Self, word: &mut u64, timestamps: Timestamps) {
-        let Timestamps {
-            kinds,
-            tsval,
-            tsecr,
-        } = timestamps;
-        network_probe_rtt6(key, word, kinds, tsval, tsecr);
+    fn rtt_store(key: &Self, timestamps: Timestamps) {
+        network_probe_rtt_store6(key, timestamps.kinds, timestamps.tsval);
+    }
+    #[inline(always)]
+    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps) {
+        network_probe_rtt_echo6(key, word, timestamps.kinds, timestamps.tsecr);
     }
     #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
@@ -208,76 +212,98 @@ pub(crate) fn timestamps<P: Packet>(
     }
 }
 
-/// Passive RTT for one segment of an IPv4 flow, as a BPF global function (see the module
-/// doc): exported by bpf-linker (build.rs passes `--export`). `key` is the flow's key, `word`
-/// its entry's outstanding-timestamp word, `kinds`, `tsval`, `tsecr` its [`Timestamps`].
-/// Returns 0 (a global function must return a scalar).
+/// Passive RTT for an egress segment of an IPv4 flow, as a BPF global function (see the
+/// module doc): exported by bpf-linker (build.rs passes `--export`). `key` is the flow's key,
+/// `kinds` and `tsval` words of its [`Timestamps`]. Returns 0 (a global function must return
+/// a scalar).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt4(
+pub(crate) extern "C" fn network_probe_rtt_store4(
     key: *const FlowKey4,
-    word: *mut u64,
     kinds: u32,
     tsval: u32,
-    tsecr: u32,
 ) -> u32 {
-    segment(
-        key,
-        word,
-        Timestamps {
-            kinds,
-            tsval,
-            tsecr,
-        },
-    );
+    store_reverse(key, kinds, tsval);
     0
 }
 
 /// The same for IPv6 flows.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt6(
+pub(crate) extern "C" fn network_probe_rtt_store6(
     key: *const FlowKey6,
-    word: *mut u64,
     kinds: u32,
     tsval: u32,
-    tsecr: u32,
 ) -> u32 {
-    segment(
-        key,
-        word,
-        Timestamps {
-            kinds,
-            tsval,
-            tsecr,
-        },
-    );
+    store_reverse(key, kinds, tsval);
     0
 }
 
-/// One segment: on egress its TSval is stored in the reverse (ingress) entry (see the module
-/// doc for why), on ingress its TSecr is matched against `word`.
+/// Passive RTT for an ingress segment of an IPv4 flow, as a BPF global function (see the
+/// module doc). `key` is the flow's key, `word` its entry's outstanding-timestamp word,
+/// `kinds` and `tsecr` words of its [`Timestamps`]. Returns 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn network_probe_rtt_echo4(
+    key: *const FlowKey4,
+    word: *mut u64,
+    kinds: u32,
+    tsecr: u32,
+) -> u32 {
+    echo_of(key, word, kinds, tsecr);
+    0
+}
+
+/// The same for IPv6 flows.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn network_probe_rtt_echo6(
+    key: *const FlowKey6,
+    word: *mut u64,
+    kinds: u32,
+    tsecr: u32,
+) -> u32 {
+    echo_of(key, word, kinds, tsecr);
+    0
+}
+
+/// Egress: the TSval is stored in the reverse (ingress) entry (see the module doc for why).
 #[inline(always)]
-fn segment<K: FlowMapKey>(key: *const K, word: *mut u64, timestamps: Timestamps) {
-    // The verifier has the pointers as possibly null (any caller might pass null).
+fn store_reverse<K: FlowMapKey>(key: *const K, kinds: u32, tsval: u32) {
+    let timestamps = Timestamps {
+        kinds,
+        tsval,
+        tsecr: 0,
+    };
+    // The verifier has the pointer as possibly null (any caller might pass null).
+    if key.is_null() || !timestamps.found() {
+        return;
+    }
+    // SAFETY: non-null, to a key on the caller's stack, valid for the call. The reversed key
+    // is a new one on this function's stack.
+    let reversed = FlowMapKey::reversed(unsafe { &*key });
+    if let Some(reverse) = tracking_of(&reversed) {
+        // SAFETY: a pointer into a map value, valid for this program run.
+        store(
+            unsafe { &mut (*reverse).handshake_start_ns },
+            timestamps.tsval(),
+        );
+    }
+}
+
+/// Ingress: the TSecr is matched against the outstanding value in `word`.
+#[inline(always)]
+fn echo_of<K: RttKey>(key: *const K, word: *mut u64, kinds: u32, tsecr: u32) {
+    let timestamps = Timestamps {
+        kinds,
+        tsval: 0,
+        tsecr,
+    };
     if key.is_null() || word.is_null() || !timestamps.found() {
         return;
     }
-    // SAFETY: non-null, to a key on the caller's stack, valid for the call.
-    let key = unsafe { &*key };
-    if key.ifindex_direction() & 1 == Direction::Egress as u32 {
-        if let Some(reverse) = tracking_of(&FlowMapKey::reversed(key)) {
-            // SAFETY: a pointer into a map value, valid for this program run.
-            store(
-                unsafe { &mut (*reverse).handshake_start_ns },
-                timestamps.tsval(),
-            );
-        }
-    } else {
-        // SAFETY: non-null, into the flow's map value (or the caller's stack), valid for the
-        // call.
-        echo(key, unsafe { &mut *word }, timestamps.tsecr());
-    }
+    // SAFETY: non-null, into the flow's map value, valid for the call.
+    echo(key, unsafe { &mut *word }, timestamps.tsecr());
 }
 
 /// Egress: `tsval` leaves; `word` is the reverse (ingress) entry's outstanding-timestamp word.
@@ -295,10 +321,10 @@ fn store(word: &mut u64, tsval: u32) {
     }
 }
 
-/// Ingress: a segment of the flow `key` echoes `tsecr`; `word` is this entry's
+/// Ingress: a segment of the flow `*key` echoes `tsecr`; `word` is this entry's
 /// outstanding-timestamp word.
 #[inline(always)]
-fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
+fn echo<K: RttKey>(key: *const K, word: &mut u64, tsecr: u32) {
     let stored = *word;
     if !ts_echo_matches(stored, tsecr) {
         if ts_echo_passed(stored, tsecr) {
@@ -310,8 +336,33 @@ fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     *word = ts_echoed(stored);
     if let Some(rtt_ns) = ts_echo_rtt(stored, now) {
-        record(key, rtt_ns);
+        // SAFETY: non-null (tested by the caller), to a key on the caller's stack.
+        record(&unsafe { stack_copy(key) }, rtt_ns);
     }
+}
+
+/// A copy of `*key` on this function's stack: the verifier has `key` as memory of the key's
+/// size, which a map helper does not take as a key on 6.1. Volatile reads, so that the
+/// compiler does not hand the helpers the pointer itself; word by word (the keys are aligned
+/// to 8 bytes and a multiple of 8 long), as a volatile read of the whole key was done byte by
+/// byte through the stack (272 bytes of it for IPv6, past the 512 a call chain shares).
+///
+/// # Safety
+///
+/// `key` is valid for reads and aligned to 8 bytes.
+#[inline(always)]
+unsafe fn stack_copy<K: Copy>(key: *const K) -> K {
+    let mut copy = core::mem::MaybeUninit::<K>::uninit();
+    let source = key.cast::<u64>();
+    let target = copy.as_mut_ptr().cast::<u64>();
+    let mut word = 0;
+    while word < core::mem::size_of::<K>() / 8 {
+        // SAFETY: within the key (the caller's promise) and the copy.
+        unsafe { target.add(word).write(source.add(word).read_volatile()) };
+        word += 1;
+    }
+    // SAFETY: every byte written (the keys' sizes are multiples of 8).
+    unsafe { copy.assume_init() }
 }
 
 /// One sample: the interface's histogram, the flow's entry.
