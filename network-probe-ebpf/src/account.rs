@@ -405,9 +405,6 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     let slot = slot_of::<K>(words);
     // Whether this segment completes a handshake; checked once, at the end, whichever way the
     // flow was found (one copy of that code keeps the verifier's work down).
-    // Passive RTT's word in the entry found (null for a new entry, which has nothing
-    // outstanding), used at the end (see `rtt`).
-    let mut outstanding: *mut u64 = core::ptr::null_mut();
     let completes_handshake = if let Some((index, slot)) = slot
         && slot_holds::<K>(unsafe { &*slot }, words)
     {
@@ -422,7 +419,12 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
         let completes = update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now);
-        outstanding = &raw mut slot.tracking.handshake_start_ns;
+        rtt(
+            &key,
+            &mut slot.tracking.handshake_start_ns,
+            &segment,
+            timestamps,
+        );
         completes
     } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
@@ -433,37 +435,40 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         let flow = unsafe { &mut *flow };
         let completes =
             update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now);
-        outstanding = &raw mut flow.tracking.handshake_start_ns;
+        rtt(
+            &key,
+            &mut flow.tracking.handshake_start_ns,
+            &segment,
+            timestamps,
+        );
         completes
     } else {
         create(device, slot, key, &segment, now);
+        // A new entry has no outstanding value to echo; an egress segment still stores.
+        if segment.egress() {
+            K::rtt_store(&key, timestamps);
+        }
         !segment.egress() && segment.syn() && segment.ack()
     };
     if completes_handshake {
         complete_handshake(device, &key);
     }
-    rtt(&key, outstanding, &segment, timestamps);
 }
 
 /// Passive RTT (see `crate::rtt`): an egress segment stores its TSval in the reverse
-/// (ingress) entry, an ingress one is matched against the value outstanding in its entry's
-/// `word` (none for a new entry). The direction is a constant of each program, so each calls
-/// one function. Called last, after the handshake's lookups: Linux 6.1's verifier gives up
-/// tracking which values must be exact when it walks back across a call of a function, and
-/// then takes them all as exact (far fewer states alike, past its limit with the calls
-/// placed in the slot and map branches, the handshake's code after them).
+/// (ingress) entry, an ingress one is matched against the value outstanding in this entry's
+/// `word`. The direction is a constant of each program, so each calls one function.
 #[inline(always)]
 fn rtt<K: FlowMapKey>(
     key: &K,
-    word: *mut u64,
+    word: &mut u64,
     segment: &Segment,
     timestamps: crate::rtt::Timestamps,
 ) {
     if segment.egress() {
         K::rtt_store(key, timestamps);
-    } else if !word.is_null() {
-        // SAFETY: into the flow's slot or map value, valid for this program run.
-        K::rtt_echo(key, unsafe { &mut *word }, timestamps);
+    } else {
+        K::rtt_echo(key, word, timestamps);
     }
 }
 
