@@ -33,12 +33,14 @@
 //! this alone 750,548). Which one a program calls is known when it is compiled: `tc_egress`
 //! stores, `tc_ingress` (and XDP) echo. Arguments: the key as a pointer (to the caller's
 //! stack: memory of the key's size to the verifier; copied to the callee's stack before a map
-//! helper takes it, which 6.1 requires), the entry's word as a pointer into the map value, the
+//! helper takes it: older kernels' helpers may refuse such memory as a key; not yet verified, see below), the entry's word as a pointer into the map value, the
 //! option's words as scalars. A BPF call chain shares 512 bytes of stack and `tc_ingress`
 //! takes 368 of them: the functions keep to 16 to 64 bytes (one function doing both, with a
 //! whole-key volatile copy, took 272 and the load failed). With them (6.18), `tc_ingress`
 //! processes 691,362 instructions and `tc_egress` 705,316, fewer than main alone (766,607 and
 //! 791,719): the calls also took inlined code out of the states the rest of the program forks.
+//! Not yet enough on 6.1: there `tc_ingress` still stops at the limit (E2BIG), also with a
+//! single call placed last in `observe_flow` (tried, reverted).
 //!
 //! Samples go to the interface's per-CPU [`RttStats`] (log2 histogram) and the flow's
 //! [`FlowRtt`] entry (count, sum, minimum), made at the flow's first sample: a hash lookup
@@ -345,7 +347,7 @@ fn echo<K: RttKey>(key: *const K, word: &mut u64, tsecr: u32) {
 }
 
 /// A copy of `*key` on this function's stack: the verifier has `key` as memory of the key's
-/// size, which a map helper does not take as a key on 6.1. Volatile reads, so that the
+/// size, which older kernels' map helpers may not take as a key (a precaution, not yet verified on 6.1). Volatile reads, so that the
 /// compiler does not hand the helpers the pointer itself; word by word (the keys are aligned
 /// to 8 bytes and a multiple of 8 long), as a volatile read of the whole key was done byte by
 /// byte through the stack (272 bytes of it for IPv6, past the 512 a call chain shares).
