@@ -341,9 +341,25 @@ impl Datapath {
             let verify = |err: &(dyn std::error::Error + 'static)| {
                 Error::datapath(format!("verifying program {}", hook.as_str()), err)
             };
-            match hook {
-                Hook::XdpIngress => xdp_mut(&mut ebpf)?.load().map_err(|e| verify(&e))?,
-                _ => tc_mut(&mut ebpf, hook)?.load().map_err(|e| verify(&e))?,
+            let info = match hook {
+                Hook::XdpIngress => {
+                    let program = xdp_mut(&mut ebpf)?;
+                    program.load().map_err(|e| verify(&e))?;
+                    program.info()
+                }
+                _ => {
+                    let program = tc_mut(&mut ebpf, hook)?;
+                    program.load().map_err(|e| verify(&e))?;
+                    program.info()
+                }
+            };
+            // The verifier's work (its limit is a million processed instructions): the figure
+            // the datapath's size is watched by, on each kernel it loads on.
+            if let Some(count) = info.ok().and_then(|info| info.verified_instruction_count()) {
+                log::debug!(
+                    "verified program {}: {count} instructions processed",
+                    hook.as_str()
+                );
             }
         }
         // The previous run's pinned programs are read before this run's replace them.
