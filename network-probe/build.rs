@@ -66,11 +66,6 @@ fn build_ebpf(workspace: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
         // The BPF global function of network-probe-ebpf/src/events.rs: exported, it keeps its
         // global linkage, so the verifier checks it once rather than at every call.
         "-Clink-arg=--export=network_probe_kernel_event".into(),
-        // Those of network-probe-ebpf/src/rtt.rs (passive RTT), for the same reason.
-        "-Clink-arg=--export=network_probe_rtt_store4".into(),
-        "-Clink-arg=--export=network_probe_rtt_store6".into(),
-        "-Clink-arg=--export=network_probe_rtt_echo4".into(),
-        "-Clink-arg=--export=network_probe_rtt_echo6".into(),
         "-Ctarget-cpu=v3".into(),
     ]
     .join("\x1f");

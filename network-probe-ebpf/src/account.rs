@@ -48,22 +48,29 @@ pub(crate) mod upto {
 }
 
 /// Accounts one packet (`segments` wire packets) seen on `ifindex` in `direction`, as far as
-/// `UPTO` (see [`upto`]).
+/// `UPTO` (see [`upto`]). True when passive RTT has work for this segment (see `crate::rtt`):
+/// the caller then tail-calls the RTT program, last.
 #[inline(always)]
 pub(crate) fn observe<P: Packet, const UPTO: u8>(
     packet: &P,
     ifindex: u32,
     direction: Direction,
     segments: u64,
-) {
+) -> bool {
     // User space assigns the slot before attaching; without one this interface is not ours.
     let slot = match IFINDEX_SLOTS.get(ifindex) {
         Some(&slot) if slot != 0 => slot - 1,
-        Some(_) => return report(KernelEvent::InterfaceWithoutSlot, ifindex),
-        None => return report(KernelEvent::IfindexBeyondSlotTable, ifindex),
+        Some(_) => {
+            report(KernelEvent::InterfaceWithoutSlot, ifindex);
+            return false;
+        }
+        None => {
+            report(KernelEvent::IfindexBeyondSlotTable, ifindex);
+            return false;
+        }
     };
     let Some(device) = DEVICE_STATS.get_ptr_mut(slot * 2 + direction as u32) else {
-        return;
+        return false;
     };
     // SAFETY: a per-CPU value: only this CPU writes this copy, and the program is not
     // re-entered on this CPU while it runs.
@@ -72,12 +79,15 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
     device.packets += segments;
     device.bytes += len;
     if UPTO == upto::DEVICE {
-        return;
+        return false;
     }
     // The passive signals' counters of this interface (see `crate::signals`).
     let signals = crate::signals::interface(slot, direction);
     match parse(packet) {
-        Parsed::NotIp(reason) => add_at(&mut device.unclassified, reason as usize, segments),
+        Parsed::NotIp(reason) => {
+            add_at(&mut device.unclassified, reason as usize, segments);
+            false
+        }
         Parsed::OtherIp(ip, reason) => {
             let mut signals = signals;
             if let Some(signals) = signals.as_deref_mut() {
@@ -94,13 +104,14 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
             }
             observe_ip(device, &ip, segments);
             add_at(&mut device.unclassified, reason as usize, segments);
+            false
         }
         Parsed::Tcp4(ip, tcp, addresses) => {
             if let Some(signals) = signals {
                 crate::ecn::count_codepoint(signals, ip.ecn, segments);
             }
             let key = || FlowKey4::from_words([addresses, ports_word(&tcp, ifindex, direction)]);
-            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key);
+            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key)
         }
         Parsed::Tcp6(ip, tcp, [src0, src1, dst0, dst1]) => {
             if let Some(signals) = signals {
@@ -110,13 +121,13 @@ pub(crate) fn observe<P: Packet, const UPTO: u8>(
                 let ports = ports_word(&tcp, ifindex, direction);
                 FlowKey6::from_words([src0, src1, dst0, dst1, ports])
             };
-            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key);
+            observe_tcp::<_, UPTO>(device, &ip, &tcp, direction, segments, len, key)
         }
     }
 }
 
 /// A TCP segment: its interface's IP and TCP statistics, then (past [`upto::PARSE`]) its flow,
-/// whose key `key` builds only then.
+/// whose key `key` builds only then. True when passive RTT has work (see [`observe`]).
 #[inline(always)]
 fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     device: &mut DeviceStats,
@@ -126,12 +137,12 @@ fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     segments: u64,
     len: u64,
     key: impl FnOnce() -> K,
-) {
+) -> bool {
     let bits = Segment::bits_of(ip, tcp, direction);
     observe_ip(device, ip, segments);
     observe_tcp_device(device, tcp, bits, segments);
     if UPTO == upto::PARSE {
-        return;
+        return false;
     }
     let key = key();
     crate::ecn::observe_segment(&key, ip.ecn, tcp.flags(), segments);
@@ -144,14 +155,14 @@ fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     } else {
         crate::rtt::Timestamps::NONE
     };
-    observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len, timestamps);
+    observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len, timestamps)
 }
 
 /// The last word of a kernel flow key: ports (each in host byte order), then interface and
 /// direction, in memory order. `u32::from_be` turns the header's two ports into
 /// `src << 16 | dst`; rotated by 16 they sit as the key's little-endian memory holds them.
 #[inline(always)]
-fn ports_word(tcp: &Tcp, ifindex: u32, direction: Direction) -> u64 {
+pub(crate) fn ports_word(tcp: &Tcp, ifindex: u32, direction: Direction) -> u64 {
     let ports = u32::from_be(tcp.ports()).rotate_left(16);
     ports as u64 | (ifindex_direction(ifindex, direction) as u64) << 32
 }
@@ -371,7 +382,8 @@ fn slot_holds<K: FlowMapKey>(slot: &FlowSlot, words: &K::Words) -> bool {
 
 /// The flow's entry: found in its slot (the fast path) or its family's LRU map, else created
 /// in its slot when free, else in the LRU map. Counters, sequence tracking, handshake RTT;
-/// `bits` as [`Segment::bits_of`] gives them.
+/// `bits` as [`Segment::bits_of`] gives them. True when passive RTT has work (see
+/// [`rtt_due`]).
 #[inline(always)]
 fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     device: &mut DeviceStats,
@@ -381,7 +393,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     segments: u64,
     len: u64,
     timestamps: crate::rtt::Timestamps,
-) {
+) -> bool {
     let flags = tcp.flags() as u32;
     let segment = Segment {
         bits,
@@ -405,70 +417,62 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     let slot = slot_of::<K>(words);
     // Whether this segment completes a handshake; checked once, at the end, whichever way the
     // flow was found (one copy of that code keeps the verifier's work down).
-    let completes_handshake = if let Some((index, slot)) = slot
+    let (completes_handshake, rtt) = if let Some((index, slot)) = slot
         && slot_holds::<K>(unsafe { &*slot }, words)
     {
         let slot = unsafe { &mut *slot };
         if UPTO == upto::LOOKUP {
-            return;
+            return false;
         }
         let Some(counts) = FLOW_SLOT_COUNTERS.get_ptr_mut(index) else {
-            return;
+            return false;
         };
         // SAFETY: this CPU's copy: only this CPU writes it, and the program is not re-entered
         // on this CPU while it runs.
         let counts = unsafe { &mut *counts };
         let completes = update::<PerCpu>(device, counts, &mut slot.tracking, &segment, now);
-        rtt(
-            &key,
-            &mut slot.tracking.handshake_start_ns,
-            &segment,
-            timestamps,
-        );
-        completes
+        (
+            completes,
+            rtt_due(&segment, slot.tracking.handshake_start_ns, timestamps),
+        )
     } else if let Some(flow) = K::map().get_ptr_mut(key) {
         if UPTO == upto::LOOKUP {
-            return;
+            return false;
         }
         // SAFETY: a pointer into the map value, valid for this program run; counters are
         // updated with atomic adds, the rest is owned by the CPU processing this flow direction.
         let flow = unsafe { &mut *flow };
         let completes =
             update::<Atomic>(device, &mut flow.counts, &mut flow.tracking, &segment, now);
-        rtt(
-            &key,
-            &mut flow.tracking.handshake_start_ns,
-            &segment,
-            timestamps,
-        );
-        completes
+        (
+            completes,
+            rtt_due(&segment, flow.tracking.handshake_start_ns, timestamps),
+        )
     } else {
         create(device, slot, key, &segment, now);
         // A new entry has no outstanding value to echo; an egress segment still stores.
-        if segment.egress() {
-            K::rtt_store(&key, timestamps);
-        }
-        !segment.egress() && segment.syn() && segment.ack()
+        (
+            !segment.egress() && segment.syn() && segment.ack(),
+            segment.egress() && timestamps.found(),
+        )
     };
     if completes_handshake {
         complete_handshake(device, &key);
     }
+    rtt
 }
 
-/// Passive RTT (see `crate::rtt`): an egress segment stores its TSval in the reverse
-/// (ingress) entry, an ingress one is matched against the value outstanding in this entry's
-/// `word`. The direction is a constant of each program, so each calls one function.
+/// Whether passive RTT (see `crate::rtt`) has work for this segment, whose flow entry's
+/// outstanding-timestamp word is `word`: an egress segment with the option stores its TSval
+/// in the reverse (ingress) entry; an ingress one whose TSecr echoes the outstanding value (or
+/// a newer one) takes a sample or drops it. The work itself is the RTT program's, tail-called
+/// last; the direction is a constant of each program, so each tests one condition.
 #[inline(always)]
-fn rtt<K: FlowMapKey>(
-    key: &K,
-    word: &mut u64,
-    segment: &Segment,
-    timestamps: crate::rtt::Timestamps,
-) {
+fn rtt_due(segment: &Segment, word: u64, timestamps: crate::rtt::Timestamps) -> bool {
     if segment.egress() {
-        K::rtt_store(key, timestamps);
+        timestamps.found()
     } else {
-        K::rtt_echo(key, word, timestamps);
+        timestamps.echo_due(word)
     }
 }
 

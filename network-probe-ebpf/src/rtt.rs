@@ -47,20 +47,23 @@
 //! per sample, never per packet.
 
 use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::generated::bpf_ktime_get_ns,
-    macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    macros::{classifier, map, xdp},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
+    programs::{TcContext, XdpContext},
 };
 use network_probe_common::{
-    DEVICE_STATS_MAX_ENTRIES, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt, RTT_BUCKETS,
-    RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
+    DEVICE_STATS_MAX_ENTRIES, Direction, FLOW_RTT_MAX_ENTRIES, FlowKey4, FlowKey6, FlowRtt,
+    RTT_BUCKETS, RttStats, ts_echo_matches, ts_echo_passed, ts_echo_rtt, ts_echoed, ts_store,
 };
 
 use crate::{
-    account::{FlowMapKey, tracking_of},
+    account::{FlowMapKey, ports_word, tracking_of},
     atomic::atomic_add,
     maps::IFINDEX_SLOTS,
     packet::Packet,
+    parse::{Parsed, parse},
 };
 
 /// `BPF_NOEXIST`: create only if absent.
@@ -86,12 +89,6 @@ static FLOW_RTT6: LruHashMap<FlowKey6, FlowRtt> =
 /// A flow key with a per-flow RTT map.
 pub(crate) trait RttKey: Copy + 'static {
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt>;
-    /// Egress: the segment of the flow `key` stores its TSval in the reverse entry (a call
-    /// of the family's global function).
-    fn rtt_store(key: &Self, timestamps: Timestamps);
-    /// Ingress: the segment of the flow `key`, whose entry's outstanding-timestamp word is
-    /// `word`, is matched against it (a call of the family's global function).
-    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps);
     /// The key's interface index and direction (`ifindex << 1 | direction`).
     fn ifindex_direction(&self) -> u32;
 }
@@ -100,14 +97,6 @@ impl RttKey for FlowKey4 {
     #[inline(always)]
     fn rtt_map() -> &'static LruHashMap<Self, FlowRtt> {
         &FLOW_RTT4
-    }
-    #[inline(always)]
-    fn rtt_store(key: &Self, timestamps: Timestamps) {
-        network_probe_rtt_store4(key, timestamps.kinds, timestamps.tsval);
-    }
-    #[inline(always)]
-    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps) {
-        network_probe_rtt_echo4(key, word, timestamps.kinds, timestamps.tsecr);
     }
     #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
@@ -121,16 +110,120 @@ impl RttKey for FlowKey6 {
         &FLOW_RTT6
     }
     #[inline(always)]
-    fn rtt_store(key: &Self, timestamps: Timestamps) {
-        network_probe_rtt_store6(key, timestamps.kinds, timestamps.tsval);
-    }
-    #[inline(always)]
-    fn rtt_echo(key: &Self, word: &mut u64, timestamps: Timestamps) {
-        network_probe_rtt_echo6(key, word, timestamps.kinds, timestamps.tsecr);
-    }
-    #[inline(always)]
     fn ifindex_direction(&self) -> u32 {
         self.ifindex_direction
+    }
+}
+
+/// The RTT programs of the TC hooks, tail-called by `tc_ingress` and `tc_egress` when
+/// [`crate::account::observe`] says there is work: [`TC_STORE`] and [`TC_ECHO`]. Filled by the
+/// daemon after loading; an empty entry makes the tail call fail and the packet go on
+/// (accounted, without RTT).
+#[map(name = "RTT_TC_PROGRAMS")]
+static RTT_TC_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// The same for XDP (a program array takes programs of one type): [`XDP_ECHO`].
+#[map(name = "RTT_XDP_PROGRAMS")]
+static RTT_XDP_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Index of [`tc_rtt_store`] in [`RTT_TC_PROGRAMS`].
+const TC_STORE: u32 = 0;
+/// Index of [`tc_rtt_echo`] in [`RTT_TC_PROGRAMS`].
+const TC_ECHO: u32 = 1;
+/// Index of [`xdp_rtt_echo`] in [`RTT_XDP_PROGRAMS`].
+const XDP_ECHO: u32 = 0;
+
+/// Tail-calls the TC RTT program of `direction` (the last thing a TC program does: it does not
+/// return when the call succeeds).
+#[inline(always)]
+pub(crate) fn tail_call_tc(ctx: &TcContext, direction: Direction) {
+    let index = if direction == Direction::Egress {
+        TC_STORE
+    } else {
+        TC_ECHO
+    };
+    // SAFETY: the caller does nothing after this but return its verdict, which the RTT
+    // program returns alike.
+    unsafe { RTT_TC_PROGRAMS.tail_call(ctx, index) };
+}
+
+/// Tail-calls the XDP RTT program (ingress), as [`tail_call_tc`].
+#[inline(always)]
+pub(crate) fn tail_call_xdp(ctx: &XdpContext) {
+    // SAFETY: as in `tail_call_tc`.
+    unsafe { RTT_XDP_PROGRAMS.tail_call(ctx, XDP_ECHO) };
+}
+
+/// Egress RTT program, tail-called by `tc_egress`: stores the segment's TSval in the flow's
+/// reverse (ingress) entry. Returns `TC_ACT_UNSPEC`, as `tc_egress`.
+#[classifier]
+pub(crate) fn tc_rtt_store(ctx: TcContext) -> i32 {
+    // SAFETY: the kernel hands the program a valid __sk_buff for its whole run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    of_packet(&ctx, ifindex, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// Ingress RTT program, tail-called by `tc_ingress`: matches the segment's TSecr with the
+/// value outstanding in its flow's entry, and records the sample.
+#[classifier]
+pub(crate) fn tc_rtt_echo(ctx: TcContext) -> i32 {
+    // SAFETY: as above.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    of_packet(&ctx, ifindex, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+/// The same for `xdp_ingress`. Returns `XDP_PASS`.
+#[xdp]
+pub(crate) fn xdp_rtt_echo(ctx: XdpContext) -> u32 {
+    // SAFETY: the kernel hands the program a valid xdp_md for its whole run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    of_packet(&ctx, ifindex, Direction::Ingress);
+    XDP_PASS
+}
+
+/// The RTT work of one segment: parsed again (the tail call keeps nothing of the caller but
+/// the packet), its flow's key built as accounting builds it.
+#[inline(always)]
+fn of_packet<P: Packet>(packet: &P, ifindex: u32, direction: Direction) {
+    match parse(packet) {
+        Parsed::Tcp4(_, tcp, addresses) => {
+            let key = FlowKey4::from_words([addresses, ports_word(&tcp, ifindex, direction)]);
+            of_flow(&key, direction, tcp.timestamps);
+        }
+        Parsed::Tcp6(_, tcp, [src0, src1, dst0, dst1]) => {
+            let ports = ports_word(&tcp, ifindex, direction);
+            let key = FlowKey6::from_words([src0, src1, dst0, dst1, ports]);
+            of_flow(&key, direction, tcp.timestamps);
+        }
+        _ => {}
+    }
+}
+
+/// Egress: the TSval is stored in the reverse entry; ingress: the TSecr is matched against
+/// this entry's outstanding value.
+#[inline(always)]
+fn of_flow<K: FlowMapKey>(key: &K, direction: Direction, timestamps: Timestamps) {
+    if !timestamps.found() {
+        return;
+    }
+    if direction == Direction::Egress {
+        let reversed = FlowMapKey::reversed(key);
+        if let Some(reverse) = tracking_of(&reversed) {
+            // SAFETY: a pointer into a map value, valid for this program run.
+            store(
+                unsafe { &mut (*reverse).handshake_start_ns },
+                timestamps.tsval(),
+            );
+        }
+    } else if let Some(tracking) = tracking_of(key) {
+        // SAFETY: as above.
+        echo(
+            key,
+            unsafe { &mut (*tracking).handshake_start_ns },
+            timestamps.tsecr(),
+        );
     }
 }
 
@@ -160,6 +253,17 @@ impl Timestamps {
     #[inline(always)]
     pub(crate) fn found(&self) -> bool {
         self.kinds == ALIGNED_TIMESTAMPS
+    }
+
+    /// Whether an ingress segment with these timestamps has work to do with `word`, its
+    /// entry's outstanding-timestamp word: the option is there, a value is outstanding, and
+    /// the TSecr echoes it or a newer one ([`ts_echo_matches`] or [`ts_echo_passed`]). Tested
+    /// inline: the ACK path, which mostly has nothing to do, then tail-calls nothing.
+    #[inline(always)]
+    pub(crate) fn echo_due(&self, word: u64) -> bool {
+        self.found()
+            && word as u32 != 0
+            && (self.tsecr().wrapping_sub((word >> 32) as u32) as i32) >= 0
     }
 
     #[inline(always)]
@@ -217,100 +321,6 @@ pub(crate) fn timestamps<P: Packet>(
     }
 }
 
-/// Passive RTT for an egress segment of an IPv4 flow, as a BPF global function (see the
-/// module doc): exported by bpf-linker (build.rs passes `--export`). `key` is the flow's key,
-/// `kinds` and `tsval` words of its [`Timestamps`]. Returns 0 (a global function must return
-/// a scalar).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt_store4(
-    key: *const FlowKey4,
-    kinds: u32,
-    tsval: u32,
-) -> u32 {
-    store_reverse(key, kinds, tsval);
-    0
-}
-
-/// The same for IPv6 flows.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt_store6(
-    key: *const FlowKey6,
-    kinds: u32,
-    tsval: u32,
-) -> u32 {
-    store_reverse(key, kinds, tsval);
-    0
-}
-
-/// Passive RTT for an ingress segment of an IPv4 flow, as a BPF global function (see the
-/// module doc). `key` is the flow's key, `word` its entry's outstanding-timestamp word,
-/// `kinds` and `tsecr` words of its [`Timestamps`]. Returns 0.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt_echo4(
-    key: *const FlowKey4,
-    word: *mut u64,
-    kinds: u32,
-    tsecr: u32,
-) -> u32 {
-    echo_of(key, word, kinds, tsecr);
-    0
-}
-
-/// The same for IPv6 flows.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub(crate) extern "C" fn network_probe_rtt_echo6(
-    key: *const FlowKey6,
-    word: *mut u64,
-    kinds: u32,
-    tsecr: u32,
-) -> u32 {
-    echo_of(key, word, kinds, tsecr);
-    0
-}
-
-/// Egress: the TSval is stored in the reverse (ingress) entry (see the module doc for why).
-#[inline(always)]
-fn store_reverse<K: FlowMapKey>(key: *const K, kinds: u32, tsval: u32) {
-    let timestamps = Timestamps {
-        kinds,
-        tsval,
-        tsecr: 0,
-    };
-    // The verifier has the pointer as possibly null (any caller might pass null).
-    if key.is_null() || !timestamps.found() {
-        return;
-    }
-    // SAFETY: non-null, to a key on the caller's stack, valid for the call. The reversed key
-    // is a new one on this function's stack.
-    let reversed = FlowMapKey::reversed(unsafe { &*key });
-    if let Some(reverse) = tracking_of(&reversed) {
-        // SAFETY: a pointer into a map value, valid for this program run.
-        store(
-            unsafe { &mut (*reverse).handshake_start_ns },
-            timestamps.tsval(),
-        );
-    }
-}
-
-/// Ingress: the TSecr is matched against the outstanding value in `word`.
-#[inline(always)]
-fn echo_of<K: RttKey>(key: *const K, word: *mut u64, kinds: u32, tsecr: u32) {
-    let timestamps = Timestamps {
-        kinds,
-        tsval: 0,
-        tsecr,
-    };
-    if key.is_null() || word.is_null() || !timestamps.found() {
-        return;
-    }
-    // SAFETY: non-null, into the flow's map value, valid for the call.
-    echo(key, unsafe { &mut *word }, timestamps.tsecr());
-}
-
 /// Egress: `tsval` leaves; `word` is the reverse (ingress) entry's outstanding-timestamp word.
 #[inline(always)]
 fn store(word: &mut u64, tsval: u32) {
@@ -329,7 +339,7 @@ fn store(word: &mut u64, tsval: u32) {
 /// Ingress: a segment of the flow `*key` echoes `tsecr`; `word` is this entry's
 /// outstanding-timestamp word.
 #[inline(always)]
-fn echo<K: RttKey>(key: *const K, word: &mut u64, tsecr: u32) {
+fn echo<K: RttKey>(key: &K, word: &mut u64, tsecr: u32) {
     let stored = *word;
     if !ts_echo_matches(stored, tsecr) {
         if ts_echo_passed(stored, tsecr) {
@@ -341,33 +351,8 @@ fn echo<K: RttKey>(key: *const K, word: &mut u64, tsecr: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     *word = ts_echoed(stored);
     if let Some(rtt_ns) = ts_echo_rtt(stored, now) {
-        // SAFETY: non-null (tested by the caller), to a key on the caller's stack.
-        record(&unsafe { stack_copy(key) }, rtt_ns);
+        record(key, rtt_ns);
     }
-}
-
-/// A copy of `*key` on this function's stack: the verifier has `key` as memory of the key's
-/// size, which older kernels' map helpers may not take as a key (a precaution, not yet verified on 6.1). Volatile reads, so that the
-/// compiler does not hand the helpers the pointer itself; word by word (the keys are aligned
-/// to 8 bytes and a multiple of 8 long), as a volatile read of the whole key was done byte by
-/// byte through the stack (272 bytes of it for IPv6, past the 512 a call chain shares).
-///
-/// # Safety
-///
-/// `key` is valid for reads and aligned to 8 bytes.
-#[inline(always)]
-unsafe fn stack_copy<K: Copy>(key: *const K) -> K {
-    let mut copy = core::mem::MaybeUninit::<K>::uninit();
-    let source = key.cast::<u64>();
-    let target = copy.as_mut_ptr().cast::<u64>();
-    let mut word = 0;
-    while word < core::mem::size_of::<K>() / 8 {
-        // SAFETY: within the key (the caller's promise) and the copy.
-        unsafe { target.add(word).write(source.add(word).read_volatile()) };
-        word += 1;
-    }
-    // SAFETY: every byte written (the keys' sizes are multiples of 8).
-    unsafe { copy.assume_init() }
 }
 
 /// One sample: the interface's histogram, the flow's entry.

@@ -11,6 +11,8 @@ use crate::account;
 pub(crate) fn xdp_ingress(ctx: XdpContext) -> u32 {
     // SAFETY: the kernel hands the program a valid xdp_md for its whole run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    account::observe::<_, { account::upto::ALL }>(&ctx, ifindex, Direction::Ingress, 1);
+    if account::observe::<_, { account::upto::ALL }>(&ctx, ifindex, Direction::Ingress, 1) {
+        crate::rtt::tail_call_xdp(&ctx);
+    }
     XDP_PASS
 }

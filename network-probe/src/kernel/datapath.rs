@@ -375,7 +375,7 @@ impl Datapath {
         let flows = FlowMaps::new(flows4, flows6, (config.flow_slots > 0).then_some(slot_maps))
             .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
         let signals = Signals::take(&mut ebpf)?;
-        let rtt = crate::kernel::rtt::RttMaps::take(&mut ebpf)?;
+        let rtt = crate::kernel::rtt::RttMaps::take(&mut ebpf, config.ingress != IngressHook::Tc)?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         let attempts = AttemptMaps::take(&mut ebpf)?;

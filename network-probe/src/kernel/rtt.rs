@@ -6,12 +6,19 @@
 //! interface slots: zeroed when a slot is assigned, folded into a total kept under the
 //! interface's name when the interface is forgotten. The maps are not pinned: a restart of the
 //! daemon restarts them.
+//!
+//! The RTT work itself runs in programs of its own (`tc_rtt_store`, `tc_rtt_echo`,
+//! `xdp_rtt_echo`), which the accounting programs tail-call through the program arrays
+//! `RTT_TC_PROGRAMS` and `RTT_XDP_PROGRAMS`: [`RttMaps::take`] loads them and fills the arrays,
+//! whose descriptors it keeps (the kernel empties a program array when user space closes its
+//! last one; a tail call into an empty entry fails and the packet is accounted without RTT).
 
 use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
 use log::warn;
@@ -30,16 +37,69 @@ pub(crate) struct RttMaps {
     flows6: HashMap<MapData, FlowKey6, FlowRtt>,
     /// Histograms of interfaces forgotten since start, by name.
     retired: BTreeMap<String, RttStats>,
+    /// The program arrays the accounting programs tail-call the RTT programs through, kept
+    /// open for as long as the datapath runs.
+    _programs: [ProgramArray<MapData>; 2],
 }
 
+/// The RTT programs' names, as in the object, and their indexes in their program arrays
+/// (network-probe-ebpf/src/rtt.rs).
+const TC_PROGRAMS_MAP: &str = "RTT_TC_PROGRAMS";
+const XDP_PROGRAMS_MAP: &str = "RTT_XDP_PROGRAMS";
+const TC_PROGRAMS: [(&str, u32); 2] = [("tc_rtt_store", 0), ("tc_rtt_echo", 1)];
+const XDP_ECHO_PROGRAM: (&str, u32) = ("xdp_rtt_echo", 0);
+
 impl RttMaps {
-    /// Takes the RTT maps out of the loaded object.
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<RttMaps> {
+    /// Takes the RTT maps out of the loaded object, and loads the RTT programs into their
+    /// program arrays: the TC ones, and the XDP one when ingress is XDP (`xdp`).
+    pub(crate) fn take(ebpf: &mut Ebpf, xdp: bool) -> Result<RttMaps> {
+        let mut tc_programs = take_map(ebpf, TC_PROGRAMS_MAP, ProgramArray::try_from)?;
+        let mut xdp_programs = take_map(ebpf, XDP_PROGRAMS_MAP, ProgramArray::try_from)?;
+        for (name, index) in TC_PROGRAMS {
+            let program: &mut SchedClassifier = program_mut(ebpf, name)?;
+            program
+                .load()
+                .map_err(|err| Error::datapath(format!("verifying program {name}"), &err))?;
+            if let Some(count) = program
+                .info()
+                .ok()
+                .and_then(|info| info.verified_instruction_count())
+            {
+                log::debug!("verified program {name}: {count} instructions processed");
+            }
+            let fd = program
+                .fd()
+                .map_err(|err| Error::datapath(format!("program {name}"), &err))?;
+            tc_programs
+                .set(index, fd, 0)
+                .map_err(|err| Error::datapath(format!("filling {TC_PROGRAMS_MAP}"), &err))?;
+        }
+        if xdp {
+            let (name, index) = XDP_ECHO_PROGRAM;
+            let program: &mut Xdp = program_mut(ebpf, name)?;
+            program
+                .load()
+                .map_err(|err| Error::datapath(format!("verifying program {name}"), &err))?;
+            if let Some(count) = program
+                .info()
+                .ok()
+                .and_then(|info| info.verified_instruction_count())
+            {
+                log::debug!("verified program {name}: {count} instructions processed");
+            }
+            let fd = program
+                .fd()
+                .map_err(|err| Error::datapath(format!("program {name}"), &err))?;
+            xdp_programs
+                .set(index, fd, 0)
+                .map_err(|err| Error::datapath(format!("filling {XDP_PROGRAMS_MAP}"), &err))?;
+        }
         Ok(RttMaps {
             stats: take_map(ebpf, RTT_STATS_MAP, PerCpuArray::try_from)?,
             flows4: take_map(ebpf, FLOW_RTT4_MAP, HashMap::try_from)?,
             flows6: take_map(ebpf, FLOW_RTT6_MAP, HashMap::try_from)?,
             retired: BTreeMap::new(),
+            _programs: [tc_programs, xdp_programs],
         })
     }
 
@@ -130,4 +190,15 @@ impl RttMaps {
 /// Index of a slot's histogram for `direction` (as in `DEVICE_STATS`).
 fn index(slot: u32, direction: Direction) -> u32 {
     slot * 2 + direction as u32
+}
+
+/// The program `name` of the object, as the program type `T`.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Other(format!("eBPF object has no program {name}")))?
+        .try_into()
+        .map_err(|err| Error::datapath(format!("program {name}"), &err))
 }
