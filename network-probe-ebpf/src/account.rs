@@ -453,7 +453,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
         // A new entry has no outstanding value to echo; an egress segment still stores.
         (
             !segment.egress() && segment.syn() && segment.ack(),
-            segment.egress() && timestamps.found(),
+            segment.egress() && (timestamps.found() || segment.syn()),
         )
     };
     if completes_handshake {
@@ -469,8 +469,12 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
 /// last; the direction is a constant of each program, so each tests one condition.
 #[inline(always)]
 fn rtt_due(segment: &Segment, word: u64, timestamps: crate::rtt::Timestamps) -> bool {
+    // A SYN's option is read by the RTT program (the accounting parser reads only the aligned
+    // place): any SYN that could store, or echo an outstanding value, is its work.
     if segment.egress() {
-        timestamps.found()
+        timestamps.found() || segment.syn()
+    } else if segment.syn() {
+        word as u32 != 0
     } else {
         timestamps.echo_due(word)
     }

@@ -111,6 +111,21 @@ pub(crate) enum Parsed {
 
 #[inline(always)]
 pub(crate) fn parse<P: Packet>(packet: &P) -> Parsed {
+    parse_as::<P, false>(packet)
+}
+
+/// [`parse`], but the SYN option walk also picks up the timestamp option where it is not at
+/// the aligned place (passive RTT's own programs, see `crate::rtt`; the accounting programs
+/// leave it out: one more branch per option byte in the walk took the 6.1 verifier past its
+/// limit).
+#[inline(always)]
+pub(crate) fn parse_with_syn_timestamps<P: Packet>(packet: &P) -> Parsed {
+    parse_as::<P, true>(packet)
+}
+
+/// [`parse`]; `SYN_TIMESTAMPS` as [`parse_with_syn_timestamps`] says.
+#[inline(always)]
+fn parse_as<P: Packet, const SYN_TIMESTAMPS: bool>(packet: &P) -> Parsed {
     let Some(mut ethertype) = packet.load::<u16>(12).map(u16::from_be) else {
         return Parsed::NotIp(Unclassified::TruncatedL2);
     };
@@ -127,8 +142,8 @@ pub(crate) fn parse<P: Packet>(packet: &P) -> Parsed {
         offset += 4;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(packet, offset),
-        ETH_P_IPV6 => parse_ipv6(packet, offset),
+        ETH_P_IP => parse_ipv4::<P, SYN_TIMESTAMPS>(packet, offset),
+        ETH_P_IPV6 => parse_ipv6::<P, SYN_TIMESTAMPS>(packet, offset),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::NotIp(Unclassified::VlanTooDeep),
         _ => Parsed::NotIp(Unclassified::NotIp),
     }
@@ -145,7 +160,7 @@ fn remaining<P: Packet>(packet: &P, offset: usize) -> u32 {
 }
 
 #[inline(always)]
-fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
+fn parse_ipv4<P: Packet, const SYN_TIMESTAMPS: bool>(packet: &P, offset: usize) -> Parsed {
     let Some(header) = packet.load::<Header20>(offset) else {
         return Parsed::NotIp(Unclassified::TruncatedIp);
     };
@@ -182,7 +197,12 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
     }
     let l4_len = ip.len - header_len as u32;
     let declared_l4_len = declared - header_len as u32;
-    let tcp = match parse_tcp(packet, offset + header_len, l4_len, declared_l4_len) {
+    let tcp = match parse_tcp::<P, SYN_TIMESTAMPS>(
+        packet,
+        offset + header_len,
+        l4_len,
+        declared_l4_len,
+    ) {
         Ok(tcp) => tcp,
         Err(reason) => return Parsed::OtherIp(ip, reason),
     };
@@ -192,7 +212,7 @@ fn parse_ipv4<P: Packet>(packet: &P, offset: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
+fn parse_ipv6<P: Packet, const SYN_TIMESTAMPS: bool>(packet: &P, offset: usize) -> Parsed {
     // The fixed header is 40 bytes; its first word holds every field but the addresses.
     let Some([first_word, ..]) = packet.load::<[u64; 5]>(offset) else {
         return Parsed::NotIp(Unclassified::TruncatedIp);
@@ -275,7 +295,7 @@ fn parse_ipv6<P: Packet>(packet: &P, offset: usize) -> Parsed {
         return Parsed::OtherIp(ip, reason);
     }
     let l4_len = ip.len - headers;
-    let tcp = match parse_tcp(packet, l4_offset, l4_len, declared - headers) {
+    let tcp = match parse_tcp::<P, SYN_TIMESTAMPS>(packet, l4_offset, l4_len, declared - headers) {
         Ok(tcp) => tcp,
         Err(reason) => return Parsed::OtherIp(ip, reason),
     };
@@ -348,7 +368,7 @@ fn declared_len(header_field: u32) -> u32 {
 /// frame, `declared_l4_len` the length the IP header declares for it (at least `l4_len`): a TCP
 /// header past the declared length is bad, one only past the frame is truncated.
 #[inline(always)]
-fn parse_tcp<P: Packet>(
+fn parse_tcp<P: Packet, const SYN_TIMESTAMPS: bool>(
     packet: &P,
     offset: usize,
     l4_len: u32,
@@ -378,7 +398,7 @@ fn parse_tcp<P: Packet>(
         timestamps: crate::rtt::timestamps(packet, offset, data_offset, header.bytes_0_8 as u32),
     };
     if tcp.flags() & TCP_SYN != 0 && data_offset > 20 {
-        tcp.window_scale_plus_one = window_scale_option(
+        tcp.window_scale_plus_one = window_scale_option::<P, SYN_TIMESTAMPS>(
             packet,
             offset + 20,
             (data_offset - 20) as usize,
@@ -389,11 +409,12 @@ fn parse_tcp<P: Packet>(
 }
 
 /// Scans TCP options for window scale (kind 3, length 3); returns the shift plus one, or 0. A
-/// timestamp option before it is stored in `timestamps` (passive RTT, see `crate::rtt`).
+/// timestamp option before it is stored in `timestamps` when `SYN_TIMESTAMPS` (passive RTT,
+/// see `crate::rtt`).
 /// The options are copied to the stack once and walked there, which keeps the verifier's work
 /// linear in the option bytes.
 #[inline(always)]
-fn window_scale_option<P: Packet>(
+fn window_scale_option<P: Packet, const SYN_TIMESTAMPS: bool>(
     packet: &P,
     offset: usize,
     options_len: usize,
@@ -432,7 +453,7 @@ fn window_scale_option<P: Packet>(
             // RFC 7323: shifts above 14 are treated as 14.
             return options[(position + 2) & 63].min(14) + 1;
         }
-        if kind == 8 && length == 10 && position + 10 <= len {
+        if SYN_TIMESTAMPS && kind == 8 && length == 10 && position + 10 <= len {
             *timestamps = crate::rtt::Timestamps::from_option(&options, position);
         }
         if length < 2 {

@@ -63,7 +63,7 @@ use crate::{
     atomic::atomic_add,
     maps::IFINDEX_SLOTS,
     packet::Packet,
-    parse::{Parsed, parse},
+    parse::{Parsed, parse_with_syn_timestamps},
 };
 
 /// `BPF_NOEXIST`: create only if absent.
@@ -187,7 +187,7 @@ pub(crate) fn xdp_rtt_echo(ctx: XdpContext) -> u32 {
 /// the packet), its flow's key built as accounting builds it.
 #[inline(always)]
 fn of_packet<P: Packet>(packet: &P, ifindex: u32, direction: Direction) {
-    match parse(packet) {
+    match parse_with_syn_timestamps(packet) {
         Parsed::Tcp4(_, tcp, addresses) => {
             let key = FlowKey4::from_words([addresses, ports_word(&tcp, ifindex, direction)]);
             of_flow(&key, direction, tcp.timestamps);
