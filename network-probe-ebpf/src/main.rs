@@ -9,8 +9,8 @@
 //! - [`maps`]: every map of the object (but those of [`signals`] and [`outcomes`]).
 //! - [`signals`], [`ecn`], [`pmtu`]: the passive signals of issue 26 (ECN codepoints, CE / ECE
 //!   / CWR per flow, path-MTU messages), in maps of their own.
-//! - [`rtt`]: passive RTT from TCP timestamps (issue 26), with its own maps; hooks in
-//!   [`account`].
+//! - [`rtt`]: passive RTT from TCP timestamps (issue 26), with its own maps and programs
+//!   (tail-called by the TC and XDP programs); hooks in [`account`].
 //! - [`outcomes`]: TCP connection attempts followed from the SYN to their answer (hooks in
 //!   [`account`]), with their own maps.
 //! - [`events`]: rare error branches counted and logged through aya-log (never reached by an

@@ -13,34 +13,34 @@
 //! would cost a hash lookup per timestamped packet (IPv4 has about 4-10 ns of headroom under
 //! the 2x-empty-program goal, a lookup costs more); a new field beside the slot's tracking
 //! would grow the slot past its 64-byte cache line and change the pinned layout. The price is
-//! on egress: storing a TSval looks up the reverse (ingress) entry (the slot table's inlined
-//! lookup, else the LRU map), for every timestamped egress segment. A flow whose reverse
+//! on egress: storing a TSval takes a tail call, a second parse and a lookup of the reverse
+//! (ingress) entry (the slot table's inlined lookup, else the LRU map), for every timestamped
+//! egress segment. A flow whose reverse
 //! direction was not seen yet on the interface (its first SYN) stores nothing.
 //!
 //! The option is read at the place Linux and most stacks put it on every segment but SYNs
 //! (NOP, NOP, kind 8, length 10, right after the fixed header: one 12-byte load and a
-//! compare); on SYNs (whose options Linux lays out otherwise) the parser's bounded walk of
-//! the options for window scale picks it up too, if it comes before the window scale option
-//! (as Linux and most stacks send it). Other segments with the option elsewhere give no sample.
+//! compare); on SYNs (whose options Linux lays out otherwise) the RTT programs' parse walks
+//! the options for it too (`parse::parse_with_syn_timestamps`), if it comes before the window
+//! scale option (as Linux and most stacks send it). Other segments with the option elsewhere
+//! give no sample.
 //!
-//! The store and the echo run in BPF global functions, one of each per family
-//! ([`network_probe_rtt_store4`], [`network_probe_rtt_echo4`], and the `6` ones), called without
-//! a test around them (the option's presence is tested inside): the verifier checks their
-//! bodies once, on their own, and each call only for its arguments. Inlined, the store (with
-//! its reverse lookup) and the echo (with its sample) were verified again in every state
-//! reaching them, and with the kernel events of `crate::events` also in, `tc_ingress` went
-//! past the verifier's limit of a million processed instructions (6.18: main alone 766,607,
-//! this alone 750,548). Which one a program calls is known when it is compiled: `tc_egress`
-//! stores, `tc_ingress` (and XDP) echo. Arguments: the key as a pointer (to the caller's
-//! stack: memory of the key's size to the verifier; copied to the callee's stack before a map
-//! helper takes it: older kernels' helpers may refuse such memory as a key; not yet verified, see below), the entry's word as a pointer into the map value, the
-//! option's words as scalars. A BPF call chain shares 512 bytes of stack and `tc_ingress`
-//! takes 368 of them: the functions keep to 16 to 64 bytes (one function doing both, with a
-//! whole-key volatile copy, took 272 and the load failed). With them (6.18), `tc_ingress`
-//! processes 691,362 instructions and `tc_egress` 705,316, fewer than main alone (766,607 and
-//! 791,719): the calls also took inlined code out of the states the rest of the program forks.
-//! Not yet enough on 6.1: there `tc_ingress` still stops at the limit (E2BIG), also with a
-//! single call placed last in `observe_flow` (tried, reverted).
+//! Where the work runs: in programs of their own, [`tc_rtt_store`] (egress), [`tc_rtt_echo`]
+//! and [`xdp_rtt_echo`] (ingress), which the accounting programs tail-call, last, when
+//! `account::observe` says there is work: on egress a segment with the option (or a SYN), on
+//! ingress one whose TSecr echoes the value outstanding in the entry accounting has just
+//! updated, or a newer one (a load and a compare on the ACK path, no call when there is
+//! nothing to do: [`Timestamps::echo_due`]). The RTT program parses the packet again, finds
+//! the flow's entry again (rare on ingress: once per sample) and stores or echoes. Each
+//! program is verified on its own. Inlined in the accounting programs, the store (with its
+//! reverse lookup) and the echo (with its sample) were verified again in every state reaching
+//! them, and with the kernel events of `crate::events` also in, `tc_ingress` went past the
+//! verifier's limit of a million processed instructions (6.18: main alone 766,607, this alone
+//! 750,548). BPF global functions (tried next) kept 6.18 at 691,362 but not 6.1: its
+//! precision tracking marks every scalar precise when it walks back across a BPF-to-BPF call,
+//! and `tc_ingress` stopped at the limit (E2BIG). A tail call is a helper call, which 6.1
+//! walks back across; the accounting programs keep no RTT code but the test. Figures in
+//! docs/signals.md.
 //!
 //! Samples go to the interface's per-CPU [`RttStats`] (log2 histogram) and the flow's
 //! [`FlowRtt`] entry (count, sum, minimum), made at the flow's first sample: a hash lookup
