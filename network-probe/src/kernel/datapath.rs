@@ -362,6 +362,10 @@ impl Datapath {
                 );
             }
         }
+        // The RTT programs are loaded while every map they refer to is still open in the
+        // object: a map taken out below and dropped (the slot table's under `--flows.slots
+        // 0`) would leave them a closed descriptor, which the verifier rejects.
+        let rtt = crate::kernel::rtt::RttMaps::take(&mut ebpf, config.ingress != IngressHook::Tc)?;
         // The previous run's pinned programs are read before this run's replace them.
         let ownership = own_programs(&mut ebpf, hooks, config.pin_path.as_deref())?;
         let device_stats = take_map(&mut ebpf, DEVICE_STATS_MAP, PerCpuArray::try_from)?;
@@ -375,7 +379,6 @@ impl Datapath {
         let flows = FlowMaps::new(flows4, flows6, (config.flow_slots > 0).then_some(slot_maps))
             .map_err(|err| Error::datapath("preparing the flow slot table", &err))?;
         let signals = Signals::take(&mut ebpf)?;
-        let rtt = crate::kernel::rtt::RttMaps::take(&mut ebpf, config.ingress != IngressHook::Tc)?;
         // Slots a previous run assigned (pinned maps): their interfaces keep their counts.
         let slots = assigned_slots(&ifindex_slots)?;
         let attempts = AttemptMaps::take(&mut ebpf)?;
