@@ -795,8 +795,38 @@ fn main() {
 const SERIES_FLOWS: u32 = 10_000;
 
 /// What one host exports with `args`, once [`SERIES_FLOWS`] flows of distinct source addresses
-/// are in the map: (series served, flow series rows, label sets admitted).
-fn series_per_host(args: &[&str]) -> (usize, usize, f64) {
+/// are in the map.
+struct HostSeries {
+    /// Sample lines of one scrape.
+    samples: usize,
+    /// Sample lines of the flow families (`network_probe_flow_<family>[_total]`).
+    flow_samples: usize,
+    /// Rows of the packets family: label sets with a series plus the `other` row.
+    flow_rows: usize,
+    admitted: f64,
+}
+
+/// The flow families `args` choose, as the daemon's own command line parses them: (number of
+/// families, most series per flow row, the names of every family the code knows).
+fn families_of(args: &[&str]) -> (usize, usize, Vec<String>) {
+    use clap::Parser as _;
+    let parse = |args: &[&str]| {
+        network_probe::cli::Cli::try_parse_from(
+            std::iter::once("network-probe").chain(args.iter().copied()),
+        )
+        .unwrap_or_else(|err| panic!("{args:?}: {err}"))
+        .flow_families
+    };
+    let chosen = parse(args);
+    let every = parse(&["--flows.families", "all"]).to_string();
+    (
+        chosen.count(),
+        chosen.max_series_per_row(),
+        every.split(',').map(str::to_string).collect(),
+    )
+}
+
+fn series_per_host(args: &[&str], families: &[String]) -> HostSeries {
     let pair = VethPair::new();
     let mut full = vec![
         "--interface",
@@ -812,44 +842,67 @@ fn series_per_host(args: &[&str]) -> (usize, usize, f64) {
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
         .collect();
+    let is_flow_family = |line: &&&str| {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        name.strip_prefix("network_probe_flow_")
+            .is_some_and(|family| {
+                let family = family.strip_suffix("_total").unwrap_or(family);
+                families.iter().any(|known| known == family)
+            })
+    };
     let flow_rows = samples
         .iter()
         .filter(|line| line.starts_with("network_probe_flow_packets_total{"))
         .count();
-    let admitted = sample(&scrape, "network_probe_flow_series_admitted", "").unwrap_or(0.0);
-    (samples.len(), flow_rows, admitted)
+    HostSeries {
+        samples: samples.len(),
+        flow_samples: samples.iter().filter(is_flow_family).count(),
+        flow_rows,
+        admitted: sample(&scrape, "network_probe_flow_series_admitted", "").unwrap_or(0.0),
+    }
 }
 
 fn series_section() {
+    let (_, _, every) = families_of(&[]);
     println!(
         "### Series per host\n\nWhat one host watching one interface exports once {SERIES_FLOWS} \
          flows of distinct source addresses (default labels: one label set each) are in its map \
-         (injected as above), at the defaults and at the former defaults: the sample lines of \
-         one scrape, of which flow rows (label sets with a series, plus the interface's `other` \
-         row) times the families. Samples per second a store ingests from the host at a 30 s \
-         scrape interval; docs/fleet.md scales them to fleets.\n"
+         (injected as above), at the defaults and with the former budget and every family: the \
+         sample lines of one scrape, of which flow rows (label sets with a series, plus the \
+         interface's `other` row), the flow families' samples and the rest. The families and \
+         the most series a row can carry are the code's (its `--flows.families` parser; \
+         `connection_attempts` has one series per outcome; the code knows {} families: {}); a \
+         row writes fewer where a family has no sample (here: SYNs without window scale, no \
+         signal, attempts not yet timed out). Samples per second a store ingests from the host \
+         at a 30 s scrape interval; docs/fleet.md scales them to fleets.\n",
+        every.len(),
+        every.join(", ")
     );
     println!(
-        "| configuration | series per host | flow label sets (rows) | flow families | samples/s \
-         at 30 s |"
+        "| configuration | series per host | flow label sets (rows) | flow families | most series \
+         per row | flow samples | other samples | samples/s at 30 s |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    for (name, families, args) in [
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, args) in [
         (
             "defaults (`--flows.max-series 500`, packets, bytes, retransmits)",
-            3,
             vec![],
         ),
         (
-            "former defaults (`--flows.max-series 5000 --flows.families all`)",
-            11,
+            "former budget, every family (`--flows.max-series 5000 --flows.families all`)",
             vec!["--flows.max-series", "5000", "--flows.families", "all"],
         ),
     ] {
-        let (series, rows, admitted) = series_per_host(&args);
+        let (families, per_row, _) = families_of(&args);
+        let host = series_per_host(&args, &every);
         println!(
-            "| {name} | {series} | {rows} ({admitted:.0} admitted + other) | {families} | {:.0} |",
-            series as f64 / 30.0
+            "| {name} | {} | {} ({:.0} admitted + other) | {families} | {per_row} | {} | {} | {:.0} |",
+            host.samples,
+            host.flow_rows,
+            host.admitted,
+            host.flow_samples,
+            host.samples - host.flow_samples,
+            host.samples as f64 / 30.0
         );
     }
     println!();

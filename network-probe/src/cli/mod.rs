@@ -23,11 +23,11 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 
 /// Default `--flows.max-series`, the series budget, sized for fleets: with the default three
 /// families (`--flows.families`) a host exports at most 3 x (500 + one `other` row per
-/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 374 (measured,
-/// two interfaces): about 1,900, the order of a node_exporter. A thousand hosts make 1.9
-/// million series, what one large Prometheus holds, or thirteen remote-write tenants at Mimir's
+/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 474 (measured,
+/// two interfaces): about 2,000, the order of a node_exporter. A thousand hosts make 2
+/// million series, what one large Prometheus holds, or fourteen remote-write tenants at Mimir's
 /// default of 150,000 series per tenant (docs/fleet.md). The former default, 5,000 label sets
-/// with all eleven families, allowed 55,000 flow series per host.
+/// with the eleven families there were then, allowed 55,000 flow series per host.
 pub const DEFAULT_MAX_SERIES: usize = 500;
 
 /// Network telemetry daemon: eBPF traffic accounting for Prometheus.
@@ -152,7 +152,8 @@ pub struct Cli {
 
     /// Families each flow series carries, comma-separated (the metric name without
     /// network_probe_flow_), or `all`: packets, bytes, retransmits, rst, syn, fin, zero_window,
-    /// df_packets, window_scale, first_seen_timestamp_seconds, last_seen_timestamp_seconds.
+    /// df_packets, window_scale, first_seen_timestamp_seconds, last_seen_timestamp_seconds,
+    /// connection_attempts, ce_packets, tcp_ece_segments, tcp_cwr_segments, pmtu_messages.
     #[arg(long = "flows.families", value_name = "LIST", default_value = FlowFamilies::DEFAULT)]
     pub flow_families: FlowFamilies,
 
@@ -399,6 +400,27 @@ mod tests {
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.interfaces.is_empty());
         assert_eq!(cli.log_level, LogLevel::Info);
+    }
+
+    /// The help of `--flows.families` names every family the code knows, in its order.
+    #[test]
+    fn the_families_help_names_every_family() {
+        let command = Cli::command();
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some("flows.families"))
+            .and_then(|arg| arg.get_help())
+            .expect("--flows.families has a help")
+            .to_string();
+        let names = FlowFamilies::all().to_string().replace(',', ", ");
+        assert!(
+            help.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_end_matches('.')
+                .ends_with(&format!("or `all`: {names}")),
+            "{help}"
+        );
     }
 
     #[test]

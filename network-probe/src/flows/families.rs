@@ -78,6 +78,20 @@ impl FlowFamilies {
     pub fn count(&self) -> usize {
         self.bits.count_ones() as usize
     }
+
+    /// The most Prometheus series one flow row (a label set with a series, or an `other` row)
+    /// carries with these families: one per family, but `connection_attempts`, which has one
+    /// per outcome. A row writes fewer where a family has no sample for it (no attempt, no
+    /// signal, no window scale seen, never seen). The sizing figures of docs/fleet.md and
+    /// BENCHMARKS.md are taken from here.
+    pub fn max_series_per_row(&self) -> usize {
+        let per_outcome = if self.has_named("connection_attempts") {
+            crate::flows::outcomes::Outcome::ALL.len() - 1
+        } else {
+            0
+        };
+        self.count() + per_outcome
+    }
 }
 
 impl std::fmt::Display for FlowFamilies {
@@ -133,6 +147,77 @@ mod tests {
         assert_eq!(all, FlowFamilies::all());
         assert_eq!(all.count(), family_names().count());
         assert!(all.to_string().contains("last_seen_timestamp_seconds"));
+    }
+
+    #[test]
+    fn series_per_row_count_the_outcomes() {
+        let default: FlowFamilies = FlowFamilies::DEFAULT.parse().unwrap();
+        assert_eq!(default.max_series_per_row(), 3);
+        let attempts: FlowFamilies = "bytes,connection_attempts".parse().unwrap();
+        assert_eq!(attempts.max_series_per_row(), 1 + 4);
+        assert_eq!(
+            FlowFamilies::all().max_series_per_row(),
+            NAMES.len() - 1 + 4
+        );
+    }
+
+    /// A number written with thousands separators (`55,396`).
+    fn number(text: &str) -> usize {
+        text.trim_matches(|c: char| !c.is_ascii_digit())
+            .replace(',', "")
+            .parse()
+            .unwrap_or_else(|err| panic!("{text:?}: {err}"))
+    }
+
+    /// docs/fleet.md counts the families and sizes a host with the code's figures: the number
+    /// of families (all and default), the series per row at `all`, and its arithmetic
+    /// `M x (5,000 + 2) + REST = TOTAL`. A family added to the code and not to the docs fails
+    /// here.
+    #[test]
+    fn the_fleet_docs_count_the_families_as_the_code_does() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fleet.md");
+        let fleet = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+        // Lines wrap anywhere: one space between words.
+        let fleet = fleet.split_whitespace().collect::<Vec<_>>().join(" ");
+        let (all, default) = (
+            FlowFamilies::all(),
+            FlowFamilies::DEFAULT.parse::<FlowFamilies>().unwrap(),
+        );
+        let of = format!("{} of {}", default.count(), all.count());
+        assert!(fleet.contains(&of), "docs/fleet.md does not say {of:?}");
+        let per_row = format!(
+            "`--flows.families all` carries {} families, at most {} series per flow row",
+            all.count(),
+            all.max_series_per_row()
+        );
+        assert!(
+            fleet.contains(&per_row),
+            "docs/fleet.md does not say {per_row:?}"
+        );
+        // Every sum of the worst case: `M x (5,000 + 2) + REST = TOTAL` or `M x 5,002 + ...`.
+        let mut sums = 0;
+        for (at, _) in fleet.match_indices(" x (5,000 + 2) + ") {
+            let before = fleet[..at].rsplit(' ').next().unwrap();
+            let after: Vec<&str> = fleet[at + " x (5,000 + 2) + ".len()..]
+                .splitn(4, ' ')
+                .collect();
+            let (factor, rest, total) = (number(before), number(after[0]), number(after[2]));
+            assert_eq!(after[1], "=", "{:?}", &fleet[at..at + 40]);
+            assert_eq!(
+                factor,
+                all.max_series_per_row(),
+                "{:?}",
+                &fleet[at - 4..at + 40]
+            );
+            assert_eq!(
+                factor * 5_002 + rest,
+                total,
+                "{:?}",
+                &fleet[at - 4..at + 40]
+            );
+            sums += 1;
+        }
+        assert!(sums >= 2, "docs/fleet.md: {sums} sums of the worst case");
     }
 
     #[test]
