@@ -322,9 +322,6 @@ pub struct Series {
     /// Window scale shift of the most recently active flow that offered one.
     pub window_scale: Option<u8>,
     window_scale_seen_ns: u64,
-    /// The exposition's text of this series' labels, kept by `flow_exposition` so that a scrape
-    /// does not format 100k addresses again: a series' key never changes.
-    pub label_text: Option<Box<str>>,
 }
 
 impl Series {
@@ -776,11 +773,10 @@ impl FlowTable {
         self.series.shadows
     }
 
-    /// The exported series in no particular order, for a scrape (which may cache label text
-    /// in them).
-    pub fn series_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut Series)> {
+    /// The exported series in no particular order, for a scrape.
+    pub fn series_iter(&self) -> impl Iterator<Item = (&SeriesKey, &Series)> {
         self.series
-            .iter_places_mut()
+            .iter_places()
             .filter(|(_, _, series)| !series.shadow)
             .map(|(_, key, series)| (key, series))
     }
@@ -945,7 +941,6 @@ impl SeriesSet {
         series.shadow = true;
         series.other_place = other_place;
         series.set_total(&FlowCounters::default());
-        series.label_text = None;
         self.admitted -= 1;
         self.shadows += 1;
     }
