@@ -85,8 +85,14 @@ pub(crate) fn lookup_batches<K: Pod, V: Pod>(
     mut visit: impl FnMut(&[K], &[V]),
 ) -> io::Result<()> {
     assert!(values_per_entry > 0 && chunk > 0);
-    let mut keys: Vec<K> = Vec::with_capacity(chunk);
-    let mut values: Vec<V> = Vec::with_capacity(chunk * values_per_entry);
+    // The buffers start small and grow fourfold while batches come back (about) full, up to
+    // `chunk`: every refresh reads the pending-SYN maps (and, when a family needs them, the
+    // signal maps) besides the flow maps, mostly empty, and buffers of `chunk` entries (a flow
+    // map's values alone are 384 KiB, above glibc's mmap threshold) were allocated and freed
+    // for each. A 100k-entry map takes about three calls more.
+    let mut size = chunk.min(FIRST_CHUNK);
+    let mut keys: Vec<K> = Vec::with_capacity(size);
+    let mut values: Vec<V> = Vec::with_capacity(size * values_per_entry);
     // The batch token is a bucket index (hash maps) or an index (arrays), a u32 either way.
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
@@ -101,7 +107,7 @@ pub(crate) fn lookup_batches<K: Pod, V: Pod>(
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
+            count: size as u32,
             map_fd: map_fd as u32,
             ..BatchAttr::default()
         };
@@ -117,7 +123,18 @@ pub(crate) fn lookup_batches<K: Pod, V: Pod>(
             )
         };
         let error = (result < 0).then(io::Error::last_os_error);
-        let filled = (attr.count as usize).min(chunk);
+        let filled = (attr.count as usize).min(size);
+        // A hash map's batch ends at a bucket boundary, so a batch that needed more room
+        // comes back short of the buffers' size: half full is full enough.
+        let grow = size < chunk && (filled * 2 >= size || error_is(&error, libc::ENOSPC));
+        if grow && error_is(&error, libc::ENOSPC) {
+            // The next bucket holds more entries than the buffers (nothing was copied): the
+            // same batch again with larger ones.
+            size = (size * 4).min(chunk);
+            keys.reserve_exact(size);
+            values.reserve_exact(size * values_per_entry);
+            continue;
+        }
         match &error {
             // ENOENT: the end of the map (entries may still have been filled).
             Some(err) if err.raw_os_error() != Some(libc::ENOENT) => {
@@ -139,5 +156,133 @@ pub(crate) fn lookup_batches<K: Pod, V: Pod>(
         }
         token_in = token_out;
         first = false;
+        if grow {
+            size = (size * 4).min(chunk);
+            keys.clear();
+            values.clear();
+            keys.reserve_exact(size);
+            values.reserve_exact(size * values_per_entry);
+        }
+    }
+}
+
+/// Entries of a read's first batch (see [`lookup_batches`]).
+const FIRST_CHUNK: usize = 128;
+
+/// Whether `error` is the OS error `code`.
+fn error_is(error: &Option<io::Error>, code: i32) -> bool {
+    error
+        .as_ref()
+        .is_some_and(|err| err.raw_os_error() == Some(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bpf(2)` with `attr` (a command's attribute struct), as a result.
+    fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<i64> {
+        // SAFETY: `attr` is the command's attribute layout, valid for the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr as *mut T,
+                size_of::<T>() as u32,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }
+
+    /// A BPF hash map of u32 -> u64 holding `count` entries (key i, value 3 i); closed on drop.
+    fn hash_map(count: u32) -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd as _;
+        #[repr(C)]
+        #[derive(Default)]
+        struct Create {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Update {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let mut create = Create {
+            map_type: 1, // BPF_MAP_TYPE_HASH
+            key_size: 4,
+            value_size: 8,
+            max_entries: count,
+            ..Create::default()
+        };
+        let fd = bpf(0, &mut create).expect("BPF_MAP_CREATE (run as root)") as RawFd;
+        // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        for key in 0..count {
+            let value = u64::from(key) * 3;
+            let mut update = Update {
+                map_fd: fd as u32,
+                key: &key as *const u32 as u64,
+                value: &value as *const u64 as u64,
+                ..Update::default()
+            };
+            bpf(2, &mut update).expect("BPF_MAP_UPDATE_ELEM");
+        }
+        owned
+    }
+
+    /// Batches that start at [`FIRST_CHUNK`] entries and grow read every entry once: an empty
+    /// map, one within the first batch, and maps that take the buffers to `chunk` and beyond.
+    #[test]
+    fn every_entry_once_as_the_batches_grow() {
+        use std::os::fd::AsRawFd as _;
+        for count in [0u32, 1, 100, 128, 129, 700, 3_000, 20_000] {
+            let map = hash_map(count.max(1));
+            if count == 0 {
+                // A map of one entry, emptied.
+                let key = 0u32;
+                #[repr(C)]
+                struct Delete {
+                    map_fd: u32,
+                    _pad: u32,
+                    key: u64,
+                }
+                let mut delete = Delete {
+                    map_fd: map.as_raw_fd() as u32,
+                    _pad: 0,
+                    key: &key as *const u32 as u64,
+                };
+                bpf(3, &mut delete).expect("BPF_MAP_DELETE_ELEM");
+            }
+            let mut batches = Vec::new();
+            let mut entries: Vec<(u32, u64)> = Vec::new();
+            lookup_batches(map.as_raw_fd(), 1, CHUNK, |keys: &[u32], values: &[u64]| {
+                batches.push(keys.len());
+                entries.extend(keys.iter().copied().zip(values.iter().copied()));
+            })
+            .expect("BPF_MAP_LOOKUP_BATCH");
+            entries.sort_unstable();
+            let expected: Vec<(u32, u64)> = (0..count).map(|k| (k, u64::from(k) * 3)).collect();
+            assert_eq!(entries, expected, "{count} entries, batches {batches:?}");
+            assert!(
+                batches.iter().all(|&len| len <= CHUNK),
+                "{count}: {batches:?}"
+            );
+            if count >= 20_000 {
+                // 128, 512, 2048, then CHUNK at a time: a handful of calls.
+                assert!(batches.len() <= 3 + 20_000 / CHUNK + 3, "{batches:?}");
+            }
+        }
     }
 }
