@@ -590,6 +590,23 @@ impl FlowTable {
     /// stamped with this refresh's number; a flow of the last read left unstamped is one the
     /// kernel evicted, whose counts up to the last read are already in its series.
     pub fn refresh(&mut self, now_ns: u64, flows: Vec<(FlowKey, FlowStats)>) -> Vec<FlowKey> {
+        self.refresh_from(now_ns, |sink| {
+            for (key, stats) in flows {
+                sink(key, stats);
+            }
+            true
+        })
+    }
+
+    /// [`FlowTable::refresh`] from a reader that hands each flow to the sink it is given as it
+    /// reads the maps, and returns whether it read them all; no vector of every flow is made
+    /// (140 bytes a flow). After an incomplete read nothing is taken for evicted or expired:
+    /// the flows not read are read at the next refresh.
+    pub fn refresh_from(
+        &mut self,
+        now_ns: u64,
+        read: impl FnOnce(&mut dyn FnMut(FlowKey, FlowStats)) -> bool,
+    ) -> Vec<FlowKey> {
         let idle_ns = self.options.idle_timeout.as_nanos() as u64;
         self.refreshes = self.refreshes.wrapping_add(1);
         let this_refresh = self.refreshes;
@@ -604,64 +621,81 @@ impl FlowTable {
         }
         let mut idle = Vec::new();
         let mut live_flows = [0; 2];
-        for (key, stats) in flows {
-            let counts = FlowCounters::from(&stats);
-            let first_seen_ns = stats.counts.first_seen_ns;
-            let is_idle = now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns;
-            let entry = self.last_read.entry(key);
-            // The same flow as last time: what it gained since, in its series. New, or a new
-            // flow under the key of one that left between two reads: all of its count, in the
-            // series its labels admit it to now.
-            let (gained, label) = match &entry {
-                Entry::Occupied(last) if last.get().first_seen_ns == first_seen_ns => {
-                    (counts.since(&last.get().counts.widen()), last.get().label)
-                }
-                _ => (counts, self.series.label_place(&key)),
-            };
-            let read = LastRead {
-                counts: MapCounts::of(&counts),
-                first_seen_ns,
-                refresh: this_refresh,
-                label,
-            };
-            match entry {
-                Entry::Occupied(last) if is_idle => {
-                    last.remove();
-                }
-                Entry::Occupied(mut last) => *last.get_mut() = read,
-                Entry::Vacant(slot) if !is_idle => {
-                    slot.insert(read);
-                }
-                Entry::Vacant(_) => {}
-            }
-            let place = self.series.count_place(label);
-            let series = self.series.get_mut(place);
-            series.add(&gained);
-            series.note_times(&stats);
-            let label_set = self.series.get_mut(label);
-            if place != label {
-                label_set.note_times(&stats);
-            }
-            label_set.weight += self.options.rank_by.of(&gained) as f32;
-            if is_idle {
+        let complete = read(&mut |key, stats| {
+            if self.see_flow(key, &stats, now_ns, idle_ns, this_refresh) {
                 self.generation += 1;
                 idle.push(key);
-                continue;
+            } else {
+                live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
             }
-            label_set.live_flows += 1;
-            live_flows[usize::from(key.family != network_probe_common::FAMILY_IPV4)] += 1;
-        }
-        let evicted_before = self.last_read.len();
-        self.last_read
-            .retain(|_, last| last.refresh == this_refresh);
-        let evicted = (evicted_before - self.last_read.len()) as u64;
-        self.stats.evicted += evicted;
-        self.generation += evicted;
+        });
         self.stats.idle_removed += idle.len() as u64;
-        self.expire_series(now_ns, idle_ns);
+        if complete {
+            let evicted_before = self.last_read.len();
+            self.last_read
+                .retain(|_, last| last.refresh == this_refresh);
+            let evicted = (evicted_before - self.last_read.len()) as u64;
+            self.stats.evicted += evicted;
+            self.generation += evicted;
+            self.expire_series(now_ns, idle_ns);
+        }
         self.rank();
         self.stats.live_flows = live_flows;
         idle
+    }
+
+    /// Takes one flow of a read into the table: what it gained since the last read, in the
+    /// series its label set counts in. Returns whether it is idle (to be deleted).
+    fn see_flow(
+        &mut self,
+        key: FlowKey,
+        stats: &FlowStats,
+        now_ns: u64,
+        idle_ns: u64,
+        this_refresh: u32,
+    ) -> bool {
+        let counts = FlowCounters::from(stats);
+        let first_seen_ns = stats.counts.first_seen_ns;
+        let is_idle = now_ns.saturating_sub(stats.counts.last_seen_ns) >= idle_ns;
+        let entry = self.last_read.entry(key);
+        // The same flow as last time: what it gained since, in its series. New, or a new
+        // flow under the key of one that left between two reads: all of its count, in the
+        // series its labels admit it to now.
+        let (gained, label) = match &entry {
+            Entry::Occupied(last) if last.get().first_seen_ns == first_seen_ns => {
+                (counts.since(&last.get().counts.widen()), last.get().label)
+            }
+            _ => (counts, self.series.label_place(&key)),
+        };
+        let read = LastRead {
+            counts: MapCounts::of(&counts),
+            first_seen_ns,
+            refresh: this_refresh,
+            label,
+        };
+        match entry {
+            Entry::Occupied(last) if is_idle => {
+                last.remove();
+            }
+            Entry::Occupied(mut last) => *last.get_mut() = read,
+            Entry::Vacant(slot) if !is_idle => {
+                slot.insert(read);
+            }
+            Entry::Vacant(_) => {}
+        }
+        let place = self.series.count_place(label);
+        let series = self.series.get_mut(place);
+        series.add(&gained);
+        series.note_times(stats);
+        let label_set = self.series.get_mut(label);
+        if place != label {
+            label_set.note_times(stats);
+        }
+        label_set.weight += self.options.rank_by.of(&gained) as f32;
+        if !is_idle {
+            label_set.live_flows += 1;
+        }
+        is_idle
     }
 
     /// Counts finished connection attempts in the series of their SYN's flow (admitting it

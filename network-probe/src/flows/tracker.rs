@@ -151,8 +151,8 @@ impl FlowTracker {
     /// Reads the flow map and refreshes the table; returns the table for reading.
     pub fn refresh(&self) -> MutexGuard<'_, FlowTable> {
         let mut table = self.lock_table();
-        let flows = self.datapath.flows();
-        let idle = table.refresh(monotonic_ns(), flows);
+        // The flows go from the maps' read batches straight into the table.
+        let idle = table.refresh_from(monotonic_ns(), |sink| self.datapath.flows_into(sink));
         // Save before deleting: a crash in between leaves keys the next start deletes, never
         // counts that vanished.
         self.save_if_changed(&table, &idle);

@@ -694,6 +694,12 @@ impl Datapath {
         self.lock().flows.read()
     }
 
+    /// Every flow, handed to `sink` as the maps are read (see [`FlowMaps::read_into`]: no
+    /// vector of them all); whether the read is complete.
+    pub fn flows_into(&self, sink: &mut dyn FnMut(FlowKey, FlowStats)) -> bool {
+        self.lock().flows.read_into(sink)
+    }
+
     /// Deletes flows (idle ones, already folded into totals by the caller).
     pub fn remove_flows(&self, keys: &[FlowKey]) {
         self.lock().flows.remove(keys);

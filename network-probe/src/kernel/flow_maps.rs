@@ -78,25 +78,44 @@ impl FlowMaps {
         // Room for what the last read found and then some: the vector grows at most once.
         let last = self.entries.flows4 + self.entries.flows6 + self.entries.slots;
         let mut flows = Vec::with_capacity(last + last / 8);
+        self.read_into(&mut |key, stats| flows.push((key, stats)));
+        flows
+    }
+
+    /// Every flow, once, handed to `sink` as the maps are read: the LRU maps' flows batch by
+    /// batch, then the slots' (their counts completed by any LRU entry of the same flow), so
+    /// that no more than a batch and the slots' flows are held here. A refresh of 100k flows
+    /// held them all in a vector first (140 bytes each: 15.7 MB allocated and freed at every
+    /// read, more than the table's own map of them). Returns whether the read is complete:
+    /// `false` when a batch read failed after some of a map's entries were handed over (they
+    /// cannot be taken back, and reading the map again entry by entry would hand them over
+    /// twice), so the entries not handed over must not be taken for gone.
+    pub fn read_into(&mut self, sink: &mut dyn FnMut(FlowKey, FlowStats)) -> bool {
         let empty = FastMap::default();
         let mut located = &empty;
+        let mut slot_flows = Vec::new();
         if let Some(table) = &mut self.slots {
             table.located.clear();
             for (position, (key, stats, index)) in table.read().into_iter().enumerate() {
                 table.located.insert(key, (position, index));
-                flows.push((key, stats));
+                slot_flows.push((key, stats));
             }
             located = &table.located;
         }
-        let slots = flows.len();
-        let flows4 = read_lru_map(&self.flows4, FLOWS4_MAP, located, &mut flows);
-        let flows6 = read_lru_map(&self.flows6, FLOWS6_MAP, located, &mut flows);
+        let slots = slot_flows.len();
+        let (flows4, complete4) =
+            read_lru_map(&self.flows4, FLOWS4_MAP, located, &mut slot_flows, sink);
+        let (flows6, complete6) =
+            read_lru_map(&self.flows6, FLOWS6_MAP, located, &mut slot_flows, sink);
+        for (key, stats) in slot_flows {
+            sink(key, stats);
+        }
         self.entries = FlowMapEntries {
             flows4,
             flows6,
             slots,
         };
-        flows
+        complete4 && complete6
     }
 
     /// Deletes flows (idle ones, already folded into totals by the caller) wherever they are.
@@ -135,46 +154,67 @@ fn add_flow(total: &mut FlowStats, other: &FlowStats) {
     total.counts.accumulate(&other.counts);
 }
 
-/// Appends every entry of one LRU flow map to `flows`, read in batches straight into it, with
-/// the keys in their family-neutral form; a flow already there from a slot (`located`: its
-/// position) has the entry's counts added instead. Returns the number of entries read.
+/// Hands every entry of one LRU flow map to `sink`, read in batches, with the keys in their
+/// family-neutral form; a flow that is also in a slot (`located`: its position in
+/// `slot_flows`) has the entry's counts added to the slot's instead. Returns the number of
+/// entries read and whether the read is complete (see [`FlowMaps::read_into`]).
 fn read_lru_map<K: aya::Pod + Into<FlowKey>>(
     map: &HashMap<MapData, K, FlowStats>,
     name: &str,
     located: &FastMap<FlowKey, (usize, u32)>,
-    flows: &mut Vec<(FlowKey, FlowStats)>,
-) -> usize {
-    let start = flows.len();
+    slot_flows: &mut [(FlowKey, FlowStats)],
+    sink: &mut dyn FnMut(FlowKey, FlowStats),
+) -> (usize, bool) {
     // Entries of flows also in a slot, added once the whole map is read (a failed batch read
-    // is then undone by truncating `flows`).
+    // is then read again entry by entry without them counted twice).
     let mut in_slots: Vec<(usize, FlowStats)> = Vec::new();
-    let take =
-        |flows: &mut Vec<_>, in_slots: &mut Vec<_>, key: FlowKey, stats| match located.get(&key) {
-            Some(&(position, _)) => in_slots.push((position, stats)),
-            None => flows.push((key, stats)),
-        };
+    let mut handed = 0;
     let fd = map.map().fd().as_fd().as_raw_fd();
     let batched = map_batch::visit_all(fd, |keys: &[K], values: &[FlowStats]| {
         for (key, stats) in keys.iter().zip(values) {
-            take(flows, &mut in_slots, (*key).into(), *stats);
+            let key: FlowKey = (*key).into();
+            match located.get(&key) {
+                Some(&(position, _)) => in_slots.push((position, *stats)),
+                None => {
+                    handed += 1;
+                    sink(key, *stats);
+                }
+            }
         }
     });
+    let mut complete = true;
     if let Err(err) = batched {
-        warn!("reading {name} in batches: {err}; reading it entry by entry");
         in_slots.clear();
-        flows.truncate(start);
-        for item in map.iter() {
-            match item {
-                Ok((key, stats)) => take(flows, &mut in_slots, key.into(), stats),
-                Err(err) => warn!("reading {name}: {err}"),
+        if handed > 0 {
+            warn!(
+                "reading {name} in batches: {err} after {handed} entries; the others are read \
+                 at the next refresh"
+            );
+            complete = false;
+        } else {
+            warn!("reading {name} in batches: {err}; reading it entry by entry");
+            for item in map.iter() {
+                match item {
+                    Ok((key, stats)) => {
+                        let key: FlowKey = key.into();
+                        match located.get(&key) {
+                            Some(&(position, _)) => in_slots.push((position, stats)),
+                            None => {
+                                handed += 1;
+                                sink(key, stats);
+                            }
+                        }
+                    }
+                    Err(err) => warn!("reading {name}: {err}"),
+                }
             }
         }
     }
-    let read = flows.len() - start + in_slots.len();
+    let read = handed + in_slots.len();
     for (position, stats) in in_slots {
-        add_flow(&mut flows[position].1, &stats);
+        add_flow(&mut slot_flows[position].1, &stats);
     }
-    read
+    (read, complete)
 }
 
 /// `FLOW_SLOTS` mapped into this process (`BPF_F_MMAPABLE`): the owner words are read and
