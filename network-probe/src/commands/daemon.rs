@@ -320,6 +320,9 @@ fn limit_malloc_arenas() {
     if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
         warn!("mallopt(M_ARENA_MAX) failed: memory may grow with concurrent scrapes");
     }
+    if !crate::support::memory::map_large_blocks() {
+        warn!("mallopt(M_MMAP_THRESHOLD) failed: memory may grow with large flow tables");
+    }
 }
 
 /// The interfaces to attach to: the `--interface` flags (each must exist), or else those of the

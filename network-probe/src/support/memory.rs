@@ -1,6 +1,7 @@
 //! Handing freed heap memory back to the system. A scrape of 100k flow series allocates and
 //! frees about 100 MB; glibc keeps freed memory mapped until asked, so the resident size would
-//! stay at its peak between scrapes.
+//! stay at its peak between scrapes. Large blocks are mappings of their own
+//! ([`map_large_blocks`]), given back the moment they are freed.
 
 /// Returns free heap memory to the system. Walks the whole heap: call it off the async
 /// runtime's threads.
@@ -9,4 +10,18 @@ pub(crate) fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Blocks at least this large are mappings of their own ([`map_large_blocks`]).
+pub(crate) const MMAP_THRESHOLD: usize = 256 * 1024;
+
+/// Makes every heap block of at least [`MMAP_THRESHOLD`] bytes a mapping of its own, unmapped
+/// when freed, and keeps glibc from raising that threshold as it does by default (up to 32 MiB,
+/// each time such a mapped block is freed). Raised, the large blocks of a 100k-flow table and of
+/// each scrape's snapshot (megabytes each, grown and freed at every scrape) were placed in the
+/// arenas among the small ones, and left resident memory there that a trim could not hand back.
+/// Call once, before other threads start.
+pub(crate) fn map_large_blocks() -> bool {
+    // SAFETY: mallopt only changes allocator tuning.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 }
 }
