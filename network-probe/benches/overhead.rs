@@ -865,7 +865,7 @@ fn series_per_host(args: &[&str], families: &[String]) -> HostSeries {
 fn series_section() {
     let (_, _, every) = families_of(&[]);
     println!(
-        "### Series per host\n\nWhat one host watching one interface exports once {SERIES_FLOWS} \
+        "\n### Series per host\n\nWhat one host watching one interface exports once {SERIES_FLOWS} \
          flows of distinct source addresses (default labels: one label set each) are in its map \
          (injected as above), at the defaults and with the former budget and every family: the \
          sample lines of one scrape, of which flow rows (label sets with a series, plus the \
