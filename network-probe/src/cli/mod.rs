@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 
 /// Default `--flows.max-series`, the series budget, sized for fleets: with the default three
 /// families (`--flows.families`) a host exports at most 3 x (500 + one `other` row per
-/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 474 (measured,
+/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 475 (measured,
 /// two interfaces): about 2,000, the order of a node_exporter. A thousand hosts make 2
 /// million series, what one large Prometheus holds, or fourteen remote-write tenants at Mimir's
 /// default of 150,000 series per tenant (docs/fleet.md). The former default, 5,000 label sets
