@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 
 /// Default `--flows.max-series`, the series budget, sized for fleets: with the default three
 /// families (`--flows.families`) a host exports at most 3 x (500 + one `other` row per
-/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 475 (measured,
+/// interface) flow series, 1,506 with two interfaces, plus the daemon's other 527 (measured,
 /// two interfaces): about 2,000, the order of a node_exporter. A thousand hosts make 2
 /// million series, what one large Prometheus holds, or fourteen remote-write tenants at Mimir's
 /// default of 150,000 series per tenant (docs/fleet.md). The former default, 5,000 label sets
@@ -153,7 +153,8 @@ pub struct Cli {
     /// Families each flow series carries, comma-separated (the metric name without
     /// network_probe_flow_), or `all`: packets, bytes, retransmits, rst, syn, fin, zero_window,
     /// df_packets, window_scale, first_seen_timestamp_seconds, last_seen_timestamp_seconds,
-    /// connection_attempts, ce_packets, tcp_ece_segments, tcp_cwr_segments, pmtu_messages.
+    /// connection_attempts, ce_packets, tcp_ece_segments, tcp_cwr_segments, pmtu_messages,
+    /// rtt_samples, rtt_min_seconds, rtt_seconds.
     #[arg(long = "flows.families", value_name = "LIST", default_value = FlowFamilies::DEFAULT)]
     pub flow_families: FlowFamilies,
 
