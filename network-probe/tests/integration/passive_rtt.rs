@@ -32,7 +32,11 @@ use crate::flows::{connect, histogram_buckets, listen};
 
 /// How far one of the daemon's samples may lie from the capture's time difference: the
 /// capture stamps a received frame before the TC ingress hook and a sent one after the egress
-/// hook, a few microseconds apart, and the stored time has a resolution of 256 ns.
+/// hook, a few microseconds apart, and the stored time has a resolution of 256 ns. Measured on
+/// this host (2 vCPUs, load 2-3; the daemon's histogram scraped during the traffic and each
+/// interval's samples compared with the capture's): every sample above the capture's, 1.5 to
+/// 26 us, median 8 us for the 3 ms samples (the echo after the client's sleep, cold caches),
+/// 2-5 us for the warm 20-50 us ones; none paired with another segment than the capture's.
 const TOLERANCE_NS: u128 = 20_000;
 
 /// An outstanding TSval older than this is replaced and gives no sample (as the programs).
