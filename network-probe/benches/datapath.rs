@@ -9,8 +9,9 @@
 //! The egress rows run `tc_egress` on established-flow ACKs with the timestamp option, on a
 //! datapath of their own whose passive-RTT program array is filled as the daemon fills it (so
 //! the tail call to `tc_rtt_store` runs: checked through the TSval it stores) and whose flows
-//! have their reverse (ingress) entry, where the store writes. `NETWORK_PROBE_BENCH_ONLY=egress`
-//! runs those rows alone.
+//! have their reverse (ingress) entry, where the store writes; and again on a datapath whose
+//! program array is left empty (the tail call fails: the egress path without the store).
+//! `NETWORK_PROBE_BENCH_ONLY=egress` runs those rows alone.
 // Cargo gives this target every dependency of the package; it uses the library's API only.
 #![allow(unused_crate_dependencies)]
 
@@ -101,25 +102,28 @@ fn stored_tsvals(datapath: &mut TestRunDatapath) -> Vec<u32> {
         .collect()
 }
 
-/// A datapath for the egress rows: the RTT programs in their array, and the flows of the
-/// ACKs `frames` made established in both directions (the reverse direction's ingress entry,
-/// which the store writes, then the egress entry), the TSval stored.
-fn egress_datapath(frames: &[&[u8]]) -> TestRunDatapath {
+/// A datapath for the egress rows: the RTT programs in their array (`rtt`; else the array is
+/// left empty, as the tests' datapaths leave it), and the flows of the ACKs `frames` made
+/// established in both directions (the reverse direction's ingress entry, which the store
+/// writes, then the egress entry), the TSval stored (none without `rtt`).
+fn load_egress_datapath(frames: &[&[u8]], rtt: bool) -> TestRunDatapath {
     let mut datapath = TestRunDatapath::load(&["tc_egress", "tc_ingress", "tc_baseline"]);
-    datapath.fill_rtt_programs();
+    if rtt {
+        datapath.fill_rtt_programs();
+    }
     let egress = &HOOKS[2];
     for (index, frame) in frames.iter().enumerate() {
         measure(&datapath, egress, "tc_ingress", &reversed(frame));
         assert_eq!(
             stored_tsvals(&mut datapath).len(),
-            index,
+            if rtt { index } else { 0 },
             "a TSval stored before the flow's egress segment"
         );
         measure(&datapath, egress, egress.program, frame);
     }
     assert_eq!(
         stored_tsvals(&mut datapath),
-        vec![TSVAL; frames.len()],
+        vec![TSVAL; if rtt { frames.len() } else { 0 }],
         "tc_egress did not store the TSval in the reverse entries (the tail call to \
          tc_rtt_store did not run)"
     );
@@ -210,8 +214,10 @@ struct Series {
     /// Measured on the datapath without a slot table: the flow lives in its LRU map, as a flow
     /// whose slot another flow holds does.
     lru: bool,
-    /// Measured on the egress datapath ([`egress_datapath`]).
+    /// Measured on the egress datapath ([`load_egress_datapath`]).
     egress: bool,
+    /// On the egress datapath whose RTT program array is empty.
+    no_rtt: bool,
     frame: Vec<u8>,
     baseline: Vec<Sample>,
     ours: Vec<Sample>,
@@ -346,6 +352,7 @@ fn main() {
                 packet,
                 lru: false,
                 egress: false,
+                no_rtt: false,
                 frame,
                 baseline: Vec::new(),
                 ours: Vec::new(),
@@ -362,6 +369,7 @@ fn main() {
                 packet,
                 lru: true,
                 egress: false,
+                no_rtt: false,
                 frame,
                 baseline: Vec::new(),
                 ours: Vec::new(),
@@ -371,12 +379,12 @@ fn main() {
         .into_iter()
         .filter(|(packet, _)| packet.ends_with("ACK"))
         .collect();
-    let mut egress_datapath = egress_datapath(
-        &egress_frames
-            .iter()
-            .map(|(_, frame)| frame.as_slice())
-            .collect::<Vec<_>>(),
-    );
+    let egress_frame_slices: Vec<&[u8]> = egress_frames
+        .iter()
+        .map(|(_, frame)| frame.as_slice())
+        .collect();
+    let mut egress_datapath = load_egress_datapath(&egress_frame_slices, true);
+    let mut no_rtt_datapath = load_egress_datapath(&egress_frame_slices, false);
     if only_egress {
         series.clear();
         println!(
@@ -384,18 +392,23 @@ fn main() {
              this benchmark were not run.**\n"
         );
     }
-    series.extend(egress_frames.into_iter().map(|(packet, frame)| Series {
-        hook: &HOOKS[2],
-        packet,
-        lru: false,
-        egress: true,
-        frame,
-        baseline: Vec::new(),
-        ours: Vec::new(),
-    }));
+    for no_rtt in [false, true] {
+        series.extend(egress_frames.iter().map(|(packet, frame)| Series {
+            hook: &HOOKS[2],
+            packet,
+            lru: false,
+            egress: true,
+            no_rtt,
+            frame: frame.clone(),
+            baseline: Vec::new(),
+            ours: Vec::new(),
+        }));
+    }
     let choose = |s: &Series| -> &TestRunDatapath {
         if s.lru {
             &lru_datapath
+        } else if s.no_rtt {
+            &no_rtt_datapath
         } else if s.egress {
             &egress_datapath
         } else {
@@ -413,7 +426,8 @@ fn main() {
     }
     let tcp_before =
         datapath.ingress_stats().tcp_packets + lru_datapath.ingress_stats().tcp_packets;
-    let egress_before = egress_datapath.egress_stats().tcp_packets;
+    let egress_before =
+        egress_datapath.egress_stats().tcp_packets + no_rtt_datapath.egress_stats().tcp_packets;
     for round in 0..ROUNDS {
         for s in &mut series {
             let ours_first = round % 2 == 0;
@@ -442,12 +456,13 @@ fn main() {
     );
     let egress_measured = (ROUNDS * egress_series) as u64 * u64::from(REPEAT);
     assert_eq!(
-        egress_datapath.egress_stats().tcp_packets - egress_before,
+        egress_datapath.egress_stats().tcp_packets + no_rtt_datapath.egress_stats().tcp_packets
+            - egress_before,
         egress_measured,
         "tc_egress did not classify every repetition as TCP"
     );
     // The store still runs after the rounds: a new TSval replaces the stored one.
-    for s in series.iter().filter(|s| s.egress) {
+    for s in series.iter().filter(|s| s.egress && !s.no_rtt) {
         measure(
             &egress_datapath,
             s.hook,
@@ -457,8 +472,12 @@ fn main() {
     }
     assert_eq!(
         stored_tsvals(&mut egress_datapath),
-        vec![TSVAL + 1; egress_series],
+        vec![TSVAL + 1; egress_frame_slices.len()],
         "tc_egress did not store the new TSval (the tail call to tc_rtt_store did not run)"
+    );
+    assert!(
+        stored_tsvals(&mut no_rtt_datapath).is_empty(),
+        "a TSval stored through an empty program array"
     );
     if !only_egress {
         // Each datapath holds the flows of its frames where the table says.
@@ -493,6 +512,8 @@ fn main() {
     for s in &series {
         let hook = if s.lru {
             format!("{} (flow in the LRU map)", s.hook.name)
+        } else if s.no_rtt {
+            format!("{} (RTT program array empty: no store)", s.hook.name)
         } else if s.egress {
             format!("{} (TSval as stored: no new store)", s.hook.name)
         } else {
@@ -536,8 +557,11 @@ fn main() {
          `tc_rtt_store`, which parses again, finds the reverse (ingress) entry and returns at \
          its test \"TSval not newer than the stored one\" (a repeated frame repeats its TSval, \
          as segments do within a millisecond); after the rounds a frame with the next TSval \
-         was stored, which shows the tail call ran. All {egress_measured} measured egress \
-         repetitions were accounted as TCP packets."
+         was stored, which shows the tail call ran. The rows \"RTT program array empty\" run \
+         the same on a datapath whose array was left empty: the tail call fails and returns, \
+         which is the egress path without the store (the timestamp option's test in accounting \
+         included). All {egress_measured} measured egress repetitions were accounted as TCP \
+         packets."
     );
     if !only_egress {
         print_steps(&datapath);
