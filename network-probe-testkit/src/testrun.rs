@@ -12,7 +12,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
     programs::{Program, ProgramError, TestRun, TestRunOptions},
 };
 use network_probe::kernel::flow_maps::{FlowMapEntries, FlowMaps};
@@ -280,6 +280,11 @@ pub struct TestRunDatapath {
     flows: FlowMaps,
     /// Interface index test-run packets are accounted to: the loopback device's.
     pub ifindex: u32,
+    /// The passive-RTT program array once [`TestRunDatapath::fill_rtt_programs`] filled it,
+    /// kept open (the kernel empties a program array when its last descriptor closes).
+    rtt_programs: Option<ProgramArray<MapData>>,
+    /// `IFINDEX_SLOTS`, kept open: a program loaded later refers to it by descriptor.
+    _ifindex_slots: Array<MapData, u32>,
 }
 
 impl TestRunDatapath {
@@ -341,7 +346,40 @@ impl TestRunDatapath {
             device_stats,
             flows,
             ifindex,
+            rtt_programs: None,
+            _ifindex_slots: slots,
         }
+    }
+
+    /// Loads the TC passive-RTT programs and fills their program array as the daemon does
+    /// (`network-probe/src/kernel/rtt.rs`, `RttMaps::take`), so the tail calls of `tc_ingress`
+    /// and `tc_egress` run them; without it those tail calls fail and do nothing.
+    pub fn fill_rtt_programs(&mut self) {
+        const PROGRAMS: [(&str, u32); 2] = [("tc_rtt_store", 0), ("tc_rtt_echo", 1)];
+        for (name, _) in PROGRAMS {
+            let Some(Program::SchedClassifier(program)) = self.ebpf.program_mut(name) else {
+                panic!("no TC program {name} in the object");
+            };
+            program
+                .load()
+                .unwrap_or_else(|err| panic!("verifying {name}: {err:?}"));
+        }
+        let mut array = ProgramArray::try_from(
+            self.ebpf
+                .take_map("RTT_TC_PROGRAMS")
+                .expect("RTT_TC_PROGRAMS map"),
+        )
+        .expect("opening RTT_TC_PROGRAMS");
+        for (name, index) in PROGRAMS {
+            let Some(Program::SchedClassifier(program)) = self.ebpf.program(name) else {
+                panic!("no TC program {name} in the object");
+            };
+            let fd = program.fd().expect("program descriptor");
+            array
+                .set(index, fd, 0)
+                .unwrap_or_else(|err| panic!("filling RTT_TC_PROGRAMS[{index}]: {err:?}"));
+        }
+        self.rtt_programs = Some(array);
     }
 
     /// Runs `program` `repeat` times on `frame`. The kernel refuses (EINVAL) frames shorter
@@ -378,6 +416,20 @@ impl TestRunDatapath {
         let per_cpu = self
             .device_stats
             .get(&(Direction::Ingress as u32), 0)
+            .expect("reading DEVICE_STATS");
+        let mut stats = DeviceStats::ZERO;
+        for cpu in per_cpu.iter() {
+            stats.accumulate(cpu);
+        }
+        stats
+    }
+
+    /// Statistics of `lo` at egress, summed over CPUs.
+    pub fn egress_stats(&self) -> DeviceStats {
+        // lo has slot 0: egress at index 1.
+        let per_cpu = self
+            .device_stats
+            .get(&(Direction::Egress as u32), 0)
             .expect("reading DEVICE_STATS");
         let mut stats = DeviceStats::ZERO;
         for cpu in per_cpu.iter() {

@@ -5,6 +5,13 @@
 //! the same process. Measurements are interleaved (ours and the baseline alternate, in
 //! alternating order, round after round) and the medians over the rounds are reported as a
 //! markdown table on stdout. Nothing is attached to any interface; nothing here asserts timing.
+//!
+//! The egress rows run `tc_egress` on established-flow ACKs with the timestamp option, on a
+//! datapath of their own whose passive-RTT program array is filled as the daemon fills it (so
+//! the tail call to `tc_rtt_store` runs: checked through the TSval it stores) and whose flows
+//! have their reverse (ingress) entry, where the store writes; and again on a datapath whose
+//! program array is left empty (the tail call fails: the egress path without the store).
+//! `NETWORK_PROBE_BENCH_ONLY=egress` runs those rows alone.
 // Cargo gives this target every dependency of the package; it uses the library's API only.
 #![allow(unused_crate_dependencies)]
 
@@ -27,7 +34,7 @@ struct Hook {
     pass: u32,
 }
 
-const HOOKS: [Hook; 2] = [
+const HOOKS: [Hook; 3] = [
     Hook {
         name: "TC",
         program: "tc_ingress",
@@ -42,7 +49,86 @@ const HOOKS: [Hook; 2] = [
         // XDP_PASS.
         pass: 2,
     },
+    Hook {
+        name: "TC egress",
+        program: "tc_egress",
+        baseline: "tc_baseline",
+        pass: u32::MAX,
+    },
 ];
+
+/// The TSval of the frames' timestamp option ([`TCP_TIMESTAMPS`]).
+const TSVAL: u32 = 0x1234;
+
+/// `frame` (Ethernet, IPv4 or IPv6 without options, TCP) with its addresses and ports swapped:
+/// a segment of the reverse direction. The IPv4 checksum does not change (a sum).
+fn reversed(frame: &[u8]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (addresses, length, transport) = if ethertype == ETH_P_IP {
+        (ETH_HLEN + 12, 4, ETH_HLEN + 20)
+    } else {
+        (ETH_HLEN + 8, 16, ETH_HLEN + 40)
+    };
+    let (src, dst) = frame[addresses..addresses + 2 * length].split_at_mut(length);
+    src.swap_with_slice(dst);
+    let (src, dst) = frame[transport..transport + 4].split_at_mut(2);
+    src.swap_with_slice(dst);
+    frame
+}
+
+/// `frame` (as [`reversed`] takes) with the TSval of its aligned timestamp option set.
+fn with_tsval(frame: &[u8], tsval: u32) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    let transport = if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IP {
+        ETH_HLEN + 20
+    } else {
+        ETH_HLEN + 40
+    };
+    // NOP, NOP, kind, length, then the TSval.
+    frame[transport + 24..transport + 28].copy_from_slice(&tsval.to_be_bytes());
+    frame
+}
+
+/// The TSvals outstanding in the flows' entries of `datapath` (the upper half of an ingress
+/// entry's outstanding-timestamp word; see network-probe-ebpf/src/rtt.rs), of the entries
+/// that have one.
+fn stored_tsvals(datapath: &mut TestRunDatapath) -> Vec<u32> {
+    datapath
+        .flows()
+        .iter()
+        .map(|(_, stats)| (stats.tracking.handshake_start_ns >> 32) as u32)
+        .filter(|&tsval| tsval != 0)
+        .collect()
+}
+
+/// A datapath for the egress rows: the RTT programs in their array (`rtt`; else the array is
+/// left empty, as the tests' datapaths leave it), and the flows of the ACKs `frames` made
+/// established in both directions (the reverse direction's ingress entry, which the store
+/// writes, then the egress entry), the TSval stored (none without `rtt`).
+fn load_egress_datapath(frames: &[&[u8]], rtt: bool) -> TestRunDatapath {
+    let mut datapath = TestRunDatapath::load(&["tc_egress", "tc_ingress", "tc_baseline"]);
+    if rtt {
+        datapath.fill_rtt_programs();
+    }
+    let egress = &HOOKS[2];
+    for (index, frame) in frames.iter().enumerate() {
+        measure(&datapath, egress, "tc_ingress", &reversed(frame));
+        assert_eq!(
+            stored_tsvals(&mut datapath).len(),
+            if rtt { index } else { 0 },
+            "a TSval stored before the flow's egress segment"
+        );
+        measure(&datapath, egress, egress.program, frame);
+    }
+    assert_eq!(
+        stored_tsvals(&mut datapath),
+        vec![TSVAL; if rtt { frames.len() } else { 0 }],
+        "tc_egress did not store the TSval in the reverse entries (the tail call to \
+         tc_rtt_store did not run)"
+    );
+    datapath
+}
 
 /// The frames measured: a pure ACK (with timestamps, as Linux sends them) of an established
 /// flow over IPv4 and IPv6, and a full-MTU data segment of one (a 1500-byte IP packet).
@@ -128,6 +214,10 @@ struct Series {
     /// Measured on the datapath without a slot table: the flow lives in its LRU map, as a flow
     /// whose slot another flow holds does.
     lru: bool,
+    /// Measured on the egress datapath ([`load_egress_datapath`]).
+    egress: bool,
+    /// On the egress datapath whose RTT program array is empty.
+    no_rtt: bool,
     frame: Vec<u8>,
     baseline: Vec<Sample>,
     ours: Vec<Sample>,
@@ -239,7 +329,9 @@ fn main() {
         print_steps(&datapath);
         return;
     }
-    let programs: Vec<&str> = HOOKS
+    // `NETWORK_PROBE_BENCH_ONLY=egress`: the egress rows alone.
+    let only_egress = std::env::var("NETWORK_PROBE_BENCH_ONLY").as_deref() == Ok("egress");
+    let programs: Vec<&str> = HOOKS[..2]
         .iter()
         .flat_map(|hook| [hook.program, hook.baseline])
         .chain(STEPS.iter().map(|(program, _)| *program))
@@ -252,13 +344,15 @@ fn main() {
     let mut datapath = TestRunDatapath::load(&programs);
     let mut lru_datapath =
         TestRunDatapath::load_with_slots(&[HOOKS[0].program, HOOKS[0].baseline], 0);
-    let mut series: Vec<Series> = HOOKS
+    let mut series: Vec<Series> = HOOKS[..2]
         .iter()
         .flat_map(|hook| {
             frames().into_iter().map(move |(packet, frame)| Series {
                 hook,
                 packet,
                 lru: false,
+                egress: false,
+                no_rtt: false,
                 frame,
                 baseline: Vec::new(),
                 ours: Vec::new(),
@@ -274,12 +368,54 @@ fn main() {
                 hook: &HOOKS[0],
                 packet,
                 lru: true,
+                egress: false,
+                no_rtt: false,
                 frame,
                 baseline: Vec::new(),
                 ours: Vec::new(),
             }),
     );
-    let on = |s: &Series| if s.lru { &lru_datapath } else { &datapath };
+    let egress_frames: Vec<(&str, Vec<u8>)> = frames()
+        .into_iter()
+        .filter(|(packet, _)| packet.ends_with("ACK"))
+        .collect();
+    let egress_frame_slices: Vec<&[u8]> = egress_frames
+        .iter()
+        .map(|(_, frame)| frame.as_slice())
+        .collect();
+    let mut egress_datapath = load_egress_datapath(&egress_frame_slices, true);
+    let mut no_rtt_datapath = load_egress_datapath(&egress_frame_slices, false);
+    if only_egress {
+        series.clear();
+        println!(
+            "**NETWORK_PROBE_BENCH_ONLY=egress: the egress rows alone; the other sections of \
+             this benchmark were not run.**\n"
+        );
+    }
+    for no_rtt in [false, true] {
+        series.extend(egress_frames.iter().map(|(packet, frame)| Series {
+            hook: &HOOKS[2],
+            packet,
+            lru: false,
+            egress: true,
+            no_rtt,
+            frame: frame.clone(),
+            baseline: Vec::new(),
+            ours: Vec::new(),
+        }));
+    }
+    let choose = |s: &Series| -> &TestRunDatapath {
+        if s.lru {
+            &lru_datapath
+        } else if s.no_rtt {
+            &no_rtt_datapath
+        } else if s.egress {
+            &egress_datapath
+        } else {
+            &datapath
+        }
+    };
+    let on = |s: &Series| choose(s);
 
     // Warm-up, which also creates the flow entries: every measured repetition then updates
     // an established flow.
@@ -290,10 +426,12 @@ fn main() {
     }
     let tcp_before =
         datapath.ingress_stats().tcp_packets + lru_datapath.ingress_stats().tcp_packets;
+    let egress_before =
+        egress_datapath.egress_stats().tcp_packets + no_rtt_datapath.egress_stats().tcp_packets;
     for round in 0..ROUNDS {
         for s in &mut series {
             let ours_first = round % 2 == 0;
-            let datapath = if s.lru { &lru_datapath } else { &datapath };
+            let datapath = choose(s);
             for measure_ours in [ours_first, !ours_first] {
                 if measure_ours {
                     let sample = measure(datapath, s.hook, s.hook.program, &s.frame);
@@ -305,9 +443,10 @@ fn main() {
             }
         }
     }
-    // The programs really accounted every repetition (not an early return): both hooks share
-    // lo's ingress statistics.
-    let measured = (ROUNDS * series.len()) as u64 * u64::from(REPEAT);
+    // The programs really accounted every repetition (not an early return): both ingress
+    // hooks share lo's ingress statistics.
+    let egress_series = series.iter().filter(|s| s.egress).count();
+    let measured = (ROUNDS * (series.len() - egress_series)) as u64 * u64::from(REPEAT);
     let tcp_counted = datapath.ingress_stats().tcp_packets
         + lru_datapath.ingress_stats().tcp_packets
         - tcp_before;
@@ -315,24 +454,51 @@ fn main() {
         tcp_counted, measured,
         "the programs did not classify every repetition as TCP"
     );
-    // Each datapath holds the flows of its frames where the table says.
-    datapath.flows();
-    lru_datapath.flows();
-    let (slots, lru) = (datapath.flow_map_entries(), lru_datapath.flow_map_entries());
-    // One flow per family (every frame of a family has the same addresses and ports).
+    let egress_measured = (ROUNDS * egress_series) as u64 * u64::from(REPEAT);
     assert_eq!(
-        (lru.slots, lru.flows4, lru.flows6),
-        (0, 1, 1),
-        "LRU-only datapath"
+        egress_datapath.egress_stats().tcp_packets + no_rtt_datapath.egress_stats().tcp_packets
+            - egress_before,
+        egress_measured,
+        "tc_egress did not classify every repetition as TCP"
     );
+    // The store still runs after the rounds: a new TSval replaces the stored one.
+    for s in series.iter().filter(|s| s.egress && !s.no_rtt) {
+        measure(
+            &egress_datapath,
+            s.hook,
+            s.hook.program,
+            &with_tsval(&s.frame, TSVAL + 1),
+        );
+    }
     assert_eq!(
-        (slots.slots, slots.flows4, slots.flows6),
-        (2, 0, 0),
-        "datapath with slots"
+        stored_tsvals(&mut egress_datapath),
+        vec![TSVAL + 1; egress_frame_slices.len()],
+        "tc_egress did not store the new TSval (the tail call to tc_rtt_store did not run)"
     );
+    assert!(
+        stored_tsvals(&mut no_rtt_datapath).is_empty(),
+        "a TSval stored through an empty program array"
+    );
+    if !only_egress {
+        // Each datapath holds the flows of its frames where the table says.
+        datapath.flows();
+        lru_datapath.flows();
+        let (slots, lru) = (datapath.flow_map_entries(), lru_datapath.flow_map_entries());
+        // One flow per family (every frame of a family has the same addresses and ports).
+        assert_eq!(
+            (lru.slots, lru.flows4, lru.flows6),
+            (0, 1, 1),
+            "LRU-only datapath"
+        );
+        assert_eq!(
+            (slots.slots, slots.flows4, slots.flows6),
+            (2, 0, 0),
+            "datapath with slots"
+        );
+    }
 
     println!(
-        "CPU time per packet of the ingress programs, run by the kernel with BPF_PROG_TEST_RUN \
+        "CPU time per packet of the programs, run by the kernel with BPF_PROG_TEST_RUN \
          ({REPEAT} repetitions per run, {ROUNDS} interleaved rounds, medians), against an empty \
          program of the same type measured alongside. The empty program's time is the test-run \
          loop itself; \"added\" is what our program costs on top of it. The last column is the \
@@ -346,6 +512,10 @@ fn main() {
     for s in &series {
         let hook = if s.lru {
             format!("{} (flow in the LRU map)", s.hook.name)
+        } else if s.no_rtt {
+            format!("{} (RTT program array empty: no store)", s.hook.name)
+        } else if s.egress {
+            format!("{} (TSval as stored: no new store)", s.hook.name)
         } else {
             s.hook.name.to_string()
         };
@@ -381,7 +551,19 @@ fn main() {
          counted in the flow slot table (the daemon's default, {FLOW_SLOTS_DEFAULT} slots); the \
          rows \"flow in the LRU map\" measure the other path, that of a flow whose slot another \
          flow holds (or of `--flows.slots 0`), on a datapath loaded without slots. All \
-         {measured} measured repetitions were accounted as TCP packets."
+         {measured} measured repetitions were accounted as TCP packets. The rows \"TC egress\" \
+         run `tc_egress` on a datapath whose passive-RTT program array is filled as the daemon \
+         fills it: each repetition is accounted on the flow's egress entry, then tail-calls \
+         `tc_rtt_store`, which parses again, finds the reverse (ingress) entry and returns at \
+         its test \"TSval not newer than the stored one\" (a repeated frame repeats its TSval, \
+         as segments do within a millisecond); after the rounds a frame with the next TSval \
+         was stored, which shows the tail call ran. The rows \"RTT program array empty\" run \
+         the same on a datapath whose array was left empty: the tail call fails and returns, \
+         which is the egress path without the store (the timestamp option's test in accounting \
+         included). All {egress_measured} measured egress repetitions were accounted as TCP \
+         packets."
     );
-    print_steps(&datapath);
+    if !only_egress {
+        print_steps(&datapath);
+    }
 }
