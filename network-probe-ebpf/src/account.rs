@@ -153,7 +153,7 @@ fn observe_tcp<K: FlowMapKey + crate::outcomes::AttemptKey, const UPTO: u8>(
     let timestamps = if UPTO == upto::ALL {
         tcp.timestamps
     } else {
-        crate::rtt::Timestamps::NONE
+        crate::tcp_timestamps::Timestamps::NONE
     };
     observe_flow::<_, UPTO>(device, key, bits, tcp, segments, len, timestamps)
 }
@@ -206,9 +206,7 @@ fn observe_tcp_device(device: &mut DeviceStats, tcp: &Tcp, bits: u32, segments: 
 }
 
 /// A flow map key: what accounting needs from [`FlowKey4`] and [`FlowKey6`] alike.
-pub(crate) trait FlowMapKey:
-    Copy + 'static + crate::signals::SignalKey + crate::rtt::RttKey
-{
+pub(crate) trait FlowMapKey: Copy + 'static + crate::signals::SignalKey {
     /// The key's words, as the slot table stores and hashes them.
     type Words: AsRef<[u64]>;
     /// The family, as [`FlowSlot::owner`] holds it for flows of this kind.
@@ -392,7 +390,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
     tcp: &Tcp,
     segments: u64,
     len: u64,
-    timestamps: crate::rtt::Timestamps,
+    timestamps: crate::tcp_timestamps::Timestamps,
 ) -> bool {
     let flags = tcp.flags() as u32;
     let segment = Segment {
@@ -468,7 +466,7 @@ fn observe_flow<K: FlowMapKey, const UPTO: u8>(
 /// a newer one) takes a sample or drops it. The work itself is the RTT program's, tail-called
 /// last; the direction is a constant of each program, so each tests one condition.
 #[inline(always)]
-fn rtt_due(segment: &Segment, word: u64, timestamps: crate::rtt::Timestamps) -> bool {
+fn rtt_due(segment: &Segment, word: u64, timestamps: crate::tcp_timestamps::Timestamps) -> bool {
     // A SYN's option is read by the RTT program (the accounting parser reads only the aligned
     // place): any SYN that could store, or echo an outstanding value, is its work.
     if segment.egress() {

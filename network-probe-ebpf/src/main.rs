@@ -40,6 +40,7 @@ mod pmtu;
 mod rtt;
 mod signals;
 mod tc;
+mod tcp_timestamps;
 mod xdp;
 
 #[cfg(not(test))]

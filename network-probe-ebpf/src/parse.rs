@@ -67,7 +67,7 @@ pub(crate) struct Tcp {
     /// The timestamp option (passive RTT, see `crate::rtt`), read here where the header's
     /// offset is at hand: kept for later, the offset made the verifier follow each of the
     /// parser's paths separately through the rest of the program.
-    pub timestamps: crate::rtt::Timestamps,
+    pub timestamps: crate::tcp_timestamps::Timestamps,
 }
 
 impl Tcp {
@@ -395,7 +395,12 @@ fn parse_tcp<P: Packet, const SYN_TIMESTAMPS: bool>(
         payload_len: l4_len - data_offset,
         window_scale_plus_one: 0,
         // Read before the window-scale walk: the header's offset is not needed past it then.
-        timestamps: crate::rtt::timestamps(packet, offset, data_offset, header.bytes_0_8 as u32),
+        timestamps: crate::tcp_timestamps::timestamps(
+            packet,
+            offset,
+            data_offset,
+            header.bytes_0_8 as u32,
+        ),
     };
     if tcp.flags() & TCP_SYN != 0 && data_offset > 20 {
         tcp.window_scale_plus_one = window_scale_option::<P, SYN_TIMESTAMPS>(
@@ -418,7 +423,7 @@ fn window_scale_option<P: Packet, const SYN_TIMESTAMPS: bool>(
     packet: &P,
     offset: usize,
     options_len: usize,
-    timestamps: &mut crate::rtt::Timestamps,
+    timestamps: &mut crate::tcp_timestamps::Timestamps,
 ) -> u8 {
     // 64 bytes so that masking an index with 63 proves it in bounds to the verifier.
     let mut options = [0u8; 64];
@@ -454,7 +459,7 @@ fn window_scale_option<P: Packet, const SYN_TIMESTAMPS: bool>(
             return options[(position + 2) & 63].min(14) + 1;
         }
         if SYN_TIMESTAMPS && kind == 8 && length == 10 && position + 10 <= len {
-            *timestamps = crate::rtt::Timestamps::from_option(&options, position);
+            *timestamps = crate::tcp_timestamps::Timestamps::from_option(&options, position);
         }
         if length < 2 {
             break;
