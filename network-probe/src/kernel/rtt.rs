@@ -60,19 +60,8 @@ impl RttMaps {
             program
                 .load()
                 .map_err(|err| Error::datapath(format!("verifying program {name}"), &err))?;
-            if let Some(count) = program
-                .info()
-                .ok()
-                .and_then(|info| info.verified_instruction_count())
-            {
-                log::debug!("verified program {name}: {count} instructions processed");
-            }
-            let fd = program
-                .fd()
-                .map_err(|err| Error::datapath(format!("program {name}"), &err))?;
-            tc_programs
-                .set(index, fd, 0)
-                .map_err(|err| Error::datapath(format!("filling {TC_PROGRAMS_MAP}"), &err))?;
+            let (info, fd) = (program.info(), program.fd());
+            register(name, info, fd, &mut tc_programs, TC_PROGRAMS_MAP, index)?;
         }
         if xdp {
             let (name, index) = XDP_ECHO_PROGRAM;
@@ -80,19 +69,8 @@ impl RttMaps {
             program
                 .load()
                 .map_err(|err| Error::datapath(format!("verifying program {name}"), &err))?;
-            if let Some(count) = program
-                .info()
-                .ok()
-                .and_then(|info| info.verified_instruction_count())
-            {
-                log::debug!("verified program {name}: {count} instructions processed");
-            }
-            let fd = program
-                .fd()
-                .map_err(|err| Error::datapath(format!("program {name}"), &err))?;
-            xdp_programs
-                .set(index, fd, 0)
-                .map_err(|err| Error::datapath(format!("filling {XDP_PROGRAMS_MAP}"), &err))?;
+            let (info, fd) = (program.info(), program.fd());
+            register(name, info, fd, &mut xdp_programs, XDP_PROGRAMS_MAP, index)?;
         }
         Ok(RttMaps {
             stats: take_map(ebpf, RTT_STATS_MAP, PerCpuArray::try_from)?,
@@ -190,6 +168,25 @@ impl RttMaps {
 /// Index of a slot's histogram for `direction` (as in `DEVICE_STATS`).
 fn index(slot: u32, direction: Direction) -> u32 {
     slot * 2 + direction as u32
+}
+
+/// Logs the verifier's work on the loaded program `name` (at debug) and puts it at `index` of
+/// the program array `array` (named `array_name`).
+fn register(
+    name: &str,
+    info: std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+    fd: std::result::Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    array: &mut ProgramArray<MapData>,
+    array_name: &str,
+    index: u32,
+) -> Result<()> {
+    if let Some(count) = info.ok().and_then(|info| info.verified_instruction_count()) {
+        log::debug!("verified program {name}: {count} instructions processed");
+    }
+    let fd = fd.map_err(|err| Error::datapath(format!("program {name}"), &err))?;
+    array
+        .set(index, fd, 0)
+        .map_err(|err| Error::datapath(format!("filling {array_name}"), &err))
 }
 
 /// The program `name` of the object, as the program type `T`.
