@@ -634,24 +634,14 @@ impl Datapath {
     /// attached now or since start, its forgotten devices' totals plus its current slot's.
     pub fn signal_samples(&self) -> Vec<SignalSample> {
         let inner = self.lock();
-        let names = inner.names();
-        let attached = inner
-            .slots
-            .iter()
-            .filter_map(|(ifindex, &slot)| Some((slot, *names.get(ifindex)?)));
-        inner.signals.samples(attached)
+        inner.signals.samples(inner.attached_slots())
     }
 
     /// The passive RTT histogram of every interface attached now or since start (see
     /// [`crate::kernel::rtt`]).
     pub fn rtt_samples(&self) -> Vec<(String, network_probe_common::RttStats)> {
         let inner = self.lock();
-        let names = inner.names();
-        let attached = inner
-            .slots
-            .iter()
-            .filter_map(|(ifindex, &slot)| Some((slot, *names.get(ifindex)?)));
-        inner.rtt.samples(attached)
+        inner.rtt.samples(inner.attached_slots())
     }
 
     /// Every entry of the per-flow RTT maps (see [`crate::kernel::rtt`]).
@@ -814,6 +804,15 @@ impl Inner {
         self.attachments
             .iter()
             .map(|a| (a.ifindex, a.interface.as_str()))
+            .collect()
+    }
+
+    /// The slot and name of every interface attached now.
+    fn attached_slots(&self) -> Vec<(u32, &str)> {
+        let names = self.names();
+        self.slots
+            .iter()
+            .filter_map(|(ifindex, &slot)| Some((slot, *names.get(ifindex)?)))
             .collect()
     }
 
