@@ -30,6 +30,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod routed;
 pub mod slowdown;
 pub mod testrun;
 
@@ -41,3 +42,4 @@ pub use http::{get, http};
 pub use kernel::{attached_programs, nstat};
 pub use metrics::{flow_entries, promtool_check_metrics, sample};
 pub use netns::{VethPair, dotted, in_netns, send_datagrams};
+pub use routed::Routed;

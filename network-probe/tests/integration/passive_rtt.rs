@@ -18,14 +18,13 @@ use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{IpAddr, Shutdown, SocketAddr},
-    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::Duration,
 };
 
 use network_probe_testkit::{
-    Capture, Daemon, Frame, VethPair, applicability, daemon::slowdown, dotted, in_netns, isolation,
-    sample, sh,
+    Capture, Daemon, Frame, Routed, VethPair, applicability, daemon::slowdown, dotted, in_netns,
+    sample,
 };
 
 use crate::flows::{connect, histogram_buckets, listen};
@@ -403,99 +402,11 @@ fn local_ipv6_samples_match_the_capture() {
     local_traffic_matches_the_capture(true);
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// sender (`s`) -- `s_if`/`r_s` -- router (`r`) -- `r_f`/`f_if` -- far host (`f`).
-struct Routed {
-    s: String,
-    r: String,
-    f: String,
-    r_s: String,
-    r_f: String,
-    _isolation: isolation::Shared,
-}
-
-impl Routed {
-    fn new() -> Routed {
-        let isolation = isolation::shared();
-        let tag = format!(
-            "{}-{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let routed = Routed {
-            s: format!("np-rt{tag}-s"),
-            r: format!("np-rt{tag}-r"),
-            f: format!("np-rt{tag}-f"),
-            r_s: format!("nprts{tag}"),
-            r_f: format!("nprtf{tag}"),
-            _isolation: isolation,
-        };
-        let (s_if, f_if) = (format!("nprss{tag}"), format!("nprff{tag}"));
-        for ns in [&routed.s, &routed.r, &routed.f] {
-            sh("ip", &["netns", "add", ns]);
-            routed.exec(ns, "ip", &["link", "set", "lo", "up"]);
-        }
-        for (near, near_if, far, far_if) in [
-            (&routed.s, &s_if, &routed.r, &routed.r_s),
-            (&routed.r, &routed.r_f, &routed.f, &f_if),
-        ] {
-            sh(
-                "ip",
-                &[
-                    "link", "add", near_if, "netns", near, "type", "veth", "peer", "name", far_if,
-                    "netns", far,
-                ],
-            );
-        }
-        for (ns, ifname, v4, v6) in [
-            (&routed.s, &s_if, "10.78.1.1/24", "fd78:1::1/64"),
-            (&routed.r, &routed.r_s, "10.78.1.2/24", "fd78:1::2/64"),
-            (&routed.r, &routed.r_f, "10.78.2.2/24", "fd78:2::2/64"),
-            (&routed.f, &f_if, "10.78.2.1/24", "fd78:2::1/64"),
-        ] {
-            routed.exec(ns, "ip", &["addr", "add", v4, "dev", ifname]);
-            routed.exec(ns, "ip", &["-6", "addr", "add", v6, "dev", ifname, "nodad"]);
-            routed.exec(ns, "ip", &["link", "set", ifname, "up"]);
-        }
-        routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        routed.exec(
-            &routed.r,
-            "sysctl",
-            &["-qw", "net.ipv6.conf.all.forwarding=1"],
-        );
-        for (ns, via4, via6) in [
-            (&routed.s, "10.78.1.2", "fd78:1::2"),
-            (&routed.f, "10.78.2.2", "fd78:2::2"),
-        ] {
-            routed.exec(ns, "ip", &["route", "add", "default", "via", via4]);
-            routed.exec(ns, "ip", &["-6", "route", "add", "default", "via", via6]);
-        }
-        routed
-    }
-
-    fn exec(&self, ns: &str, program: &str, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", ns, program];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    }
-}
-
-impl Drop for Routed {
-    fn drop(&mut self) {
-        for ns in [&self.s, &self.r, &self.f] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-}
-
 /// The daemon on the router, watching both links; the sender connects to the far host through
 /// it. On the link facing the far host the far host's half is measured (the sender's TSvals
 /// leave there and the far host echoes them), on the link facing the sender the sender's half.
 fn forwarded_traffic_matches_the_capture(ipv6: bool) {
-    let routed = Routed::new();
+    let routed = Routed::new("t", 78, 1500);
     let (s, f): (IpAddr, IpAddr) = if ipv6 {
         ("fd78:1::1".parse().unwrap(), "fd78:2::1".parse().unwrap())
     } else {

@@ -8,127 +8,16 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, Shutdown, SocketAddr},
-    sync::atomic::{AtomicU32, Ordering},
     thread,
 };
 
 use network_probe_common::{PMTU_BOUNDS, pmtu_bucket};
-use network_probe_testkit::{Capture, Daemon, Frame, in_netns, isolation, sample, sh};
+use network_probe_testkit::{Capture, Daemon, Frame, Routed, in_netns, sample};
 
 use crate::flows::{connect, histogram_buckets, listen};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 /// The far link's MTU (IPv6's minimum, so both families use it).
 const FAR_MTU: u32 = 1280;
-
-/// sender (`s`) -- `s_if`/`r_s` -- router (`r`) -- `r_f`/`f_if` -- far host (`f`); `r_f` has
-/// the small MTU.
-struct Routed {
-    s: String,
-    r: String,
-    f: String,
-    r_s: String,
-    _isolation: isolation::Shared,
-}
-
-impl Routed {
-    fn new() -> Routed {
-        let isolation = isolation::shared();
-        let tag = format!(
-            "{}-{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let routed = Routed {
-            s: format!("np-pm{tag}-s"),
-            r: format!("np-pm{tag}-r"),
-            f: format!("np-pm{tag}-f"),
-            r_s: format!("nprs{tag}"),
-            _isolation: isolation,
-        };
-        let (s_if, r_f, f_if) = (
-            format!("npss{tag}"),
-            format!("nprf{tag}"),
-            format!("npff{tag}"),
-        );
-        for ns in [&routed.s, &routed.r, &routed.f] {
-            sh("ip", &["netns", "add", ns]);
-            routed.exec(ns, "ip", &["link", "set", "lo", "up"]);
-        }
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &s_if,
-                "netns",
-                &routed.s,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &routed.r_s,
-                "netns",
-                &routed.r,
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "link", "add", &r_f, "netns", &routed.r, "type", "veth", "peer", "name", &f_if,
-                "netns", &routed.f,
-            ],
-        );
-        let links = [
-            (&routed.s, &s_if, "10.77.1.1/24", "fd77:1::1/64", 1500),
-            (&routed.r, &routed.r_s, "10.77.1.2/24", "fd77:1::2/64", 1500),
-            (&routed.r, &r_f, "10.77.2.2/24", "fd77:2::2/64", FAR_MTU),
-            // The far host keeps 1500: it advertises an MSS the far link cannot carry, as a
-            // host behind a tunnel does.
-            (&routed.f, &f_if, "10.77.2.1/24", "fd77:2::1/64", 1500),
-        ];
-        for (ns, ifname, v4, v6, mtu) in links {
-            routed.exec(ns, "ip", &["link", "set", ifname, "mtu", &mtu.to_string()]);
-            routed.exec(ns, "ip", &["addr", "add", v4, "dev", ifname]);
-            routed.exec(ns, "ip", &["-6", "addr", "add", v6, "dev", ifname, "nodad"]);
-            routed.exec(ns, "ip", &["link", "set", ifname, "up"]);
-        }
-        routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        routed.exec(
-            &routed.r,
-            "sysctl",
-            &["-qw", "net.ipv6.conf.all.forwarding=1"],
-        );
-        // No rate limit on the router's ICMP errors: every packet too big gets its message.
-        routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"]);
-        routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv6.icmp.ratelimit=0"]);
-        for (ns, via4, via6) in [
-            (&routed.s, "10.77.1.2", "fd77:1::2"),
-            (&routed.f, "10.77.2.2", "fd77:2::2"),
-        ] {
-            routed.exec(ns, "ip", &["route", "add", "default", "via", via4]);
-            routed.exec(ns, "ip", &["-6", "route", "add", "default", "via", via6]);
-        }
-        routed
-    }
-
-    fn exec(&self, ns: &str, program: &str, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", ns, program];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    }
-}
-
-impl Drop for Routed {
-    fn drop(&mut self) {
-        for ns in [&self.s, &self.r, &self.f] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-}
 
 /// A path-MTU message in a captured frame: (announced MTU, quoted (src, dst, TCP ports)).
 fn pmtu_message(frame: &Frame) -> Option<(u32, IpAddr, IpAddr, (u16, u16))> {
@@ -172,7 +61,10 @@ fn pmtu_message(frame: &Frame) -> Option<(u32, IpAddr, IpAddr, (u16, u16))> {
 }
 
 fn path_mtu_messages_match_the_capture(ipv6: bool) {
-    let routed = Routed::new();
+    let routed = Routed::new("m", 77, FAR_MTU);
+    // No rate limit on the router's ICMP errors: every packet too big gets its message.
+    routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"]);
+    routed.exec(&routed.r, "sysctl", &["-qw", "net.ipv6.icmp.ratelimit=0"]);
     let (sender, far): (IpAddr, IpAddr) = if ipv6 {
         ("fd77:1::1".parse().unwrap(), "fd77:2::1".parse().unwrap())
     } else {
