@@ -281,9 +281,31 @@ fn check(scrape: &str, interface: &str, expected: &[(Direction4, u128)], toleran
 
 /// A client in `client_ns` talking to a server in `server_ns` at `server`: request/response
 /// rounds a few milliseconds apart (each with a new TSval), then a bulk transfer each way.
+/// Keeps the calling thread on CPU 0. Both ends of the test's connection run there, so the
+/// kernel handles every segment of it on one CPU, in one order, which the capture and the hooks
+/// then both see: with the two ends on two CPUs a store and an echo handled at the same moment
+/// on different CPUs can reach the hooks in the other order than the capture's stamps say,
+/// which the slow emulated 6.1 guest made happen (50 samples against the capture's 51).
+fn on_cpu_zero() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity get valid
+    // pointers to it and its size.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        result,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 fn traffic(client_ns: &str, server_ns: &str, server: SocketAddr, rounds: usize) {
     let listener = in_netns(server_ns, move || listen(server, None));
     let server_thread = thread::spawn(move || {
+        on_cpu_zero();
         let (mut stream, _) = listener.accept().unwrap();
         stream.set_nodelay(true).unwrap();
         let mut request = [0u8; 100];
@@ -298,6 +320,7 @@ fn traffic(client_ns: &str, server_ns: &str, server: SocketAddr, rounds: usize) 
         stream.read_to_end(&mut rest).unwrap();
     });
     in_netns(client_ns, move || {
+        on_cpu_zero();
         let mut stream = connect(server, None).unwrap();
         stream.set_nodelay(true).unwrap();
         let mut response = [0u8; 300];
