@@ -112,6 +112,21 @@ impl VethPair {
         sh("ip", &full)
     }
 
+    /// Makes b answer for every address of `prefix` (a `local` route on its loopback) and
+    /// routes them from a to b: many probe targets behind one veth pair.
+    pub fn b_answers_for(&self, prefix: &str) {
+        self.exec(
+            &self.b,
+            "ip",
+            &["route", "add", "local", prefix, "dev", "lo"],
+        );
+        self.exec(
+            &self.a,
+            "ip",
+            &["route", "add", prefix, "via", &dotted(self.b_addr)],
+        );
+    }
+
     pub fn mac(&self, ns: &str, ifname: &str) -> String {
         let path = format!("/sys/class/net/{ifname}/address");
         self.exec(ns, "cat", &[&path]).trim().to_string()

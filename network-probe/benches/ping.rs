@@ -374,16 +374,7 @@ fn main() {
     let pair = VethPair::new();
     // b answers for a whole /18 (16,384 addresses); a routes it to b.
     let prefix = "10.232.0.0/18";
-    pair.exec(
-        &pair.b,
-        "ip",
-        &["route", "add", "local", prefix, "dev", "lo"],
-    );
-    pair.exec(
-        &pair.a,
-        "ip",
-        &["route", "add", prefix, "via", &dotted(pair.b_addr)],
-    );
+    pair.b_answers_for(prefix);
     // b's side of every echo on CPU 0; the daemon and fping run on CPU 1 (taskset).
     steer(&pair, "1");
     let targets: Vec<String> = (0..MANY)

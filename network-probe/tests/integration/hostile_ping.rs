@@ -45,16 +45,7 @@ fn active_targets_are_capped_and_the_active_ones_keep_their_interval() {
     let pair = VethPair::new();
     // b answers for a whole /22 (a `local` route); a routes it to b.
     let prefix = "10.232.0.0/22";
-    pair.exec(
-        &pair.b,
-        "ip",
-        &["route", "add", "local", prefix, "dev", "lo"],
-    );
-    pair.exec(
-        &pair.a,
-        "ip",
-        &["route", "add", prefix, "via", &dotted(pair.b_addr)],
-    );
+    pair.b_answers_for(prefix);
     let interval = format!("{}ms", INTERVAL.as_millis());
     let cap = CAP.to_string();
     let daemon = Daemon::start(
@@ -368,16 +359,7 @@ fn sends_the_rate_limit_holds_back_are_counted_missed() {
     const TARGETS: usize = 200;
     let pair = VethPair::new();
     let prefix = "10.232.0.0/22";
-    pair.exec(
-        &pair.b,
-        "ip",
-        &["route", "add", "local", prefix, "dev", "lo"],
-    );
-    pair.exec(
-        &pair.a,
-        "ip",
-        &["route", "add", prefix, "via", &dotted(pair.b_addr)],
-    );
+    pair.b_answers_for(prefix);
     let daemon = Daemon::start(
         &pair.a,
         &[

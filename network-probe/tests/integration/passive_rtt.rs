@@ -281,6 +281,29 @@ fn check(scrape: &str, interface: &str, expected: &[(Direction4, u128)], toleran
 
 /// A client in `client_ns` talking to a server in `server_ns` at `server`: request/response
 /// rounds a few milliseconds apart (each with a new TSval), then a bulk transfer each way.
+/// The local cases' run: the daemon on a's end of `pair`, `rounds` of [`traffic`] from b to
+/// a's `server`, a capture of a's interface; the scrape taken `settle_ms` after, and the samples
+/// the capture admits.
+fn local_run(
+    pair: &VethPair,
+    server: SocketAddr,
+    rounds: usize,
+    settle_ms: u64,
+) -> (String, Vec<(Direction4, u128)>) {
+    let daemon = Daemon::start(
+        &pair.a,
+        &["--interface", &pair.a_if, "--flows.families", FAMILIES],
+    );
+    let _timestamping = timestamping();
+    let capture = Capture::start_quiet(&pair.a, &pair.a_if);
+    traffic(&pair.b, &pair.a, server, rounds);
+    thread::sleep(Duration::from_millis(settle_ms));
+    let scrape = daemon.scrape();
+    let frames = capture.finish_frames();
+    let mac = mac_bytes(&pair.mac(&pair.a, &pair.a_if));
+    (scrape, expected_samples(&segments(&frames, &mac)))
+}
+
 /// Keeps the calling thread on CPU 0. Both ends of the test's connection run there, so the
 /// kernel handles every segment of it on one CPU, in one order, which the capture and the hooks
 /// then both see: with the two ends on two CPUs a store and an echo handled at the same moment
@@ -380,18 +403,7 @@ fn local_traffic_matches_the_capture(ipv6: bool) {
             dotted(pair.b_addr).parse().unwrap(),
         )
     };
-    let daemon = Daemon::start(
-        &pair.a,
-        &["--interface", &pair.a_if, "--flows.families", FAMILIES],
-    );
-    let _timestamping = timestamping();
-    let capture = Capture::start_quiet(&pair.a, &pair.a_if);
-    traffic(&pair.b, &pair.a, SocketAddr::new(a, 7301), 40);
-    thread::sleep(Duration::from_millis(200));
-    let scrape = daemon.scrape();
-    let frames = capture.finish_frames();
-    let mac = mac_bytes(&pair.mac(&pair.a, &pair.a_if));
-    let expected = expected_samples(&segments(&frames, &mac));
+    let (scrape, expected) = local_run(&pair, SocketAddr::new(a, 7301), 40, 200);
     // Samples of both ends' TSvals: a's echoed by b (flow b -> a), and none other here.
     assert!(
         expected.len() >= 40,
@@ -550,18 +562,7 @@ fn netem_delay_on_the_peer_link_shows_in_every_sample() {
     ) {
         return;
     }
-    let daemon = Daemon::start(
-        &pair.a,
-        &["--interface", &pair.a_if, "--flows.families", FAMILIES],
-    );
-    let _timestamping = timestamping();
-    let capture = Capture::start_quiet(&pair.a, &pair.a_if);
-    traffic(&pair.b, &pair.a, SocketAddr::new(a, 7303), 20);
-    thread::sleep(Duration::from_millis(300));
-    let scrape = daemon.scrape();
-    let frames = capture.finish_frames();
-    let mac = mac_bytes(&pair.mac(&pair.a, &pair.a_if));
-    let expected = expected_samples(&segments(&frames, &mac));
+    let (scrape, expected) = local_run(&pair, SocketAddr::new(a, 7303), 20, 300);
     assert!(
         expected.len() >= 20,
         "the capture admits {} samples",
